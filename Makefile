@@ -1,0 +1,44 @@
+# headswap: two commands set everything up on a fresh machine.
+#   make demo   install into .venv and run the main job
+#   make test   install into .venv and run the fast tests (+ a slice of the slow ones)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow test-all lint data clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's Fashion-MNIST (IDX files in /usr/share/datasets/fashion-mnist); best effort, needs root.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "fashion-mnist: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "fashion-mnist: not installed (apt-get install dataset-fashion-mnist, or use --download)"; fi
+
+demo: $(STAMP)
+	$(PY) tools/swap_head.py resnet18 --head gmp --num-classes 10
+	$(PY) tools/swap_head.py vit_small_patch16_224 --head gap --num-classes 10 --hidden 512 --dropout 0.5
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow or smoke" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check surgery analysis tools tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
