@@ -1,0 +1,154 @@
+"""Backbone loading: any architecture of ``timm.list_models()``, random, pretrained or from a file.
+
+Every failure a user can cause (a misspelt name, an unreadable or mismatched checkpoint, an
+offline pretrained download) becomes a ``ValueError`` / ``FileNotFoundError`` that names the bad
+value and the way out, instead of a traceback from inside timm or torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+__all__ = ["load_backbone", "closest_model_names", "read_state_dict", "classifier_names"]
+
+# keys under which timm / common trainers store the weights inside a checkpoint dict
+_STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
+
+
+def closest_model_names(name: str, n: int = 3) -> list[str]:
+    """The ``n`` architectures of ``timm.list_models()`` whose names are closest to ``name``."""
+    names = timm.list_models()
+    close = difflib.get_close_matches(name, names, n=n, cutoff=0.4)
+    if len(close) < n:  # fall back to a prefix match ("resnet81" -> "resnet...")
+        prefix = [m for m in names if m.startswith(name[:4]) and m not in close]
+        close += prefix[: n - len(close)]
+    return close
+
+
+def _check_model_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    arch = name.split(".", 1)[0]  # 'resnet18.a1_in1k' -> 'resnet18'
+    if not timm.is_model(arch):
+        close = ", ".join(closest_model_names(arch)) or "none"
+        raise ValueError(
+            f"unknown model {name!r}; closest: {close} "
+            f"(timm {timm.__version__} has {len(timm.list_models())} architectures: "
+            "see timm.list_models())"
+        )
+
+
+def classifier_names(model: nn.Module) -> tuple[str, ...]:
+    """Module names timm's pretrained config lists as the classifier (``('fc',)`` for resnet)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file: a plain state dict, or a checkpoint dict holding one (timm, DDP).
+
+    Prefixes added by DataParallel / DDP (``module.``) are stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (pass a weights file "
+                                "saved with torch.save(model.state_dict(), path))")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt or foreign file
+        raise ValueError(
+            f"could not read checkpoint {str(path)!r}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}; expected a file written by "
+            "torch.save(model.state_dict(), path) or a timm training checkpoint"
+        ) from None
+    if isinstance(obj, Mapping) and obj.get("format") == "headswap":
+        raise ValueError(f"{str(path)!r} is a headswap model file: load it with surgery.load(path)")
+    state = obj
+    if isinstance(obj, Mapping):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                state = obj[key]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise ValueError(f"checkpoint {str(path)!r} holds no state dict (a mapping of names to "
+                         f"tensors); found {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_checkpoint(model: nn.Module, name: str, path: str | Path) -> None:
+    """Load ``path`` into ``model`` strictly, except for the classifier, which swaps replace."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    head_prefixes = tuple(f"{c}." for c in classifier_names(model))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    # a fine-tuned checkpoint may have another number of classes: its classifier is replaced anyway
+    head_mismatch = [k for k in mismatched if k.startswith(head_prefixes)]
+    mismatched = [k for k in mismatched if k not in head_mismatch]
+    if missing or unexpected or mismatched:
+        def _few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({_few(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({_few(unexpected)})")
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} with another shape (e.g. {k}: checkpoint "
+                         f"{tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        raise ValueError(
+            f"checkpoint {str(path)!r} does not match {name!r}: " + "; ".join(parts)
+            + ". Was it saved from another architecture or with other options (in_chans, ...)?"
+        )
+    for k in head_mismatch:
+        state[k] = own[k]
+    model.load_state_dict(state, strict=True)
+
+
+def load_backbone(
+    name: str,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | Path | None = None,
+    in_chans: int = 3,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """Create any timm architecture by name, with random, pretrained or local weights.
+
+    ``pretrained=True`` goes through timm's own loader (hub download, or a local file given as
+    ``pretrained_cfg_overlay=dict(file=PATH)``); ``checkpoint`` loads a local state dict or timm
+    checkpoint afterwards. Works under ``with torch.device('meta'):`` for construction without
+    memory. The arguments are remembered on the model (``headswap_origin``) so that a swapped
+    model can be saved as a recipe and rebuilt.
+    """
+    _check_model_name(name)
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **timm_kwargs)
+    except TypeError as err:
+        raise ValueError(f"{name!r} does not accept these options {sorted(timm_kwargs)}: {err}") \
+            from None
+    except (OSError, RuntimeError) as err:
+        if not pretrained:
+            raise
+        raise ValueError(
+            f"could not load pretrained weights for {name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160]}). Offline? Pass checkpoint=PATH (a local weights "
+            "file) or pretrained_cfg_overlay=dict(file=PATH)"
+        ) from None
+    if checkpoint is not None:
+        _load_checkpoint(model, name, checkpoint)
+    model.headswap_origin = {"name": name, "in_chans": in_chans, "timm_kwargs": dict(timm_kwargs)}
+    return model

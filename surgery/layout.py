@@ -1,0 +1,251 @@
+"""Layout probe: what does a backbone's ``forward_features`` return, and which weights does it use?
+
+timm backbones end in one of four shapes: NCHW maps (ResNet, EfficientNet, ...), NHWC maps
+(Swin and other ``output_fmt='NHWC'`` models), token sequences (ViT, DeiT, EVA, ...: prefix tokens
+such as class, distillation and register tokens followed by patch tokens), or a list / tuple of
+maps (the last one is used). The probe runs ``forward_features`` once on the meta device (no
+memory for activations, no compute) and falls back to one tiny real input when an operator has no
+meta kernel. While it runs it records which parameters the features depend on: everything else is
+the classifier, which a head swap removes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = ["FeatureInfo", "Probe", "probe_features", "select_features", "default_input_size"]
+
+Layout = Literal["NCHW", "NHWC", "NLC"]
+
+# parameter names that hold prefix tokens, for token models without ``num_prefix_tokens``
+_PREFIX_TOKEN_PARAMS = ("cls_token", "dist_token", "reg_token", "register_tokens")
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a backbone hands to its head, at one input size.
+
+    ``grid`` is the spatial grid of the patch tokens or maps, ``(H, W)``; for token models whose
+    tokens form no rectangle it is ``(N,)``. ``shape`` is the full feature shape at batch 1.
+    """
+
+    channels: int
+    layout: Layout
+    grid: tuple[int, ...]
+    num_prefix_tokens: int
+    input_size: tuple[int, int]
+    shape: tuple[int, ...]
+    from_sequence: bool = False  # forward_features returned a list/tuple; the last item is used
+
+    @property
+    def num_positions(self) -> int:
+        """Number of spatial positions (patch tokens or map cells) a pooling head reduces."""
+        return math.prod(self.grid)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Probe:
+    """Result of one probe: the feature description and the names of the parameters it used."""
+
+    features: FeatureInfo
+    used_params: set[str]
+    device: str  # 'meta' or 'real': where the probe could run
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int]:
+    """The (H, W) the model was designed for, from timm's pretrained config (224x224 otherwise)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size") or (3, 224, 224)
+    return int(size[-2]), int(size[-1])
+
+
+def model_in_chans(model: nn.Module) -> int:
+    """Input channels of a timm model (its first conv), 3 when it cannot be told."""
+    for attr in ("in_chans", "in_channels"):
+        value = getattr(model, attr, None)
+        if isinstance(value, int):
+            return value
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    first = cfg.get("first_conv")
+    names = [first] if isinstance(first, str) else list(first or [])
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is not None and weight.dim() == 4:
+            return int(weight.shape[1] * getattr(module, "groups", 1))
+    return 3
+
+
+def select_features(out: Any) -> torch.Tensor:
+    """The tensor a head consumes: the output itself, or the last item of a list / tuple."""
+    while isinstance(out, (list, tuple)):
+        if not out:
+            raise ValueError("forward_features returned an empty list; nothing to attach a head to")
+        out = out[-1]
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"forward_features returned {type(out).__name__}, expected a tensor")
+    return out
+
+
+class _ParamUseRecorder(TorchFunctionMode):
+    """Records which of the given tensors (by id) are passed to any torch function."""
+
+    def __init__(self, watched: dict[int, str]):
+        super().__init__()
+        self.watched = watched
+        self.used: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        for leaf in tree_leaves((args, kwargs)):
+            name = self.watched.get(id(leaf))
+            if name is not None:
+                self.used.add(name)
+        return func(*args, **kwargs)
+
+
+def _meta_twin(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+    """A deep copy of ``model`` whose parameters and buffers live on the meta device (no memory)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    twin = copy.deepcopy(model, memo)
+    return twin, dict(twin.named_parameters())
+
+
+def _run_recorded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+    watched = {id(p): n for n, p in model.named_parameters()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _ParamUseRecorder(watched) as rec:
+            out = select_features(model.forward_features(x))
+    finally:
+        model.train(was_training)
+    return out, rec.used
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+def probe_features(
+    model: nn.Module, input_size: tuple[int, int] | None = None, in_chans: int | None = None
+) -> Probe:
+    """Run ``forward_features`` once at ``input_size`` and describe its output.
+
+    Meta device first (a twin of the model without storage); a real batch of one as fallback.
+    Raises ``ValueError`` when the backbone rejects the input size.
+    """
+    if not hasattr(model, "forward_features"):
+        raise ValueError(f"{type(model).__name__} has no forward_features(); headswap works on "
+                         "timm models (surgery.load_backbone / timm.create_model)")
+    hw = input_size or default_input_size(model)
+    chans = in_chans or model_in_chans(model)
+    errors = []
+    attempts = ["meta", "real"]
+    for where in attempts:
+        try:
+            if where == "meta":
+                twin = model if _on_meta(model) else _meta_twin(model)[0]
+                out, used = _run_recorded(twin, torch.empty(1, chans, *hw, device="meta"))
+            else:
+                if _on_meta(model):
+                    break  # no real weights to fall back to
+                device = next(model.parameters()).device
+                out, used = _run_recorded(model, torch.zeros(1, chans, *hw, device=device))
+        except Exception as err:  # the backbone's own error; explained below
+            errors.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+                          if str(err).strip() else type(err).__name__)
+            continue
+        info = describe_features(model, tuple(out.shape), hw)
+        return Probe(info, used, where)
+    raise ValueError(
+        f"{_model_name(model)} cannot run at input {hw[0]}x{hw[1]} with {chans} channels: "
+        f"{errors[-1]}"
+    )
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return repr(cfg.get("architecture", type(model).__name__))
+
+
+def _is_nhwc(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    fmt = getattr(model, "output_fmt", None)
+    if fmt is not None:
+        return str(getattr(fmt, "value", fmt)).upper().endswith("NHWC")
+    channels = getattr(model, "num_features", None)
+    return shape[-1] == channels and shape[1] != channels
+
+
+def _token_grid(n_tokens: int, hw: tuple[int, int]) -> tuple[int, int] | None:
+    """(gh, gw) with gh * gw == n_tokens and gh / gw matching the input's aspect ratio."""
+    if n_tokens <= 0:
+        return None
+    gh = max(1, round(math.sqrt(n_tokens * hw[0] / hw[1])))
+    for cand in (gh, gh - 1, gh + 1):
+        if cand > 0 and n_tokens % cand == 0:
+            gw = n_tokens // cand
+            if abs(cand / gw - hw[0] / hw[1]) <= 0.25 * hw[0] / hw[1]:
+                return cand, gw
+    return None
+
+
+def _prefix_tokens(model: nn.Module, n_tokens: int, hw: tuple[int, int]) -> int:
+    """Class / distillation / register tokens in front of the patch tokens.
+
+    timm's ``num_prefix_tokens`` when the model has it; otherwise counted from prefix-token
+    parameters (volo keeps a ``cls_token`` but no ``num_prefix_tokens``); otherwise the smallest
+    count that leaves a rectangular grid matching the input's aspect ratio.
+    """
+    value = getattr(model, "num_prefix_tokens", None)
+    if isinstance(value, int):
+        return value
+    from_params = 0
+    for name, p in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in _PREFIX_TOKEN_PARAMS and "." not in name and p.dim() == 3:
+            from_params += int(p.shape[1])
+    if from_params and _token_grid(n_tokens - from_params, hw):
+        return from_params
+    for k in range(0, min(9, n_tokens)):
+        if _token_grid(n_tokens - k, hw):
+            return k
+    return 0
+
+
+def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, int]) -> FeatureInfo:
+    """Turn a feature shape into a FeatureInfo (layout, channels, grid, prefix tokens)."""
+    hw = (int(hw[0]), int(hw[1]))
+    if len(shape) == 4:
+        if _is_nhwc(model, shape):
+            return FeatureInfo(shape[3], "NHWC", (shape[1], shape[2]), 0, hw, shape)
+        return FeatureInfo(shape[1], "NCHW", (shape[2], shape[3]), 0, hw, shape)
+    if len(shape) == 3:
+        prefix = _prefix_tokens(model, shape[1], hw)
+        n_patch = shape[1] - prefix
+        grid = _token_grid(n_patch, hw) or (n_patch,)
+        return FeatureInfo(shape[2], "NLC", tuple(grid), prefix, hw, shape)
+    if len(shape) == 2:  # already pooled inside forward_features: one position, no grid
+        warnings.warn(f"{_model_name(model)} pools inside forward_features (features {shape}); "
+                      "every head sees a single position", stacklevel=3)
+        return FeatureInfo(shape[1], "NLC", (1, 1), 0, hw, (shape[0], 1, shape[1]))
+    raise ValueError(f"{_model_name(model)}: forward_features returned shape {shape}; expected "
+                     "NCHW/NHWC maps (4-D) or tokens (3-D)")

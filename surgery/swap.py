@@ -1,0 +1,216 @@
+"""The swap: a timm backbone without its classifier, plus a new head.
+
+``swap_head`` probes what the backbone's ``forward_features`` returns (surgery.layout), removes
+every module whose parameters the features do not depend on (the classifier, and the parts of
+timm's head that run after pooling, such as MobileNetV3's ``conv_head``), and attaches a head
+from the registry (surgery.heads). The backbone's remaining parameters and buffers are the same
+tensors as before: nothing is copied, re-initialised or reset.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbone import load_backbone
+from .heads import GridMismatchError, build_head, check_head_args
+from .layout import FeatureInfo, default_input_size, model_in_chans, probe_features, select_features
+
+__all__ = ["HeadSwapped", "OriginalHead", "swap_head", "RemovedModule"]
+
+
+@dataclass(frozen=True)
+class RemovedModule:
+    """A module the swap took out of the backbone, with what it held."""
+
+    name: str
+    description: str
+    params: int
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.description} ({self.params:,} params)"
+
+
+def _describe_module(module: nn.Module) -> str:
+    text = repr(module)
+    return text if "\n" not in text else type(module).__name__
+
+
+def _unused_modules(model: nn.Module, used: set[str]) -> list[str]:
+    """Names of the outermost modules that own parameters, none of which the features used."""
+    removable: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(r + ".") for r in removable):
+            continue
+        names = [f"{name}.{n}" for n, _ in module.named_parameters()]
+        if names and not any(n in used for n in names):
+            removable.append(name)
+    return removable
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+class OriginalHead(nn.Module):
+    """timm's own head (``forward_head``), its modules listed here for counting and optimisers.
+
+    The modules stay attached to the backbone as well, since timm's ``forward_head`` reads them
+    from there: use :meth:`HeadSwapped.backbone_parameters` for the backbone-only parameters.
+    """
+
+    def __init__(self, model: nn.Module, module_names: Sequence[str]):
+        super().__init__()
+        self.parts = nn.ModuleDict({n.replace(".", "__"): model.get_submodule(n)
+                                    for n in module_names})
+        object.__setattr__(self, "_timm_model", model)  # not registered: the backbone owns it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._timm_model.forward_head(x)
+
+
+class HeadSwapped(nn.Module):
+    """A timm backbone (classifier removed) followed by a new head.
+
+    ``backbone`` is the timm model itself, so ``forward_features`` and timm's helpers still work;
+    ``head`` maps its features to ``num_classes`` logits; ``features`` describes the features at
+    the input size the model was built for; ``recipe`` holds what :func:`surgery.save` needs to
+    rebuild it; ``removed`` lists what the swap took out.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, features: FeatureInfo,
+                 recipe: dict[str, Any], removed: Sequence[RemovedModule] = ()):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.features = features
+        self.recipe = dict(recipe)
+        self.removed = list(removed)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.recipe["num_classes"])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return select_features(self.backbone.forward_features(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.forward_features(x)
+        try:
+            return self.head(feats)
+        except GridMismatchError as err:
+            raise ValueError(err.describe((x.shape[-2], x.shape[-1]))) from None
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the head (for optimiser groups and counting)."""
+        return self.head.parameters()
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the backbone that are not part of the head."""
+        head = {id(p) for p in self.head.parameters()}
+        return (p for p in self.backbone.parameters() if id(p) not in head)
+
+
+def _as_hw(input_size: int | Sequence[int] | None, model: nn.Module) -> tuple[int, int]:
+    if input_size is None:
+        return default_input_size(model)
+    if isinstance(input_size, int):
+        size: Sequence[int] = (input_size, input_size)
+    else:
+        size = tuple(input_size)[-2:]
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+        raise ValueError(f"input_size must be an int, (H, W) or (C, H, W), got {input_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _origin(model: nn.Module) -> dict[str, Any]:
+    origin = getattr(model, "headswap_origin", None)
+    if origin:
+        return dict(origin)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    return {"name": name, "in_chans": model_in_chans(model), "timm_kwargs": {}}
+
+
+def _warn_single_position(info: FeatureInfo, name: str) -> None:
+    if info.num_positions == 1:
+        warnings.warn(
+            f"{name}: the final feature grid is 1x1 at input {info.input_size[0]}x"
+            f"{info.input_size[1]}, so gap, gmp and flatten are the same operation; use a "
+            "larger input size to compare them", stacklevel=3)
+
+
+def swap_head(
+    model_or_name: nn.Module | str,
+    head: str = "gap",
+    num_classes: int | None = None,
+    hidden: Sequence[int] = (),
+    dropout: float = 0.0,
+    input_size: int | Sequence[int] | None = None,
+    **load_kwargs: Any,
+) -> HeadSwapped:
+    """Replace the classifier of a timm backbone with a head from ``surgery.HEADS``.
+
+    ``model_or_name`` is a timm model or a name for :func:`load_backbone` (which receives
+    ``load_kwargs``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options). The model passed
+    in is modified in place and becomes ``.backbone``. ``num_classes`` defaults to the backbone's.
+    ``input_size`` ((H, W) or an int) is the size the head is built for, the model's default if
+    None; only ``flatten`` depends on it.
+    """
+    hidden = tuple(hidden)
+    if isinstance(model_or_name, str):
+        model = load_backbone(model_or_name, **load_kwargs)
+    elif isinstance(model_or_name, nn.Module):
+        if load_kwargs:
+            raise ValueError(f"options {sorted(load_kwargs)} apply when a model name is given, "
+                             "not a model")
+        model = model_or_name
+    else:
+        raise ValueError(f"expected a timm model or a model name, got {type(model_or_name).__name__}")
+    if num_classes is None:
+        num_classes = int(getattr(model, "num_classes", 0) or 1000)
+    check_head_args(head, num_classes, hidden, dropout)
+    hw = _as_hw(input_size, model)
+    origin = _origin(model)
+    name = origin.get("name") or type(model).__name__
+
+    if head == "original":
+        model.reset_classifier(num_classes)
+    probe = probe_features(model, hw)
+    info = probe.features
+    _warn_single_position(info, name)
+
+    unused = _unused_modules(model, probe.used_params)
+    removed = [RemovedModule(n, _describe_module(model.get_submodule(n)),
+                             sum(p.numel() for p in model.get_submodule(n).parameters()))
+               for n in unused]
+    if head == "original":
+        new_head: nn.Module = OriginalHead(model, unused)
+    else:
+        for n in unused:
+            _replace(model, n, nn.Identity())
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        new_head = build_head(head, info, num_classes, hidden, dropout).to(device)
+    recipe = {
+        "backbone": origin.get("name"),
+        "in_chans": origin.get("in_chans", 3),
+        "timm_kwargs": origin.get("timm_kwargs", {}),
+        "head": head,
+        "num_classes": num_classes,
+        "hidden": list(hidden),
+        "dropout": float(dropout),
+        "input_size": list(hw),
+    }
+    return HeadSwapped(model, new_head, info, recipe, removed)
