@@ -129,6 +129,19 @@ def _rms_norm_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return prod(shape) * (5 if len(inputs) > 2 and _shape(inputs[2]) is not None else 4)
 
 
+def _lstm_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """aten::lstm(input, hx, params, ...): each 2-D weight (W_ih (4H, I), W_hh (4H, H), per
+    layer and direction) multiplies one vector per time step and sequence.
+
+    MACs = (time steps * batch) * sum of the weight matrices' sizes; gates are element-wise.
+    """
+    x = _shape(inputs[0])
+    if x is None:
+        return 0
+    weights = [_shape(w) for w in inputs[2].node().inputs()]
+    return prod(x[:2]) * sum(prod(w) for w in weights if w is not None and len(w) == 2)
+
+
 FVCORE_EXTRA_HANDLES: dict[str, Callable[[list[Any], list[Any]], int]] = {
     "aten::scaled_dot_product_attention": _sdpa_jit,
     "aten::baddbmm": _baddbmm_jit,
@@ -149,7 +162,10 @@ FVCORE_EXTRA_HANDLES: dict[str, Callable[[list[Any], list[Any]], int]] = {
     "aten::adaptive_avg_pool3d": _per_input_element_jit,
     "aten::linalg_vector_norm": _per_input_element_jit,
     "aten::rms_norm": _rms_norm_jit,
+    "aten::sum": _per_input_element_jit,
+    "aten::lstm": _lstm_jit,
     "aten::upsample_bicubic2d": _resample_jit(16),
+    "aten::_upsample_bilinear2d_aa": _resample_jit(4),
 }
 
 # ----------------------------------------------------------------------------------------------
@@ -204,11 +220,23 @@ def _sdpa_cpu(q: Any, k: Any, v: Any, *args: Any, **kwargs: Any) -> int:
     return sdpa_flop_count(q, k, v)
 
 
+def _lstm(x_shape: Any, hx: Any, params: Any, *args: Any, **kwargs: Any) -> int:
+    """aten.lstm: (time steps * batch) * sum of the 2-D weight sizes, as the fvcore handle."""
+    if not isinstance(x_shape, torch.Size):  # packed-sequence overload: not modelled
+        return 0
+    return 2 * prod(x_shape[:2]) * sum(prod(w) for w in params if len(w) == 2)
+
+
+def _mkldnn_rnn_layer(x_shape: Any, w_ih: Any, w_hh: Any, *args: Any, **kwargs: Any) -> int:
+    """One LSTM layer and direction of the CPU kernel: (time steps * batch) * (|W_ih| + |W_hh|)."""
+    return 2 * prod(x_shape[:2]) * (prod(w_ih) + prod(w_hh))
+
+
 def _torch_extra_formulas() -> dict[Any, Callable[..., int]]:
     aten = torch.ops.aten
     table: dict[str, Callable[..., int]] = {
         "_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu,
-        "mean": _numel2, "amax": _numel2, "max": _max_reduce, "linalg_vector_norm": _numel2,
+        "mean": _numel2, "sum": _numel2, "amax": _numel2, "max": _max_reduce, "linalg_vector_norm": _numel2,
         "max_pool1d": _numel2, "max_pool2d": _numel2, "max_pool3d": _numel2,
         "max_pool2d_with_indices": _numel2, "max_pool3d_with_indices": _numel2,
         "avg_pool1d": _numel2, "avg_pool2d": _numel2, "avg_pool3d": _numel2,
@@ -219,7 +247,9 @@ def _torch_extra_formulas() -> dict[Any, Callable[..., int]]:
         "native_batch_norm": _bn_any,
         "upsample_nearest2d": _resample(1), "_upsample_nearest_exact2d": _resample(1),
         "upsample_bilinear2d": _resample(4), "upsample_bicubic2d": _resample(16),
-        "grid_sampler_2d": _resample(4),
+        "_upsample_bilinear2d_aa": _resample(4),
+        "grid_sampler_2d": _resample(4), "lstm": _lstm,
+        "mkldnn_rnn_layer": _mkldnn_rnn_layer,
     }
     return {getattr(aten, name): f for name, f in table.items() if hasattr(aten, name)}
 
@@ -236,7 +266,8 @@ _NO_MACS = {
     "reshape", "reshape_as", "roll", "scalar_tensor", "select", "size", "slice", "split",
     "split_with_sizes", "squeeze", "stack", "t", "to", "_to_copy", "transpose", "type_as",
     "unbind", "unsqueeze", "unsqueeze_", "view", "_unsafe_view", "zeros", "zeros_like", "fill_",
-    "pad", "eye", "_reshape_alias", "unfold", "device", "relu", "relu_", "clamp", "clamp_",
+    "pad", "eye", "_reshape_alias", "unfold", "im2col", "tile", "meshgrid", "dropout_",
+    "feature_dropout", "unsafe_split", "unsafe_chunk", "device", "relu", "relu_", "clamp", "clamp_",
     "floor", "floor_divide", "remainder", "eq", "ge", "gt", "bitwise_not", "__and__",
 }
 
@@ -245,7 +276,8 @@ _CATEGORIES = (
     ("conv", ("conv",)),
     ("matmul", ("linear", "addmm", "mm", "bmm", "matmul", "einsum", "baddbmm")),
     ("norm", ("norm",)),
-    ("pool", ("pool", "mean", "amax", "max")),
+    ("pool", ("pool", "mean", "amax", "max", "sum", "vector_norm")),
+    ("rnn", ("lstm",)),
 )
 
 
