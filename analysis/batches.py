@@ -1,0 +1,146 @@
+"""Batches from in-memory uint8 tensors: a resumable, shardable sampler and device transforms.
+
+The sampler's order is a pure function of (seed, epoch), so a run resumed at step ``k`` of an
+epoch sees exactly the batches an uninterrupted run would, and ``rank`` / ``world_size`` give each
+DistributedDataParallel process its own shard. :class:`BatchTransform` turns a uint8 batch into
+the model's input on the training device (resize, random crop, flip, normalise, grayscale to
+RGB) with batched tensor ops: no per-image PIL in the hot loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["EpochSampler", "BatchTransform", "iterate"]
+
+
+@dataclass
+class EpochSampler:
+    """Shuffled batches of indices into ``n`` samples, fixed by ``seed`` and the epoch.
+
+    Every rank draws the same permutation and takes its own stride of it (``rank::world_size``),
+    padded by wrapping so that all ranks run the same number of steps (as DistributedSampler).
+    ``drop_last`` drops a final partial batch (keeps BatchNorm away from batches of one).
+    """
+
+    n: int
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    drop_last: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError(f"need at least one sample and batch size >= 1 (n={self.n}, "
+                             f"batch_size={self.batch_size})")
+
+    def _per_rank(self) -> int:
+        return math.ceil(self.n / self.world_size)
+
+    def __len__(self) -> int:
+        """Steps per epoch (per rank)."""
+        per = self._per_rank()
+        if self.drop_last and per >= self.batch_size:
+            return per // self.batch_size
+        return math.ceil(per / self.batch_size)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for ``epoch`` (0-based), in order."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        total = self._per_rank() * self.world_size
+        if total > self.n:
+            order = torch.cat([order, order[: total - self.n]])
+        return order[self.rank::self.world_size]
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Index batches of ``epoch`` from step ``start`` on (to resume mid-epoch)."""
+        idx = self.indices(epoch)
+        for step in range(start, len(self)):
+            yield idx[step * self.batch_size:(step + 1) * self.batch_size]
+
+
+def iterate(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[slice]:
+    """Contiguous evaluation slices: this rank's share of ``range(n)``, each sample exactly once."""
+    per = math.ceil(n / world_size)
+    lo, hi = rank * per, min(n, (rank + 1) * per)
+    for s in range(lo, hi, batch_size):
+        yield slice(s, min(hi, s + batch_size))
+
+
+class BatchTransform:
+    """uint8 ``(B, C, h, w)`` -> normalised float ``(B, in_chans, H, W)`` on ``device``.
+
+    Training batches also get a random crop (zero padding of ``pad`` pixels at the output size,
+    as torchvision's ``RandomCrop(padding=pad)``) and a horizontal flip, drawn from the
+    generator passed in so that a resumed run draws the same ones. Grayscale data feeds a
+    3-channel model by repeating the channel; RGB data feeds a 1-channel model by averaging.
+    """
+
+    def __init__(self, size: int | Sequence[int], in_chans: int, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device | str = "cpu", pad: int | None = None,
+                 flip: bool = True, augment: bool = True, channels_last: bool = False):
+        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.in_chans = in_chans
+        self.device = torch.device(device)
+        self.pad = max(1, self.size[0] // 8) if pad is None else pad
+        self.flip = flip
+        self.augment = augment
+        self.channels_last = channels_last
+        # x_norm = x * scale + shift, with x in 0..255: one fused multiply-add
+        m = torch.tensor(mean, dtype=torch.float32)
+        s = torch.tensor(std, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * s)).view(1, -1, 1, 1).to(self.device)
+        self.shift = (-m / s).view(1, -1, 1, 1).to(self.device)
+
+    def __call__(self, x: torch.Tensor, train: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        c = x.shape[1]
+        if c == 3 and self.in_chans == 1:
+            x = x.float().mean(1, keepdim=True)
+            c = 1
+        x = x.float()
+        if tuple(x.shape[-2:]) != self.size:
+            down = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
+                              antialias=down)
+        if train and self.augment and (self.pad or self.flip):
+            x = self._crop_flip(x, generator)
+        scale, shift = self.scale, self.shift
+        if scale.shape[1] != c:  # stats given for the model's channels, data has fewer/more
+            scale, shift = scale.mean(1, keepdim=True), shift.mean(1, keepdim=True)
+        x = torch.addcmul(shift, x, scale)
+        if c == 1 and self.in_chans == 3:
+            x = x.expand(-1, 3, -1, -1)
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last
+                         else torch.contiguous_format)
+        return x
+
+    def _crop_flip(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        """One batched gather does the per-sample crop offsets and flips."""
+        b, _, h, w = x.shape
+        p = self.pad
+        oy = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        ox = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        flip = torch.randint(0, 2, (b,), generator=g).bool() if self.flip else torch.zeros(b, dtype=torch.bool)
+        if p:
+            x = F.pad(x, (p, p, p, p))
+        ar_h, ar_w = torch.arange(h), torch.arange(w)
+        rows = oy[:, None] + ar_h[None, :]
+        cols = torch.where(flip[:, None], ox[:, None] + (w - 1 - ar_w)[None, :],
+                           ox[:, None] + ar_w[None, :])
+        dev = x.device
+        bi = torch.arange(b, device=dev)[:, None, None]
+        out = x[bi, :, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]  # (B, H, W, C)
+        return out.permute(0, 3, 1, 2)
