@@ -19,7 +19,14 @@ from torch import nn
 
 from .backbone import load_backbone
 from .heads import GridMismatchError, build_head, check_head_args
-from .layout import FeatureInfo, default_input_size, model_in_chans, probe_features, select_features
+from .layout import (
+    FeatureInfo,
+    Probe,
+    default_input_size,
+    model_in_chans,
+    probe_features,
+    select_features,
+)
 
 __all__ = ["HeadSwapped", "OriginalHead", "swap_head", "RemovedModule"]
 
@@ -159,6 +166,8 @@ def swap_head(
     hidden: Sequence[int] = (),
     dropout: float = 0.0,
     input_size: int | Sequence[int] | None = None,
+    *,
+    probe: Probe | None = None,
     **load_kwargs: Any,
 ) -> HeadSwapped:
     """Replace the classifier of a timm backbone with a head from ``surgery.HEADS``.
@@ -167,7 +176,8 @@ def swap_head(
     ``load_kwargs``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options). The model passed
     in is modified in place and becomes ``.backbone``. ``num_classes`` defaults to the backbone's.
     ``input_size`` ((H, W) or an int) is the size the head is built for, the model's default if
-    None; only ``flatten`` depends on it.
+    None; only ``flatten`` depends on it. ``probe``: a :func:`probe_features` result for this
+    model at ``input_size``, to skip probing again (zoo sweeps build many heads on one backbone).
     """
     hidden = tuple(hidden)
     if isinstance(model_or_name, str):
@@ -188,7 +198,8 @@ def swap_head(
 
     if head == "original":
         model.reset_classifier(num_classes)
-    probe = probe_features(model, hw)
+    if probe is None or head == "original" or probe.features.input_size != hw:
+        probe = probe_features(model, hw)
     info = probe.features
     _warn_single_position(info, name)
 

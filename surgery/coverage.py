@@ -1,0 +1,143 @@
+"""Zoo coverage: does every head kind work on every timm architecture?
+
+For one architecture, :func:`check_architecture` builds the backbone on the meta device (no
+memory, no compute; real weights as fallback), swaps in each head kind and checks that a batch of
+two at the model's default input size gives ``(2, num_classes)`` logits. :func:`summarize` turns
+the per-architecture records into per-head totals and a list of failures with their reasons.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from .backbone import load_backbone
+from .heads import HEADS
+from .layout import FeatureInfo, probe_features
+from .swap import swap_head
+
+__all__ = ["check_architecture", "summarize"]
+
+BATCH = 2
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:240]}" if text else type(err).__name__
+
+
+def _features_record(info: FeatureInfo) -> dict[str, Any]:
+    return {"layout": info.layout, "channels": info.channels, "grid": list(info.grid),
+            "num_prefix_tokens": info.num_prefix_tokens, "input_size": list(info.input_size)}
+
+
+def _run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    module.eval()
+    with torch.no_grad():
+        return module(x)
+
+
+def _shape_record(out: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    ok = tuple(out.shape) == (BATCH, num_classes)
+    record: dict[str, Any] = {"ok": ok, "output_shape": list(out.shape)}
+    if not ok:
+        record["error"] = f"output shape {tuple(out.shape)}, expected {(BATCH, num_classes)}"
+    return record
+
+
+def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: int
+                 ) -> tuple[dict[str, Any], FeatureInfo | None]:
+    """Swap each head kind onto a copy of ``backbone``; the features are computed once.
+
+    The pooling heads share one probe and one backbone forward (their backbones are pruned the
+    same way); ``original`` changes the backbone (timm's reset_classifier) and runs whole.
+    """
+    results: dict[str, Any] = {}
+    probe = feats = info = None
+    for head in heads:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = swap_head(copy.deepcopy(backbone), head=head, num_classes=num_classes,
+                                  probe=probe)
+                info = model.features
+                device = next(model.parameters()).device
+                make = torch.empty if device.type == "meta" else torch.randn
+                x = make(BATCH, model.recipe["in_chans"], *info.input_size, device=device)
+                if head == "original":
+                    out = _run(model, x)
+                else:
+                    if feats is None:
+                        probe = probe_features(model.backbone, info.input_size)
+                        with torch.no_grad():
+                            feats = model.eval().forward_features(x)
+                    out = _run(model.head, feats)
+            results[head] = _shape_record(out, num_classes)
+            notes = sorted({str(w.message).split(";")[0] for w in caught
+                            if "1x1" in str(w.message)})
+            if notes:
+                results[head]["warning"] = notes[0]
+        except Exception as err:  # recorded per head, reported in the coverage file
+            results[head] = {"ok": False, "error": _first_line(err)}
+    return results, info
+
+
+def check_architecture(name: str, heads: Sequence[str] | None = None,
+                       num_classes: int = 10) -> dict[str, Any]:
+    """Swap every head kind onto ``name`` and check the output shape; never raises."""
+    heads = list(heads or HEADS)
+    start = time.perf_counter()
+    record: dict[str, Any] = {"model": name, "device": "meta", "heads": {}}
+    for device in ("meta", "cpu"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.device(device):
+                    backbone = load_backbone(name)
+        except Exception as err:
+            record.setdefault("build_errors", {})[device] = _first_line(err)
+            record["heads"] = {h: {"ok": False, "error": f"could not build: {_first_line(err)}"}
+                               for h in heads}
+            continue
+        record["device"] = device
+        record["heads"], info = _check_heads(backbone, heads, num_classes)
+        if info is not None:
+            record["features"] = _features_record(info)
+        if all(r["ok"] for r in record["heads"].values()):
+            break
+        if device == "meta":  # retry the whole architecture with real weights
+            record["meta_errors"] = {h: r.get("error") for h, r in record["heads"].items()
+                                     if not r["ok"]}
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+def summarize(records: Iterable[dict[str, Any]], heads: Sequence[str] | None = None
+              ) -> dict[str, Any]:
+    """Per-head counts of working architectures, failures with reasons, layouts and devices."""
+    records = sorted(records, key=lambda r: r["model"])
+    heads = list(heads or HEADS)
+    per_head = {}
+    failures: dict[str, list[dict[str, str]]] = {h: [] for h in heads}
+    for head in heads:
+        ok = 0
+        for r in records:
+            res = r["heads"].get(head, {"ok": False, "error": "not run"})
+            if res["ok"]:
+                ok += 1
+            else:
+                failures[head].append({"model": r["model"], "error": res.get("error", "?")})
+        per_head[head] = {"ok": ok, "total": len(records),
+                          "percent": round(100.0 * ok / max(1, len(records)), 2)}
+    layouts = Counter(r.get("features", {}).get("layout", "unknown") for r in records)
+    devices = Counter(r.get("device", "?") for r in records)
+    single = sorted(r["model"] for r in records
+                    if any("1x1" in res.get("warning", "") for res in r["heads"].values()))
+    return {"architectures": len(records), "per_head": per_head, "failures": failures,
+            "layouts": dict(layouts), "devices": dict(devices), "single_position": single}

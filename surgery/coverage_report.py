@@ -1,0 +1,56 @@
+"""Markdown rendering of a zoo-coverage summary (surgery.coverage.summarize)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from tabulate import tabulate
+
+__all__ = ["render_markdown"]
+
+
+def _group_failures(failures: list[dict[str, str]]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for f in failures:
+        groups[f["error"]].append(f["model"])
+    return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
+
+
+def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The committed report: per-head totals, layouts seen, and every failure with its reason."""
+    rows = [[h, s["ok"], s["total"], f"{s['percent']:.2f}%"] for h, s in summary["per_head"].items()]
+    lines = [
+        "# Zoo coverage: every head kind on every timm architecture",
+        "",
+        f"timm {meta['timm']}, torch {meta['torch']}, Python {meta['python']}, {meta['machine']}.",
+        f"Command: `{meta['command']}` (this run: {meta['seconds_this_run']} s; results resume "
+        "from `zoo_coverage.jsonl`).",
+        "",
+        f"A head works on an architecture when a batch of 2 at the model's default input size "
+        f"gives `(2, {meta['num_classes']})` logits. Built on the meta device (no weights, no "
+        "compute) where possible, with real weights otherwise.",
+        "",
+        tabulate(rows, headers=["head", "working", "architectures", "coverage"], tablefmt="github"),
+        "",
+        "Feature layouts: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["layouts"].items()))
+        + ". Built on: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["devices"].items()))
+        + ".",
+        "",
+    ]
+    if summary.get("single_position"):
+        lines += [f"Final grid 1x1 at the default size (gap, gmp and flatten coincide there): "
+                  f"{len(summary['single_position'])} architectures: "
+                  + ", ".join(summary["single_position"]) + ".", ""]
+    lines.append("## Failures")
+    any_failure = False
+    for head, failures in summary["failures"].items():
+        if not failures:
+            continue
+        any_failure = True
+        lines += ["", f"### {head}: {len(failures)}", ""]
+        for reason, models in _group_failures(failures).items():
+            lines.append(f"- {reason}: {len(models)} ({', '.join(models)})")
+    if not any_failure:
+        lines += ["", "None: every head kind works on every architecture."]
+    return "\n".join(lines) + "\n"

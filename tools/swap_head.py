@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Replace the classifier of a timm backbone and show what changed.
+
+    python tools/swap_head.py resnet18 --head gmp
+    python tools/swap_head.py vit_small_patch16_224 --head flatten --num-classes 10 --format json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from _cli import run
+
+from surgery import HEADS, save, swap_head
+from surgery.report import swap_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("model", help="any name of timm.list_models() (e.g. resnet18, vit_small_patch16_224)")
+    g = p.add_argument_group("head")
+    g.add_argument("--head", default="gap", choices=list(HEADS),
+                   help="; ".join(f"{k}: {v.description}" for k, v in HEADS.items()))
+    g.add_argument("--num-classes", type=int, default=10, help="output classes (default 10)")
+    g.add_argument("--hidden", type=int, nargs="*", default=[],
+                   help="hidden Linear-ReLU-Dropout widths before the output layer")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout before each Linear")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="square input size the head is built for (default: the model's)")
+    b = p.add_argument_group("backbone")
+    b.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (online)")
+    b.add_argument("--checkpoint", type=Path, default=None, help="local weights file")
+    b.add_argument("--in-chans", type=int, default=3, help="input channels")
+    o = p.add_argument_group("output")
+    o.add_argument("--sizes", type=int, nargs="*", default=None,
+                   help="input sizes to try (default: the built size, ~0.75x and ~1.25x)")
+    o.add_argument("--save", type=Path, default=None, help="write the swapped model here")
+    o.add_argument("--format", choices=("text", "json"), default="text")
+    return p
+
+
+def _text(report: dict) -> str:
+    p = report["params"]
+    f = report["features"]
+    lines = [
+        f"model      {report['model']}  (features: {f['layout']}, {f['channels']} channels, grid "
+        f"{'x'.join(map(str, f['grid']))}"
+        + (f", {f['num_prefix_tokens']} prefix tokens" if f["num_prefix_tokens"] else "") + ")",
+        f"removed    {report['removed']}",
+        f"head       {report['head']}: " + report["head_module"].replace("\n", "\n           "),
+        f"params     backbone {p['backbone']:,} | head {p['head']:,} | total {p['total']:,}",
+        "sizes",
+    ]
+    for s in report["sizes"]:
+        size = "x".join(map(str, s["input_size"]))
+        lines.append(f"  {size:>9}  " + (f"ok     -> {tuple(s['output_shape'])}" if s["ok"]
+                                         else f"refuses: {s['error']}"))
+    lines.append(f"note       {report['note']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model = swap_head(args.model, head=args.head, num_classes=args.num_classes,
+                          hidden=tuple(args.hidden), dropout=args.dropout,
+                          input_size=args.input_size, pretrained=args.pretrained,
+                          checkpoint=args.checkpoint, in_chans=args.in_chans)
+    report = swap_report(model, args.sizes)
+    report["warnings"] = sorted({str(w.message) for w in caught if "1x1" in str(w.message)})
+    if args.save:
+        report["saved"] = str(save(model, args.save))
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(_text(report))
+        for w in report["warnings"]:
+            print(f"warning    {w}")
+        if args.save:
+            print(f"saved      {report['saved']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(lambda: main()))

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Run every head kind over every timm architecture; write docs/zoo_coverage.{md,json}.
+
+    python tools/zoo_coverage.py --jobs 2            # the whole zoo (resumes from the .jsonl)
+    python tools/zoo_coverage.py --models 'vit_*' --out-dir /tmp/cov
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import multiprocessing as mp
+import platform
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+from _cli import run
+from tqdm import tqdm
+
+from surgery import HEADS
+from surgery.coverage import check_architecture, summarize
+from surgery.coverage_report import render_markdown
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", nargs="*", default=["*"],
+                   help="architectures or timm wildcards (default: all of timm.list_models())")
+    p.add_argument("--heads", nargs="*", default=list(HEADS), choices=list(HEADS),
+                   help="head kinds to check (default: all)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--jobs", type=int, default=2, help="worker processes")
+    p.add_argument("--out-dir", type=Path, default=Path("docs"),
+                   help="where zoo_coverage.md/.json (and the resumable .jsonl) go")
+    p.add_argument("--fresh", action="store_true", help="ignore results of an earlier run")
+    return p
+
+
+def _select(patterns: list[str]) -> list[str]:
+    names = timm.list_models()
+    chosen = sorted({n for pat in patterns for n in fnmatch.filter(names, pat)})
+    if not chosen:
+        raise ValueError(f"no timm architecture matches {patterns}")
+    return chosen
+
+
+def _worker(args: tuple[str, list[str], int]) -> dict:
+    torch.set_num_threads(1)
+    name, heads, k = args
+    return check_architecture(name, heads, k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = _select(args.models)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    partial = args.out_dir / "zoo_coverage.jsonl"
+    done: dict[str, dict] = {}
+    if partial.exists() and not args.fresh:
+        for line in partial.read_text().splitlines():
+            rec = json.loads(line)
+            if set(args.heads) <= set(rec["heads"]):
+                done[rec["model"]] = rec
+    todo = [n for n in names if n not in done]
+    start = time.perf_counter()
+    with partial.open("a" if not args.fresh else "w") as sink:
+        tasks = [(n, args.heads, args.num_classes) for n in todo]
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(args.jobs, maxtasksperchild=20) as pool:
+            for rec in tqdm(pool.imap_unordered(_worker, tasks), total=len(tasks),
+                            desc="architectures", unit="arch"):
+                done[rec["model"]] = rec
+                sink.write(json.dumps(rec) + "\n")
+                sink.flush()
+    elapsed = time.perf_counter() - start
+    records = [done[n] for n in names]
+    summary = summarize(records, args.heads)
+    meta = {"timm": timm.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
+            "command": "python tools/zoo_coverage.py " + " ".join(argv if argv is not None
+                                                                  else sys.argv[1:]),
+            "seconds_this_run": round(elapsed, 1), "num_classes": args.num_classes}
+    (args.out_dir / "zoo_coverage.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1))
+    (args.out_dir / "zoo_coverage.md").write_text(render_markdown(summary, meta))
+    for head, s in summary["per_head"].items():
+        print(f"{head:10s} {s['ok']:5d}/{s['total']} ({s['percent']}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(lambda: main()))
