@@ -13,7 +13,6 @@ in its ``error`` column and does not stop the others.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import sys
 import warnings
 from collections.abc import Sequence
@@ -215,4 +214,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from _cli import run  # tools/_cli.py: path set-up, user errors -> one line, exit 2
+
+    sys.exit(run(main))
