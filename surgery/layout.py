@@ -22,7 +22,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["FeatureInfo", "Probe", "probe_features", "select_features", "default_input_size"]
+__all__ = [
+    "FeatureInfo", "Probe", "probe_features", "extract_features", "select_features",
+    "default_input_size",
+]
 
 Layout = Literal["NCHW", "NHWC", "NLC"]
 
@@ -45,6 +48,7 @@ class FeatureInfo:
     input_size: tuple[int, int]
     shape: tuple[int, ...]
     from_sequence: bool = False  # forward_features returned a list/tuple; the last item is used
+    source: str = "forward_features"  # or "intermediates": see extract_features()
 
     @property
     def num_positions(self) -> int:
@@ -91,6 +95,16 @@ def model_in_chans(model: nn.Module) -> int:
     return 3
 
 
+def extract_features(model: nn.Module, x: torch.Tensor, source: str = "forward_features"
+                     ) -> torch.Tensor:
+    """The backbone's features for ``x``, from ``forward_features`` (the usual source) or, for
+    models whose ``forward_features`` returns only class tokens (PiT), from the last map of
+    timm's ``forward_intermediates``."""
+    if source == "intermediates":
+        return select_features(model.forward_intermediates(x, indices=1, intermediates_only=True))
+    return select_features(model.forward_features(x))
+
+
 def select_features(out: Any) -> torch.Tensor:
     """The tensor a head consumes: the output itself, or the last item of a list / tuple."""
     while isinstance(out, (list, tuple)):
@@ -130,16 +144,22 @@ def _meta_twin(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Parameter]]:
     return twin, dict(twin.named_parameters())
 
 
-def _run_recorded(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+def _run_recorded(model: nn.Module, x: torch.Tensor, source: str
+                  ) -> tuple[torch.Tensor, bool, set[str]]:
+    """Features of ``x`` (eval mode, no grad), whether they came from a list, the params used."""
     watched = {id(p): n for n, p in model.named_parameters()}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _ParamUseRecorder(watched) as rec:
-            out = select_features(model.forward_features(x))
+            if source == "intermediates":
+                raw = model.forward_intermediates(x, indices=1, intermediates_only=True)
+            else:
+                raw = model.forward_features(x)
+            out = select_features(raw)
     finally:
         model.train(was_training)
-    return out, rec.used
+    return out, isinstance(raw, (list, tuple)) and source != "intermediates", rec.used
 
 
 def _on_meta(model: nn.Module) -> bool:
@@ -160,22 +180,31 @@ def probe_features(
     hw = input_size or default_input_size(model)
     chans = in_chans or model_in_chans(model)
     errors = []
-    attempts = ["meta", "real"]
-    for where in attempts:
+    source = "forward_features"
+    for where in ("meta", "real"):
+        if where == "real" and _on_meta(model):
+            break  # no real weights to fall back to
         try:
             if where == "meta":
                 twin = model if _on_meta(model) else _meta_twin(model)[0]
-                out, used = _run_recorded(twin, torch.empty(1, chans, *hw, device="meta"))
+                x = torch.empty(1, chans, *hw, device="meta")
             else:
-                if _on_meta(model):
-                    break  # no real weights to fall back to
-                device = next(model.parameters()).device
-                out, used = _run_recorded(model, torch.zeros(1, chans, *hw, device=device))
+                twin = model
+                x = torch.zeros(1, chans, *hw, device=next(model.parameters()).device)
+            out, from_list, used = _run_recorded(twin, x, source)
+            info = describe_features(model, tuple(out.shape), hw, from_list, source)
+            if info.num_positions == 0 and hasattr(model, "forward_intermediates"):
+                # forward_features kept only class tokens (PiT): take the last feature map instead
+                source = "intermediates"
+                out, from_list, used = _run_recorded(twin, x, source)
+                info = describe_features(model, tuple(out.shape), hw, from_list, source)
         except Exception as err:  # the backbone's own error; explained below
             errors.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
                           if str(err).strip() else type(err).__name__)
             continue
-        info = describe_features(model, tuple(out.shape), hw)
+        if info.num_positions == 0:
+            raise ValueError(f"{_model_name(model)}: forward_features returns only prefix tokens "
+                             f"{info.shape} and the model has no forward_intermediates()")
         return Probe(info, used, where)
     raise ValueError(
         f"{_model_name(model)} cannot run at input {hw[0]}x{hw[1]} with {chans} channels: "
@@ -223,7 +252,7 @@ def _prefix_tokens(model: nn.Module, n_tokens: int, hw: tuple[int, int]) -> int:
     for name, p in model.named_parameters():
         if name.rsplit(".", 1)[-1] in _PREFIX_TOKEN_PARAMS and "." not in name and p.dim() == 3:
             from_params += int(p.shape[1])
-    if from_params and _token_grid(n_tokens - from_params, hw):
+    if from_params and (n_tokens == from_params or _token_grid(n_tokens - from_params, hw)):
         return from_params
     for k in range(0, min(9, n_tokens)):
         if _token_grid(n_tokens - k, hw):
@@ -231,21 +260,24 @@ def _prefix_tokens(model: nn.Module, n_tokens: int, hw: tuple[int, int]) -> int:
     return 0
 
 
-def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, int]) -> FeatureInfo:
+def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, int],
+                      from_sequence: bool = False, source: str = "forward_features"
+                      ) -> FeatureInfo:
     """Turn a feature shape into a FeatureInfo (layout, channels, grid, prefix tokens)."""
     hw = (int(hw[0]), int(hw[1]))
+    extra = {"from_sequence": from_sequence, "source": source}
     if len(shape) == 4:
-        if _is_nhwc(model, shape):
-            return FeatureInfo(shape[3], "NHWC", (shape[1], shape[2]), 0, hw, shape)
-        return FeatureInfo(shape[1], "NCHW", (shape[2], shape[3]), 0, hw, shape)
+        if source != "intermediates" and _is_nhwc(model, shape):
+            return FeatureInfo(shape[3], "NHWC", (shape[1], shape[2]), 0, hw, shape, **extra)
+        return FeatureInfo(shape[1], "NCHW", (shape[2], shape[3]), 0, hw, shape, **extra)
     if len(shape) == 3:
         prefix = _prefix_tokens(model, shape[1], hw)
         n_patch = shape[1] - prefix
         grid = _token_grid(n_patch, hw) or (n_patch,)
-        return FeatureInfo(shape[2], "NLC", tuple(grid), prefix, hw, shape)
+        return FeatureInfo(shape[2], "NLC", tuple(grid), prefix, hw, shape, **extra)
     if len(shape) == 2:  # already pooled inside forward_features: one position, no grid
         warnings.warn(f"{_model_name(model)} pools inside forward_features (features {shape}); "
                       "every head sees a single position", stacklevel=3)
-        return FeatureInfo(shape[1], "NLC", (1, 1), 0, hw, (shape[0], 1, shape[1]))
+        return FeatureInfo(shape[1], "NLC", (1, 1), 0, hw, (shape[0], 1, shape[1]), **extra)
     raise ValueError(f"{_model_name(model)}: forward_features returned shape {shape}; expected "
                      "NCHW/NHWC maps (4-D) or tokens (3-D)")

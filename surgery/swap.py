@@ -23,9 +23,9 @@ from .layout import (
     FeatureInfo,
     Probe,
     default_input_size,
+    extract_features,
     model_in_chans,
     probe_features,
-    select_features,
 )
 
 __all__ = ["HeadSwapped", "OriginalHead", "swap_head", "RemovedModule"]
@@ -108,7 +108,8 @@ class HeadSwapped(nn.Module):
         return int(self.recipe["num_classes"])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return select_features(self.backbone.forward_features(x))
+        """The features the head consumes (the last map if the backbone returns a list)."""
+        return extract_features(self.backbone, x, self.features.source)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
