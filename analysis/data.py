@@ -11,6 +11,7 @@ device (analysis.batches), never per image in PIL.
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import struct
 from collections.abc import Callable
@@ -313,7 +314,14 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     the reader (e.g. ``num_classes`` for ``synthetic``, ``image_size`` for ``imagefolder``)."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose from: {', '.join(DATASETS)}")
-    raw = DATASETS[name](data_dir, download, **options)
+    reader = DATASETS[name]
+    accepted = [k for k, prm in inspect.signature(reader).parameters.items()
+                if prm.kind == prm.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(accepted) or 'none'}")
+    raw = reader(data_dir, download, **options)
     n_all = len(raw.train_y)
     n_val = _count(val_size, n_all, "val-size")
     if n_val >= n_all:

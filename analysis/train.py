@@ -193,6 +193,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
             raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no config.json there (is it "
                                     "a run directory written by tools/finetune.py?)")
         cfg = TrainConfig.from_dict(read_json(run_dir / "config.json")["config"])
+        cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
         if (run_dir / "summary.json").is_file():
             return dict(read_json(run_dir / "summary.json"))
         if (run_dir / "last.pt").is_file():

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default {d.val_size})")
     da.add_argument("--train-eval-size", type=int, default=None,
                     help="fixed train sample for eval-mode train metrics (default: as val)")
+    da.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="reader option, repeatable (synthetic: num_classes, n_train, n_test, "
+                         "image_size, channels; imagefolder: image_size, gray, test_fraction)")
     da.add_argument("--img-size", type=int, default=None, help="resize to this (default: native)")
     da.add_argument("--no-augment", dest="augment", action="store_false",
                     help="no random crop / flip")
@@ -107,11 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _options(items: list[str]) -> dict[str, int | float | bool | str]:
+    """``["n_train=64", "gray=true"]`` -> ``{"n_train": 64, "gray": True}``."""
+    out: dict[str, int | float | bool | str] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--data-option expects KEY=VALUE, got {item!r}")
+        value: int | float | bool | str = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(text)
+                    break
+                except ValueError:
+                    pass
+        out[key] = value
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the parsed arguments describe."""
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     values["hidden"] = tuple(args.hidden)
+    values["data_options"] = _options(args.data_option)
     return TrainConfig(**values)
 
 
