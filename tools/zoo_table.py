@@ -1,0 +1,233 @@
+"""Params and GMACs of every timm architecture with the gap, gmp and flatten heads.
+
+    python tools/zoo_table.py [--models 'vit_*' ...] [--jobs 2] [--cache runs/zoo_table.jsonl]
+                              [--out-dir docs]
+
+Each architecture is built on the meta device (no memory for weights, nothing computed) at its
+default input size, its backbone counted once with the torch counter (fvcore's MAC convention:
+one multiply-add = 1), and each head built on the backbone's features and counted on its own;
+a head's total is backbone + head. Rows are appended to the ``--cache`` JSONL as they finish, so
+an interrupted run resumes where it stopped. Writes ``zoo_table.md`` and ``zoo_table.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import timm
+import torch
+from tqdm import tqdm
+
+import surgery
+from analysis.flops import FLOP_COUNTERS, count_flops
+from analysis.params import count_params
+from analysis.tables import format_table
+
+__all__ = ["build_parser", "main", "zoo_row", "COLUMNS"]
+
+DEFAULT_HEADS = ("gap", "gmp", "flatten")
+
+
+def columns(heads: Sequence[str]) -> list[str]:
+    """Column order of the table for ``heads``."""
+    return (["model", "input", "features", "params_backbone"]
+            + [f"params_{h}" for h in heads] + ["gmacs_backbone"]
+            + [f"gmacs_{h}" for h in heads] + ["error"])
+
+
+COLUMNS = columns(DEFAULT_HEADS)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zoo_table.py", description=__doc__.split("\n\n")[0])
+    what = parser.add_argument_group("what to count")
+    what.add_argument("--models", nargs="+", default=["*"],
+                      help="timm names or wildcards (default: the whole zoo)")
+    what.add_argument("--heads", nargs="+", default=list(DEFAULT_HEADS),
+                      choices=[h for h in surgery.HEADS if h != "original"], metavar="HEAD",
+                      help="head kinds (default: gap gmp flatten)")
+    what.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
+    what.add_argument("--counter", choices=list(FLOP_COUNTERS), default="torch",
+                      help="torch (meta device, default) or fvcore (real tensors: slow)")
+    run = parser.add_argument_group("running")
+    run.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    run.add_argument("--timeout", type=int, default=300, help="seconds per architecture")
+    run.add_argument("--cache", type=Path, default=Path("runs/zoo_table.jsonl"),
+                     help="JSONL of finished rows; rerunning skips them (resume)")
+    run.add_argument("--retry-errors", action="store_true",
+                     help="recount architectures whose cached row is an error")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out-dir", type=Path, default=Path("docs"),
+                     help="where zoo_table.md and zoo_table.csv go (default docs)")
+    out.add_argument("--command", default=None,
+                     help="command line recorded in the report (default: this one)")
+    return parser
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> NoReturn:
+    raise _Timeout()
+
+
+def zoo_row(name: str, heads: Sequence[str] = DEFAULT_HEADS, num_classes: int = 1000,
+            counter: str = "torch") -> dict[str, Any]:
+    """One row: params and MACs of ``name`` with each head, at its default input size.
+
+    The backbone is counted once; each head is counted alone on a features tensor of the
+    backbone's output shape. Never raises: failures go to ``error``.
+    """
+    row: dict[str, Any] = {"model": name, "error": None}
+    device = torch.device("meta" if counter == "torch" else "cpu")
+    try:
+        with warnings.catch_warnings(), torch.device(device):
+            warnings.simplefilter("ignore")
+            model = surgery.swap_head(name, head=heads[0], num_classes=num_classes)
+            info = model.features
+            chans = int(model.recipe.get("in_chans", 3))
+            macs = count_flops(model, (chans, *info.input_size), counter=counter)
+            row.update(input="x".join(map(str, info.input_size)),
+                       features=f"{info.channels}x" + "x".join(map(str, info.grid)),
+                       params_backbone=count_params(model)["backbone"],
+                       gmacs_backbone=macs["backbone"] / 1e9)
+            for head in heads:
+                module = surgery.build_head(head, info, num_classes).to(device)
+                head_macs = FLOP_COUNTERS[counter](module, tuple(info.shape))["total"]
+                head_params = sum(p.numel() for p in module.parameters())
+                row[f"params_{head}"] = row["params_backbone"] + head_params
+                row[f"gmacs_{head}"] = (macs["backbone"] + head_macs) / 1e9
+    except _Timeout:
+        row["error"] = "timeout"
+    except Exception as err:  # noqa: BLE001 - a failing architecture is a row, not a crash
+        text = str(err).splitlines()[0] if str(err) else ""
+        row["error"] = f"{type(err).__name__}: {text}"[:300]
+    return row
+
+
+def _work(task: tuple[str, tuple[str, ...], int, str, int]) -> tuple[dict[str, Any], float]:
+    """Worker: one architecture under a SIGALRM timeout; returns the row and seconds taken."""
+    name, heads, num_classes, counter, timeout = task
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(timeout)
+    start = time.perf_counter()
+    try:
+        row = zoo_row(name, heads, num_classes, counter)
+    except _Timeout:
+        row = {"model": name, "error": f"timeout after {timeout} s"}
+    finally:
+        signal.alarm(0)
+    return row, time.perf_counter() - start
+
+
+def read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows already finished, by model name (later lines win)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interruption
+            rows[row["model"]] = row
+    return rows
+
+
+def _run(tasks: list[tuple[str, tuple[str, ...], int, str, int]], jobs: int
+         ) -> Iterator[tuple[dict[str, Any], float]]:
+    if jobs <= 1:
+        yield from map(_work, tasks)
+        return
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(jobs, maxtasksperchild=100) as pool:
+        yield from pool.imap_unordered(_work, tasks, chunksize=1)
+
+
+def _report(rows: list[dict[str, Any]], heads: Sequence[str], command: str, counter: str,
+            seconds: float | None) -> str:
+    failed = [r for r in rows if r.get("error")]
+    head_cols = ", ".join(f"`params_{h}`/`gmacs_{h}`" for h in heads)
+    lines = [
+        "# Zoo table: params and GMACs per head",
+        "",
+        f"timm {timm.__version__}, torch {torch.__version__}, {len(rows)} architectures "
+        f"({len(rows) - len(failed)} counted, {len(failed)} failed); counter: `{counter}`.",
+        f"Produced by `{command}` on {platform.machine()} Linux, {mp.cpu_count()} CPU cores"
+        + (f", in {seconds / 60:.1f} min (this invocation)" if seconds else "") + ".",
+        "",
+        "MACs follow fvcore's convention (one fused multiply-add = 1; GMACs = 1e9 MACs) for one "
+        "image at the model's default input size; normalisation and pooling count as fvcore "
+        "counts them (pooling: one per input element). "
+        f"{head_cols}: the whole model with that head (backbone + head), "
+        "`features`: channels x final grid the heads see. Params are exact.",
+        "",
+    ]
+    return "\n".join(lines) + format_table(rows, "github", columns(heads), floatfmt=".4f") + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.jobs < 1 or args.num_classes < 1 or args.timeout < 1:
+        print("zoo_table.py: error: --jobs, --num-classes and --timeout must be >= 1",
+              file=sys.stderr)
+        return 2
+    names: dict[str, None] = {}
+    for pattern in args.models:
+        found = timm.list_models(pattern)
+        if not found:
+            print(f"zoo_table.py: error: no timm model matches {pattern!r}", file=sys.stderr)
+            return 2
+        names.update(dict.fromkeys(found))
+    heads = tuple(args.heads)
+    cache = read_cache(args.cache)
+    todo = [n for n in names if n not in cache or (args.retry_errors and cache[n].get("error"))
+            or any(f"gmacs_{h}" not in cache[n] for h in heads if not cache[n].get("error"))]
+    args.cache.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tasks = [(n, heads, args.num_classes, args.counter, args.timeout) for n in todo]
+    with args.cache.open("a") as sink:
+        bar = tqdm(total=len(tasks), desc="architectures", unit="arch", file=sys.stderr,
+                   disable=args.no_progress)
+        for row, seconds in _run(tasks, args.jobs):
+            row["seconds"] = round(seconds, 3)
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+            cache[row["model"]] = row
+            bar.update()
+        bar.close()
+    elapsed = time.perf_counter() - start
+    rows = [cache[n] for n in sorted(names)]
+    command = args.command or "python tools/zoo_table.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "zoo_table.md").write_text(
+        _report(rows, heads, command, args.counter, elapsed if todo else None))
+    (args.out_dir / "zoo_table.csv").write_text(format_table(rows, "csv", columns(heads)))
+    failed = sum(1 for r in rows if r.get("error"))
+    print(f"{len(rows)} architectures ({len(todo)} counted now, {failed} failed) in "
+          f"{elapsed:.1f} s -> {args.out_dir / 'zoo_table.md'}, {args.out_dir / 'zoo_table.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from _cli import run  # tools/_cli.py: path set-up, user errors -> one line, exit 2
+
+    sys.exit(run(main))
