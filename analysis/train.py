@@ -181,7 +181,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     """Run (or resume) one fine-tuning run and return its summary (also in ``summary.json``).
 
     ``data`` skips loading when the caller (a study) already holds the splits; ``on_step``
-    receives ``{epoch, step, global_step, loss}`` after every optimiser step (a hook may raise to
+    receives ``{epoch, step, global_step, loss, model, optimizer}`` after every optimiser step (a hook may raise to
     stop the run), ``on_epoch`` each epoch's metrics row. Raises :class:`NonFiniteLossError` when
     the loss becomes NaN or inf; ``last.pt`` then still holds the last good state.
     """
@@ -268,6 +268,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                    t_seg: float) -> None:
         if not dist.is_main:
             return
+        _check_weights(model, epoch, step, run_dir)
         totals = dict(acc, time_s=acc["time_s"] + time.perf_counter() - t_seg)
         _save_ckpt(run_dir / "last.pt", model, {
             "kind": "last", "epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
@@ -304,7 +305,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{cfg.lr * f:.2e}")
             if on_step is not None:
-                on_step({"epoch": epoch, "step": step, "global_step": gstep, "loss": loss})
+                on_step({"epoch": epoch, "step": step, "global_step": gstep, "loss": loss,
+                         "model": model, "optimizer": optimizer})
             mid = step + 1 < steps and (
                 (cfg.ckpt_steps and (step + 1) % cfg.ckpt_steps == 0)
                 or (cfg.ckpt_minutes and time.perf_counter() - t_ckpt > 60 * cfg.ckpt_minutes))
@@ -398,6 +400,16 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, run_dir: Path) 
         raise NonFiniteLossError(
             f"training loss became NaN or inf at epoch {epoch + 1}, step {step + 1}; stopped "
             f"({keep}); try a lower --lr, --clip-grad 1.0, or --amp off")
+
+
+def _check_weights(model: nn.Module, epoch: int, step: int, run_dir: Path) -> None:
+    """Never checkpoint NaN/inf weights: the previous ``last.pt`` stays the last good one."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    if flags and not bool(torch.stack(flags).all()):
+        raise NonFiniteLossError(
+            f"weights became NaN or inf (after {epoch} epochs and {step} steps); stopped "
+            f"without overwriting {run_dir / 'last.pt'} (the last good checkpoint); try a lower "
+            "--lr, --clip-grad 1.0, or --amp off")
 
 
 def _progress(cfg: TrainConfig, dist: DistInfo, steps: int, initial: int, epoch: int) -> Any:

@@ -92,11 +92,17 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     pcfg = timm.get_pretrained_cfg(cfg.model.split(".")[0])
     if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
         kwargs["img_size"] = img_size  # ViT-style models: position embeddings for this size
-    model = surgery.swap_head(
-        cfg.model, head=cfg.head, num_classes=data.num_classes, hidden=cfg.hidden,
-        dropout=cfg.dropout, input_size=img_size, in_chans=in_chans,
-        pretrained=cfg.pretrained and fresh, checkpoint=cfg.checkpoint if fresh else None,
-        **kwargs)
+    try:
+        model = surgery.swap_head(
+            cfg.model, head=cfg.head, num_classes=data.num_classes, hidden=cfg.hidden,
+            dropout=cfg.dropout, input_size=img_size, in_chans=in_chans,
+            pretrained=cfg.pretrained and fresh, checkpoint=cfg.checkpoint if fresh else None,
+            **kwargs)
+    except ValueError as err:
+        if "cannot run at input" not in str(err):
+            raise
+        raise ValueError(f"img-size {img_size} is too small for {cfg.model}: {err}; use a larger "
+                         "--img-size") from None
     if weights:
         mcfg = model.backbone.pretrained_cfg
         mean, std = tuple(mcfg.get("mean", data.mean)), tuple(mcfg.get("std", data.std))
