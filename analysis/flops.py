@@ -315,12 +315,17 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Count the inference graph (dropout off, batch norm with running stats), then restore."""
+def _eval_mode(model: nn.Module, no_grad: bool = True):
+    """Count the inference graph (dropout off, batch norm with running stats), then restore.
+
+    The torch counter keeps autograd on (``no_grad=False``): its module tracker hooks fail on
+    modules called with a parameter (class tokens in CaiT, PiT) under ``no_grad``. On meta or
+    fake tensors that costs nothing.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad() if no_grad else contextlib.nullcontext():
             yield
     finally:
         model.train(was_training)
@@ -369,7 +374,7 @@ def _torch(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
     else:  # real weights: fake tensors stand in for them, nothing is computed
         from torch._subclasses.fake_tensor import FakeTensorMode
         fake, device = FakeTensorMode(allow_non_fake_inputs=True), _device(model)
-    with _eval_mode(model), fake:
+    with _eval_mode(model, no_grad=False), fake:
         x = torch.empty(shape, device=device)
         with counter:
             model(x)
