@@ -115,6 +115,8 @@ class HeadSwapped(nn.Module):
         return self.head(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.head, OriginalHead):  # timm's head reads the raw output (lists too)
+            return self.head(self.backbone.forward_features(x))
         feats = self.forward_features(x)
         try:
             return self.head(feats)

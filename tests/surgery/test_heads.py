@@ -1,0 +1,141 @@
+"""Head semantics on hand-made tensors: each pooling against an independent computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from surgery import HEADS, build_head
+from surgery.heads import GridMismatchError
+from surgery.layout import FeatureInfo
+
+
+def nchw(c: int = 4, h: int = 3, w: int = 2) -> FeatureInfo:
+    return FeatureInfo(c, "NCHW", (h, w), 0, (h * 32, w * 32), (1, c, h, w))
+
+
+def nlc(c: int = 4, grid: tuple[int, int] = (2, 3), prefix: int = 1) -> FeatureInfo:
+    n = grid[0] * grid[1] + prefix
+    return FeatureInfo(c, "NLC", grid, prefix, (grid[0] * 16, grid[1] * 16), (1, n, c))
+
+
+def test_registry_has_the_promised_kinds():
+    assert {"gap", "gmp", "gapmp", "flatten", "nin", "original"} <= set(HEADS)
+
+
+def test_gmp_on_a_hand_computed_map():
+    x = torch.tensor([[[[1.0, -2.0], [3.0, 0.5]], [[-1.0, -4.0], [-0.5, -3.0]]]])  # (1, 2, 2, 2)
+    head = build_head("gmp", nchw(2, 2, 2), num_classes=1)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([[1.0, 10.0]]))
+        head.fc.bias.zero_()
+    # max of channel 0 is 3, of channel 1 is -0.5: 1*3 + 10*(-0.5) = -2
+    assert head(x).item() == pytest.approx(-2.0)
+
+
+def test_gap_on_a_hand_computed_map():
+    x = torch.tensor([[[[1.0, -2.0], [3.0, 0.5]], [[-1.0, -4.0], [-0.5, -3.0]]]])
+    head = build_head("gap", nchw(2, 2, 2), num_classes=1)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([[1.0, 10.0]]))
+        head.fc.bias.fill_(1.0)
+    # means 0.625 and -2.125: 0.625 - 21.25 + 1 = -19.625
+    assert head(x).item() == pytest.approx(-19.625)
+
+
+@pytest.mark.parametrize("kind, pool", [("gap", F.adaptive_avg_pool2d), ("gmp", F.adaptive_max_pool2d)])
+def test_pooling_heads_match_torch_pooling(kind, pool):
+    x = torch.randn(3, 4, 3, 2)
+    head = build_head(kind, nchw(), num_classes=5)
+    expected = head.fc(pool(x, 1).flatten(1))
+    torch.testing.assert_close(head(x), expected)
+
+
+def test_gapmp_concatenates_mean_then_max():
+    x = torch.randn(2, 4, 3, 2)
+    head = build_head("gapmp", nchw(), num_classes=5)
+    assert head.fc.in_features == 8
+    feats = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+    torch.testing.assert_close(head(x), head.fc(feats))
+
+
+def test_flatten_equals_fc_of_flattened_features():
+    x = torch.randn(2, 4, 3, 2)
+    head = build_head("flatten", nchw(), num_classes=5)
+    assert head.fc.in_features == 4 * 3 * 2
+    torch.testing.assert_close(head(x), head.fc(x.flatten(1)))
+
+
+def test_flatten_refuses_another_grid_and_says_why():
+    head = build_head("flatten", nchw(4, 3, 2), num_classes=5)
+    with pytest.raises(GridMismatchError, match=r"built for a 3x2 grid .*got 4x4.*pooling heads"):
+        head(torch.randn(1, 4, 4, 4))
+
+
+def test_nhwc_pooling_matches_nchw_pooling():
+    x = torch.randn(2, 4, 3, 2)
+    info_nhwc = FeatureInfo(4, "NHWC", (3, 2), 0, (96, 64), (1, 3, 2, 4))
+    for kind in ("gap", "gmp", "gapmp"):
+        a, b = build_head(kind, nchw(), 5), build_head(kind, info_nhwc, 5)
+        b.load_state_dict(a.state_dict())
+        torch.testing.assert_close(b(x.permute(0, 2, 3, 1)), a(x))
+
+
+@pytest.mark.parametrize("kind", ["gap", "gmp", "gapmp", "nin"])
+def test_token_pooling_ignores_prefix_tokens(kind):
+    info = nlc(prefix=2)
+    head = build_head(kind, info, num_classes=3).eval()
+    x = torch.randn(2, 2 + 6, 4)
+    y = x.clone()
+    y[:, :2] = 1e6  # class / distillation tokens: must not matter
+    torch.testing.assert_close(head(y), head(x))
+    patches = x[:, 2:]
+    if kind == "gmp":
+        torch.testing.assert_close(head(x), head.fc(patches.amax(1)))
+    elif kind == "gap":
+        torch.testing.assert_close(head(x), head.fc(patches.mean(1)))
+
+
+def test_token_flatten_uses_patch_tokens_only():
+    info = nlc(prefix=1)
+    head = build_head("flatten", info, num_classes=3)
+    x = torch.randn(2, 7, 4)
+    assert head.fc.in_features == 6 * 4
+    torch.testing.assert_close(head(x), head.fc(x[:, 1:].flatten(1)))
+
+
+def test_nin_is_1x1_conv_then_average():
+    x = torch.randn(2, 4, 3, 2)
+    head = build_head("nin", nchw(), num_classes=5)
+    maps = F.conv2d(x, head.fc.weight, head.fc.bias)
+    torch.testing.assert_close(head.class_maps(x), maps)
+    torch.testing.assert_close(head(x), maps.mean((2, 3)))
+
+
+def test_nin_param_count_equals_gap():
+    info = nchw(c=512)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(build_head("nin", info, 10)) == count(build_head("gap", info, 10)) == 512 * 10 + 10
+
+
+def test_hidden_and_dropout_build_an_mlp():
+    head = build_head("gap", nchw(c=8), num_classes=3, hidden=(16, 6), dropout=0.5)
+    linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(8, 16), (16, 6), (6, 3)]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in head.modules()) == 2
+    head.eval()
+    x = torch.randn(2, 8, 2, 2)
+    torch.testing.assert_close(head(x), head(x))  # dropout off in eval
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(head="gxp"), "unknown head 'gxp'; choose from gap, gmp"),
+    (dict(num_classes=0), "num_classes must be an integer >= 1"),
+    (dict(hidden=(0,)), "hidden sizes must be positive"),
+    (dict(dropout=1.5), r"dropout must be in \[0, 1\)"),
+])
+def test_bad_head_options(kwargs, match):
+    args = dict(head="gap", info=nchw(), num_classes=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        build_head(args.pop("head"), **args)

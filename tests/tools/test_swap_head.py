@@ -1,0 +1,54 @@
+"""tools/swap_head.py in-process: the text report, the JSON contract, errors and --save."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import swap_head as tool
+import torch
+
+from surgery import load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_json_contract(capsys):
+    assert tool.main(["resnet18", "--head", "flatten", "--num-classes", "10", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "resnet18" and report["head"] == "flatten"
+    assert report["num_classes"] == 10
+    assert report["removed"].startswith("fc: Linear(in_features=512, out_features=1000")
+    assert report["params"]["head"] == 512 * 7 * 7 * 10 + 10
+    assert report["params"]["backbone"] == 11_689_512 - 513_000  # resnet18 minus its classifier
+    assert report["params"]["total"] == report["params"]["backbone"] + report["params"]["head"]
+    by_size = {s["input_size"][0]: s for s in report["sizes"]}
+    assert by_size[224]["ok"] and by_size[224]["output_shape"] == [1, 10]
+    assert not by_size[160]["ok"] and "built for a 7x7 grid" in by_size[160]["error"]
+    assert not by_size[288]["ok"]
+
+
+def test_text_report_for_a_pooling_head(capsys):
+    assert tool.main(["resnet18", "--head", "gmp", "--hidden", "64", "--dropout", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "removed    fc: Linear(in_features=512, out_features=1000" in out
+    assert "pool='max'" in out
+    assert out.count("ok     -> (1, 10)") == 3  # 224, 160 and 288 all work
+    assert f"head {512 * 64 + 64 + 64 * 10 + 10:,}" in out
+
+
+def test_save_writes_a_loadable_model(tmp_path, capsys):
+    path = tmp_path / "gmp.pt"
+    assert tool.main(["resnet18", "--head", "gmp", "--input-size", "64", "--save", str(path)]) == 0
+    model = load(path)
+    assert model.recipe["head"] == "gmp" and model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_user_errors_are_one_line_and_exit_2():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "swap_head.py"), "resnet81"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown model 'resnet81'; closest:" in proc.stderr
