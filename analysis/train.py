@@ -117,6 +117,19 @@ class TrainConfig:
             raise ValueError(f"img-size must be a positive number of pixels, got {self.img_size}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Model and head names, before any data is read."""
+        import timm
+
+        import surgery
+
+        if self.head not in surgery.HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose from: {', '.join(surgery.HEADS)}")
+        if not timm.is_model(self.model.split(".", 1)[0]):
+            close = ", ".join(surgery.closest_model_names(self.model.split(".", 1)[0])) or "none"
+            raise ValueError(f"unknown model {self.model!r}; closest: {close}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

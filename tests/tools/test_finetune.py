@@ -1,0 +1,109 @@
+"""tools/finetune.py: flags, a tiny run in-process, user errors, and a real kill + --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import finetune  # noqa: E402
+from _cli import run  # noqa: E402
+
+from analysis import data as data_mod  # noqa: E402
+from analysis.data import DATASETS  # noqa: E402
+from surgery import HEADS  # noqa: E402
+
+TINY = ["test_resnet", "--dataset", "synthetic", "--data-option", "num_classes=4",
+        "--data-option", "n_train=96", "--data-option", "n_test=32", "--data-option",
+        "image_size=16", "--val-size", "32", "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
+        "--no-progress"]
+TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        finetune.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--head", "--dataset", "--data-dir", "--download", "--train-size", "--val-size",
+                 "--img-size", "--epochs", "--opt", "--lr", "--weight-decay", "--warmup-epochs",
+                 "--label-smoothing", "--clip-grad", "--regime", "--amp", "--channels-last",
+                 "--seed", "--out", "--resume"):
+        assert flag in out
+    for action in finetune.build_parser()._actions:
+        if action.dest == "head":
+            assert list(action.choices) == list(HEADS)
+        if action.dest == "dataset":
+            assert list(action.choices) == list(DATASETS)
+
+
+def test_flags_become_the_config():
+    args = finetune.build_parser().parse_args(
+        ["resnet18", "--hidden", "32", "16", "--val-size", "0.2", "--train-size", "500",
+         "--data-option", "n_train=64", "--data-option", "gray=true", "--opt", "sgd",
+         "--no-augment", "--regime", "two-stage", "--no-channels-last"])
+    cfg = finetune.config_from_args(args)
+    assert cfg.model == "resnet18" and cfg.hidden == (32, 16) and cfg.val_size == 0.2
+    assert cfg.train_size == 500 and cfg.optimizer == "sgd" and cfg.augment is False
+    assert cfg.data_options == {"n_train": 64, "gray": True} and cfg.regime == "two-stage"
+    assert cfg.channels_last is False and cfg.in_chans is None
+
+
+def test_tiny_run_in_process(tmp_path, capsys):
+    assert finetune.main(TINY + ["--out", str(tmp_path), "--name", "r"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   2" in out and "test acc" in out
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["model"] == "test_resnet" and summary["epochs"] == 2
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["resnet18", "--dataset", "fashion-mnist"], "fashion-mnist not found"),
+    (TINY + ["--train-size", "1000"], "train-size 1000 is larger than the data"),
+    (["test_convnext"] + TINY[1:] + ["--img-size", "4"], "too small for test_convnext"),
+    (["--epochs", "1"], "give a model name"),
+    (["resnet81"], "unknown model 'resnet81'; closest"),
+    (TINY + ["--data-option", "oops"], "KEY=VALUE"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, expect, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HEADSWAP_DATA", raising=False)
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "none")
+    code = run(lambda: finetune.main(argv + ["--out", str(tmp_path), "--data-dir",
+                                             str(tmp_path / "nodata")]))
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and expect in errors[0]
+    assert not [line for line in err if "Traceback" in line]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "finetune.py"), *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    opts = TINY + ["--hidden", "16", "--dropout", "0.5", "--ckpt-steps", "3", "--out", str(tmp_path)]
+    assert _cli(*opts, "--name", "full").returncode == 0
+    killed = _cli(*opts, "--name", "cut", "--kill-after-steps", "13")  # epoch 2, step 5 of 8
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    resumed = _cli("--resume", str(tmp_path / "cut"))
+    assert resumed.returncode == 0, resumed.stderr
+    rows = {}
+    for name in ("full", "cut"):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        rows[name] = [{k: v for k, v in json.loads(x).items() if k not in TIME_KEYS} for x in lines]
+    assert rows["full"] == rows["cut"] and len(rows["full"]) == 2
+    a, b = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "cut"))
+    assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
