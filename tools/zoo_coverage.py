@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("docs"),
                    help="where zoo_coverage.md/.json (and the resumable .jsonl) go")
     p.add_argument("--fresh", action="store_true", help="ignore results of an earlier run")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the architectures where some head failed in an earlier run")
     return p
 
 
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     if partial.exists() and not args.fresh:
         for line in partial.read_text().splitlines():
             rec = json.loads(line)
-            if set(args.heads) <= set(rec["heads"]):
+            complete = set(args.heads) <= set(rec["heads"])
+            failed = not all(r["ok"] for r in rec["heads"].values())
+            if complete and not (failed and args.retry_failed):
                 done[rec["model"]] = rec
     todo = [n for n in names if n not in done]
     start = time.perf_counter()
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink.write(json.dumps(rec) + "\n")
                 sink.flush()
     elapsed = time.perf_counter() - start
-    records = [done[n] for n in names]
+    records = [done[n] for n in names if n in done]
     summary = summarize(records, args.heads)
     meta = {"timm": timm.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
