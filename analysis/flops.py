@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "count_flops", "FLOP_COUNTERS", "FVCORE_EXTRA_HANDLES", "TORCH_EXTRA_FORMULAS",
@@ -236,7 +237,8 @@ def _torch_extra_formulas() -> dict[Any, Callable[..., int]]:
     aten = torch.ops.aten
     table: dict[str, Callable[..., int]] = {
         "_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu,
-        "mean": _numel2, "sum": _numel2, "amax": _numel2, "max": _max_reduce, "linalg_vector_norm": _numel2,
+        "mean": _numel2, "sum": _numel2, "amax": _numel2, "max": _max_reduce,
+        "linalg_vector_norm": _numel2,
         "max_pool1d": _numel2, "max_pool2d": _numel2, "max_pool3d": _numel2,
         "max_pool2d_with_indices": _numel2, "max_pool3d_with_indices": _numel2,
         "avg_pool1d": _numel2, "avg_pool2d": _numel2, "avg_pool3d": _numel2,
@@ -267,7 +269,8 @@ _NO_MACS = {
     "split_with_sizes", "squeeze", "stack", "t", "to", "_to_copy", "transpose", "type_as",
     "unbind", "unsqueeze", "unsqueeze_", "view", "_unsafe_view", "zeros", "zeros_like", "fill_",
     "pad", "eye", "_reshape_alias", "unfold", "im2col", "tile", "meshgrid", "dropout_",
-    "feature_dropout", "unsafe_split", "unsafe_chunk", "device", "relu", "relu_", "clamp", "clamp_",
+    "feature_dropout", "unsafe_split", "unsafe_chunk", "device", "relu", "relu_", "clamp",
+    "clamp_",
     "floor", "floor_divide", "remainder", "eq", "ge", "gt", "bitwise_not", "__and__",
 }
 
@@ -315,17 +318,12 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module, no_grad: bool = True):
-    """Count the inference graph (dropout off, batch norm with running stats), then restore.
-
-    The torch counter keeps autograd on (``no_grad=False``): its module tracker hooks fail on
-    modules called with a parameter (class tokens in CaiT, PiT) under ``no_grad``. On meta or
-    fake tensors that costs nothing.
-    """
+def _eval_mode(model: nn.Module):
+    """Count the inference graph (dropout off, batch norm with running stats), then restore."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad() if no_grad else contextlib.nullcontext():
+        with torch.no_grad():
             yield
     finally:
         model.train(was_training)
@@ -355,37 +353,87 @@ def _fvcore(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
     return {"total": total, "head": head, "by_operator": by_op, "uncounted": uncounted}
 
 
+class _TorchCounter(TorchDispatchMode):
+    """torch's flop formulas (plus ours) applied to every dispatched op, without module tracking.
+
+    The same dispatch rule as ``torch.utils.flop_counter.FlopCounterMode`` (an op without a
+    formula is first decomposed, and counted only if it cannot be), minus its per-module hooks,
+    which double the cost of a meta forward pass. ``flops`` (torch's unit, 2 x MACs) and
+    ``uncounted`` accumulate until :meth:`take`.
+    """
+
+    _REGISTRY: dict[Any, Callable[..., int]] = {}
+    _QUERIES = ("is_contiguous", "is_strides_like_format", "is_non_overlapping_and_dense",
+                "size", "sym_size", "stride", "sym_stride", "storage_offset",
+                "sym_storage_offset", "numel", "sym_numel", "dim", "sym_is_contiguous", "layout")
+
+    def __init__(self) -> None:
+        super().__init__()
+        if not _TorchCounter._REGISTRY:
+            from torch.utils.flop_counter import flop_registry, shape_wrapper
+            _TorchCounter._REGISTRY = {
+                **flop_registry, **{k: shape_wrapper(v) for k, v in TORCH_EXTRA_FORMULAS.items()}}
+        self.flops: Counter[str] = Counter()
+        self.uncounted: Counter[str] = Counter()
+
+    def take(self) -> tuple[Counter[str], Counter[str]]:
+        flops, uncounted = self.flops, self.uncounted
+        self.flops, self.uncounted = Counter(), Counter()
+        return flops, uncounted
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        packet = getattr(func, "_overloadpacket", None)
+        if packet is None:  # higher-order operators (cond, ...): not modelled
+            return NotImplemented
+        name = packet.__name__
+        if name in self._QUERIES:
+            return NotImplemented
+        formula = self._REGISTRY.get(packet)
+        if formula is None and func is not torch.ops.prim.device.default:
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        if formula is not None:
+            self.flops[name] += formula(*args, **kwargs, out_val=out)
+        elif name not in _NO_MACS and name.rstrip("_") not in _NO_MACS:
+            self.uncounted[name] += 1
+        return out
+
+
 def _torch(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
-    """torch.utils.flop_counter on the meta device (or fake tensors): no memory, no compute."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """torch's flop formulas on the meta device (or fake tensors): no memory, no compute.
 
-    seen: Counter[str] = Counter()
-
-    class _Mode(FlopCounterMode):
-        def _count_flops(self, func_packet: Any, out: Any, args: Any, kwargs: Any) -> Any:
-            if func_packet not in self.flop_registry:
-                seen[func_packet.__name__.split(".")[-1]] += 1
-            return super()._count_flops(func_packet, out, args, kwargs)
-
-    counter = _Mode(display=False, custom_mapping=TORCH_EXTRA_FORMULAS)
+    A swapped model is counted in two passes, ``forward_features`` (backbone) then ``head`` on
+    those features, which is what its ``forward`` does.
+    """
+    mode = _TorchCounter()
     if _on_meta(model):
         fake: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         device = torch.device("meta")
     else:  # real weights: fake tensors stand in for them, nothing is computed
         from torch._subclasses.fake_tensor import FakeTensorMode
         fake, device = FakeTensorMode(allow_non_fake_inputs=True), _device(model)
-    with _eval_mode(model, no_grad=False), fake:
+    with _eval_mode(model), fake:
         x = torch.empty(shape, device=device)
-        with counter:
-            model(x)
-    counts = counter.get_flop_counts()
-    root = type(model).__name__
-    head = sum(counts.get(f"{root}.head", {}).values()) // 2 if _is_swapped(model) else None
-    by_op = {_bare(str(k)): int(v) // 2 for k, v in counts.get("Global", {}).items()}
-    uncounted = {k: n for k, n in sorted(seen.items())
-                 if k not in _NO_MACS and k.rstrip("_") not in _NO_MACS}
-    return {"total": counter.get_total_flops() // 2, "head": head, "by_operator": by_op,
-            "uncounted": uncounted}
+        if _is_swapped(model):
+            with mode:
+                features = model.forward_features(x)
+            flops, uncounted = mode.take()
+            with mode:
+                model.forward_head(features)
+            head_flops, head_uncounted = mode.take()
+            head: int | None = sum(head_flops.values()) // 2
+            flops, uncounted = flops + head_flops, uncounted + head_uncounted
+        else:
+            with mode:
+                model(x)
+            (flops, uncounted), head = mode.take(), None
+    return {"total": sum(flops.values()) // 2, "head": head,
+            "by_operator": {k: v // 2 for k, v in flops.items()},
+            "uncounted": dict(sorted(uncounted.items()))}
 
 
 FLOP_COUNTERS: dict[str, Callable[[nn.Module, tuple[int, ...]], dict[str, Any]]] = {

@@ -111,6 +111,8 @@ def test_backbone_is_forward_features(counter: str) -> None:
     features_only = count_flops(_Fn(model.forward_features, model), (3, 64, 64), counter=counter)
     assert macs["backbone"] == features_only["total"]
     assert macs["head"] > 0
+    whole = count_flops(_Fn(model.forward, model), (3, 64, 64), counter=counter)
+    assert whole["total"] == macs["total"]  # counted in one pass, without the split
 
 
 @pytest.mark.parametrize("counter", COUNTERS)
