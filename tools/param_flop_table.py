@@ -107,17 +107,11 @@ def expand_models(patterns: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def _default_size(name: str) -> int:
-    cfg = timm.get_pretrained_cfg(name) if hasattr(timm, "get_pretrained_cfg") else None
-    size = getattr(cfg, "input_size", None) or (3, 224, 224)
-    return int(size[-1])
-
-
-def _runs_at(model: torch.nn.Module, size: int, device: torch.device) -> str | None:
-    """None if ``model`` runs at ``size`` px, else why not (one line)."""
+def _runs_at(model: torch.nn.Module, chw: tuple[int, ...], device: torch.device) -> str | None:
+    """None if ``model`` runs on a (channels, height, width) input, else why not (one line)."""
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+            model(torch.zeros(1, *chw, device=device))
     except Exception as err:  # noqa: BLE001 - any failure is the answer
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return None
@@ -126,9 +120,13 @@ def _runs_at(model: torch.nn.Module, size: int, device: torch.device) -> str | N
 def table_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | None,
               counter: str = "fvcore", do_measure: bool = False, batch_size: int = 1,
               device: str = "cpu") -> dict[str, Any]:
-    """One table row (plain dict, the JSON object) for ``name`` with ``head``; never raises."""
-    sizes = list(sizes) if sizes else [_default_size(name)]
-    base = sizes[0]
+    """One table row (plain dict, the JSON object) for ``name`` with ``head``; never raises.
+
+    Counted at ``sizes[0]`` (the model's default input size when ``sizes`` is empty), which is
+    also the size the flatten head is built for; every size is then tried with a forward pass.
+    """
+    sizes = list(sizes or [])
+    base = sizes[0] if sizes else None
     row: dict[str, Any] = {"model": name, "head": head, "input_size": base,
                            "params_total": None, "params_head": None, "head_share_pct": None,
                            "gmacs_total": None, "gmacs_head": None,
@@ -141,10 +139,15 @@ def table_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | Non
                 model = surgery.swap_head(name, head=head, num_classes=num_classes,
                                           input_size=base)
             model.eval()
+            hw = tuple(model.features.input_size)
+            chw = (int(model.recipe.get("in_chans", 3)), *hw)
+            if base is None:  # the model's own size
+                base = hw[0] if hw[0] == hw[1] else "x".join(map(str, hw))
+                row["input_size"], row["sizes"], sizes = base, {base: False}, [base]
             params = count_params(model)
-            macs = count_flops(model, (3, base, base), counter=counter)
+            macs = count_flops(model, chw, counter=counter)
             for s in sizes:
-                reason = _runs_at(model, s, ctx)
+                reason = _runs_at(model, (chw[0], *hw) if s == base else (chw[0], s, s), ctx)
                 row["sizes"][s] = reason is None
                 if reason:
                     row["size_errors"][s] = reason
@@ -155,7 +158,7 @@ def table_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | Non
             if counter == "torch":
                 model = surgery.swap_head(name, head=head, num_classes=num_classes,
                                           input_size=base)
-            figures = measure(model, (3, base, base), batch_size, device)
+            figures = measure(model, chw, batch_size, device)
             row.update({k: figures[k] for k in _MEASURE_KEYS})
     except Exception as err:  # noqa: BLE001 - a failing row says why and the others go on
         message = str(err).splitlines()[0] if str(err) else ""
