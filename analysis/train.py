@@ -13,6 +13,7 @@ hooks are the sampler's ``rank`` / ``world_size``, :class:`DistInfo` (reductions
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -30,6 +31,7 @@ from .rundir import plot_curves, read_json, write_json, write_metrics
 from .trainstep import (
     DistInfo,
     NonFiniteLossError,
+    RunningLoss,
     TrainStep,
     build_model,
     build_optimizer,
@@ -298,7 +300,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
             running = dict(ex["running"])
         t_epoch = t_seg = time.perf_counter()
         t_ckpt = time.perf_counter()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        loss_sum = RunningLoss(device, running["loss_sum"])
         bar = _progress(cfg, dist, steps, step0 if epoch == epoch0 else 0, epoch)
         first = step0 if epoch == epoch0 else 0
         t_train = time.perf_counter()
@@ -309,9 +311,9 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                 g["lr"] = cfg.lr * g["lr_scale"] * f
             idx_d = idx.to(train_x.device)
             loss = step_fn(train_x[idx_d], train_y[idx_d], aug)
-            loss_sum += loss.double() * len(idx)
+            loss_sum.add(loss, len(idx))
             running["seen"] += len(idx)
-            if device.type == "cpu" or step % 20 == 0 or step == steps - 1:
+            if loss_sum.free_to_read or step % 20 == 0 or step == steps - 1:
                 _check_finite(loss_sum, epoch, step, run_dir)
             if bar is not None:
                 bar.update(1)
@@ -326,7 +328,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
             if mid:
                 _check_finite(loss_sum, epoch, step, run_dir)
                 now = time.perf_counter()
-                snap = dict(running, loss_sum=running["loss_sum"] + float(loss_sum),
+                snap = dict(running, loss_sum=loss_sum.total,
                             train_time_s=running["train_time_s"] + now - t_train)
                 checkpoint(epoch, step + 1, snap, aug, t_seg)
                 t_ckpt = time.perf_counter()
@@ -334,7 +336,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                 os.kill(os.getpid(), signal.SIGKILL)
         if bar is not None:
             bar.close()
-        running["loss_sum"] += float(loss_sum)
+        running["loss_sum"] = loss_sum.total
         running["train_time_s"] += time.perf_counter() - t_train
         step0 = 0
         tr_loss, tr_acc = evaluate(model, *train_eval, transform, eval_bs, system["amp_dtype"], dist)
@@ -405,8 +407,8 @@ def _finish(cfg: TrainConfig, run_dir: Path, model: nn.Module, data: DataSplits,
     return summary
 
 
-def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, run_dir: Path) -> None:
-    if not bool(torch.isfinite(loss_sum)):
+def _check_finite(loss_sum: RunningLoss, epoch: int, step: int, run_dir: Path) -> None:
+    if not math.isfinite(loss_sum.total):
         last = run_dir / "last.pt"
         keep = (f"the last good checkpoint is {last}" if last.exists()
                 else "no checkpoint had been written yet")

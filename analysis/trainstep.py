@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .data import DataSplits
     from .train import TrainConfig
 
-__all__ = ["DistInfo", "NonFiniteLossError", "TrainStep", "build_model", "build_optimizer",
+__all__ = ["DistInfo", "NonFiniteLossError", "RunningLoss", "TrainStep", "build_model", "build_optimizer",
            "evaluate", "lr_factor", "model_costs", "peak_mem_mb", "resolve_system", "set_regime"]
 
 
@@ -153,6 +153,35 @@ def lr_factor(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
     span = max(1, total - warmup)
     t = min(1.0, (step - warmup) / span)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class RunningLoss:
+    """Sum of per-sample training losses over an epoch, read without a sync on every CUDA step.
+
+    On CPU it is a Python float (``loss.item()`` costs nothing there); on CUDA a float64 device
+    tensor. Starting from a checkpoint's ``total`` keeps the order of additions, so a resumed
+    epoch reports the same sum bit for bit.
+    """
+
+    def __init__(self, device: torch.device, total: float = 0.0):
+        self._tensor = (torch.tensor(total, dtype=torch.float64, device=device)
+                        if device.type != "cpu" else None)
+        self._float = float(total)
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        if self._tensor is None:
+            self._float += loss.item() * n
+        else:
+            self._tensor += loss.double() * n
+
+    @property
+    def total(self) -> float:
+        return self._float if self._tensor is None else float(self._tensor)
+
+    @property
+    def free_to_read(self) -> bool:
+        """True when reading ``total`` does not stall the device (CPU)."""
+        return self._tensor is None
 
 
 class TrainStep:
