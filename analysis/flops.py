@@ -1,7 +1,10 @@
-"""MAC counting with two engines: fvcore (default) and torch.utils.flop_counter.
+"""MAC counting with two engines: fvcore (default) and torch's flop formulas.
 
 Convention (fvcore's, kept everywhere): one fused multiply-add counts as one, so every figure
-here is in MACs and tables say "GMACs". torch's counter reports FLOPs = 2 x MACs; it is converted.
+here is in MACs and tables say "GMACs". torch's formulas (the ``torch.utils.flop_counter``
+registry) give FLOPs = 2 x MACs; they are converted. fvcore traces real tensors with
+``torch.jit.trace`` (it cannot trace the meta device); the torch counter dispatches on meta or
+fake tensors, so it needs no memory for weights and computes nothing.
 
 fvcore misses operators that carry real multiply-adds (``scaled_dot_product_attention``,
 ``baddbmm``, convolutions with ``padding='same'``, ...) and has no rule for the pooling operators
@@ -270,8 +273,7 @@ _NO_MACS = {
     "unbind", "unsqueeze", "unsqueeze_", "view", "_unsafe_view", "zeros", "zeros_like", "fill_",
     "pad", "eye", "_reshape_alias", "unfold", "im2col", "tile", "meshgrid", "dropout_",
     "feature_dropout", "unsafe_split", "unsafe_chunk", "device", "relu", "relu_", "clamp",
-    "clamp_",
-    "floor", "floor_divide", "remainder", "eq", "ge", "gt", "bitwise_not", "__and__",
+    "clamp_", "floor", "floor_divide", "remainder", "eq", "ge", "gt", "bitwise_not", "__and__",
 }
 
 _CATEGORIES = (
@@ -291,7 +293,7 @@ def _bare(op: str) -> str:
 
 def op_category(op: str) -> str:
     """Coarse kind of an operator name from either counter: attention, conv, matmul, norm,
-    pool (pooling and reductions) or other."""
+    pool (pooling and reductions), rnn or other."""
     name = _bare(op)
     for category, keys in _CATEGORIES:
         if any(k == name or (k in name and k not in ("mm", "max")) for k in keys):
