@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Compare classifier heads on timm backbones: every model x head x train size x seed, fine-tuned.
+
+    python tools/compare_heads.py resnet18 --heads gap gmp flatten flatten:hidden=256:dropout=0.5 \\
+        --seeds 0 1 2 --train-sizes 1000 10000 --dataset fashion-mnist --img-size 64 \\
+        --epochs 5 --out studies/NAME --jobs 1
+    python tools/compare_heads.py ... --out studies/NAME-0 --shard 0/2   # machine 1
+    python tools/compare_heads.py ... --out studies/NAME-1 --shard 1/2   # machine 2
+    python tools/compare_heads.py --collect studies/NAME-0 studies/NAME-1 --out studies/NAME
+
+Runs already finished in --out are skipped, interrupted ones resume, so re-running the same
+command continues a study. The study directory gets summary.md/.csv/.json (mean +- std over seeds:
+params, GMACs, test accuracy, generalisation gap, epoch time, peak memory), comparisons.csv
+(paired differences against the first head), robustness.csv/.json (each trained model at other
+input sizes; Flatten refuses), runs.csv, and the plots acc_vs_head_params.png,
+gap_vs_train_size.png and learning_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+from _cli import run
+
+from analysis.data import DATASETS
+from analysis.study import StudySpec, collect, parse_head, parse_shard, run_study
+from analysis.tables import format_table
+from analysis.train import OPTIMIZERS, TrainConfig
+from surgery import HEADS
+
+_D = TrainConfig()
+
+
+def _train_size(text: str) -> int | None:
+    if text == "all":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"train sizes are >= 1 or 'all', got {text}")
+    return value
+
+
+def _head(text: str):  # argparse shows the ValueError text
+    try:
+        return parse_head(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("models", nargs="*", help="timm model names (e.g. resnet18 mobilenetv3_small_100)")
+    g = p.add_argument_group("the grid")
+    g.add_argument("--heads", nargs="+", type=_head, default=None, metavar="HEAD",
+                   help=f"head kinds ({', '.join(HEADS)}), each optionally with options: "
+                        "KIND:hidden=256:dropout=0.5 (hidden=512x256 for two layers); "
+                        "the first head is the baseline of the paired comparisons "
+                        "(default: gap gmp)")
+    g.add_argument("--seeds", nargs="+", type=int, default=[0], help="(default 0)")
+    g.add_argument("--train-sizes", nargs="+", type=_train_size, default=[None],
+                   help="stratified training subsets, or 'all' (default all)")
+    d = p.add_argument_group("data and training (shared by every run; see tools/finetune.py)")
+    d.add_argument("--dataset", default=_D.dataset, choices=list(DATASETS))
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="reader option, repeatable (synthetic: num_classes, n_train, ...)")
+    d.add_argument("--val-size", type=float, default=_D.val_size,
+                   help="held out from train: a count, or a fraction if < 1")
+    d.add_argument("--train-eval-size", type=int, default=None)
+    d.add_argument("--img-size", type=int, default=None, help="input size in px (default native)")
+    d.add_argument("--no-augment", dest="augment", action="store_false")
+    d.add_argument("--pretrained", action="store_true")
+    d.add_argument("--epochs", type=int, default=_D.epochs)
+    d.add_argument("--batch-size", type=int, default=_D.batch_size)
+    d.add_argument("--opt", dest="optimizer", default=_D.optimizer, choices=OPTIMIZERS)
+    d.add_argument("--lr", type=float, default=_D.lr)
+    d.add_argument("--weight-decay", type=float, default=_D.weight_decay)
+    d.add_argument("--warmup-epochs", type=float, default=_D.warmup_epochs)
+    d.add_argument("--device", default=_D.device, help="auto (CUDA if present), cpu, cuda:1")
+    r = p.add_argument_group("robustness")
+    r.add_argument("--robust-sizes", nargs="+", type=int, default=[],
+                   help="input sizes (px) to evaluate each trained model at (default: 0.5x to "
+                        "1.5x the training size)")
+    r.add_argument("--robust-images", type=int, default=2000,
+                   help="test images for the robustness evaluation (0: all; default 2000)")
+    s = p.add_argument_group("running")
+    s.add_argument("--out", type=Path, help="study directory (required)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process (0: one after another in this "
+                        "process; default 1)")
+    s.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="run only shard I of N (0-based) of the combinations; merge with --collect")
+    s.add_argument("--collect", nargs="+", type=Path, default=None, metavar="DIR",
+                   help="merge these study (shard) directories into --out; trains nothing")
+    s.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
+    """The StudySpec the parsed arguments describe."""
+    from finetune import _options
+
+    names = {f.name for f in fields(TrainConfig)}
+    base = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    for k in ("seed", "train_size", "hidden", "dropout", "head", "model", "out", "progress"):
+        base.pop(k, None)
+    if base.get("val_size", 0) >= 1:
+        base["val_size"] = int(base["val_size"])
+    base["data_options"] = _options(args.data_option)
+    heads = tuple(args.heads or [parse_head("gap"), parse_head("gmp")])
+    return StudySpec(tuple(args.models), heads, tuple(args.seeds), tuple(args.train_sizes), base,
+                     tuple(args.robust_sizes), args.robust_images or None, command)
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    rows = [{"model": r["model"], "head": r["head"], "train size": r["train_size"],
+             "seeds": r["seeds"], "head params": r["head_params"],
+             "test acc %": None if r["test_acc_mean"] is None else 100 * r["test_acc_mean"],
+             "std": None if r["test_acc_std"] is None else 100 * r["test_acc_std"],
+             "gap pts": None if r["gap_mean"] is None else 100 * r["gap_mean"]}
+            for r in report["rows"]]
+    if rows:
+        print(format_table(rows, floatfmt=".2f"))
+    print(f"study report: {out / 'summary.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out is None:
+        raise ValueError("--out STUDY_DIR is required (where runs and the summary go)")
+    if args.collect:
+        if args.models or args.shard:
+            raise ValueError("--collect merges finished study directories: give no models or "
+                             "--shard with it")
+        result = collect(args.collect, args.out)
+        _print_summary(result["report"], args.out)
+        if result["missing"]:
+            print(f"warning: {len(result['missing'])} runs missing from the collected "
+                  f"directories: {', '.join(result['missing'])}", file=sys.stderr)
+            return 1
+        return 0
+    if not args.models:
+        raise ValueError("give at least one model name (e.g. resnet18), or --collect DIR...")
+    argv_text = sys.argv[1:] if argv is None else list(argv)
+    command = "python tools/compare_heads.py " + shlex.join(argv_text)
+    spec = spec_from_args(args, command)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        result = run_study(spec, args.out, jobs=args.jobs, shard=args.shard,
+                           progress=args.progress)
+    print(f"ran {len(result['ran'])}, skipped {len(result['skipped'])} (already done), "
+          f"failed {len(result['failed'])}")
+    _print_summary(result["report"], args.out)
+    for name, msg in result["failed"]:
+        print(f"failed: {name}: {msg} (log: {args.out / 'logs' / (name + '.log')})",
+              file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(lambda: main()))
