@@ -39,6 +39,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check surgery analysis tools tests benchmarks
+	$(VENV)/bin/mypy surgery
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -150,5 +150,6 @@ def load_backbone(
         ) from None
     if checkpoint is not None:
         _load_checkpoint(model, name, checkpoint)
-    model.headswap_origin = {"name": name, "in_chans": in_chans, "timm_kwargs": dict(timm_kwargs)}
+    origin = {"name": name, "in_chans": in_chans, "timm_kwargs": dict(timm_kwargs)}
+    object.__setattr__(model, "headswap_origin", origin)  # plain data, not a module or tensor
     return model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 __all__ = [
-    "FeatureInfo", "Probe", "probe_features", "extract_features", "select_features",
+    "FeatureInfo", "Probe", "probe_features", "extract_features", "raw_features", "select_features",
     "default_input_size",
 ]
 
@@ -95,14 +96,21 @@ def model_in_chans(model: nn.Module) -> int:
     return 3
 
 
+def raw_features(model: nn.Module, x: torch.Tensor, source: str = "forward_features") -> Any:
+    """What the backbone returns for ``x``: ``forward_features`` (the usual source) or, for
+    models whose ``forward_features`` keeps only class tokens (PiT), timm's
+    ``forward_intermediates`` for the last stage."""
+    if source == "intermediates":
+        fn: Callable[..., Any] = getattr(model, "forward_intermediates")  # noqa: B009
+        return fn(x, indices=1, intermediates_only=True)
+    features: Callable[..., Any] = getattr(model, "forward_features")  # noqa: B009
+    return features(x)
+
+
 def extract_features(model: nn.Module, x: torch.Tensor, source: str = "forward_features"
                      ) -> torch.Tensor:
-    """The backbone's features for ``x``, from ``forward_features`` (the usual source) or, for
-    models whose ``forward_features`` returns only class tokens (PiT), from the last map of
-    timm's ``forward_intermediates``."""
-    if source == "intermediates":
-        return select_features(model.forward_intermediates(x, indices=1, intermediates_only=True))
-    return select_features(model.forward_features(x))
+    """The tensor a head consumes: :func:`raw_features`, the last item if it is a list."""
+    return select_features(raw_features(model, x, source))
 
 
 def select_features(out: Any) -> torch.Tensor:
@@ -152,10 +160,7 @@ def _run_recorded(model: nn.Module, x: torch.Tensor, source: str
     model.eval()
     try:
         with torch.no_grad(), _ParamUseRecorder(watched) as rec:
-            if source == "intermediates":
-                raw = model.forward_intermediates(x, indices=1, intermediates_only=True)
-            else:
-                raw = model.forward_features(x)
+            raw = raw_features(model, x, source)
             out = select_features(raw)
     finally:
         model.train(was_training)
@@ -265,7 +270,7 @@ def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, i
                       ) -> FeatureInfo:
     """Turn a feature shape into a FeatureInfo (layout, channels, grid, prefix tokens)."""
     hw = (int(hw[0]), int(hw[1]))
-    extra = {"from_sequence": from_sequence, "source": source}
+    extra: dict[str, Any] = {"from_sequence": from_sequence, "source": source}
     if len(shape) == 4:
         if source != "intermediates" and _is_nhwc(model, shape):
             return FeatureInfo(shape[3], "NHWC", (shape[1], shape[2]), 0, hw, shape, **extra)

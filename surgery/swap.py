@@ -10,7 +10,7 @@ tensors as before: nothing is copied, re-initialised or reset.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from .layout import (
     extract_features,
     model_in_chans,
     probe_features,
+    raw_features,
 )
 
 __all__ = ["HeadSwapped", "OriginalHead", "swap_head", "RemovedModule"]
@@ -81,8 +82,9 @@ class OriginalHead(nn.Module):
                                     for n in module_names})
         object.__setattr__(self, "_timm_model", model)  # not registered: the backbone owns it
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._timm_model.forward_head(x)
+    def forward(self, x: Any) -> torch.Tensor:
+        forward_head: Callable[..., torch.Tensor] = getattr(self._timm_model, "forward_head")  # noqa: B009
+        return forward_head(x)
 
 
 class HeadSwapped(nn.Module):
@@ -116,7 +118,7 @@ class HeadSwapped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.head, OriginalHead):  # timm's head reads the raw output (lists too)
-            return self.head(self.backbone.forward_features(x))
+            return self.head(raw_features(self.backbone, x))
         feats = self.forward_features(x)
         try:
             return self.head(feats)
@@ -200,7 +202,8 @@ def swap_head(
     name = origin.get("name") or type(model).__name__
 
     if head == "original":
-        model.reset_classifier(num_classes)
+        reset: Callable[..., None] = getattr(model, "reset_classifier")  # noqa: B009
+        reset(num_classes)
     if probe is None or head == "original" or probe.features.input_size != hw:
         probe = probe_features(model, hw)
     info = probe.features
