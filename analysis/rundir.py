@@ -18,8 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRIC_COLUMNS", "atomic_write_bytes", "write_json", "write_metrics", "plot_curves",
-           "read_json"]
+import torch
+from torch import nn
+
+__all__ = ["METRIC_COLUMNS", "RUN_FILES", "atomic_write_bytes", "prepare_run_dir", "plot_curves",
+           "read_checkpoint", "read_json", "rng_state", "save_checkpoint", "set_rng_state",
+           "write_json", "write_metrics"]
+
+RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "best.pt", "last.pt",
+             "curves.png")
 
 # one row per epoch; accuracies are fractions in [0, 1], losses are mean cross-entropy (nats)
 METRIC_COLUMNS = (
@@ -112,3 +119,49 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool = False, write: bool = True) -> Path:
+    """Create ``run_dir``; refuse (ValueError) to start over a run already there unless told to.
+
+    ``write=False`` (ranks other than 0) only checks.
+    """
+    run_dir = Path(run_dir)
+    taken = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if taken and not overwrite:
+        raise ValueError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(taken)}); "
+                         f"continue it with --resume {run_dir}, start over with --overwrite, or "
+                         "choose another --name")
+    if write:
+        for f in taken:
+            (run_dir / f).unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, Any]) -> None:
+    """``surgery.save`` (atomic) with the training state in ``extra``: loadable by surgery.load."""
+    import surgery
+
+    surgery.save(model, path, extra=extra)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``{"recipe", "state_dict", "extra"}`` of a checkpoint written by :func:`save_checkpoint`."""
+    from surgery.serialize import read
+
+    return read(path)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch RNG states (CPU and every CUDA device): dropout and the like draw on them."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

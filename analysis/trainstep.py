@@ -21,7 +21,7 @@ from .batches import BatchTransform, iterate
 
 if TYPE_CHECKING:
     from .data import DataSplits
-    from .train import TrainConfig
+    from .trainconfig import TrainConfig
 
 __all__ = ["DistInfo", "NonFiniteLossError", "RunningLoss", "TrainStep", "build_model", "build_optimizer",
            "evaluate", "lr_factor", "model_costs", "peak_mem_mb", "resolve_system", "set_regime"]
