@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,8 @@ class StudySpec:
     ``base`` holds analysis.train.TrainConfig fields (dataset, epochs, img_size, lr, ...);
     ``robust_sizes`` the input sizes (px) each trained model is evaluated at (empty: around the
     training size, see analysis.robustness.default_sizes), ``robust_images`` how many test
-    images that uses (None: all).
+    images that uses (None: all); ``test_size`` a stratified subset of the official test split,
+    the same images for every run (None: all of it), to bound the cost of testing on a CPU.
     """
 
     models: tuple[str, ...]
@@ -100,6 +101,7 @@ class StudySpec:
     base: dict[str, Any] = field(default_factory=dict)
     robust_sizes: tuple[int, ...] = ()
     robust_images: int | None = 2000
+    test_size: int | None = None
     command: str = ""
 
     def check(self) -> None:
@@ -128,7 +130,7 @@ class StudySpec:
                       for h in d["head_specs"])
         return cls(tuple(d["models"]), heads, tuple(d["seeds"]), tuple(d["train_sizes"]),
                    dict(d["base"]), tuple(d.get("robust_sizes") or ()), d.get("robust_images"),
-                   d.get("command", ""))
+                   d.get("test_size"), d.get("command", ""))
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ def _base_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old["base"]) | set(new["base"]))
     diff = [f"{k} {old['base'].get(k)!r} -> {new['base'].get(k)!r}" for k in keys
             if old["base"].get(k) != new["base"].get(k)]
-    for k in ("robust_sizes", "robust_images"):
+    for k in ("robust_sizes", "robust_images", "test_size"):
         if old.get(k) != new.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
     return diff
@@ -204,11 +206,28 @@ def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> No
 def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
     cfg = combo.config(spec, out / "runs")
     return {"config": asdict(cfg), "robust_sizes": list(spec.robust_sizes),
-            "robust_images": spec.robust_images}
+            "robust_images": spec.robust_images, "test_size": spec.test_size}
 
 
 def _is_done(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file() and (run_dir / "robustness.json").is_file()
+
+
+def _load_data(cfg: Any, test_size: int | None) -> Any:
+    """The run's splits with the test split cut to ``test_size`` images (stratified, seed 0:
+    the same images for every run of the study); None (train() loads) when no cut is asked."""
+    if not test_size:
+        return None
+    from .data import load_dataset, stratified_indices
+
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                        train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed,
+                        **cfg.data_options)
+    if test_size < len(data.test_y):
+        idx = stratified_indices(data.test_y, test_size, seed=0)
+        data = replace(data, test_x=data.test_x[idx], test_y=data.test_y[idx],
+                       info=dict(data.info, test=test_size))
+    return data
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -218,14 +237,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     cfg = TrainConfig.from_dict(job["config"])
     run_dir = Path(cfg.out) / str(cfg.name)
+    data = _load_data(cfg, job.get("test_size"))
     if (run_dir / "config.json").is_file():
-        summary = train(resume=run_dir)
+        summary = train(resume=run_dir, data=data)
     else:
         cfg.overwrite = True
-        summary = train(cfg)
+        summary = train(cfg, data=data)
     if not (run_dir / "robustness.json").is_file():
         rows = evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
-                            device=cfg.device)
+                            data=data, device=cfg.device)
         write_json(run_dir / "robustness.json", rows)
     return summary
 
@@ -277,6 +297,8 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             for fut in as_completed(futures):
                 code, last = fut.result()
                 name = futures[fut]
+                if code == 0 and not _is_done(out / "runs" / name):
+                    code, last = -1, "the child process exited without finishing the run"
                 if code == 0:
                     result["ran"].append(name)
                 else:
@@ -417,3 +439,7 @@ def _child_main(argv: list[str]) -> int:
         torch.set_num_threads(threads)
     run_job(json.loads(argv[0]))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--val-size", type=float, default=_D.val_size,
                    help="held out from train: a count, or a fraction if < 1")
     d.add_argument("--train-eval-size", type=int, default=None)
+    d.add_argument("--test-size", type=int, default=None,
+                   help="test on a stratified subset of the test split, the same images for "
+                        "every run (default: all)")
     d.add_argument("--img-size", type=int, default=None, help="input size in px (default native)")
     d.add_argument("--no-augment", dest="augment", action="store_false")
     d.add_argument("--pretrained", action="store_true")
@@ -107,14 +110,16 @@ def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
 
     names = {f.name for f in fields(TrainConfig)}
     base = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    for k in ("seed", "train_size", "hidden", "dropout", "head", "model", "out", "progress"):
+    for k in ("seed", "train_size", "hidden", "dropout", "head", "model", "out", "progress",
+              "test_size"):
         base.pop(k, None)
     if base.get("val_size", 0) >= 1:
         base["val_size"] = int(base["val_size"])
     base["data_options"] = _options(args.data_option)
     heads = tuple(args.heads or [parse_head("gap"), parse_head("gmp")])
     return StudySpec(tuple(args.models), heads, tuple(args.seeds), tuple(args.train_sizes), base,
-                     tuple(args.robust_sizes), args.robust_images or None, command)
+                     tuple(args.robust_sizes), args.robust_images or None, args.test_size,
+                     command)
 
 
 def _print_summary(report: dict, out: Path) -> None:
