@@ -55,11 +55,16 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
                  ) -> tuple[dict[str, Any], FeatureInfo | None]:
     """Swap each head kind onto a copy of ``backbone``; the features are computed once.
 
-    The pooling heads share one probe and one backbone forward (their backbones are pruned the
-    same way); ``original`` changes the backbone (timm's reset_classifier) and runs whole.
+    One probe serves every swap; the pooling heads share one backbone forward (their backbones
+    are pruned the same way); ``original`` changes the backbone (timm's reset_classifier) and
+    runs whole.
     """
     results: dict[str, Any] = {}
-    probe = feats = info = None
+    feats = info = None
+    try:
+        probe = probe_features(backbone)  # once: every swap below reuses it
+    except Exception as err:
+        return {h: {"ok": False, "error": _first_line(err)} for h in heads}, None
     for head in heads:
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -74,7 +79,6 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
                     out = _run(model, x)
                 else:
                     if feats is None:
-                        probe = probe_features(model.backbone, info.input_size)
                         with torch.no_grad():
                             feats = model.eval().forward_features(x)
                     out = _run(model.head, feats)

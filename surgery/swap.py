@@ -204,7 +204,7 @@ def swap_head(
     if head == "original":
         reset: Callable[..., None] = getattr(model, "reset_classifier")  # noqa: B009
         reset(num_classes)
-    if probe is None or head == "original" or probe.features.input_size != hw:
+    if probe is None or probe.features.input_size != hw:
         probe = probe_features(model, hw)
     info = probe.features
     _warn_single_position(info, name)
