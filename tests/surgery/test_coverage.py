@@ -1,0 +1,50 @@
+"""Zoo coverage: one architecture checked for real (meta device), and the summary arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import zoo_coverage
+
+from surgery import HEADS
+from surgery.coverage import check_architecture, summarize
+from surgery.coverage_report import render_markdown
+
+
+def test_check_architecture_on_meta():
+    record = check_architecture("resnet18", num_classes=7)
+    assert record["device"] == "meta"
+    assert set(record["heads"]) == set(HEADS)
+    assert all(r["ok"] and r["output_shape"] == [2, 7] for r in record["heads"].values())
+    assert record["features"]["grid"] == [7, 7] and record["features"]["layout"] == "NCHW"
+
+
+def test_unknown_architecture_is_a_recorded_failure_not_a_crash():
+    record = check_architecture("not_a_model", heads=["gap"])
+    assert not record["heads"]["gap"]["ok"]
+    assert "unknown model 'not_a_model'" in record["heads"]["gap"]["error"]
+
+
+def test_summary_counts_and_groups_failures():
+    records = [
+        {"model": "a", "heads": {"gap": {"ok": True}, "flatten": {"ok": True}}},
+        {"model": "b", "heads": {"gap": {"ok": True}, "flatten": {"ok": False, "error": "E1"}}},
+        {"model": "c", "heads": {"gap": {"ok": False, "error": "E2"},
+                                 "flatten": {"ok": False, "error": "E1"}}},
+    ]
+    summary = summarize(records, ["gap", "flatten"])
+    assert summary["per_head"]["gap"] == {"ok": 2, "total": 3, "percent": 66.67}
+    assert summary["per_head"]["flatten"]["ok"] == 1
+    text = render_markdown(summary, {"timm": "x", "torch": "y", "python": "z", "machine": "m",
+                                     "command": "cmd", "seconds_this_run": 1, "num_classes": 10})
+    assert "- E1: 2 (b, c)" in text and "- E2: 1 (c)" in text
+
+
+def test_tool_writes_and_resumes(tmp_path, capsys):
+    argv = ["--models", "resnet10t", "--heads", "gap", "gmp", "--jobs", "1", "--out-dir", str(tmp_path)]
+    assert zoo_coverage.main(argv) == 0
+    data = json.loads((tmp_path / "zoo_coverage.json").read_text())
+    assert data["summary"]["per_head"]["gmp"] == {"ok": 1, "total": 1, "percent": 100.0}
+    assert "| gmp" in (tmp_path / "zoo_coverage.md").read_text()
+    assert zoo_coverage.main(argv) == 0  # resumes: nothing left to run, same report
+    assert len((tmp_path / "zoo_coverage.jsonl").read_text().splitlines()) == 1
