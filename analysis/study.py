@@ -194,7 +194,7 @@ def _base_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> None:
     """Write ``study.json``, refusing a directory that holds a study with other settings."""
-    new = dict(spec.to_dict(), shard=list(shard) if shard else None)
+    new = json.loads(json.dumps(dict(spec.to_dict(), shard=list(shard) if shard else None)))
     if (out / STUDY_FILE).is_file():
         diff = _base_mismatch(read_json(out / STUDY_FILE), new)
         if diff:
