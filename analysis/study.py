@@ -264,11 +264,13 @@ def _spawn(job: dict[str, Any], log: Path, threads: int) -> tuple[int, str]:
 
 
 def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
-              shard: tuple[int, int] | None = None, progress: bool = True) -> dict[str, Any]:
+              shard: tuple[int, int] | None = None, progress: bool = True,
+              threads: int | None = None) -> dict[str, Any]:
     """Run this shard's combinations not yet done, then write the report of the directory.
 
     Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "report": {...}}``
-    (run names). In-process (``jobs=0``) errors propagate; in child processes a failed run is
+    (run names). ``threads``: torch threads per child (default: cores / jobs; on a shared,
+    busy CPU 1 is faster). In-process (``jobs=0``) errors propagate; in child processes a failed run is
     recorded with the last line of its log (``logs/NAME.log``) and the others continue.
     """
     spec.check()
@@ -290,7 +292,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             result["ran"].append(name)
             bar.update(1)
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = threads or max(1, (os.cpu_count() or 1) // jobs)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(_spawn, job, out / "logs" / f"{name}.log", threads): name
                        for name, job in pending}

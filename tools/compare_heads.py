@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each in its own process (0: one after another in this "
                         "process; default 1)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: cores / jobs; 1 is faster on a busy CPU)")
     s.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="run only shard I of N (0-based) of the combinations; merge with --collect")
     s.add_argument("--collect", nargs="+", type=Path, default=None, metavar="DIR",
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         result = run_study(spec, args.out, jobs=args.jobs, shard=args.shard,
-                           progress=args.progress)
+                           progress=args.progress, threads=args.threads)
     print(f"ran {len(result['ran'])}, skipped {len(result['skipped'])} (already done), "
           f"failed {len(result['failed'])}")
     _print_summary(result["report"], args.out)
