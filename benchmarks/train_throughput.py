@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (typical pipeline)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST location (else generated)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "train_throughput.md")
@@ -218,7 +221,9 @@ def _machine(device: torch.device) -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{cpu}, {torch.get_num_threads()} torch threads{gpu}; Python "
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; "
+            f"load average {load} at the end (other jobs share the machine); Python "
             f"{platform.python_version()}, torch {torch.__version__}")
 
 
@@ -242,6 +247,8 @@ def _markdown(rows: list[dict], command: str, machine: str, data: str, args) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     x, y, data = _data(args.images, args.data_dir)

@@ -146,12 +146,18 @@ def _epoch_line(row: dict) -> None:
           f" | {row['epoch_time_s']:.1f}s {row['img_per_s']:.0f} img/s", flush=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. a 1x1 feature grid) as one ``warning:`` line, without source lines."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume is None and not args.model:
         raise ValueError("give a model name (e.g. resnet18) or --resume RUN_DIR")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.showwarning = _show_warning
         try:
             if args.resume is not None:
                 summary = train(resume=args.resume, on_epoch=_epoch_line)

@@ -59,8 +59,11 @@ def test_flags_become_the_config():
 
 def test_tiny_run_in_process(tmp_path, capsys):
     assert finetune.main(TINY + ["--out", str(tmp_path), "--name", "r"]) == 0
-    out = capsys.readouterr().out
-    assert "epoch   2" in out and "test acc" in out
+    captured = capsys.readouterr()
+    assert "epoch   2" in captured.out and "test acc" in captured.out
+    # test_resnet at 16 px has a 1x1 final grid: one clean warning line, no source echo
+    assert "warning: test_resnet: the final feature grid is 1x1" in captured.err
+    assert "swap_head(" not in captured.err
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["model"] == "test_resnet" and summary["epochs"] == 2
 
