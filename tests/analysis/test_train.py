@@ -205,3 +205,15 @@ def test_one_by_one_grid_warns(tmp_path):
     with pytest.warns(UserWarning, match="1x1"):
         train(tiny(tmp_path, epochs=1, val_size=8,
                    data_options=dict(num_classes=2, n_train=24, n_test=8, image_size=16)))
+
+
+def test_package_exports_a_callable_train(tmp_path):
+    import analysis
+    from analysis import TrainConfig as Config  # order matters: see train.py
+    from analysis import train as train_fn
+
+    assert Config is TrainConfig and callable(train_fn) and callable(analysis.train)
+    summary = _quiet(train_fn, tiny(tmp_path, epochs=1, val_size=8,
+                                    data_options=dict(num_classes=2, n_train=24, n_test=8,
+                                                      image_size=16)))
+    assert summary["epochs"] == 1
