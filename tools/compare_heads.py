@@ -52,6 +52,13 @@ def _head(text: str):  # argparse shows the ValueError text
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("models", nargs="*", help="timm model names (e.g. resnet18 mobilenetv3_small_100)")
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "process; default 1)")
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: cores / jobs; 1 is faster on a busy CPU)")
-    s.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+    s.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="run only shard I of N (0-based) of the combinations; merge with --collect")
     s.add_argument("--collect", nargs="+", type=Path, default=None, metavar="DIR",
                    help="merge these study (shard) directories into --out; trains nothing")

@@ -1,0 +1,125 @@
+"""tools/compare_heads.py: flags -> study, user errors, --shard + --collect, child processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import compare_heads  # noqa: E402
+from _cli import run  # noqa: E402
+
+from analysis import study  # noqa: E402
+from analysis.data import DATASETS  # noqa: E402
+from surgery import HEADS  # noqa: E402
+
+SYNTH = ["--dataset", "synthetic", "--data-option", "num_classes=3", "--data-option",
+         "n_train=48", "--data-option", "n_test=24", "--data-option", "image_size=16",
+         "--val-size", "12", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+
+
+def test_help_lists_every_head_kind_and_data_set(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compare_heads.main(["--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(HEADS) in out
+    for flag in ("--heads", "--seeds", "--train-sizes", "--jobs", "--shard", "--collect",
+                 "--robust-sizes", "--test-size", "--out"):
+        assert flag in out
+    for action in compare_heads.build_parser()._actions:
+        if action.dest == "dataset":
+            assert list(action.choices) == list(DATASETS)
+
+
+def test_flags_become_the_study():
+    args = compare_heads.build_parser().parse_args(
+        ["resnet18", "mobilenetv3_small_100", "--heads", "gap", "flatten:hidden=256:dropout=0.5",
+         "--seeds", "0", "1", "2", "--train-sizes", "1000", "all", "--img-size", "64",
+         "--epochs", "3", "--data-option", "n_train=64", "--val-size", "500", "--test-size", "900",
+         "--out", "x"])
+    spec = compare_heads.spec_from_args(args, "cmd")
+    assert spec.models == ("resnet18", "mobilenetv3_small_100")
+    assert [h.label for h in spec.heads] == ["gap", "flatten-h256-d0.5"]
+    assert spec.seeds == (0, 1, 2) and spec.train_sizes == (1000, None)
+    assert spec.base["img_size"] == 64 and spec.base["epochs"] == 3
+    assert spec.base["val_size"] == 500 and isinstance(spec.base["val_size"], int)
+    assert spec.base["data_options"] == {"n_train": 64} and spec.test_size == 900
+    for per_run in ("seed", "train_size", "head", "hidden", "dropout", "model", "out"):
+        assert per_run not in spec.base
+    assert len(study.combinations(spec)) == 2 * 2 * 3 * 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["resnet18", "--heads", "avgpool", "--out", "x"], "unknown head 'avgpool'"),
+    (["resnet18", "--shard", "2/2", "--out", "x"], "0 <= I < N"),
+    (["resnet18", "--train-sizes", "0", "--out", "x"], "train sizes"),
+])
+def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compare_heads.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["resnet18"], "--out STUDY_DIR is required"),
+    (["--out", "x"], "give at least one model"),
+    (["resnet18", "--collect", "a", "--out", "x"], "give no models"),
+    (["--collect", "nowhere", "--out", "x"], "not a study directory"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
+    assert run(lambda: compare_heads.main(argv)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def _fake_run_job(job: dict) -> dict:
+    cfg = job["config"]
+    run_dir = Path(cfg["out"]) / cfg["name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"model": cfg["model"], "head": cfg["head"], "train_size": 36, "seed": cfg["seed"],
+               "test_acc": 0.5 + 0.1 * cfg["seed"], "train_acc": 1.0, "head_params": 1}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "robustness.json").write_text("[]")
+    return summary
+
+
+def test_shards_and_collect_through_the_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(study, "run_job", _fake_run_job)
+    grid = ["test_resnet", "--heads", "gap", "gmp", "--seeds", "0", "1", *SYNTH, "--jobs", "0"]
+    for i in (0, 1):
+        assert compare_heads.main([*grid, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")]) == 0
+    runs = [sorted(p.name for p in (tmp_path / f"s{i}" / "runs").iterdir()) for i in (0, 1)]
+    assert len(runs[0]) == len(runs[1]) == 2 and not set(runs[0]) & set(runs[1])
+    capsys.readouterr()
+    argv = ["--collect", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "all")]
+    assert compare_heads.main(argv) == 0
+    rows = json.loads((tmp_path / "all" / "summary.json").read_text())["rows"]
+    assert {r["head"]: r["seeds"] for r in rows} == {"gap": 2, "gmp": 2}
+    assert rows[0]["test_acc_mean"] == pytest.approx(0.55)  # seeds 0 and 1: 0.5, 0.6
+    assert "study report" in capsys.readouterr().out
+    assert compare_heads.main(["--collect", str(tmp_path / "s0"), "--out", str(tmp_path / "x")]) == 1
+    assert "2 runs missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_child_processes_run_and_failures_are_reported(tmp_path, capsys):
+    out = tmp_path / "study"
+    ok = ["test_resnet", "--heads", "gap", *SYNTH, "--img-size", "64", "--robust-sizes", "64",
+          "--jobs", "1", "--threads", "1", "--out", str(out)]
+    assert compare_heads.main(ok) == 0
+    (run_dir,) = (out / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["peak_mem_mb"] > 0 and (out / "logs" / f"{run_dir.name}.log").is_file()
+    capsys.readouterr()
+    bad = ["test_resnet", "--heads", "gap", *SYNTH, "--data-option", "n_train=5", "--jobs", "1",
+           "--out", str(tmp_path / "bad")]  # 5 images, 12 for validation: fails in the child
+    assert compare_heads.main(bad) == 1  # the child fails: the study reports it and goes on
+    err = capsys.readouterr().err
+    assert "failed: test_resnet-gap-synthetic" in err and "exit 1" in err
+    assert "leaves no training data" in err  # the last line of the child's log
