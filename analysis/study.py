@@ -115,8 +115,9 @@ class StudySpec:
             raise ValueError(f"head {', '.join(dupes)} is listed twice")
         if any(s is not None and s < 1 for s in self.train_sizes):
             raise ValueError(f"train sizes must be >= 1, got {list(self.train_sizes)}")
-        for combo in combinations(self)[: len(self.models) * len(self.heads)]:
-            combo.config(self, Path(".")).check()
+        for model in self.models:  # names and settings, before any data is read
+            for head in self.heads:
+                Combo(model, head, self.train_sizes[0], self.seeds[0]).config(self, Path(".")).check()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

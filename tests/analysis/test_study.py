@@ -85,9 +85,11 @@ def test_bad_shards_are_refused(text):
         parse_shard(text)
 
 
-def test_duplicate_heads_are_refused():
+def test_duplicate_heads_and_unknown_models_are_refused():
     with pytest.raises(ValueError, match="listed twice"):
         _spec(heads=(parse_head("gap"), parse_head("gap"))).check()
+    with pytest.raises(ValueError, match="unknown model 'resnet81'"):  # the second model too
+        _spec(models=("test_resnet", "resnet81"), seeds=(0, 1, 2)).check()
 
 
 def test_resume_does_not_rerun_finished_runs(tmp_path, fake_runs):
