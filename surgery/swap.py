@@ -202,7 +202,12 @@ def swap_head(
     name = origin.get("name") or type(model).__name__
 
     if head == "original":
-        reset: Callable[..., None] = getattr(model, "reset_classifier")  # noqa: B009
+        reset: Callable[..., None] | None = getattr(model, "reset_classifier", None)
+        if not callable(reset):
+            raise ValueError(
+                f"{name} has no classifier of its own (timm builds it as a feature encoder), so "
+                "there is no original head to reset; use a pooling head (gap, gmp, gapmp, "
+                "flatten, nin)")
         reset(num_classes)
     if probe is None or probe.features.input_size != hw:
         probe = probe_features(model, hw)
