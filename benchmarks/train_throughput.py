@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (typical pipeline)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (robust to other load "
+                        "on a shared machine; use with --threads 1, and the typical pipeline "
+                        "then loads in-process, --workers 0)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
@@ -79,17 +83,17 @@ def _model(name: str, classes: int, size: int, device: torch.device) -> torch.nn
 
 
 def _timed(step: Callable[[], None], warmup: int, steps: int, batch: int,
-           device: torch.device) -> float:
+           device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t = clock()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - t)
+    return steps * batch / (clock() - t)
 
 
 def _bare(model, x, y, args, device) -> Callable[[], None]:
@@ -202,7 +206,8 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespac
     rates: dict[str, list[float]] = {k: [] for k in PIPELINES}
     for _ in range(args.rounds):
         for k, step in steps.items():
-            rates[k].append(_timed(step, args.warmup, args.steps, args.batch_size, device))
+            rates[k].append(_timed(step, args.warmup, args.steps, args.batch_size, device,
+                                   time.process_time if args.clock == "cpu" else time.perf_counter))
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {"model": name, "img_size": args.img_size, "batch": args.batch_size,
             **{f"{k}_img_per_s": round(v, 1) for k, v in med.items()},
@@ -240,7 +245,9 @@ def _markdown(rows: list[dict], command: str, machine: str, data: str, args) -> 
             f"Command: `{command}`\n\nMachine: {machine}\n\nData: {data}, {args.images} images in "
             f"memory; {args.rounds} interleaved rounds of {args.steps} timed steps after "
             f"{args.warmup} warm-up steps; median img/s (training images per second, forward + "
-            f"backward + AdamW step). Typical pipeline: {args.workers} DataLoader workers.\n\n"
+            f"backward + AdamW step) by {args.clock} clock"
+            f"{' (CPU seconds of this process: other load on the machine does not count)' if args.clock == 'cpu' else ''}"
+            f". Typical pipeline: {args.workers} DataLoader workers.\n\n"
             f"{table}\n\nPer-round figures are in `train_throughput.json`. The machine is shared, "
             "so single rounds vary; the interleaving spreads that noise over all three.\n")
 
@@ -249,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        args.workers = 0  # worker processes' CPU time would not be counted
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     x, y, data = _data(args.images, args.data_dir)
