@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from math import prod
 from typing import Any
 
@@ -320,7 +320,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Count the inference graph (dropout off, batch norm with running stats), then restore."""
     was_training = model.training
     model.eval()
@@ -421,11 +421,12 @@ def _torch(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
     with _eval_mode(model), fake:
         x = torch.empty(shape, device=device)
         if _is_swapped(model):
+            swapped: Any = model  # a surgery.HeadSwapped
             with mode:
-                features = model.forward_features(x)
+                features = swapped.forward_features(x)
             flops, uncounted = mode.take()
             with mode:
-                model.forward_head(features)
+                swapped.forward_head(features)
             head_flops, head_uncounted = mode.take()
             head: int | None = sum(head_flops.values()) // 2
             flops, uncounted = flops + head_flops, uncounted + head_uncounted

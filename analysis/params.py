@@ -7,6 +7,7 @@ Parameters shared between modules (tied weights, or timm's own head modules that
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 
@@ -48,7 +49,8 @@ def count_params(model: nn.Module) -> dict[str, int | None]:
         "head": None,
     }
     if _is_swapped(model):
+        swapped: Any = model  # a surgery.HeadSwapped
         seen: set[int] = set()
-        result["head"] = _numel(model.head_parameters(), seen)
-        result["backbone"] = _numel(model.backbone_parameters(), seen)
+        result["head"] = _numel(swapped.head_parameters(), seen)
+        result["backbone"] = _numel(swapped.backbone_parameters(), seen)
     return result
