@@ -78,6 +78,14 @@ def iterate(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Iter
         yield slice(s, min(hi, s + batch_size))
 
 
+def _nchw_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
+
+
 class BatchTransform:
     """uint8 ``(B, C, h, w)`` -> normalised float ``(B, in_chans, H, W)`` on ``device``.
 
@@ -112,9 +120,9 @@ class BatchTransform:
             c = 1
         x = x.float()
         if tuple(x.shape[-2:]) != self.size:
-            down = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
+            # antialias: needed when shrinking; when enlarging it gives plain bilinear, faster
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
-                              antialias=down)
+                              antialias=True)
         if train and self.augment and (self.pad or self.flip):
             x = self._crop_flip(x, generator)
         scale, shift = self.scale, self.shift
@@ -123,24 +131,30 @@ class BatchTransform:
         x = torch.addcmul(shift, x, scale)
         if c == 1 and self.in_chans == 3:
             x = x.expand(-1, 3, -1, -1)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last
-                         else torch.contiguous_format)
+        if self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        # with one channel, NHWC strides also pass as contiguous, and convolutions would then
+        # pick channels-last on their own: give NCHW strides when NCHW is asked for
+        if x.stride() != _nchw_strides(x.shape):
+            x = x.clone(memory_format=torch.contiguous_format)
         return x
 
     def _crop_flip(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        """One batched gather does the per-sample crop offsets and flips."""
-        b, _, h, w = x.shape
+        """One gather on the flattened padded batch does every sample's crop offset and flip."""
+        b, c, h, w = x.shape
         p = self.pad
         oy = torch.randint(0, 2 * p + 1, (b,), generator=g)
         ox = torch.randint(0, 2 * p + 1, (b,), generator=g)
-        flip = torch.randint(0, 2, (b,), generator=g).bool() if self.flip else torch.zeros(b, dtype=torch.bool)
+        flip = (torch.randint(0, 2, (b,), generator=g).bool() if self.flip
+                else torch.zeros(b, dtype=torch.bool))
         if p:
             x = F.pad(x, (p, p, p, p))
-        ar_h, ar_w = torch.arange(h), torch.arange(w)
-        rows = oy[:, None] + ar_h[None, :]
+        hp, wp = h + 2 * p, w + 2 * p
+        ar_w = torch.arange(w)
+        rows = oy[:, None] + torch.arange(h)[None, :]                       # (B, H)
         cols = torch.where(flip[:, None], ox[:, None] + (w - 1 - ar_w)[None, :],
-                           ox[:, None] + ar_w[None, :])
-        dev = x.device
-        bi = torch.arange(b, device=dev)[:, None, None]
-        out = x[bi, :, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]  # (B, H, W, C)
-        return out.permute(0, 3, 1, 2)
+                           ox[:, None] + ar_w[None, :])                      # (B, W)
+        lin = (torch.arange(c)[None, :, None, None] * (hp * wp)
+               + rows[:, None, :, None] * wp + cols[:, None, None, :])       # (B, C, H, W)
+        out = x.reshape(b, -1).gather(1, lin.reshape(b, -1).to(x.device))
+        return out.view(b, c, h, w)

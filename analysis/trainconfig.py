@@ -54,7 +54,7 @@ class TrainConfig:
     # system
     device: str = "auto"
     amp: str = "auto"                 # auto: on for CUDA (bf16 if supported, else fp16)
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on (CPU and CUDA)
     seed: int = 0
     # run directory
     out: str = "runs"

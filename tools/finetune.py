@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amp", default=d.amp, choices=("auto", "on", "off"),
                    help="mixed precision (auto: on for CUDA)")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last memory format (default: on for CUDA)")
+                   help="channels-last memory format (default: on)")
     s.add_argument("--seed", type=int, default=d.seed)
     r = p.add_argument_group("run directory")
     r.add_argument("--out", default=d.out, help=f"parent directory of runs (default {d.out})")

@@ -186,15 +186,17 @@ def test_resize_matches_interpolate():
 
 
 def test_random_crop_and_flip_are_windows_of_the_padded_image():
-    x = torch.arange(2 * 36, dtype=torch.float32).reshape(2, 1, 6, 6).to(torch.uint8)
-    t = BatchTransform(6, in_chans=1, mean=[0.0], std=[1 / 255], pad=2, flip=True)
+    x = torch.arange(2 * 3 * 36, dtype=torch.float32).reshape(2, 3, 6, 6).to(torch.uint8)
+    t = BatchTransform(6, in_chans=3, mean=[0.0] * 3, std=[1 / 255] * 3, pad=2, flip=True)
     g = torch.Generator().manual_seed(0)
     out = t(x, train=True, generator=g)
     padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2))
-    for b in range(2):
+    for b in range(2):  # all channels of a sample share one crop and one flip
         windows = [padded[b, :, i:i + 6, j:j + 6] for i in range(5) for j in range(5)]
         windows += [w.flip(-1) for w in windows]
         assert any(torch.equal(out[b], w) for w in windows)
+    many = t(x.repeat(8, 1, 1, 1), train=True, generator=g)  # augmentation really happens
+    assert sum(not torch.equal(many[i], x[i % 2].float()) for i in range(16)) >= 8
     again = t(x, train=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)  # same generator state, same augmentation
     assert torch.equal(t(x, train=False), x.float())  # eval: no augmentation
