@@ -6,7 +6,8 @@
     python tools/finetune.py --resume runs/resnet18-gap-fashion-mnist-n10000-s0
 
 The run directory holds config.json, metrics.csv/.jsonl (one row per epoch), summary.json,
-best.pt, last.pt (both loadable with surgery.load) and curves.png.
+best.pt, last.pt (both loadable with surgery.load) and curves.png. Exit codes: 0 done, 2 a user
+error (one line on stderr), 3 the loss became NaN/inf (last.pt keeps the last good state).
 """
 
 from __future__ import annotations
@@ -166,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         except NonFiniteLossError as err:
             print(f"error: {err}", file=sys.stderr)
             return 3
+    params = f"{summary['params']:,}" if summary.get("params") is not None else "?"
+    gmacs = f"{summary['gmacs']:.4g}" if summary.get("gmacs") is not None else "?"
     print(f"test acc {summary['test_acc']:.4f} (best val {summary['best_val_acc']:.4f} at epoch "
-          f"{summary['best_epoch']}) | params {summary['params']} | GMACs {summary['gmacs']} | "
+          f"{summary['best_epoch']}) | params {params} | GMACs {gmacs} | "
           f"{summary['time_s']:.1f}s | run {summary['run_dir']}")
     return 0
 
