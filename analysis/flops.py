@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "count_flops", "FLOP_COUNTERS", "FVCORE_EXTRA_HANDLES", "TORCH_EXTRA_FORMULAS",
-    "MACS_CONVENTION", "op_category",
+    "MACS_CONVENTION", "MacCounterMode", "op_category",
 ]
 
 MACS_CONVENTION = "MACs: one fused multiply-add counts as one (fvcore's convention); GMACs = 1e9 MACs"
@@ -355,8 +355,8 @@ def _fvcore(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
     return {"total": total, "head": head, "by_operator": by_op, "uncounted": uncounted}
 
 
-class _TorchCounter(TorchDispatchMode):
-    """torch's flop formulas (plus ours) applied to every dispatched op, without module tracking.
+class MacCounterMode(TorchDispatchMode):
+    """torch's flop formulas (plus ours) applied to every op run inside ``with MacCounterMode():``.
 
     The same dispatch rule as ``torch.utils.flop_counter.FlopCounterMode`` (an op without a
     formula is first decomposed, and counted only if it cannot be), minus its per-module hooks,
@@ -371,14 +371,15 @@ class _TorchCounter(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        if not _TorchCounter._REGISTRY:
+        if not MacCounterMode._REGISTRY:
             from torch.utils.flop_counter import flop_registry, shape_wrapper
-            _TorchCounter._REGISTRY = {
+            MacCounterMode._REGISTRY = {
                 **flop_registry, **{k: shape_wrapper(v) for k, v in TORCH_EXTRA_FORMULAS.items()}}
         self.flops: Counter[str] = Counter()
         self.uncounted: Counter[str] = Counter()
 
     def take(self) -> tuple[Counter[str], Counter[str]]:
+        """FLOPs (torch's unit: 2 x MACs) by operator and uncounted calls so far; then resets."""
         flops, uncounted = self.flops, self.uncounted
         self.flops, self.uncounted = Counter(), Counter()
         return flops, uncounted
@@ -411,7 +412,7 @@ def _torch(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
     A swapped model is counted in two passes, ``forward_features`` (backbone) then ``head`` on
     those features, which is what its ``forward`` does.
     """
-    mode = _TorchCounter()
+    mode = MacCounterMode()
     if _on_meta(model):
         fake: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         device = torch.device("meta")

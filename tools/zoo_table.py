@@ -13,6 +13,7 @@ an interrupted run resumes where it stopped. Writes ``zoo_table.md`` and ``zoo_t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import platform
@@ -20,6 +21,7 @@ import signal
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -29,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 import surgery
-from analysis.flops import FLOP_COUNTERS, count_flops
+from analysis.flops import FLOP_COUNTERS, MacCounterMode, count_flops
 from analysis.params import count_params
 from analysis.tables import format_table
 
@@ -88,6 +90,44 @@ def _alarm(signum: int, frame: Any) -> NoReturn:
     raise _Timeout()
 
 
+def _swap_and_count(backbone: torch.nn.Module, head: str, num_classes: int, counter: str
+                    ) -> tuple[torch.nn.Module, int]:
+    """Swap the head and count the backbone's MACs, in one meta forward pass where possible.
+
+    swap_head probes the backbone with one ``forward_features`` pass on the meta device; with
+    the torch counter that pass is counted as it runs. When the probe took another route (a
+    second pass through ``forward_intermediates``, as for PiT, or none on meta), the backbone
+    is counted separately with :func:`count_flops`.
+    """
+    calls: Counter[str] = Counter()
+    spied = [m for m in ("forward_features", "forward_intermediates") if hasattr(backbone, m)]
+
+    def spy(method: str) -> Any:
+        original = getattr(backbone, method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[method] += 1
+            return original(*args, **kwargs)
+        return call
+
+    single_pass = counter == "torch"
+    mode = MacCounterMode()
+    try:
+        if single_pass:
+            for method in spied:  # instance attributes shadow the methods for the probe only
+                setattr(backbone, method, spy(method))
+        with mode if single_pass else contextlib.nullcontext():
+            model = surgery.swap_head(backbone, head=head, num_classes=num_classes)
+    finally:
+        for method in spied:
+            backbone.__dict__.pop(method, None)
+    if single_pass and calls == Counter(forward_features=1):
+        return model, sum(mode.take()[0].values()) // 2
+    chans = int(model.recipe.get("in_chans", 3))
+    macs = count_flops(model, (chans, *model.features.input_size), counter=counter)
+    return model, int(macs["backbone"])
+
+
 def zoo_row(name: str, heads: Sequence[str] = DEFAULT_HEADS, num_classes: int = 1000,
             counter: str = "torch") -> dict[str, Any]:
     """One row: params and MACs of ``name`` with each head, at its default input size.
@@ -98,22 +138,22 @@ def zoo_row(name: str, heads: Sequence[str] = DEFAULT_HEADS, num_classes: int = 
     row: dict[str, Any] = {"model": name, "error": None}
     device = torch.device("meta" if counter == "torch" else "cpu")
     try:
-        with warnings.catch_warnings(), torch.device(device):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = surgery.swap_head(name, head=heads[0], num_classes=num_classes)
+            with torch.device(device):
+                backbone = surgery.load_backbone(name)
+            model, backbone_macs = _swap_and_count(backbone, heads[0], num_classes, counter)
             info = model.features
-            chans = int(model.recipe.get("in_chans", 3))
-            macs = count_flops(model, (chans, *info.input_size), counter=counter)
             row.update(input="x".join(map(str, info.input_size)),
                        features=f"{info.channels}x" + "x".join(map(str, info.grid)),
                        params_backbone=count_params(model)["backbone"],
-                       gmacs_backbone=macs["backbone"] / 1e9)
+                       gmacs_backbone=backbone_macs / 1e9)
             for head in heads:
                 module = surgery.build_head(head, info, num_classes).to(device)
                 head_macs = FLOP_COUNTERS[counter](module, tuple(info.shape))["total"]
                 head_params = sum(p.numel() for p in module.parameters())
                 row[f"params_{head}"] = row["params_backbone"] + head_params
-                row[f"gmacs_{head}"] = (macs["backbone"] + head_macs) / 1e9
+                row[f"gmacs_{head}"] = (backbone_macs + head_macs) / 1e9
     except _Timeout:
         row["error"] = "timeout"
     except Exception as err:  # noqa: BLE001 - a failing architecture is a row, not a crash
