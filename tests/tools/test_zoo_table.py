@@ -53,3 +53,18 @@ def test_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         zoo.main(["--heads", "mlp"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "pit_ti_224", "mobilenetv3_small_050"])
+def test_single_pass_count_equals_count_flops(name: str) -> None:
+    """The backbone counted during swap_head's probe (or, for PiT, separately) is what
+    count_flops says for the swapped model."""
+    import torch
+
+    import surgery
+    from analysis import count_flops
+
+    with torch.device("meta"):
+        model = surgery.swap_head(name, head="gap", num_classes=1000)
+    expected = count_flops(model, (3, *model.features.input_size), counter="torch")
+    assert zoo.zoo_row(name)["gmacs_backbone"] == expected["backbone"] / 1e9
