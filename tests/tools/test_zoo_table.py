@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import surgery
+from analysis import count_flops
 
 _TOOLS = Path(__file__).resolve().parents[2] / "tools"
 sys.path.insert(0, str(_TOOLS))
@@ -59,11 +63,6 @@ def test_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
 def test_single_pass_count_equals_count_flops(name: str) -> None:
     """The backbone counted during swap_head's probe (or, for PiT, separately) is what
     count_flops says for the swapped model."""
-    import torch
-
-    import surgery
-    from analysis import count_flops
-
     with torch.device("meta"):
         model = surgery.swap_head(name, head="gap", num_classes=1000)
     expected = count_flops(model, (3, *model.features.input_size), counter="torch")
