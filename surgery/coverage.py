@@ -124,26 +124,43 @@ def check_architecture(name: str, heads: Sequence[str] | None = None,
     return record
 
 
+# a refusal that is the right answer: the head kind does not exist for that architecture
+NOT_APPLICABLE = ("has no classifier of its own",)
+
+
+def _not_applicable(error: str) -> bool:
+    return any(marker in error for marker in NOT_APPLICABLE)
+
+
 def summarize(records: Iterable[dict[str, Any]], heads: Sequence[str] | None = None
               ) -> dict[str, Any]:
-    """Per-head counts of working architectures, failures with reasons, layouts and devices."""
+    """Per-head counts of working architectures, failures with reasons, layouts and devices.
+
+    A head that does not exist for an architecture (``original`` on timm's feature encoders,
+    which have no classifier to reset) is counted as not applicable, with its reason, and left
+    out of the percentage.
+    """
     records = sorted(records, key=lambda r: r["model"])
     heads = list(heads or HEADS)
     per_head = {}
     failures: dict[str, list[dict[str, str]]] = {h: [] for h in heads}
+    not_applicable: dict[str, list[dict[str, str]]] = {h: [] for h in heads}
     for head in heads:
         ok = 0
         for r in records:
             res = r["heads"].get(head, {"ok": False, "error": "not run"})
             if res["ok"]:
                 ok += 1
-            else:
-                failures[head].append({"model": r["model"], "error": res.get("error", "?")})
-        per_head[head] = {"ok": ok, "total": len(records),
-                          "percent": round(100.0 * ok / max(1, len(records)), 2)}
+                continue
+            entry = {"model": r["model"], "error": res.get("error", "?")}
+            (not_applicable if _not_applicable(entry["error"]) else failures)[head].append(entry)
+        applicable = len(records) - len(not_applicable[head])
+        per_head[head] = {"ok": ok, "total": len(records), "not_applicable": len(not_applicable[head]),
+                          "percent": round(100.0 * ok / max(1, applicable), 2)}
     layouts = Counter(r.get("features", {}).get("layout", "unknown") for r in records)
     devices = Counter(r.get("device", "?") for r in records)
     single = sorted(r["model"] for r in records
                     if any("1x1" in res.get("warning", "") for res in r["heads"].values()))
     return {"architectures": len(records), "per_head": per_head, "failures": failures,
-            "layouts": dict(layouts), "devices": dict(devices), "single_position": single}
+            "not_applicable": not_applicable, "layouts": dict(layouts), "devices": dict(devices),
+            "single_position": single}

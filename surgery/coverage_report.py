@@ -19,7 +19,8 @@ def _group_failures(failures: list[dict[str, str]]) -> dict[str, list[str]]:
 
 def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     """The committed report: per-head totals, layouts seen, and every failure with its reason."""
-    rows = [[h, s["ok"], s["total"], f"{s['percent']:.2f}%"] for h, s in summary["per_head"].items()]
+    rows = [[h, s["ok"], s.get("not_applicable", 0), s["total"] - s["ok"] - s.get("not_applicable", 0),
+             s["total"], f"{s['percent']:.2f}%"] for h, s in summary["per_head"].items()]
     lines = [
         "# Zoo coverage: every head kind on every timm architecture",
         "",
@@ -31,7 +32,8 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         f"gives `(2, {meta['num_classes']})` logits. Built on the meta device (no weights, no "
         "compute) where possible, with real weights otherwise.",
         "",
-        tabulate(rows, headers=["head", "working", "architectures", "coverage"], tablefmt="github"),
+        tabulate(rows, headers=["head", "working", "not applicable", "failing", "architectures",
+                                "coverage of applicable"], tablefmt="github"),
         "",
         "Feature layouts: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["layouts"].items()))
         + ". Built on: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["devices"].items()))
@@ -42,6 +44,15 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [f"Final grid 1x1 at the default size (gap, gmp and flatten coincide there): "
                   f"{len(summary['single_position'])} architectures: "
                   + ", ".join(summary["single_position"]) + ".", ""]
+    na = {h: v for h, v in summary.get("not_applicable", {}).items() if v}
+    if na:
+        lines += ["## Not applicable", ""]
+        for head, entries in na.items():
+            models = ", ".join(e["model"] for e in entries)
+            lines.append(f"- {head}: {len(entries)} architectures that timm builds as feature "
+                         f"encoders, with no classifier of their own to reset ({models}). "
+                         "Every pooling head works on them.")
+        lines.append("")
     lines.append("## Failures")
     any_failure = False
     for head, failures in summary["failures"].items():

@@ -33,7 +33,7 @@ def test_summary_counts_and_groups_failures():
                                  "flatten": {"ok": False, "error": "E1"}}},
     ]
     summary = summarize(records, ["gap", "flatten"])
-    assert summary["per_head"]["gap"] == {"ok": 2, "total": 3, "percent": 66.67}
+    assert summary["per_head"]["gap"] == {"ok": 2, "total": 3, "not_applicable": 0, "percent": 66.67}
     assert summary["per_head"]["flatten"]["ok"] == 1
     text = render_markdown(summary, {"timm": "x", "torch": "y", "python": "z", "machine": "m",
                                      "command": "cmd", "seconds_this_run": 1, "num_classes": 10})
@@ -44,7 +44,18 @@ def test_tool_writes_and_resumes(tmp_path, capsys):
     argv = ["--models", "resnet10t", "--heads", "gap", "gmp", "--jobs", "1", "--out-dir", str(tmp_path)]
     assert zoo_coverage.main(argv) == 0
     data = json.loads((tmp_path / "zoo_coverage.json").read_text())
-    assert data["summary"]["per_head"]["gmp"] == {"ok": 1, "total": 1, "percent": 100.0}
+    assert data["summary"]["per_head"]["gmp"] == {"ok": 1, "total": 1, "not_applicable": 0,
+                                                  "percent": 100.0}
     assert "| gmp" in (tmp_path / "zoo_coverage.md").read_text()
     assert zoo_coverage.main(argv) == 0  # resumes: nothing left to run, same report
     assert len((tmp_path / "zoo_coverage.jsonl").read_text().splitlines()) == 1
+
+
+def test_encoders_without_a_classifier_are_not_applicable_for_original():
+    error = "ValueError: x_enc has no classifier of its own (timm builds it as a feature encoder)"
+    records = [{"model": "x_enc", "heads": {"original": {"ok": False, "error": error}}},
+               {"model": "y", "heads": {"original": {"ok": True}}}]
+    summary = summarize(records, ["original"])
+    assert summary["per_head"]["original"] == {"ok": 1, "total": 2, "not_applicable": 1,
+                                               "percent": 100.0}
+    assert summary["failures"]["original"] == []
