@@ -138,10 +138,10 @@ def zoo_row(name: str, heads: Sequence[str] = DEFAULT_HEADS, num_classes: int = 
     row: dict[str, Any] = {"model": name, "error": None}
     device = torch.device("meta" if counter == "torch" else "cpu")
     try:
-        with warnings.catch_warnings():
+        # everything under the device context: heads too (a flatten head can hold 1e9 params)
+        with warnings.catch_warnings(), torch.device(device):
             warnings.simplefilter("ignore")
-            with torch.device(device):
-                backbone = surgery.load_backbone(name)
+            backbone = surgery.load_backbone(name)
             model, backbone_macs = _swap_and_count(backbone, heads[0], num_classes, counter)
             info = model.features
             row.update(input="x".join(map(str, info.input_size)),
