@@ -226,7 +226,7 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
               "gap": pm(r["gap_mean"], r["gap_std"]),
               "epoch s": pm(r["epoch_time_s_mean"], r["epoch_time_s_std"], 1.0),
               "peak MiB": pm(r["peak_mem_mb_mean"], None, 1.0, 0)} for r in rows]
-    lines += [format_table(table), ""]
+    lines += [format_table(table, floatfmt=".4g"), ""]
     if comparisons:
         lines += [f"## Paired differences against {comparisons[0]['baseline']} (same seed: same "
                   "data subset, batch order and backbone initialisation)", "",
@@ -235,12 +235,12 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
         comp = [{"metric": c["metric"], "model": c["model"], "train size": c["train_size"],
                  "head": c["head"], "n": c["n"], "diff": pm(c["diff_mean"], c["diff_std"], 100, 2),
                  "wins": f"{c['wins']}/{c['n']}", "t": _fmt(c["t"], 2)} for c in comparisons]
-        lines += [format_table(comp), ""]
+        lines += [format_table(comp, floatfmt=".4g"), ""]
     if robustness:
         n_img = meta.get("robust_images")
         lines += ["## Input-size robustness (test accuracy %, mean ± std over seeds"
                   + (f", {n_img} test images" if n_img else "") + "; * = trained size)", "",
-                  format_table(robustness_pivot(robustness)), ""]
+                  format_table(robustness_pivot(robustness), floatfmt=".4g"), ""]
         reasons = list(dict.fromkeys(r["reason"] for r in robustness if r.get("reason")))
         lines += [f"- {reason}" for reason in reasons] + ([""] if reasons else [])
     for fig in meta.get("figures", []):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -102,3 +103,6 @@ def test_summary_markdown_shows_mean_pm_std_and_missing_runs():
     assert "85.0 ± 7.1" in text  # test accuracy in percent
     assert "python x.py" in text and "m-gmp-s0" in text
     assert agg.pm(0.5, None) == "50.0" and agg.pm(None, None) == ""
+    one = agg.summary_markdown(agg.group_rows(records[:1]), [], [], {"base": {}})
+    assert re.search(r"\|\s+80(\.0)?\s+\|", one)  # one seed: no std, and no 80.000 padding
+    assert "80.000" not in one
