@@ -321,14 +321,15 @@ def _bar(total: int, enabled: bool) -> Any:
 
 # ------------------------------------------------------------------------------ records
 def load_records(dirs: Sequence[str | Path], spec: StudySpec) -> list[dict[str, Any]]:
-    """The finished runs of ``spec`` found under ``DIR/runs/`` of each of ``dirs``, in the grid's
-    order; a run present in several directories counts once (the first)."""
+    """The finished runs of ``spec`` (``summary.json`` and ``robustness.json`` written) found under
+    ``DIR/runs/`` of each of ``dirs``, in the grid's order; a run present in several directories
+    counts once (the first)."""
     records = []
     for combo in combinations(spec):
         name = combo.config(spec, Path(".")).name
         for d in dirs:
             run_dir = Path(d) / "runs" / str(name)
-            if (run_dir / "summary.json").is_file():
+            if _is_done(run_dir):  # trained and evaluated at the robustness sizes
                 records.append(_record(run_dir, combo))
                 break
     return records
