@@ -25,8 +25,10 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         "# Zoo coverage: every head kind on every timm architecture",
         "",
         f"timm {meta['timm']}, torch {meta['torch']}, Python {meta['python']}, {meta['machine']}.",
-        f"Command: `{meta['command']}` (this run: {meta['seconds_this_run']} s; results resume "
-        "from `zoo_coverage.jsonl`).",
+        f"Command: `python tools/zoo_coverage.py --jobs 2` (resumable: records accumulate in "
+        f"`zoo_coverage.jsonl`; last invocation `{meta['command']}`, {meta['seconds_this_run']} s). "
+        f"The per-architecture checks add up to {meta.get('worker_minutes', '?')} minutes of worker "
+        "time (two workers, on a machine shared with other jobs).",
         "",
         f"A head works on an architecture when a batch of 2 at the model's default input size "
         f"gives `(2, {meta['num_classes']})` logits. Built on the meta device (no weights, no "
@@ -48,9 +50,9 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     if na:
         lines += ["## Not applicable", ""]
         for head, entries in na.items():
-            models = ", ".join(e["model"] for e in entries)
+            names = ", ".join(e["model"] for e in entries)
             lines.append(f"- {head}: {len(entries)} architectures that timm builds as feature "
-                         f"encoders, with no classifier of their own to reset ({models}). "
+                         f"encoders, with no classifier of their own to reset ({names}). "
                          "Every pooling head works on them.")
         lines.append("")
     lines.append("## Failures")

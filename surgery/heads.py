@@ -46,7 +46,7 @@ class GridMismatchError(ValueError):
 
 
 def _positions(x: torch.Tensor, info: FeatureInfo) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Features as (B, C, L) for NCHW or (B, L, C) otherwise, prefix tokens removed.
+    """Features as (B, C, L) for NCHW / NCL or (B, L, C) otherwise, prefix tokens removed.
 
     Returns the tensor and its spatial grid (for the Flatten size check).
     """
@@ -54,6 +54,8 @@ def _positions(x: torch.Tensor, info: FeatureInfo) -> tuple[torch.Tensor, tuple[
         x = x.unsqueeze(1)
     if info.layout == "NCHW":
         return x.flatten(2), tuple(x.shape[2:])
+    if info.layout == "NCL":
+        return x, (x.shape[2],)
     if info.layout == "NHWC":
         return x.flatten(1, 2), tuple(x.shape[1:3])
     x = x[:, info.num_prefix_tokens:]
@@ -74,7 +76,7 @@ class FeaturePool(nn.Module):
         self.pool = pool
         self.info = info
         # positions as _positions() sees them: the patch-token count for token models
-        self.grid = info.grid if info.layout != "NLC" else (info.num_positions,)
+        self.grid = info.grid if info.layout in ("NCHW", "NHWC") else (info.num_positions,)
 
     @property
     def out_features(self) -> int:
@@ -83,7 +85,7 @@ class FeaturePool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, grid = _positions(x, self.info)
-        dim = 2 if self.info.layout == "NCHW" else 1
+        dim = 2 if self.info.layout in ("NCHW", "NCL") else 1
         if self.pool == "avg":
             return x.mean(dim)
         if self.pool == "max":
@@ -150,9 +152,11 @@ class NinHead(nn.Module):
         self.fc = pointwise(width, num_classes)
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-position class scores, (B, K, H, W) for maps or (B, L, K) for tokens."""
+        """Per-position class scores, (B, K, H, W) for maps or (B, L, K) for tokens / NCL."""
         if x.dim() == 2:
             x = x.unsqueeze(1)
+        if self.info.layout == "NCL":
+            x = x.transpose(1, 2)
         if self.info.layout == "NLC":
             x = x[:, self.info.num_prefix_tokens:]
         scores = self.fc(self.pre_logits(x))

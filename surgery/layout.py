@@ -1,6 +1,6 @@
 """Layout probe: what does a backbone's ``forward_features`` return, and which weights does it use?
 
-timm backbones end in one of four shapes: NCHW maps (ResNet, EfficientNet, ...), NHWC maps
+timm backbones end in one of five shapes: NCHW maps (ResNet, EfficientNet, ...), NHWC maps
 (Swin and other ``output_fmt='NHWC'`` models), token sequences (ViT, DeiT, EVA, ...: prefix tokens
 such as class, distillation and register tokens followed by patch tokens), or a list / tuple of
 maps (the last one is used). The probe runs ``forward_features`` once on the meta device (no
@@ -28,7 +28,7 @@ __all__ = [
     "default_input_size",
 ]
 
-Layout = Literal["NCHW", "NHWC", "NLC"]
+Layout = Literal["NCHW", "NHWC", "NLC", "NCL"]
 
 # parameter names that hold prefix tokens, for token models without ``num_prefix_tokens``
 _PREFIX_TOKEN_PARAMS = ("cls_token", "dist_token", "reg_token", "register_tokens")
@@ -197,7 +197,8 @@ def probe_features(
                 twin = model
                 x = torch.zeros(1, chans, *hw, device=next(model.parameters()).device)
             out, from_list, used = _run_recorded(twin, x, source)
-            info = describe_features(model, tuple(out.shape), hw, from_list, source)
+            first = out.dim() == 3 and _channels_first(model, twin, tuple(out.shape), x, source)
+            info = describe_features(model, tuple(out.shape), hw, from_list, source, first)
             if info.num_positions == 0 and hasattr(model, "forward_intermediates"):
                 # forward_features kept only class tokens (PiT): take the last feature map instead
                 source = "intermediates"
@@ -215,6 +216,28 @@ def probe_features(
         f"{_model_name(model)} cannot run at input {hw[0]}x{hw[1]} with {chans} channels: "
         f"{errors[-1]}"
     )
+
+
+def _channels_first(model: nn.Module, twin: nn.Module, shape: tuple[int, ...], x: torch.Tensor,
+                    source: str) -> bool:
+    """Whether a 3-D output is (B, C, L) maps rather than (B, L, C) tokens.
+
+    The channel dimension is the one equal to ``num_features``; when neither is (EfficientViM
+    reports the width of all its stages), the dimension that grows with the input is the spatial
+    one: one more forward at a larger size tells.
+    """
+    channels = getattr(model, "num_features", None)
+    if shape[2] == channels:
+        return False
+    if shape[1] == channels:
+        return True
+    h, w = x.shape[-2:]
+    try:
+        bigger = x.new_zeros(*x.shape[:-2], h + h // 2, w + w // 2)
+        other = _run_recorded(twin, bigger, source)[0].shape
+    except Exception:  # a fixed-size model: tokens are the common case
+        return False
+    return other[1] == shape[1] and other[2] != shape[2]
 
 
 def _model_name(model: nn.Module) -> str:
@@ -266,9 +289,12 @@ def _prefix_tokens(model: nn.Module, n_tokens: int, hw: tuple[int, int]) -> int:
 
 
 def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, int],
-                      from_sequence: bool = False, source: str = "forward_features"
-                      ) -> FeatureInfo:
-    """Turn a feature shape into a FeatureInfo (layout, channels, grid, prefix tokens)."""
+                      from_sequence: bool = False, source: str = "forward_features",
+                      channels_first: bool = False) -> FeatureInfo:
+    """Turn a feature shape into a FeatureInfo (layout, channels, grid, prefix tokens).
+
+    ``channels_first`` says a 3-D output is (B, C, L) rather than tokens (B, L, C).
+    """
     hw = (int(hw[0]), int(hw[1]))
     extra: dict[str, Any] = {"from_sequence": from_sequence, "source": source}
     if len(shape) == 4:
@@ -276,6 +302,9 @@ def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, i
             return FeatureInfo(shape[3], "NHWC", (shape[1], shape[2]), 0, hw, shape, **extra)
         return FeatureInfo(shape[1], "NCHW", (shape[2], shape[3]), 0, hw, shape, **extra)
     if len(shape) == 3:
+        if channels_first:  # (B, C, L): flattened maps, no prefix tokens (EfficientViM)
+            grid = _token_grid(shape[2], hw) or (shape[2],)
+            return FeatureInfo(shape[1], "NCL", tuple(grid), 0, hw, shape, **extra)
         prefix = _prefix_tokens(model, shape[1], hw)
         n_patch = shape[1] - prefix
         grid = _token_grid(n_patch, hw) or (n_patch,)

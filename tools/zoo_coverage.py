@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, default=Path("docs"),
                    help="where zoo_coverage.md/.json (and the resumable .jsonl) go")
     p.add_argument("--fresh", action="store_true", help="ignore results of an earlier run")
+    p.add_argument("--redo", nargs="*", default=[],
+                   help="architectures or wildcards to check again even if an earlier run did")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the architectures where some head failed in an earlier run")
     return p
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = json.loads(line)
             complete = set(args.heads) <= set(rec["heads"])
             failed = not all(r["ok"] for r in rec["heads"].values())
-            if complete and not (failed and args.retry_failed):
+            redo = any(fnmatch.fnmatch(rec["model"], pat) for pat in args.redo)
+            if complete and not (failed and args.retry_failed) and not redo:
                 done[rec["model"]] = rec
     todo = [n for n in names if n not in done]
     start = time.perf_counter()
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
             "command": "python tools/zoo_coverage.py " + " ".join(argv if argv is not None
                                                                   else sys.argv[1:]),
-            "seconds_this_run": round(elapsed, 1), "num_classes": args.num_classes}
+            "seconds_this_run": round(elapsed, 1), "num_classes": args.num_classes,
+            "worker_minutes": round(sum(r.get("seconds", 0) for r in records) / 60, 1)}
     (args.out_dir / "zoo_coverage.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1))
     (args.out_dir / "zoo_coverage.md").write_text(render_markdown(summary, meta))

@@ -139,3 +139,13 @@ def test_bad_head_options(kwargs, match):
     args = dict(head="gap", info=nchw(), num_classes=3) | kwargs
     with pytest.raises(ValueError, match=match):
         build_head(args.pop("head"), **args)
+
+
+def test_channels_first_sequences_pool_over_the_last_dim():
+    info = FeatureInfo(4, "NCL", (2, 3), 0, (64, 96), (1, 4, 6))
+    x = torch.randn(2, 4, 6)
+    for kind, ref in (("gap", x.mean(2)), ("gmp", x.amax(2)), ("flatten", x.flatten(1))):
+        head = build_head(kind, info, num_classes=3)
+        torch.testing.assert_close(head(x), head.fc(ref))
+    nin = build_head("nin", info, num_classes=3)
+    torch.testing.assert_close(nin(x), nin.fc(x.transpose(1, 2)).mean(1))

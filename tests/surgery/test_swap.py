@@ -148,3 +148,15 @@ def test_original_head_is_timms_head_reset():
     assert head_params == 320 * 5 + 5 + 2 * 320  # fc + the head's LayerNorm
     assert sum(p.numel() for p in model.backbone_parameters()) + head_params == \
         sum(p.numel() for p in timm_model.parameters())
+
+
+def test_channels_first_sequence_backbone_is_detected():
+    # EfficientViM returns a list of (B, C, L) maps; num_features is the width of all stages
+    backbone = load_backbone("efficientvim_m1")
+    reference = copy.deepcopy(backbone).eval()
+    model = swap_head(backbone, head="gmp", num_classes=3).eval()
+    f = model.features
+    assert (f.layout, f.channels, f.grid, f.from_sequence) == ("NCL", 320, (4, 4), True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.head.fc(reference.forward_features(x)[-1].amax(2)))
