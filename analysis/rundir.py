@@ -109,7 +109,10 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "
         ax.plot(ep, [r[key] for r in rows], marker="o", label=label)
     ax1.set(xlabel="epoch", ylabel="loss (cross-entropy)")
     ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
