@@ -69,8 +69,23 @@ class Probe:
     device: str  # 'meta' or 'real': where the probe could run
 
 
+def _as_pair(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int) and value > 0:
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) >= 2 and all(isinstance(v, int) for v in value):
+        return int(value[-2]), int(value[-1])
+    return None
+
+
 def default_input_size(model: nn.Module) -> tuple[int, int]:
-    """The (H, W) the model was designed for, from timm's pretrained config (224x224 otherwise)."""
+    """The (H, W) the model was built for: the ``img_size`` it was created with (load_backbone's
+    record, or the patch embedding's), else timm's pretrained config, else 224x224."""
+    origin = getattr(model, "headswap_origin", None) or {}
+    built = _as_pair(origin.get("timm_kwargs", {}).get("img_size"))
+    if built is None:
+        built = _as_pair(getattr(getattr(model, "patch_embed", None), "img_size", None))
+    if built is not None:
+        return built
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") or (3, 224, 224)
     return int(size[-2]), int(size[-1])

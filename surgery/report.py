@@ -67,6 +67,9 @@ def swap_report(model: HeadSwapped, sizes: Sequence[int] | None = None) -> dict[
             f"({100.0 * head / max(1, backbone + head):.2f}% of the model); ")
     note += ("the head takes any input size" if HEADS[kind].any_input_size
              else f"the head is built for {h}x{w} inputs only")
+    if any(not c["ok"] and c["error"].startswith("the backbone refuses") for c in checks):
+        note += "; the backbone itself refuses some sizes (timm options such as "
+        note += "dynamic_img_size=True lift that for ViT-style models)"
     f = model.features
     return {
         "model": model.recipe["backbone"],

@@ -160,3 +160,9 @@ def test_channels_first_sequence_backbone_is_detected():
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model.head.fc(reference.forward_features(x)[-1].amax(2)))
+
+
+def test_default_input_size_is_the_size_the_model_was_built_for():
+    model = swap_head("vit_tiny_patch16_224", head="flatten", num_classes=2, img_size=64, depth=1)
+    assert model.features.input_size == (64, 64) and model.features.grid == (4, 4)
+    assert swap_head("resnet18", num_classes=2).features.input_size == (224, 224)
