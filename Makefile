@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint data clean
+.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check surgery analysis tools tests benchmarks
 	$(VENV)/bin/mypy surgery
+
+zoo-table: $(STAMP)
+	$(PY) benchmarks/zoo_table_time.py --jobs 2
+
+zoo-coverage: $(STAMP)
+	$(PY) tools/zoo_coverage.py --jobs 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import re
 import statistics
-import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,14 +185,3 @@ def _train_phase(model: nn.Module, x: torch.Tensor, device: torch.device, memory
         for p, g in zip(params, grads, strict=True):
             p.grad = g
 
-
-class _CallableModule(types.ModuleType):
-    """This module and its function share the name ``analysis.measure``, so ``from analysis
-    import measure`` returns the module once it has been imported; calling the module calls
-    :func:`measure`, so either binding works."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return measure(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

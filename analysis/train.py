@@ -16,9 +16,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import time
-import types
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -338,14 +336,3 @@ def _versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "timm": timm.__version__}
 
-
-class _CallableModule(types.ModuleType):
-    """``analysis.train`` is both this module and the function: importing the module rebinds the
-    package attribute to it, so ``from analysis import TrainConfig, train`` would otherwise hand
-    out the module. Calling the module calls :func:`train`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
