@@ -42,6 +42,7 @@ def save(model: HeadSwapped, path: str | Path, extra: dict[str, Any] | None = No
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is as readable as any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
