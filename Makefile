@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage
+.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ data:
 demo: $(STAMP)
 	$(PY) tools/swap_head.py resnet18 --head gmp --num-classes 10
 	$(PY) tools/swap_head.py vit_small_patch16_224 --head gap --num-classes 10 --hidden 512 --dropout 0.5
+	$(PY) tools/param_flop_table.py resnet18 mobilenetv3_small_100 --heads gap gmp flatten nin \
+	    --num-classes 10 --sizes 224 288 --no-progress
+	$(PY) tools/finetune.py resnet10t --head gap --dataset synthetic --epochs 1 --img-size 64 \
+	    --out runs/demo --overwrite
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/train_throughput.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow or smoke" $(PYTEST_ARGS)
