@@ -7,8 +7,13 @@ mode on a fixed train sample, validation loss/accuracy, their gap, time, img/s a
 
 Resume is exact: checkpoints hold the model, optimiser, RNG states and the position inside the
 epoch, and batch order and augmentation are functions of (seed, epoch), so on CPU a resumed run
-ends with the same metrics as an uninterrupted one. The loop is written for one process; DDP
-hooks are the sampler's ``rank`` / ``world_size``, :class:`DistInfo` (reductions, rank-0 writes).
+ends with the same metrics as an uninterrupted one.
+
+Under ``torchrun`` (analysis.distributed) the same loop runs in every process with the model in
+DistributedDataParallel: each rank trains on its own shard of every epoch (EpochSampler's
+``rank`` / ``world_size``), evaluation sums are reduced so every sample counts once, and only
+rank 0 writes the run directory and shows the progress bar. Checkpoints hold every rank's RNG
+and augmentation state, so a run resumed with the same number of processes continues exactly.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .batches import BatchTransform, EpochSampler
 from .data import DataSplits, load_dataset
 from .rundir import (
@@ -67,8 +73,10 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     (a hook may raise to stop the run); ``on_epoch`` receives each epoch's metrics row. Resuming a
     finished run returns its summary. Raises :class:`NonFiniteLossError` when the loss or the
     weights become NaN or inf; ``last.pt`` then still holds the last good state.
+
+    Started by torchrun (``WORLD_SIZE`` > 1) and without ``dist``, it joins the process group
+    itself (gloo on CPU, nccl on CUDA, one GPU per ``LOCAL_RANK``) and leaves it at the end.
     """
-    dist = dist or DistInfo()
     state: dict[str, Any] | None = None
     if resume is not None:
         run_dir = Path(resume)
@@ -86,21 +94,34 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     else:
         cfg = config
         cfg.check()
-        run_dir = prepare_run_dir(Path(cfg.out) / (cfg.name or run_name(cfg)), cfg.overwrite,
-                                  write=dist.is_main)
-    return _Trainer(cfg, run_dir, state, data, dist, on_step, on_epoch).fit()
+    system = resolve_system(cfg)
+    owned = dist is None and distributed.launched()
+    if dist is None:
+        dist, system["device"] = distributed.setup(system["device"])
+    try:
+        if resume is None:
+            # every rank checks before rank 0 clears or writes anything
+            run_dir = prepare_run_dir(Path(cfg.out) / (cfg.name or run_name(cfg)), cfg.overwrite,
+                                      write=False)
+            dist.wait()
+            if dist.is_main:
+                prepare_run_dir(run_dir, cfg.overwrite)
+        dist.wait()
+        return _Trainer(cfg, run_dir, state, data, dist, system, on_step, on_epoch).fit()
+    finally:
+        if owned:
+            distributed.shutdown()
 
 
 class _Trainer:
     """One run: builds everything from the config (and a checkpoint), trains, writes the files."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
-                 data: DataSplits | None, dist: DistInfo,
+                 data: DataSplits | None, dist: DistInfo, system: dict[str, Any],
                  on_step: Callable[[dict[str, Any]], None] | None,
                  on_epoch: Callable[[dict[str, Any]], None] | None):
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.on_step, self.on_epoch = on_step, on_epoch
-        system = resolve_system(cfg)
         self.device, self.amp, cl = system["device"], system["amp_dtype"], system["channels_last"]
         if data is None:
             data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
@@ -110,6 +131,8 @@ class _Trainer:
         self.img_size = cfg.img_size or data.image_size[0]
         torch.manual_seed(cfg.seed)
         model, in_chans, mean, std = build_model(cfg, data, self.img_size, fresh=state is None)
+        if cfg.sync_bn and dist.world_size > 1:
+            distributed.convert_sync_bn(model)
         model.to(self.device)
         if cl:
             model.to(memory_format=torch.channels_last)
@@ -117,11 +140,14 @@ class _Trainer:
             model.load_state_dict(state["state_dict"])
         self.model = model
         self.optimizer = build_optimizer(model, cfg)
+        self.ex: dict[str, Any] = state["extra"] if state is not None else {}
+        self.epoch0, self.step0 = int(self.ex.get("epoch", 0)), int(self.ex.get("step", 0))
+        self.ddp = self._wrap()
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp == torch.float16
                        else None)
         self.transform = BatchTransform(self.img_size, in_chans, mean, std, device=self.device,
                                         augment=cfg.augment, channels_last=cl)
-        self.step_fn = TrainStep(model, self.optimizer, self.transform,
+        self.step_fn = TrainStep(self.ddp, self.optimizer, self.transform,
                                  label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad,
                                  amp_dtype=self.amp, scaler=self.scaler)
         n = len(data.train_y)
@@ -140,9 +166,7 @@ class _Trainer:
         if self.device.type == "cuda" and self.train_x.numel() < 2**31:  # small data: on device
             self.train_x, self.train_y = self.train_x.to(self.device), self.train_y.to(self.device)
         self.costs = model_costs(model, (in_chans, self.img_size, self.img_size))
-        # where to start, and what was measured before an interruption
-        self.ex: dict[str, Any] = state["extra"] if state is not None else {}
-        self.epoch0, self.step0 = int(self.ex.get("epoch", 0)), int(self.ex.get("step", 0))
+        # what was measured before an interruption
         self.history: list[dict[str, Any]] = list(self.ex.get("history", []))
         self.best = dict(self.ex.get("best", {"val_acc": -1.0, "epoch": 0}))
         self.totals = dict(self.ex.get("totals", {"time_s": 0.0, "train_time_s": 0.0,
@@ -151,8 +175,10 @@ class _Trainer:
             self.optimizer.load_state_dict(self.ex["optimizer"])
             if self.scaler is not None and self.ex.get("scaler"):
                 self.scaler.load_state_dict(self.ex["scaler"])
-            set_rng_state(self.ex["rng"])
-        elif dist.is_main:
+            self._restore_rank_state()
+        elif dist.rank > 0:  # different dropout masks per rank (rank 0 draws as one process does)
+            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
+        if state is None and dist.is_main:
             write_json(run_dir / "config.json", {
                 "config": asdict(cfg),
                 "resolved": {"device": str(self.device), "amp": str(self.amp),
@@ -160,9 +186,47 @@ class _Trainer:
                              "num_classes": data.num_classes, "classes": data.classes,
                              "mean": list(mean), "std": list(std), "data": data.info,
                              "data_source": data.source, "steps_per_epoch": self.steps,
+                             "world_size": dist.world_size, "sync_bn": cfg.sync_bn,
                              "recipe": model.recipe},
                 "versions": _versions()})
         self._tick_at = time.perf_counter()
+
+    def _wrap(self) -> torch.nn.Module:
+        """DDP around the model, registering the parameters the regime will ever train.
+
+        A linear probe never trains the backbone: freeze it first and DDP leaves it out. Two-stage
+        still ahead of its head epochs unfreezes it later: everything registered, and
+        ``find_unused_parameters`` for the head-only epochs.
+        """
+        if self.dist.world_size == 1:
+            return self.model
+        cfg = self.cfg
+        if cfg.regime == "linear-probe":
+            set_regime(self.model, cfg, self.epoch0)
+        else:
+            for p in self.model.parameters():
+                p.requires_grad_(True)
+        find_unused = cfg.regime == "two-stage" and self.epoch0 < cfg.head_epochs
+        return distributed.wrap(self.model, self.dist, self.device, find_unused=find_unused)
+
+    def _restore_rank_state(self) -> None:
+        """This rank's RNG (and, mid-epoch, augmentation and running sums) from ``last.pt``."""
+        ex, dist = self.ex, self.dist
+        ranks = ex.get("ranks") or [{"rng": ex["rng"], "aug_rng": ex.get("aug_rng"),
+                                     "running": ex.get("running")}]
+        if len(ranks) != dist.world_size:
+            if self.step0:
+                raise ValueError(
+                    f"{self.run_dir / 'last.pt'} was written mid-epoch by {len(ranks)} "
+                    f"process(es); resume it with the same number (torchrun --nproc_per_node "
+                    f"{len(ranks)}), or from an epoch boundary with any number")
+            set_rng_state(ranks[0]["rng"])
+            if dist.rank > 0:
+                torch.manual_seed(self.cfg.seed + 1_000_003 * dist.rank + self.epoch0)
+            return
+        mine = ranks[dist.rank]
+        set_rng_state(mine["rng"])
+        ex["aug_rng"], ex["running"] = mine["aug_rng"], mine["running"]
 
     def _tick(self) -> None:
         """Add the wall time since the last tick to ``time_s`` (kept across resumed segments)."""
@@ -181,7 +245,8 @@ class _Trainer:
         """Train one epoch (from the checkpointed step when resuming); return its metrics row."""
         cfg, steps = self.cfg, self.steps
         set_regime(self.model, cfg, epoch)
-        aug = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 17)
+        aug = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 17
+                                            + 1_000_003 * self.dist.rank)
         running: dict[str, Any] = {"loss_sum": 0.0, "seen": 0, "train_time_s": 0.0,
                                    "epoch_time_s": 0.0}
         first = self.step0 if epoch == self.epoch0 else 0
@@ -212,7 +277,7 @@ class _Trainer:
                               "model": self.model, "optimizer": self.optimizer})
             now = time.perf_counter()
             if step + 1 < steps and ((cfg.ckpt_steps and (step + 1) % cfg.ckpt_steps == 0) or
-                                     (cfg.ckpt_minutes and now - t_ckpt > 60 * cfg.ckpt_minutes)):
+                                     self._time_for_checkpoint(step, now - t_ckpt)):
                 self._check_finite(loss_sum, epoch, step)
                 snap = dict(running, loss_sum=loss_sum.total,
                             train_time_s=running["train_time_s"] + now - t0,
@@ -228,13 +293,14 @@ class _Trainer:
                                    self.amp, self.dist)
         va_loss, va_acc = evaluate(self.model, self.data.val_x, self.data.val_y, self.transform,
                                    self.eval_bs, self.amp, self.dist)
-        seen = self.dist.sum(running["seen"])
+        seen = self.dist.sum(running["seen"])  # padded (repeated) samples of uneven shards too
+        loss_total = self.dist.sum(loss_sum.total)
         self.totals["train_time_s"] += train_time
         self.totals["train_images"] += seen
         return {"epoch": epoch + 1, "lr": cfg.lr * f, "train_loss": tr_loss, "train_acc": tr_acc,
                 "val_loss": va_loss, "val_acc": va_acc, "gap_acc": tr_acc - va_acc,
                 "gap_loss": va_loss - tr_loss,
-                "train_loss_running": loss_sum.total / max(1, running["seen"]),
+                "train_loss_running": loss_total / max(1, seen),
                 "epoch_time_s": running["epoch_time_s"] + time.perf_counter() - t0,
                 "img_per_s": seen / max(train_time, 1e-9),
                 "peak_mem_mb": peak_mem_mb(self.device)}
@@ -257,19 +323,35 @@ class _Trainer:
         if self.on_epoch is not None:
             self.on_epoch(row)
 
+    def _time_for_checkpoint(self, step: int, since: float) -> bool:
+        """``ckpt_minutes`` passed; under DDP every rank must agree, so ask every 20 steps."""
+        minutes = self.cfg.ckpt_minutes
+        if not minutes:
+            return False
+        if self.dist.world_size == 1:
+            return since > 60 * minutes
+        return step % 20 == 19 and self.dist.sum(float(since > 60 * minutes)) > 0
+
     def _checkpoint(self, epoch: int, step: int, running: dict[str, Any],
                     aug: torch.Generator) -> None:
-        """last.pt: ``epoch`` epochs and ``step`` steps of the next one done (rank 0 writes)."""
-        if not self.dist.is_main:
-            return
-        self._check_weights(epoch, step)
+        """last.pt: ``epoch`` epochs and ``step`` steps of the next one done.
+
+        Every rank hands its RNG, augmentation and running state to rank 0, which writes; the
+        barrier after it means no rank moves on (or reads best.pt) before the files are there.
+        """
+        self._check_weights(epoch, step)  # weights are the same on every rank: all stop together
+        mine = {"rng": rng_state(), "aug_rng": aug.get_state(), "running": running}
+        ranks = distributed.gather_objects(mine, self.dist)
         self._tick()
-        save_checkpoint(self.run_dir / "last.pt", self.model, {
-            "kind": "last", "epoch": epoch, "step": step,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": rng_state(), "aug_rng": aug.get_state(), "running": running,
-            "history": self.history, "best": self.best, "totals": self.totals})
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / "last.pt", self.model, {
+                "kind": "last", "epoch": epoch, "step": step,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                **mine, "history": self.history, "best": self.best, "totals": self.totals,
+                "world_size": self.dist.world_size,
+                "ranks": ranks if self.dist.world_size > 1 else None})
+        self.dist.wait()
 
     def _finish(self) -> dict[str, Any]:
         """Test the best-validation checkpoint and write ``summary.json``."""
@@ -298,7 +380,8 @@ class _Trainer:
             "epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
             "img_per_s": self.totals["train_images"] / max(self.totals["train_time_s"], 1e-9),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in history),
-            "device": str(self.device), "run_dir": str(self.run_dir),
+            "device": str(self.device), "world_size": self.dist.world_size,
+            "run_dir": str(self.run_dir),
         }
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)

@@ -55,6 +55,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"                 # auto: on for CUDA (bf16 if supported, else fp16)
     channels_last: bool | None = None  # None: on (CPU and CUDA)
+    sync_bn: bool = False             # under torchrun: BatchNorm statistics over all ranks
     seed: int = 0
     # run directory
     out: str = "runs"

@@ -36,16 +36,24 @@ class DistInfo:
     """Who this process is in a distributed run. The default is a single process.
 
     ``all_reduce`` sums a tensor across ranks in place (``torch.distributed.all_reduce`` under
-    DDP); only rank 0 writes files and shows progress.
+    DDP) and ``barrier`` waits for every rank; only rank 0 writes files and shows progress.
+    analysis.distributed.setup builds one from torchrun's environment.
     """
 
     rank: int = 0
     world_size: int = 1
     all_reduce: Callable[[torch.Tensor], Any] | None = None
+    local_rank: int = 0
+    barrier: Callable[[], Any] | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def wait(self) -> None:
+        """Barrier across ranks (nothing for a single process)."""
+        if self.barrier is not None and self.world_size > 1:
+            self.barrier()
 
     def sum(self, value: float) -> float:
         if self.all_reduce is None or self.world_size == 1:

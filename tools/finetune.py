@@ -4,15 +4,18 @@
     python tools/finetune.py resnet18 --head gap --dataset fashion-mnist --epochs 5 \\
         --img-size 64 --train-size 10000 --out runs/
     python tools/finetune.py --resume runs/resnet18-gap-fashion-mnist-n10000-s0
+    torchrun --nproc_per_node 4 tools/finetune.py resnet18 ...   # DistributedDataParallel
 
 The run directory holds config.json, metrics.csv/.jsonl (one row per epoch), summary.json,
 best.pt, last.pt (both loadable with surgery.load) and curves.png. Exit codes: 0 done, 2 a user
 error (one line on stderr), 3 the loss became NaN/inf (last.pt keeps the last good state).
+Under torchrun every process trains its shard of each epoch; only rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision (auto: on for CUDA)")
     s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on)")
+    s.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over all processes (SyncBatchNorm)")
     s.add_argument("--seed", type=int, default=d.seed)
     r = p.add_argument_group("run directory")
     r.add_argument("--out", default=d.out, help=f"parent directory of runs (default {d.out})")
@@ -141,7 +146,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _is_main() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the process that prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _epoch_line(row: dict) -> None:
+    if not _is_main():
+        return
     print(f"epoch {row['epoch']:>3}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
           f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | gap {row['gap_acc']:+.4f}"
           f" | {row['epoch_time_s']:.1f}s {row['img_per_s']:.0f} img/s", flush=True)
@@ -167,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         except NonFiniteLossError as err:
             print(f"error: {err}", file=sys.stderr)
             return 3
+    if not _is_main():
+        return 0
     params = f"{summary['params']:,}" if summary.get("params") is not None else "?"
     gmacs = f"{summary['gmacs']:.4g}" if summary.get("gmacs") is not None else "?"
     print(f"test acc {summary['test_acc']:.4f} (best val {summary['best_val_acc']:.4f} at epoch "
