@@ -19,7 +19,7 @@ from torch import nn
 
 from .trainstep import DistInfo
 
-__all__ = ["convert_sync_bn", "gather_objects", "launched", "setup", "shutdown", "wrap"]
+__all__ = ["broadcast_buffers", "convert_sync_bn", "gather_objects", "launched", "setup", "shutdown", "wrap"]
 
 
 def launched() -> bool:
@@ -80,6 +80,18 @@ def gather_objects(obj: Any, dist: DistInfo) -> list[Any]:
     out: list[Any] = [None] * dist.world_size
     tdist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(model: nn.Module, dist: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP does this at the start of each forward, so after the last step every rank still holds
+    the statistics of its own last batch; evaluating (or saving) needs the same ones everywhere.
+    """
+    if dist.world_size == 1 or not tdist.is_initialized():
+        return
+    for b in model.buffers():
+        tdist.broadcast(b, src=0)
 
 
 def wrap(model: nn.Module, dist: DistInfo, device: torch.device, *, sync_bn: bool = False,

@@ -289,6 +289,7 @@ class _Trainer:
         if bar is not None:
             bar.close()
         train_time = running["train_time_s"] + time.perf_counter() - t0
+        distributed.broadcast_buffers(self.model, self.dist)
         tr_loss, tr_acc = evaluate(self.model, *self.train_eval, self.transform, self.eval_bs,
                                    self.amp, self.dist)
         va_loss, va_acc = evaluate(self.model, self.data.val_x, self.data.val_y, self.transform,
