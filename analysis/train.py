@@ -132,6 +132,9 @@ class _Trainer:
         torch.manual_seed(cfg.seed)
         model, in_chans, mean, std = build_model(cfg, data, self.img_size, fresh=state is None)
         if cfg.sync_bn and dist.world_size > 1:
+            if self.device.type != "cuda":
+                raise ValueError(f"--sync-bn needs CUDA (torch's SyncBatchNorm has no "
+                                 f"{self.device.type} kernels); drop it on {self.device.type}")
             distributed.convert_sync_bn(model)
         model.to(self.device)
         if cl:
