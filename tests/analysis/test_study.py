@@ -4,6 +4,7 @@ study on synthetic data that writes every promised file."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
@@ -178,6 +179,7 @@ def test_tiny_real_study_writes_every_file_and_resumes(tmp_path, monkeypatch):
     assert "built for a 2x2 grid" in robust[("flatten", 96)]["reason"]
     assert len((tmp_path / "runs.csv").read_text().splitlines()) == 1 + 4
     # resuming the finished study trains nothing
-    monkeypatch.setattr("analysis.train.train", lambda *a, **k: pytest.fail("re-ran a run"))
+    train_module = importlib.import_module("analysis.train")  # the module, not the function
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("re-ran a run"))
     again = study.run_study(spec, tmp_path, jobs=0, progress=False)
     assert again["ran"] == [] and len(again["skipped"]) == 4
