@@ -2,7 +2,7 @@
 
 A study directory holds ``study.json`` (the grid and the settings every run shares), one run
 directory per combination under ``runs/`` (analysis.train's files plus ``robustness.json``), and
-the report written by :func:`write_report`: ``summary.md/.csv/.json``, ``runs.csv``,
+the report written by analysis.study_report.write_report: ``summary.md/.csv/.json``, ``runs.csv``,
 ``robustness.csv/.json``, ``comparisons.csv`` and the plots of analysis.plots.
 
 Resuming is the default: a combination whose run directory has ``summary.json`` (and
@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .machine import machine_info  # noqa: F401  (analysis.study.machine_info, as before)
 from .rundir import read_json, write_json
+from .study_report import write_report
 
 __all__ = ["HeadSpec", "parse_head", "StudySpec", "Combo", "combinations", "parse_shard",
            "select_shard", "run_study", "collect", "load_records", "write_report", "STUDY_FILE"]
@@ -374,64 +376,6 @@ def collect(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
                if n not in done]
     report = write_report(out, records, spec, missing=missing)
     return {"records": len(records), "missing": missing, "report": report}
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, device, torch and timm versions: what every committed figure names."""
-    import platform
-
-    import timm
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__}
-
-
-def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec,
-                 missing: Sequence[str] = ()) -> dict[str, Any]:
-    """Write ``summary.md/.csv/.json``, ``runs.csv``, ``comparisons.csv``,
-    ``robustness.csv/.json`` and the three plots into ``out``; returns the summary rows."""
-    from . import aggregate as agg
-    from . import plots
-    from .rundir import atomic_write_bytes
-    from .tables import to_csv, to_json
-
-    out = Path(out)
-    rows = agg.group_rows(records)
-    baseline = spec.heads[0].label
-    comps = [c for m in ("test_acc", "gap") for c in agg.paired_differences(records, baseline, m)]
-    robust = agg.robustness_rows(records)
-    figures = {
-        "acc_vs_head_params.png": plots.plot_acc_vs_head_params(rows, out / "acc_vs_head_params.png"),
-        "gap_vs_train_size.png": plots.plot_gap_vs_train_size(rows, out / "gap_vs_train_size.png"),
-        "learning_curves.png": plots.plot_learning_curves(records, out / "learning_curves.png"),
-    }
-    meta = dict(spec.to_dict(), machine=machine_info(), runs=len(records),
-                expected=len(combinations(spec)), missing=list(missing),
-                train_time_s=sum(float(r.get("time_s") or 0.0) for r in records),
-                figures=[k for k, v in figures.items() if v is not None])
-    texts = {
-        "summary.md": agg.summary_markdown(rows, comps, robust, meta),
-        "summary.csv": to_csv(rows),
-        "summary.json": json.dumps({"study": meta, "rows": rows, "comparisons": comps},
-                                   indent=2, default=str) + "\n",
-        "runs.csv": to_csv([agg.run_row(r) for r in records]),
-        "comparisons.csv": to_csv(comps),
-        "robustness.csv": to_csv(robust),
-        "robustness.json": to_json(robust) + "\n",
-    }
-    for name, text in texts.items():
-        atomic_write_bytes(out / name, text.encode())
-    return {"rows": rows, "comparisons": comps, "robustness": robust, "meta": meta}
 
 
 def _child_main(argv: list[str]) -> int:

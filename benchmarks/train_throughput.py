@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from analysis.batches import BatchTransform, EpochSampler  # noqa: E402
+from analysis.machine import cpu_name  # noqa: E402
 from analysis.trainstep import RunningLoss, TrainStep, lr_factor  # noqa: E402
 
 
@@ -229,14 +230,7 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespac
 
 
 def _machine(device: torch.device) -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; "
