@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import warnings
@@ -35,12 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (online)")
     b.add_argument("--checkpoint", type=Path, default=None, help="local weights file")
     b.add_argument("--in-chans", type=int, default=3, help="input channels")
+    b.add_argument("--timm-option", metavar="KEY=VALUE", action="append", default=[],
+                   help="extra timm.create_model option, e.g. dynamic_img_size=True or "
+                        "img_size=64 (values are Python literals; repeatable)")
     o = p.add_argument_group("output")
     o.add_argument("--sizes", type=int, nargs="*", default=None,
                    help="input sizes to try (default: the built size, ~0.75x and ~1.25x)")
     o.add_argument("--save", type=Path, default=None, help="write the swapped model here")
     o.add_argument("--format", choices=("text", "json"), default="text")
     return p
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """``['img_size=64', 'dynamic_img_size=True']`` -> ``{'img_size': 64, ...}``."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--timm-option expects KEY=VALUE, got {item!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value  # a plain string such as act_layer=gelu
+    return options
 
 
 def _text(report: dict) -> str:
@@ -70,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         model = swap_head(args.model, head=args.head, num_classes=args.num_classes,
                           hidden=tuple(args.hidden), dropout=args.dropout,
                           input_size=args.input_size, pretrained=args.pretrained,
-                          checkpoint=args.checkpoint, in_chans=args.in_chans)
+                          checkpoint=args.checkpoint, in_chans=args.in_chans,
+                          **parse_options(args.timm_option))
     report = swap_report(model, args.sizes)
     report["warnings"] = sorted({str(w.message) for w in caught if "1x1" in str(w.message)})
     if args.save:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import swap_head as tool
 import torch
 
@@ -52,3 +53,16 @@ def test_user_errors_are_one_line_and_exit_2():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown model 'resnet81'; closest:" in proc.stderr
+
+
+def test_timm_options_reach_the_backbone(capsys):
+    argv = ["vit_tiny_patch16_224", "--head", "gap", "--timm-option", "dynamic_img_size=True",
+            "--timm-option", "depth=1", "--sizes", "224", "160", "--format", "json"]
+    assert tool.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["ok"] for s in report["sizes"]] == [True, True]  # fixed-size ViT would refuse 160
+
+
+def test_bad_timm_option_is_a_user_error():
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        tool.parse_options(["depth"])
