@@ -28,7 +28,8 @@ FAMILIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "vit_tiny_patch16_224": _sized(depth=2),
     "deit_tiny_distilled_patch16_224": _sized(depth=2),
     "swin_tiny_patch4_window7_224": _sized(window_size=2, depths=(1, 1, 1, 1)),
-    "maxxvitv2_nano_rw_256": lambda size: {"img_size": 2 * size},  # windows need 4x4 grids
+    "maxvit_rmlp_pico_rw_256": lambda size: {"img_size": 2 * size},  # windows need 4x4 grids
+    "maxxvitv2_nano_rw_256": lambda size: {"img_size": 2 * size},
     "levit_128s": lambda size: {"img_size": 2 * size},  # stride 64: 2x2 and 3x3 grids
     "crossvit_tiny_240": lambda size: {"img_size": 120 if size == SIZES[0] else 240},  # a list
     "pit_ti_224": _sized(),
