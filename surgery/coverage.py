@@ -19,10 +19,10 @@ import torch
 
 from .backbone import load_backbone
 from .heads import HEADS
-from .layout import FeatureInfo, probe_features
+from .layout import FeatureInfo, default_input_size, probe_features
 from .swap import swap_head
 
-__all__ = ["check_architecture", "summarize"]
+__all__ = ["check_architecture", "check_timm_max", "summarize"]
 
 BATCH = 2
 
@@ -90,6 +90,27 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
         except Exception as err:  # recorded per head, reported in the coverage file
             results[head] = {"ok": False, "error": _first_line(err)}
     return results, info
+
+
+def check_timm_max(name: str, num_classes: int = 10) -> dict[str, Any]:
+    """timm's own route to a max-pooled head, for comparison: ``reset_classifier(num_classes,
+    global_pool='max')`` on the meta device, then a forward pass; ok when the shape is right.
+
+    A right shape does not mean timm pooled by max over patch positions (several families
+    reinterpret ``'max'``); it is the most this check can say without weights.
+    """
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                model = load_backbone(name)
+                model.reset_classifier(num_classes, global_pool="max")  # type: ignore[operator]
+            out = _run(model, torch.empty(BATCH, 3, *default_input_size(model), device="meta"))
+        record = _shape_record(out, num_classes)
+    except Exception as err:  # recorded: this is what timm does with the request
+        record = {"ok": False, "error": _first_line(err)}
+    return {"model": name, **record, "seconds": round(time.perf_counter() - start, 3)}
 
 
 def check_architecture(name: str, heads: Sequence[str] | None = None,

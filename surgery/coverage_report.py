@@ -42,6 +42,15 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         + ".",
         "",
     ]
+    tm = meta.get("timm_max")
+    if tm:
+        top = sorted(tm["failure_reasons"].items(), key=lambda kv: -kv[1])[:4]
+        lines += [f"For comparison, timm's own `reset_classifier({meta['num_classes']}, "
+                  f"global_pool='max')` gives the right output shape on {tm['ok']:,} of "
+                  f"{tm['architectures']:,} architectures (`{tm['command']}`, "
+                  "zoo_timm_max.json); a right shape does not show that timm pooled by max over "
+                  "patch positions only. Most common refusals: "
+                  + "; ".join(f"{reason} ({n})" for reason, n in top) + ".", ""]
     if summary.get("single_position"):
         lines += [f"Final grid 1x1 at the default size (gap, gmp and flatten coincide there): "
                   f"{len(summary['single_position'])} architectures: "

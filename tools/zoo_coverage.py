@@ -22,7 +22,7 @@ from _cli import run
 from tqdm import tqdm
 
 from surgery import HEADS
-from surgery.coverage import check_architecture, summarize
+from surgery.coverage import check_architecture, check_timm_max, summarize
 from surgery.coverage_report import render_markdown
 
 
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore results of an earlier run")
     p.add_argument("--redo", nargs="*", default=[],
                    help="architectures or wildcards to check again even if an earlier run did")
+    p.add_argument("--timm-max", action="store_true",
+                   help="instead: check timm's own reset_classifier(global_pool='max') on every "
+                        "architecture, for comparison (writes zoo_timm_max.json)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the architectures where some head failed in an earlier run")
     return p
@@ -58,10 +61,38 @@ def _worker(args: tuple[str, list[str], int]) -> dict:
     return check_architecture(name, heads, k)
 
 
+def _timm_max_worker(args: tuple[str, int]) -> dict:
+    torch.set_num_threads(1)
+    return check_timm_max(*args)
+
+
+def _timm_max(names: list[str], args: argparse.Namespace) -> int:
+    """timm's own max pooling over the same architectures: how many give the right shape."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.jobs, maxtasksperchild=50) as pool:
+        records = sorted(tqdm(pool.imap_unordered(_timm_max_worker,
+                                                  [(n, args.num_classes) for n in names]),
+                              total=len(names), desc="timm global_pool='max'", unit="arch"),
+                         key=lambda r: r["model"])
+    ok = sum(r["ok"] for r in records)
+    reasons: dict[str, int] = {}
+    for r in records:
+        if not r["ok"]:
+            reasons[r["error"]] = reasons.get(r["error"], 0) + 1
+    result = {"timm": timm.__version__, "architectures": len(records), "ok": ok,
+              "command": "python tools/zoo_coverage.py --timm-max", "failure_reasons": reasons,
+              "records": records}
+    (args.out_dir / "zoo_timm_max.json").write_text(json.dumps(result, indent=1))
+    print(f"timm reset_classifier(global_pool='max'): {ok}/{len(records)} give the right shape")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = _select(args.models)
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.timm_max:
+        return _timm_max(names, args)
     partial = args.out_dir / "zoo_coverage.jsonl"
     done: dict[str, dict] = {}
     if partial.exists() and not args.fresh:
@@ -94,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             "worker_minutes": round(sum(r.get("seconds", 0) for r in records) / 60, 1)}
     (args.out_dir / "zoo_coverage.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "records": records}, indent=1))
+    timm_max = args.out_dir / "zoo_timm_max.json"
+    if timm_max.exists():
+        meta["timm_max"] = {k: v for k, v in json.loads(timm_max.read_text()).items()
+                            if k != "records"}
     (args.out_dir / "zoo_coverage.md").write_text(render_markdown(summary, meta))
     for head, s in summary["per_head"].items():
         print(f"{head:10s} {s['ok']:5d}/{s['total']} ({s['percent']}%)")

@@ -59,3 +59,11 @@ def test_encoders_without_a_classifier_are_not_applicable_for_original():
     assert summary["per_head"]["original"] == {"ok": 1, "total": 2, "not_applicable": 1,
                                                "percent": 100.0}
     assert summary["failures"]["original"] == []
+
+
+def test_timm_max_check_reports_what_timm_does():
+    from surgery.coverage import check_timm_max
+
+    assert check_timm_max("resnet18")["ok"]
+    refused = check_timm_max("levit_128s")  # timm 1.0.x: 'Only avg pooling (or none) is supported'
+    assert not refused["ok"] and "pooling" in refused["error"]
