@@ -2,8 +2,8 @@
 
 A run killed at any moment leaves each file either at its previous or at its new content, never
 half-written: ``config.json``, ``metrics.csv``, ``metrics.jsonl``, ``summary.json``, ``best.pt``,
-``last.pt`` and ``curves.png``. Checkpoints are ``surgery.save`` files, so ``surgery.load`` rebuilds
-the model from either; ``last.pt`` also holds the training state needed to resume.
+``last.pt`` and ``curves.png``. The checkpoints ``best.pt`` and ``last.pt`` are written by
+analysis.checkpoints.
 """
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 __all__ = ["METRIC_COLUMNS", "RUN_FILES", "atomic_write_bytes", "prepare_run_dir", "plot_curves",
-           "read_checkpoint", "read_json", "rng_state", "save_checkpoint", "set_rng_state",
-           "write_json", "write_metrics"]
+           "read_json", "write_json", "write_metrics"]
 
 RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "best.pt", "last.pt",
              "curves.png")
@@ -141,30 +137,3 @@ def prepare_run_dir(run_dir: str | Path, overwrite: bool = False, write: bool = 
         run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
-
-def save_checkpoint(path: str | Path, model: nn.Module, extra: dict[str, Any]) -> None:
-    """``surgery.save`` (atomic) with the training state in ``extra``: loadable by surgery.load."""
-    import surgery
-
-    surgery.save(model, path, extra=extra)
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``{"recipe", "state_dict", "extra"}`` of a checkpoint written by :func:`save_checkpoint`."""
-    from surgery.serialize import read
-
-    return read(path)
-
-
-def rng_state() -> dict[str, Any]:
-    """The global torch RNG states (CPU and every CUDA device): dropout and the like draw on them."""
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -5,8 +5,8 @@
 writes a run directory (analysis.rundir). Each epoch records train loss/accuracy measured in eval
 mode on a fixed train sample, validation loss/accuracy, their gap, time, img/s and peak memory.
 
-Resume is exact: checkpoints hold the model, optimiser, RNG states and the position inside the
-epoch, and batch order and augmentation are functions of (seed, epoch), so on CPU a resumed run
+Resume is exact: checkpoints (analysis.checkpoints) hold the model, optimiser, RNG states and the
+position inside the epoch, and batch order and augmentation are functions of (seed, epoch), so on CPU a resumed run
 ends with the same metrics as an uninterrupted one.
 
 Under ``torchrun`` (analysis.distributed) the same loop runs in every process with the model in
@@ -29,20 +29,11 @@ from typing import Any
 
 import torch
 
+from . import checkpoints as ckpt
 from . import distributed
 from .batches import BatchTransform, EpochSampler
 from .data import DataSplits, load_dataset
-from .rundir import (
-    plot_curves,
-    prepare_run_dir,
-    read_checkpoint,
-    read_json,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    write_json,
-    write_metrics,
-)
+from .rundir import plot_curves, prepare_run_dir, write_json, write_metrics
 from .trainconfig import OPTIMIZERS, REGIMES, TrainConfig, run_name
 from .trainstep import (
     DistInfo,
@@ -80,15 +71,9 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     state: dict[str, Any] | None = None
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no config.json there (is it "
-                                    "a run directory written by tools/finetune.py?)")
-        cfg = TrainConfig.from_dict(read_json(run_dir / "config.json")["config"])
-        cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
-        if (run_dir / "summary.json").is_file():
-            return dict(read_json(run_dir / "summary.json"))
-        if (run_dir / "last.pt").is_file():
-            state = read_checkpoint(run_dir / "last.pt")
+        cfg, summary, state = ckpt.load_resume(run_dir)
+        if summary is not None:
+            return summary
     elif config is None:
         raise ValueError("train() needs a TrainConfig or resume=RUN_DIR")
     else:
@@ -170,17 +155,13 @@ class _Trainer:
             self.train_x, self.train_y = self.train_x.to(self.device), self.train_y.to(self.device)
         self.costs = model_costs(model, (in_chans, self.img_size, self.img_size))
         # what was measured before an interruption
-        self.history: list[dict[str, Any]] = list(self.ex.get("history", []))
-        self.best = dict(self.ex.get("best", {"val_acc": -1.0, "epoch": 0}))
-        self.totals = dict(self.ex.get("totals", {"time_s": 0.0, "train_time_s": 0.0,
-                                                  "train_images": 0}))
+        self.history, self.best, self.totals = ckpt.resumed_progress(self.ex)
         if state is not None:
-            self.optimizer.load_state_dict(self.ex["optimizer"])
-            if self.scaler is not None and self.ex.get("scaler"):
-                self.scaler.load_state_dict(self.ex["scaler"])
-            self._restore_rank_state()
+            ckpt.restore_training(self.ex, self.optimizer, self.scaler)
+            ckpt.restore_rank_state(self.ex, dist, seed=cfg.seed, epoch0=self.epoch0,
+                                    step0=self.step0, path=run_dir / "last.pt")
         elif dist.rank > 0:  # different dropout masks per rank (rank 0 draws as one process does)
-            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank)
+            ckpt.seed_rank(cfg.seed, dist.rank)
         if state is None and dist.is_main:
             write_json(run_dir / "config.json", {
                 "config": asdict(cfg),
@@ -212,25 +193,6 @@ class _Trainer:
         find_unused = cfg.regime == "two-stage" and self.epoch0 < cfg.head_epochs
         return distributed.wrap(self.model, self.dist, self.device, find_unused=find_unused)
 
-    def _restore_rank_state(self) -> None:
-        """This rank's RNG (and, mid-epoch, augmentation and running sums) from ``last.pt``."""
-        ex, dist = self.ex, self.dist
-        ranks = ex.get("ranks") or [{"rng": ex["rng"], "aug_rng": ex.get("aug_rng"),
-                                     "running": ex.get("running")}]
-        if len(ranks) != dist.world_size:
-            if self.step0:
-                raise ValueError(
-                    f"{self.run_dir / 'last.pt'} was written mid-epoch by {len(ranks)} "
-                    f"process(es); resume it with the same number (torchrun --nproc_per_node "
-                    f"{len(ranks)}), or from an epoch boundary with any number")
-            set_rng_state(ranks[0]["rng"])
-            if dist.rank > 0:
-                torch.manual_seed(self.cfg.seed + 1_000_003 * dist.rank + self.epoch0)
-            return
-        mine = ranks[dist.rank]
-        set_rng_state(mine["rng"])
-        ex["aug_rng"], ex["running"] = mine["aug_rng"], mine["running"]
-
     def _tick(self) -> None:
         """Add the wall time since the last tick to ``time_s`` (kept across resumed segments)."""
         now = time.perf_counter()
@@ -248,10 +210,8 @@ class _Trainer:
         """Train one epoch (from the checkpointed step when resuming); return its metrics row."""
         cfg, steps = self.cfg, self.steps
         set_regime(self.model, cfg, epoch)
-        aug = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + 17
-                                            + 1_000_003 * self.dist.rank)
-        running: dict[str, Any] = {"loss_sum": 0.0, "seen": 0, "train_time_s": 0.0,
-                                   "epoch_time_s": 0.0}
+        aug = ckpt.epoch_aug_rng(cfg.seed, epoch, self.dist.rank)
+        running = ckpt.fresh_running()
         first = self.step0 if epoch == self.epoch0 else 0
         if first:
             aug.set_state(self.ex["aug_rng"])
@@ -316,10 +276,9 @@ class _Trainer:
         if row["val_acc"] > self.best["val_acc"]:
             self.best = {"val_acc": row["val_acc"], "epoch": epoch}
             if self.dist.is_main:
-                save_checkpoint(self.run_dir / "best.pt", self.model,
-                                {"kind": "best", "epoch": epoch, "row": row})
-        fresh = {"loss_sum": 0.0, "seen": 0, "train_time_s": 0.0, "epoch_time_s": 0.0}
-        self._checkpoint(epoch, 0, fresh, torch.Generator())
+                ckpt.save_checkpoint(self.run_dir / "best.pt", self.model,
+                                     {"kind": "best", "epoch": epoch, "row": row})
+        self._checkpoint(epoch, 0, ckpt.fresh_running(), torch.Generator())
         if self.dist.is_main:
             write_metrics(self.run_dir, self.history)
             plot_curves(self.run_dir / "curves.png", self.history,
@@ -344,24 +303,21 @@ class _Trainer:
         barrier after it means no rank moves on (or reads best.pt) before the files are there.
         """
         self._check_weights(epoch, step)  # weights are the same on every rank: all stop together
-        mine = {"rng": rng_state(), "aug_rng": aug.get_state(), "running": running}
-        ranks = distributed.gather_objects(mine, self.dist)
+        mine, ranks = ckpt.gather_rank_states(aug, running, self.dist)
         self._tick()
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / "last.pt", self.model, {
-                "kind": "last", "epoch": epoch, "step": step,
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                **mine, "history": self.history, "best": self.best, "totals": self.totals,
-                "world_size": self.dist.world_size,
-                "ranks": ranks if self.dist.world_size > 1 else None})
+            ckpt.save_checkpoint(self.run_dir / "last.pt", self.model, ckpt.last_extra(
+                epoch=epoch, step=step, optimizer=self.optimizer, scaler=self.scaler, mine=mine,
+                ranks=ranks, history=self.history, best=self.best, totals=self.totals,
+                world_size=self.dist.world_size))
         self.dist.wait()
 
     def _finish(self) -> dict[str, Any]:
         """Test the best-validation checkpoint and write ``summary.json``."""
         cfg, data, history = self.cfg, self.data, self.history
         if (self.run_dir / "best.pt").is_file():
-            self.model.load_state_dict(read_checkpoint(self.run_dir / "best.pt")["state_dict"])
+            best = ckpt.read_checkpoint(self.run_dir / "best.pt")
+            self.model.load_state_dict(best["state_dict"])
         te_loss, te_acc = evaluate(self.model, data.test_x, data.test_y, self.transform,
                                    self.eval_bs, self.amp, self.dist)
         self._tick()
