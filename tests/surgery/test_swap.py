@@ -139,7 +139,6 @@ def test_one_by_one_grid_warns():
 def test_original_head_is_timms_head_reset():
     timm_model = timm.create_model("convnext_atto", num_classes=5).eval()
     model = swap_head(copy.deepcopy(timm_model), head="original", num_classes=5).eval()
-    model.load_state_dict({k: v for k, v in model.state_dict().items()})
     x = torch.randn(1, 3, 64, 64)
     sd = timm_model.state_dict()
     model.backbone.load_state_dict(sd)
