@@ -8,7 +8,7 @@ value and the way out, instead of a traceback from inside timm or torch.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["load_backbone", "closest_model_names", "read_state_dict", "classifier_names"]
+__all__ = ["load_backbone", "closest_model_names", "expand_model_names", "read_state_dict",
+           "classifier_names"]
 
 # keys under which timm / common trainers store the weights inside a checkpoint dict
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
@@ -30,6 +31,23 @@ def closest_model_names(name: str, n: int = 3) -> list[str]:
         prefix = [m for m in names if m.startswith(name[:4]) and m not in close]
         close += prefix[: n - len(close)]
     return close
+
+
+def expand_model_names(patterns: Sequence[str]) -> list[str]:
+    """Architecture names for ``patterns``: exact names kept as given, timm wildcards
+    (``'resnet*'``, ``'vit_*_patch16_224'``) expanded with ``timm.list_models``, in the order
+    given, each name once. A wildcard that matches nothing is an error naming it."""
+    names: dict[str, None] = {}
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            found = timm.list_models(pattern)
+            if not found:
+                raise ValueError(f"no timm architecture matches {pattern!r} (timm "
+                                 f"{timm.__version__}); see timm.list_models()")
+            names.update(dict.fromkeys(found))
+        else:
+            names[pattern] = None
+    return list(names)
 
 
 def _check_model_name(name: str) -> None:
