@@ -46,7 +46,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check surgery analysis tools tests benchmarks
-	$(VENV)/bin/mypy surgery
+	$(VENV)/bin/mypy surgery analysis
 
 zoo-table: $(STAMP)
 	$(PY) benchmarks/zoo_table_time.py --jobs 2

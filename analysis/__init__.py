@@ -1,18 +1,16 @@
 """headswap.analysis: what a model costs and how it learns.
 
-Counting (params, MACs), measuring (latency, throughput, memory), data, training, studies and
-tables. The entry points are imported here, eagerly: ``analysis.train`` and ``analysis.measure``
-name both a module and its function, and binding the functions last keeps
-``from analysis import train, measure`` the functions whatever was imported before.
+One subpackage per job: ``costs`` (parameters, MACs, latency and memory), ``data`` (data-set
+registry, splits, batches), ``training`` (the fine-tuning harness), ``studies`` (head comparison
+studies), ``reporting`` (tables and plots), ``saliency`` (where a head looks), and ``machine``
+(the device and the machine a figure was measured on). The entry points are here.
 """
 
 from __future__ import annotations
 
+from .costs import FLOP_COUNTERS, count_flops, count_params, measure
 from .data import DATASETS, load_dataset
-from .flops import FLOP_COUNTERS, count_flops
-from .measure import measure
-from .params import count_params
-from .train import TrainConfig, train
+from .training import TrainConfig, train
 
 __all__ = ["DATASETS", "FLOP_COUNTERS", "TrainConfig", "count_flops", "count_params",
            "load_dataset", "measure", "train"]

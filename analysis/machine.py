@@ -1,7 +1,7 @@
-"""The machine a figure was measured on: CPU model, cores, GPU and versions.
+"""The machine: which device a run uses, and what it was measured on.
 
-Every committed report names its machine; this is the one place that reads it, so the study
-reports and the benchmarks name it alike.
+Every committed report names its machine and every tool resolves ``--device auto`` the same way;
+this module is the one place for both.
 """
 
 from __future__ import annotations
@@ -11,7 +11,32 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_name", "machine_info"]
+import torch
+
+__all__ = ["cpu_name", "machine_info", "resolve_device"]
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:1`` as given.
+
+    A CUDA device asked for on a machine without one (or an index past the last GPU) is a
+    ValueError that says so, before any model is built.
+    """
+    if isinstance(name, str) and name.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {str(name)!r} ({err}); use auto, cpu, cuda or "
+                         "cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(name)!r} asked for but CUDA is not available on this "
+                             "machine; use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(name)!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def cpu_name() -> str:
@@ -30,7 +55,6 @@ def machine_info() -> dict[str, Any]:
     """CPU model, cores, GPU (None without CUDA), Python, torch and timm versions: what every
     committed figure names."""
     import timm
-    import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu,

@@ -6,9 +6,9 @@
 Same model (same initial weights), batch and input size in one process, three ways:
   bare      model + AdamW on float batches already resized and normalised in memory (the floor
             of what any pipeline can cost), in NCHW and in channels-last (CL) memory format;
-  harness   analysis.trainstep.TrainStep over uint8 data in memory: per-batch resize, random crop,
+  harness   analysis.training.TrainStep over uint8 data in memory: per-batch resize, random crop,
             flip and normalisation on the device, lr schedule, running loss and NaN check, as in
-            analysis.train;
+            analysis.training;
   typical   torchvision DataLoader over PIL images with Resize / RandomCrop / RandomHorizontalFlip /
             ToTensor / Normalize transforms (``--workers`` processes).
 Rounds are interleaved (bare, harness, typical, bare, ...) so that other load on the machine hits
@@ -35,9 +35,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.batches import BatchTransform, EpochSampler  # noqa: E402
+from analysis.data import BatchTransform, EpochSampler  # noqa: E402
 from analysis.machine import cpu_name  # noqa: E402
-from analysis.trainstep import RunningLoss, TrainStep, lr_factor  # noqa: E402
+from analysis.training import RunningLoss, TrainStep, lr_factor  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +122,7 @@ def _bare(model, x, y, args, device, channels_last: bool = False) -> Callable[[]
 def _harness(model, x, y, args, device) -> Callable[[], None]:
     from types import SimpleNamespace
 
-    from analysis.trainstep import build_optimizer
+    from analysis.training import build_optimizer
 
     cfg = SimpleNamespace(regime="full", backbone_lr_scale=1.0, weight_decay=0.05,
                           optimizer="adamw", lr=1e-3, momentum=0.9)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_json", "read_json"]
+__all__ = ["atomic_write", "atomic_write_bytes", "finite", "read_json", "write_json"]
 
 
 def _umask() -> int:
@@ -51,20 +51,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """JSON has no NaN/inf: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """``obj`` as indented JSON (NaN and inf as null), written atomically."""
-    text = json.dumps(_finite(obj), indent=2, default=str) + "\n"
+    text = json.dumps(finite(obj), indent=2, default=str) + "\n"
     return atomic_write_bytes(path, text.encode())
 
 

@@ -7,16 +7,16 @@ downloading anything, and loads the weights strictly, so outputs are equal after
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import one_line
+from .files import atomic_write
 from .swap import HeadSwapped, swap_head
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "load", "read_model_file", "save"]
 
 FORMAT_VERSION = 1
 
@@ -29,8 +29,6 @@ def save(model: HeadSwapped, path: str | Path, extra: dict[str, Any] | None = No
     if not model.recipe.get("backbone"):
         raise ValueError("this model has no backbone name in its recipe (it was not created by "
                          "timm); it cannot be rebuilt from a file")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": "headswap",
         "version": FORMAT_VERSION,
@@ -38,19 +36,10 @@ def save(model: HeadSwapped, path: str | Path, extra: dict[str, Any] | None = No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is as readable as any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
-def read(path: str | Path) -> dict[str, Any]:
+def read_model_file(path: str | Path) -> dict[str, Any]:
     """The raw contents of a headswap file (recipe, state_dict, extra), validated."""
     path = Path(path)
     if not path.is_file():
@@ -71,7 +60,7 @@ def read(path: str | Path) -> dict[str, Any]:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> HeadSwapped:
     """Rebuild a model saved by :func:`save` and load its weights."""
-    payload = read(path)
+    payload = read_model_file(path)
     r = payload["recipe"]
     model = swap_head(
         r["backbone"], head=r["head"], num_classes=r["num_classes"], hidden=tuple(r["hidden"]),
@@ -82,5 +71,5 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> HeadSwap
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
         raise ValueError(f"weights in {str(path)!r} do not fit the model its recipe builds "
-                         f"({str(err).splitlines()[0][:200]})") from None
+                         f"({one_line(err, with_type=False)})") from None
     return model.to(map_location)

@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import surgery
-    from analysis.batches import BatchTransform
-    from analysis.cam import cam_support, class_activation_maps, draw_cams
-    from analysis.data import load_dataset, stratified_indices
-    from analysis.rundir import read_json
-    from analysis.train import TrainConfig
+    from analysis.data import BatchTransform, stratified_indices
+    from analysis.machine import resolve_device
+    from analysis.saliency import cam_support, class_activation_maps, draw_cams
+    from analysis.training import TrainConfig, load_run_data
+    from surgery import read_json
 
     args = build_parser().parse_args(argv)
     if args.images < 1:
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.run_dir / "config.json").is_file() or not ckpt.is_file():
         raise FileNotFoundError(f"{str(args.run_dir)!r} is not a finished run directory (needs "
                                 f"config.json and {args.checkpoint})")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model = surgery.load(ckpt, map_location=device)
@@ -63,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{args.run_dir.name}: {reason}")
     meta = read_json(args.run_dir / "config.json")
     cfg, res = TrainConfig.from_dict(meta["config"]), meta["resolved"]
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed,
-                        **cfg.data_options)
+    data = load_run_data(cfg)
     n = min(args.images, len(data.test_y))
     idx = stratified_indices(data.test_y, n, args.seed)
     images, labels = data.test_x[idx], data.test_y[idx]

@@ -28,10 +28,10 @@ from pathlib import Path
 from _cli import run
 
 from analysis.data import DATASETS
-from analysis.study import StudySpec, collect, parse_head, parse_shard, run_study
-from analysis.tables import format_table
-from analysis.train import OPTIMIZERS, TrainConfig
-from surgery import HEADS
+from analysis.reporting import format_table
+from analysis.studies import StudySpec, collect, parse_head, parse_shard, run_study
+from analysis.training import OPTIMIZERS, TrainConfig
+from surgery import HEADS, parse_options
 
 _D = TrainConfig()
 
@@ -115,8 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
     """The StudySpec the parsed arguments describe."""
-    from finetune import _options
-
     names = {f.name for f in fields(TrainConfig)}
     base = {k: v for k, v in vars(args).items() if k in names and v is not None}
     for k in ("seed", "train_size", "hidden", "dropout", "head", "model", "out", "progress",
@@ -124,7 +122,7 @@ def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
         base.pop(k, None)
     if base.get("val_size", 0) >= 1:
         base["val_size"] = int(base["val_size"])
-    base["data_options"] = _options(args.data_option)
+    base["data_options"] = parse_options(args.data_option, "--data-option")
     heads = tuple(args.heads or [parse_head("gap"), parse_head("gmp")])
     return StudySpec(tuple(args.models), heads, tuple(args.seeds), tuple(args.train_sizes), base,
                      tuple(args.robust_sizes), args.robust_images or None, args.test_size,

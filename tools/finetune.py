@@ -24,7 +24,7 @@ from pathlib import Path
 from _cli import run
 
 from analysis.data import DATASETS
-from analysis.train import OPTIMIZERS, REGIMES, NonFiniteLossError, TrainConfig, train
+from analysis.training import OPTIMIZERS, REGIMES, NonFiniteLossError, TrainConfig, train
 from surgery import HEADS
 
 _DEFAULTS = TrainConfig()

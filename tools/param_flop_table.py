@@ -24,10 +24,8 @@ import torch
 from tqdm import tqdm
 
 import surgery
-from analysis.flops import FLOP_COUNTERS, count_flops
-from analysis.measure import measure
-from analysis.params import count_params
-from analysis.tables import TABLE_FORMATS, format_table
+from analysis.costs import FLOP_COUNTERS, count_flops, count_params, measure
+from analysis.reporting import TABLE_FORMATS, format_table
 
 __all__ = ["build_parser", "main", "expand_models", "table_row"]
 

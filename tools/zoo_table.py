@@ -31,9 +31,8 @@ import torch
 from tqdm import tqdm
 
 import surgery
-from analysis.flops import FLOP_COUNTERS, MacCounterMode, count_flops
-from analysis.params import count_params
-from analysis.tables import format_table
+from analysis.costs import FLOP_COUNTERS, MacCounterMode, count_flops, count_params
+from analysis.reporting import format_table
 
 __all__ = ["build_parser", "main", "zoo_row", "COLUMNS"]
 

@@ -14,8 +14,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import compare_heads  # noqa: E402
 from _cli import run  # noqa: E402
 
-from analysis import study  # noqa: E402
+import analysis.studies as study  # noqa: E402
 from analysis.data import DATASETS  # noqa: E402
+from analysis.studies import runner  # noqa: E402
 from surgery import HEADS  # noqa: E402
 
 SYNTH = ["--dataset", "synthetic", "--data-option", "num_classes=3", "--data-option",
@@ -90,7 +91,7 @@ def _fake_run_job(job: dict) -> dict:
 
 
 def test_shards_and_collect_through_the_cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(study, "run_job", _fake_run_job)
+    monkeypatch.setattr(runner, "run_job", _fake_run_job)
     grid = ["test_resnet", "--heads", "gap", "gmp", "--seeds", "0", "1", *SYNTH, "--jobs", "0"]
     for i in (0, 1):
         assert compare_heads.main([*grid, "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}")]) == 0

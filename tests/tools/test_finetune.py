@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import finetune  # noqa: E402
 from _cli import run  # noqa: E402
 
-from analysis import data as data_mod  # noqa: E402
 from analysis.data import DATASETS  # noqa: E402
+from analysis.data import readers as data_mod  # noqa: E402
 from surgery import HEADS  # noqa: E402
 
 TINY = ["test_resnet", "--dataset", "synthetic", "--data-option", "num_classes=4",

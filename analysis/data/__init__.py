@@ -1,0 +1,15 @@
+"""Data for fine-tuning: the data-set registry, its readers, splits and in-memory batches.
+
+``load_dataset(name, ...)`` reads a registered data set and splits it (train subset, validation
+held out from train, official test split); :class:`BatchTransform` resizes, crops, flips and
+normalises uint8 batches on the training device.
+"""
+
+from .batches import BatchTransform, EpochSampler, iterate
+from .readers import DEBIAN_FASHION_MNIST, read_idx  # importing registers the readers
+from .registry import DATASETS, RawData, register_dataset
+from .splits import DataSplits, load_dataset, stratified_indices
+
+__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "BatchTransform", "DataSplits", "EpochSampler",
+           "RawData", "iterate", "load_dataset", "read_idx", "register_dataset",
+           "stratified_indices"]

@@ -1,0 +1,204 @@
+"""The readers of the data-set registry: IDX (Fashion-MNIST), CIFAR-10, image folders, synthetic.
+
+Each reader returns the official train and test splits as uint8 ``(N, C, H, W)`` tensors with
+int64 labels (analysis.data.registry.RawData); PIL decodes images once at load time, never in the
+training loop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .registry import RawData, register_dataset
+from .splits import stratified_indices
+
+__all__ = ["DEBIAN_FASHION_MNIST", "read_idx"]
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_ENV = "HEADSWAP_DATA"
+_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                    "Sneaker", "Bag", "Ankle boot")
+
+
+# ---------------------------------------------------------------- IDX (MNIST-style) files
+_IDX_DTYPES = {0x08: torch.uint8, 0x09: torch.int8, 0x0B: torch.int16, 0x0C: torch.int32,
+               0x0D: torch.float32, 0x0E: torch.float64}
+
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    """Read one IDX file (gzipped when the name ends in ``.gz``) into a tensor of its shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{str(path)!r} is not an IDX file (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dtype = _IDX_DTYPES[data[2]]
+    body = data[4 + 4 * ndim:]
+    expected = torch.Size(dims).numel() * torch.empty((), dtype=dtype).element_size()
+    if len(body) != expected:
+        raise ValueError(f"{str(path)!r} is truncated or corrupt: header says {dims}, "
+                         f"{expected} bytes, file holds {len(body)}")
+    t = torch.frombuffer(bytearray(body), dtype=dtype)
+    if dtype != torch.uint8:  # IDX is big-endian
+        t = torch.from_numpy(t.numpy().byteswap().copy())
+    return t.reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for sub in ("", "fashion-mnist", "FashionMNIST/raw"):
+        for suffix in ("", ".gz"):
+            p = directory / sub / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _search_dirs(data_dir: str | Path | None, extra: tuple[Path, ...] = ()) -> list[Path]:
+    dirs = [Path(data_dir)] if data_dir else []
+    if os.environ.get(_ENV):
+        dirs.append(Path(os.environ[_ENV]))
+    return dirs + list(extra)
+
+
+def _download_root(data_dir: str | Path | None) -> Path:
+    if data_dir:
+        return Path(data_dir)
+    if os.environ.get(_ENV):
+        return Path(os.environ[_ENV])
+    return Path.home() / ".cache" / "headswap" / "data"
+
+
+@register_dataset("fashion-mnist")
+def _fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -> RawData:
+    """Zalando's Fashion-MNIST: 60k train + 10k test, 28x28 grayscale, 10 classes."""
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    dirs = _search_dirs(data_dir, (DEBIAN_FASHION_MNIST,))
+    if download:
+        import torchvision
+
+        root = _download_root(data_dir)
+        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        dirs.insert(0, root)
+    for d in dirs:
+        files = [_find_idx(d, s) for s in stems]
+        if all(files):
+            paths: list[Path] = [f for f in files if f is not None]
+            xs = [read_idx(p) for p in paths]
+            return RawData(xs[0].unsqueeze(1), xs[1].long(), xs[2].unsqueeze(1), xs[3].long(),
+                           list(_FASHION_CLASSES), source=str(paths[0].parent))
+    looked = ", ".join(str(d) for d in dirs) or "nowhere"
+    raise FileNotFoundError(
+        f"fashion-mnist not found (looked in: {looked}); get it one of these ways: "
+        f"--data-dir DIR holding {stems[0]}[.gz] and the three other IDX files; "
+        f"or set ${_ENV}=DIR; or apt-get install dataset-fashion-mnist "
+        f"(puts it in {DEBIAN_FASHION_MNIST}); or add --download (torchvision)")
+
+
+@register_dataset("cifar10")
+def _cifar10(data_dir: str | Path | None = None, download: bool = False) -> RawData:
+    """CIFAR-10 in torchvision's format (``cifar-10-batches-py``): 50k + 10k, 32x32 RGB."""
+    import torchvision
+
+    dirs = _search_dirs(data_dir)
+    if download:
+        dirs.insert(0, _download_root(data_dir))
+    for d in dirs:
+        if (d / "cifar-10-batches-py").is_dir() or download:
+            tr = torchvision.datasets.CIFAR10(str(d), train=True, download=download)
+            te = torchvision.datasets.CIFAR10(str(d), train=False, download=download)
+
+            def to_t(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                return (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                        torch.tensor(ds.targets, dtype=torch.long))
+            (a, b), (c, e) = to_t(tr), to_t(te)
+            return RawData(a, b, c, e, list(tr.classes), source=str(d))
+    looked = ", ".join(str(d) for d in dirs) or "nowhere"
+    raise FileNotFoundError(
+        f"cifar10 not found (looked for cifar-10-batches-py in: {looked}); get it with "
+        f"--data-dir DIR, or set ${_ENV}=DIR, or add --download (torchvision)")
+
+
+# ---------------------------------------------------------------- class-per-folder trees
+_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _read_tree(root: Path, classes: list[str], size: int, gray: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    xs, ys = [], []
+    for k, cls in enumerate(classes):
+        files = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in _IMAGE_EXT)
+        for p in files:
+            with Image.open(p) as im:  # PIL once at load time, never in the training loop
+                im = im.convert("L" if gray else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+            xs.append(t.reshape(size, size, -1).permute(2, 0, 1))
+            ys.append(k)
+    if not xs:
+        raise ValueError(f"no images ({', '.join(sorted(_IMAGE_EXT))}) under {str(root)!r}")
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+
+
+@register_dataset("imagefolder")
+def _imagefolder(data_dir: str | Path | None = None, download: bool = False, *,
+                 image_size: int = 64, gray: bool = False, test_fraction: float = 0.2,
+                 seed: int = 0) -> RawData:
+    """Any class-per-folder tree. With ``train/`` and ``test/`` (or ``val/``) subfolders those are
+    the splits; otherwise a stratified ``test_fraction`` of the tree becomes the test split.
+    Images are decoded once and stored at ``image_size`` x ``image_size``."""
+    if data_dir is None:
+        raise ValueError("imagefolder needs --data-dir ROOT (ROOT/CLASS/IMAGE, or "
+                         "ROOT/train/CLASS/IMAGE and ROOT/test/CLASS/IMAGE)")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"imagefolder root {str(root)!r} is not a directory")
+    test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+    train_dir = root / "train" if (root / "train").is_dir() and test_dir else root
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise ValueError(f"imagefolder {str(train_dir)!r} needs one folder per class (found "
+                         f"{len(classes)})")
+    x, y = _read_tree(train_dir, classes, image_size, gray)
+    if test_dir is not None:
+        tx, ty = _read_tree(test_dir, classes, image_size, gray)
+        return RawData(x, y, tx, ty, classes, source=str(root))
+    n_test = max(len(classes), int(round(test_fraction * len(y))))
+    test_idx = stratified_indices(y, n_test, seed)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[test_idx] = False
+    return RawData(x[keep], y[keep], x[test_idx], y[test_idx], classes, source=str(root))
+
+
+# ---------------------------------------------------------------- synthetic
+@register_dataset("synthetic")
+def _synthetic(data_dir: str | Path | None = None, download: bool = False, *,
+               num_classes: int = 10, n_train: int = 2000, n_test: int = 500,
+               image_size: int = 32, channels: int = 3, seed: int = 0) -> RawData:
+    """Generated, linearly separable images for tests and demos: class k has its own brightness
+    and stripe period, plus noise; a small CNN learns it in a few dozen steps."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        level = 40.0 + 160.0 * y.float() / max(1, num_classes - 1)
+        pos = torch.arange(image_size).float()
+        period = 2.0 + y.float()  # stripes of period 2, 3, ... pixels
+        stripes = torch.cos(2 * torch.pi * pos[None, :] / period[:, None])  # (n, W)
+        img = level[:, None, None, None] + 30.0 * stripes[:, None, None, :]
+        img = img + 12.0 * torch.randn(n, channels, image_size, image_size, generator=g)
+        return img.clamp(0, 255).round().to(torch.uint8), y.long()
+    x, y = make(n_train)
+    tx, ty = make(n_test)
+    return RawData(x, y, tx, ty, [f"class{k}" for k in range(num_classes)], source="generated")

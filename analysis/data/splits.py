@@ -1,0 +1,134 @@
+"""Splits: validation held out from the official train split, a stratified training subset,
+the official test split kept whole, all in memory as uint8.
+
+Resizing, augmentation and normalisation happen per batch on the training device
+(analysis.data.batches), never per image in PIL.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .registry import DATASETS
+
+__all__ = ["DataSplits", "load_dataset", "stratified_indices"]
+
+
+@dataclass
+class DataSplits:
+    """Train subset, validation (held out from train) and official test split, in memory.
+
+    ``mean`` and ``std`` are per-channel statistics of the training subset on the 0..1 scale,
+    used to normalise when the backbone is not pretrained.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    source: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train_x.shape[-2]), int(self.train_x.shape[-1])
+
+
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` indices with the class proportions of ``labels`` (largest remainders), by seed.
+
+    Deterministic for a given seed; sorted so that the subset keeps the data's order.
+    """
+    if n > len(labels):
+        raise ValueError(f"asked for {n} samples but only {len(labels)} are available")
+    g = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * n / len(labels)
+    take = exact.floor().long()
+    short = n - int(take.sum())
+    if short:
+        order = torch.argsort(exact - take.double(), descending=True, stable=True)
+        take[order[:short]] += 1
+    picked = []
+    for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+        idx = torch.nonzero(labels == c).flatten()
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def _count(size: int | float, total: int, what: str) -> int:
+    """A count from an int, or from a fraction of ``total`` when ``size`` is a float below 1."""
+    if isinstance(size, float) and size < 1:
+        if size <= 0:
+            raise ValueError(f"{what} as a fraction must be in (0, 1), got {size}")
+        return max(1, int(round(size * total)))
+    if int(size) != size or size < 0:
+        raise ValueError(f"{what} must be a whole number >= 0 or a fraction in (0, 1), got {size}")
+    return int(size)
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    flat = x[: 10_000].transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
+    return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-3).tolist())
+
+
+def load_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = False,
+                 train_size: int | None = None, val_size: int | float = 0.1, seed: int = 0,
+                 **options: Any) -> DataSplits:
+    """Read data set ``name`` and split it: validation held out from the official train split
+    (stratified, by ``seed``; an int count or a fraction), then a stratified ``train_size`` subset
+    of the rest (all of it when None). The official test split is kept whole. ``options`` go to
+    the reader (e.g. ``num_classes`` for ``synthetic``, ``image_size`` for ``imagefolder``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose from: {', '.join(DATASETS)}")
+    reader = DATASETS[name]
+    accepted = [k for k, prm in inspect.signature(reader).parameters.items()
+                if prm.kind == prm.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(accepted) or 'none'}")
+    raw = reader(data_dir, download, **options)
+    n_all = len(raw.train_y)
+    n_val = _count(val_size, n_all, "val-size")
+    if n_val >= n_all:
+        raise ValueError(f"val-size {val_size} leaves no training data: {name} has {n_all} "
+                         "training images")
+    val_idx = stratified_indices(raw.train_y, n_val, seed) if n_val else torch.zeros(0, dtype=torch.long)
+    rest = torch.ones(n_all, dtype=torch.bool)
+    rest[val_idx] = False
+    pool = torch.nonzero(rest).flatten()
+    if train_size is not None:
+        if train_size < 1:
+            raise ValueError(f"train-size must be at least 1, got {train_size}")
+        if train_size > len(pool):
+            raise ValueError(f"train-size {train_size} is larger than the data: {name} has "
+                             f"{n_all} training images, {len(pool)} after holding out "
+                             f"{n_val} for validation; use --train-size {len(pool)} or less")
+        pool = pool[stratified_indices(raw.train_y[pool], train_size, seed + 1)]
+    tx, ty = raw.train_x[pool].contiguous(), raw.train_y[pool].contiguous()
+    mean, std = _channel_stats(tx)
+    return DataSplits(name, tx, ty, raw.train_x[val_idx].contiguous(), raw.train_y[val_idx],
+                      raw.test_x.contiguous(), raw.test_y.contiguous(), list(raw.classes),
+                      mean, std, raw.source,
+                      info={"train": len(ty), "val": n_val, "test": len(raw.test_y),
+                            "image_size": list(tx.shape[-2:]), "channels": int(tx.shape[1])})

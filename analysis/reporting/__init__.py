@@ -1,0 +1,19 @@
+"""Shared reporting pieces: tables (tabulate, CSV, JSON) and plots (matplotlib, PNG).
+
+Functions here take plain rows (dicts) and return text or write a file; nothing here computes a
+figure, so every table and plot of the toolkit formats the same way.
+"""
+
+from .plots import (
+    plot_acc_vs_head_params,
+    plot_curves,
+    plot_gap_vs_train_size,
+    plot_learning_curves,
+    pyplot,
+    save_figure,
+)
+from .tables import TABLE_FORMATS, columns_of, flatten_row, format_table, to_csv, to_json
+
+__all__ = ["TABLE_FORMATS", "columns_of", "flatten_row", "format_table", "plot_acc_vs_head_params",
+           "plot_curves", "plot_gap_vs_train_size", "plot_learning_curves", "pyplot",
+           "save_figure", "to_csv", "to_json"]

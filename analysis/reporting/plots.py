@@ -1,0 +1,164 @@
+"""The plots, one function each, written as PNG (atomically).
+
+- a run's learning curves: loss and accuracy per epoch, train vs validation.
+
+- test accuracy against head parameters (log scale): is a larger head worth it?
+- generalisation gap against training-set size: which head overfits small data?
+- learning curves of the heads overlaid: validation (solid) and train (dashed) accuracy per epoch,
+  mean over seeds, one panel per model x train size.
+
+Each takes rows from analysis.aggregate (or run records) and returns the path written, or None
+when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from surgery import atomic_write_bytes
+
+__all__ = ["plot_acc_vs_head_params", "plot_curves", "plot_gap_vs_train_size",
+           "plot_learning_curves", "pyplot", "save_figure"]
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no screen needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically and close it."""
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _colours(labels: Sequence[str]) -> dict[str, Any]:
+    cmap = pyplot().get_cmap("tab10")
+    return {lab: cmap(i % 10) for i, lab in enumerate(dict.fromkeys(labels))}
+
+
+def _pct(v: float | None) -> float:
+    return float("nan") if v is None else 100.0 * v
+
+
+def plot_acc_vs_head_params(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+    """Test accuracy (%, mean ± std over seeds) against head parameters, per head and train size."""
+    rows = [r for r in rows if r.get("head_params") and r.get("test_acc_mean") is not None]
+    if not rows:
+        return None
+    plt = pyplot()
+    colours = _colours([r["head"] for r in rows])
+    sizes = list(dict.fromkeys(r["train_size"] for r in rows))
+    markers = "osD^v<>p*h"
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for r in (r for r in rows if r["model"] == model):
+            ax.errorbar(r["head_params"], _pct(r["test_acc_mean"]),
+                        yerr=_pct(r["test_acc_std"] or 0.0), color=colours[r["head"]],
+                        marker=markers[sizes.index(r["train_size"]) % len(markers)], capsize=3,
+                        linestyle="none", label=f"{r['head']}, n={r['train_size']}")
+        ax.set(xscale="log", xlabel="head parameters", ylabel="test accuracy (%)", title=model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_gap_vs_train_size(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+    """Generalisation gap (train - test accuracy, points; mean ± std) against train size."""
+    rows = [r for r in rows if r.get("gap_mean") is not None and r.get("train_size")]
+    if not rows:
+        return None
+    plt = pyplot()
+    colours = _colours([r["head"] for r in rows])
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for head in colours:
+            pts = sorted((r["train_size"], _pct(r["gap_mean"]), _pct(r["gap_std"] or 0.0))
+                         for r in rows if r["model"] == model and r["head"] == head)
+            if pts:
+                xs, ys, es = zip(*pts, strict=True)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colours[head],
+                            label=head)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(xscale="log", xlabel="training images", ylabel="gap: train - test accuracy (points)",
+               title=model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _mean_curve(histories: Sequence[Sequence[Mapping[str, Any]]], key: str
+                ) -> tuple[list[int], list[float]]:
+    by_epoch: dict[int, list[float]] = {}
+    for hist in histories:
+        for row in hist:
+            if row.get(key) is not None:
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
+    epochs = sorted(by_epoch)
+    return epochs, [100.0 * sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+
+
+def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+    """Validation (solid) and train (dashed) accuracy per epoch, heads overlaid, mean over seeds."""
+    records = [r for r in records if r.get("history")]
+    if not records:
+        return None
+    plt = pyplot()
+    labels = [str(r.get("head_label") or r.get("head")) for r in records]
+    colours = _colours(labels)
+    panels = list(dict.fromkeys((r["model"], r["train_size"]) for r in records))
+    cols = min(3, len(panels))
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, (model, size) in zip(axes.flat, panels, strict=False):
+        for head in colours:
+            hists = [r["history"] for r, lab in zip(records, labels, strict=True)
+                     if lab == head and r["model"] == model and r["train_size"] == size]
+            if not hists:
+                continue
+            for key, style in (("val_acc", "-"), ("train_acc", "--")):
+                ep, acc = _mean_curve(hists, key)
+                ax.plot(ep, acc, style, marker="o", markersize=3, color=colours[head],
+                        label=head if key == "val_acc" else None)
+        ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{model}, n={size}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="solid: val, dashed: train", title_fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "") -> Path | None:
+    """Loss and accuracy per epoch, train (eval-mode sample) vs validation, as a PNG."""
+    if not rows:
+        return None
+    plt = pyplot()
+    ep = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, label, ax in (("train_loss", "train", ax1), ("val_loss", "validation", ax1),
+                           ("train_acc", "train", ax2), ("val_acc", "validation", ax2)):
+        ax.plot(ep, [r[key] for r in rows], marker="o", label=label)
+    ax1.set(xlabel="epoch", ylabel="loss (cross-entropy)")
+    ax2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path, dpi=100)

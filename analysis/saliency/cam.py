@@ -1,0 +1,144 @@
+"""Class activation maps (Zhou et al. 2016, "Learning Deep Features for Discriminative
+Localization"): where in the image the evidence for a class lies.
+
+CAM needs global average pooling right before a linear layer: then the logit of class k is
+``b_k + mean_xy sum_c w_kc f_c(x, y)``, so ``M_k(x, y) = sum_c w_kc f_c(x, y)`` is a map whose
+average plus the bias is exactly the logit. That holds for a ``gap`` head without hidden layers
+(dropout is the identity at inference) and for ``nin`` (its 1x1 convolutions run per position,
+pooling comes last; the bias is inside the map, so the offset is zero). Max pooling, Flatten and
+MLP heads have no such map: they are refused with the reason.
+
+Maps are computed on the feature grid and resized bilinearly to the input size; for an input that
+is a whole multiple of the grid (every stride-aligned size) the resize keeps the mean, so the
+identity ``maps[k].mean() + offset[k] == logit[k]`` holds at the input size too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..reporting import pyplot, save_figure
+
+__all__ = ["CamResult", "class_activation_maps", "cam_support", "draw_cams"]
+
+
+@dataclass
+class CamResult:
+    """``maps`` (B, K, H, W) at the input size, ``grid_maps`` (B, K, h, w) on the feature grid,
+    ``logits`` (B, K) from the model's own forward, ``offset`` (K,): what the average of a map
+    misses of its logit (the output bias for gap, zero for nin)."""
+
+    maps: torch.Tensor
+    grid_maps: torch.Tensor
+    logits: torch.Tensor
+    offset: torch.Tensor
+
+
+def cam_support(model: nn.Module) -> str | None:
+    """None when ``model`` (a surgery.HeadSwapped) supports CAM, else the reason it does not."""
+    from surgery import NinHead, PoolHead
+
+    head = getattr(model, "head", None)
+    info = getattr(model, "features", None)
+    if head is None or info is None:
+        return "CAM needs a model built by surgery.swap_head (a .head and .features)"
+    if info.layout == "NLC" and len(info.grid) != 2:
+        return f"the features are {info.grid[0]} tokens without a 2-D grid: no map to draw"
+    if isinstance(head, NinHead):
+        return None
+    if not isinstance(head, PoolHead) or head.pool.pool != "avg":
+        kind = getattr(getattr(head, "pool", None), "pool", type(head).__name__)
+        return (f"CAM needs global average pooling right before the output layer (Zhou et al. "
+                f"2016); this head pools with {kind!r}: use a gap or nin head")
+    if any(isinstance(m, nn.Linear) for m in head.pre_logits):
+        return ("CAM needs global average pooling right before the output layer (Zhou et al. "
+                "2016); this gap head has hidden layers, so the class score is not linear in the "
+                "features: use a gap head without --hidden, or nin")
+    return None
+
+
+def _as_nchw(feats: torch.Tensor, info: Any) -> torch.Tensor:
+    """Backbone features as (B, C, h, w), prefix tokens dropped."""
+    if info.layout == "NHWC":
+        return feats.permute(0, 3, 1, 2)
+    if info.layout == "NLC":
+        return _tokens_to_grid(feats[:, info.num_prefix_tokens:], info)
+    return feats
+
+
+def _tokens_to_grid(x: torch.Tensor, info: Any) -> torch.Tensor:
+    """Patch tokens (B, L, C) as (B, C, h, w): the probed grid, or a square one at other sizes."""
+    if len(info.grid) == 2 and info.grid[0] * info.grid[1] == x.shape[1]:
+        h, w = info.grid
+    else:
+        h = w = int(round(x.shape[1] ** 0.5))
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+@torch.no_grad()
+def class_activation_maps(model: nn.Module, x: torch.Tensor) -> CamResult:
+    """Class activation maps of every class for the batch ``x`` (model input, normalised).
+
+    Raises ValueError (with the reason) for heads that have no CAM; see :func:`cam_support`.
+    """
+    from surgery import NinHead
+
+    reason = cam_support(model)
+    if reason is not None:
+        raise ValueError(reason)
+    was_training = model.training
+    model.eval()
+    try:
+        swapped: Any = model
+        feats = swapped.forward_features(x)
+        logits = swapped.forward_head(feats)
+        head: Any = model.head
+        info = model.features
+        if isinstance(head, NinHead):
+            maps = head.class_maps(feats)
+            if maps.dim() == 3:  # (B, L, K) patch tokens
+                maps = _tokens_to_grid(maps, info)
+            offset = torch.zeros(maps.shape[1], device=maps.device)
+        else:
+            f = _as_nchw(feats, info)
+            maps = torch.einsum("kc,bchw->bkhw", head.fc.weight, f)
+            offset = head.fc.bias.detach().clone()
+    finally:
+        model.train(was_training)
+    full = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return CamResult(full, maps, logits, offset)
+
+
+def draw_cams(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str],
+              path: str | Path, alpha: float = 0.5, cols: int = 8) -> Path:
+    """Images (B, C, H, W; uint8 or 0..1 floats) with one map each (B, H, W) overlaid, as a PNG
+    grid. Each map is scaled to its own min..max (jet colours), so compare where, not how much."""
+    plt = pyplot()
+    imgs = images.detach().float().cpu()
+    if imgs.max() > 1.5:
+        imgs = imgs / 255.0
+    n = len(imgs)
+    cols = max(1, min(cols, n))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.35 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = imgs[i].permute(1, 2, 0)
+        m = maps[i].detach().float().cpu()
+        if tuple(m.shape) != tuple(img.shape[:2]):
+            m = F.interpolate(m[None, None], size=img.shape[:2], mode="bilinear",
+                              align_corners=False)[0, 0]
+        m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(m, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        ax.set_title(titles[i] if i < len(titles) else "", fontsize=7)
+    return save_figure(fig, path)

@@ -1,0 +1,250 @@
+"""Study aggregation: run records in, rows out. Pure functions, no files, no printing.
+
+A *record* is one finished run: the run's ``summary.json`` plus ``head_label`` (the head as the
+study names it, e.g. ``flatten-h256-d0.5``), ``history`` (the epoch rows of ``metrics.jsonl``) and
+``robustness`` (rows of analysis.studies.robustness). Rows group the records by model x head x train size
+and give every measured figure as mean and sample standard deviation over the seeds.
+
+The generalisation gap is ``train_acc - test_acc``: accuracy on (an eval-mode sample of) the
+images the model trained on minus accuracy on the untouched test split, both for the checkpoint
+the test accuracy comes from (best validation epoch). Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "mean_std", "generalisation_gap", "run_row", "group_rows", "paired_differences",
+    "robustness_rows", "robustness_pivot", "summary_markdown", "pm", "GROUP_KEYS",
+]
+
+GROUP_KEYS = ("model", "head_label", "train_size")
+# figures averaged over seeds: record key -> row prefix
+_AVERAGED = {
+    "test_acc": "test_acc", "train_acc": "train_acc", "gap": "gap", "test_loss": "test_loss",
+    "epoch_time_s": "epoch_time_s", "img_per_s": "img_per_s", "peak_mem_mb": "peak_mem_mb",
+    "best_epoch": "best_epoch",
+}
+# properties of the architecture: the same for every seed
+_CONSTANT = ("params", "head_params", "gmacs", "head_gmacs", "img_size", "epochs", "dataset")
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the finite values.
+
+    ``(None, None)`` for no values; the std is None for a single value (undefined, not zero).
+    """
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return None, None
+    mean = sum(xs) / len(xs)
+    if len(xs) == 1:
+        return mean, None
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return mean, math.sqrt(var)
+
+
+def generalisation_gap(record: Mapping[str, Any]) -> float | None:
+    """``train_acc - test_acc`` of a run record (fractions); None when either is missing."""
+    tr, te = record.get("train_acc"), record.get("test_acc")
+    if tr is None or te is None:
+        return None
+    return float(tr) - float(te)
+
+
+def _label(record: Mapping[str, Any]) -> str:
+    return str(record.get("head_label") or record.get("head"))
+
+
+def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row per run (for ``runs.csv``): identity, accuracies, the gap, costs."""
+    keys = ("model", "train_size", "seed", "test_acc", "train_acc", "val_acc", "test_loss",
+            "best_epoch", "epochs", "params", "head_params", "gmacs", "head_gmacs",
+            "epoch_time_s", "img_per_s", "peak_mem_mb", "time_s", "run_dir")
+    row = {"model": record.get("model"), "head": _label(record)}
+    row.update({k: record.get(k) for k in keys if k != "model"})
+    row["gap"] = generalisation_gap(record)
+    return row
+
+
+def _group(records: Sequence[Mapping[str, Any]], keys: Sequence[str]
+           ) -> dict[tuple[Any, ...], list[Mapping[str, Any]]]:
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for r in records:
+        key = tuple(_label(r) if k == "head_label" else r.get(k) for k in keys)
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def group_rows(records: Sequence[Mapping[str, Any]],
+               keys: Sequence[str] = GROUP_KEYS) -> list[dict[str, Any]]:
+    """Rows per model x head x train size (order of first appearance) with mean/std over seeds.
+
+    Each row has the group keys (``head_label`` shown as ``head``), ``seeds`` (how many runs),
+    the architecture's constants (``params``, ``head_params``, ``gmacs``, ``head_gmacs``, ...),
+    and ``<figure>_mean`` / ``<figure>_std`` for test and train accuracy, the gap, test loss,
+    epoch time (s), throughput (img/s), peak memory (MiB) and the best epoch.
+    """
+    rows = []
+    for key, runs in _group(records, keys).items():
+        row: dict[str, Any] = {("head" if k == "head_label" else k): v
+                               for k, v in zip(keys, key, strict=True)}
+        row["seeds"] = len(runs)
+        row["seed_list"] = sorted(r.get("seed") for r in runs if r.get("seed") is not None)
+        for c in _CONSTANT:
+            row[c] = runs[0].get(c)
+        for src, name in _AVERAGED.items():
+            vals = [generalisation_gap(r) if src == "gap" else r.get(src) for r in runs]
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std(vals)
+        rows.append(row)
+    return rows
+
+
+def paired_differences(records: Sequence[Mapping[str, Any]], baseline: str,
+                       metric: str = "test_acc") -> list[dict[str, Any]]:
+    """Each head minus ``baseline`` on ``metric``, paired by seed, per model x train size.
+
+    Runs with the same seed share the data subset, the batch order and the backbone's
+    initialisation, so the paired difference removes most of the seed-to-seed noise. Returns
+    rows with ``diff_mean``, ``diff_std``, ``n`` (paired seeds), ``wins`` (seeds where the head
+    beats the baseline), ``t`` (mean / standard error; None below 2 pairs).
+    """
+    rows = []
+    by_cell = _group(records, ("model", "train_size"))
+    for (model, size), runs in by_cell.items():
+        base = {r.get("seed"): r for r in runs if _label(r) == baseline}
+        if not base:
+            continue
+        heads = list(dict.fromkeys(_label(r) for r in runs if _label(r) != baseline))
+        for head in heads:
+            diffs = []
+            for r in runs:
+                b = base.get(r.get("seed"))
+                if _label(r) != head or b is None:
+                    continue
+                a_v = generalisation_gap(r) if metric == "gap" else r.get(metric)
+                b_v = generalisation_gap(b) if metric == "gap" else b.get(metric)
+                if a_v is not None and b_v is not None:
+                    diffs.append(float(a_v) - float(b_v))
+            mean, std = mean_std(diffs)
+            t = None
+            if mean is not None and std:  # undefined for one pair or identical differences
+                t = mean / (std / math.sqrt(len(diffs)))
+            rows.append({"model": model, "train_size": size, "head": head, "baseline": baseline,
+                         "metric": metric, "n": len(diffs), "diff_mean": mean, "diff_std": std,
+                         "wins": sum(d > 0 for d in diffs), "t": t})
+    return rows
+
+
+def robustness_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per model x head x train size x evaluated input size: test accuracy mean/std over the
+    seeds where the model ran, how many refused, and the refusal reason (Flatten heads)."""
+    rows = []
+    for (model, head, size), runs in _group(records, GROUP_KEYS).items():
+        by_px: dict[int, list[Mapping[str, Any]]] = {}
+        for r in runs:
+            for e in r.get("robustness") or []:
+                by_px.setdefault(int(e["img_size"]), []).append(e)
+        for px in sorted(by_px):
+            evals = by_px[px]
+            ok = [e for e in evals if e.get("status") == "ok"]
+            mean, std = mean_std([e.get("test_acc") for e in ok])
+            reasons = list(dict.fromkeys(e.get("reason") for e in evals if e.get("reason")))
+            rows.append({"model": model, "head": head, "train_size": size, "img_size": px,
+                         "trained_at": runs[0].get("img_size"), "ok": len(ok),
+                         "refused": sum(e.get("status") == "refused" for e in evals),
+                         "failed": sum(e.get("status") == "failed" for e in evals),
+                         "test_acc_mean": mean, "test_acc_std": std,
+                         "reason": reasons[0] if reasons else None})
+    return rows
+
+
+def pm(mean: float | None, std: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` for a table cell (accuracies as percent by default); '' when missing."""
+    if mean is None:
+        return ""
+    text = f"{mean * scale:.{digits}f}"
+    return text if std is None else f"{text} ± {std * scale:.{digits}f}"
+
+
+def robustness_pivot(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model x head x train size, one ``<px> px`` column per evaluated size holding
+    ``acc ± std`` (percent), ``refused`` or ``failed``; the trained size is marked ``*``."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["model"], r["head"], r["train_size"])
+        row = out.setdefault(key, {"model": key[0], "head": key[1], "train size": key[2]})
+        col = f"{r['img_size']} px" + ("*" if r["img_size"] == r.get("trained_at") else "")
+        if r["ok"]:
+            row[col] = pm(r["test_acc_mean"], r["test_acc_std"])
+        else:
+            row[col] = "refused" if r["refused"] else "failed"
+    return list(out.values())
+
+
+def _fmt(value: Any, digits: int = 3) -> Any:
+    return "" if value is None else (f"{value:.{digits}g}" if isinstance(value, float) else value)
+
+
+def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]],
+                     robustness: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    """The study's ``summary.md``: settings, machine, the summary table (mean ± std over seeds),
+    paired differences against the first head, the robustness table, the plots, missing runs."""
+    from ..reporting import format_table
+
+    base, mach = meta.get("base", {}), meta.get("machine", {})
+    lines = [f"# Head comparison: {', '.join(meta.get('models', []))}", ""]
+    if meta.get("command"):
+        lines += ["Command:", "", f"    {meta['command']}", ""]
+    lines += [
+        f"Machine: {mach.get('cpu')} ({mach.get('cores')} cores"
+        + (f", GPU {mach['gpu']}" if mach.get("gpu") else "") + f"); torch {mach.get('torch')}, "
+        f"timm {mach.get('timm')}. Training + evaluation time of all runs: "
+        f"{float(meta.get('train_time_s', 0)) / 60:.1f} min.",
+        "",
+        f"Data: {base.get('dataset')}, input {base.get('img_size') or 'native'} px, "
+        f"{base.get('epochs')} epochs, batch {base.get('batch_size')}, {base.get('optimizer')} "
+        f"lr {base.get('lr')}, weight decay {base.get('weight_decay')}, "
+        f"pretrained: {'yes' if base.get('pretrained') else 'no'}. Seeds: "
+        f"{', '.join(map(str, meta.get('seeds', [])))}. Runs: {meta.get('runs')} of "
+        f"{meta.get('expected')}.",
+        "",
+        "## Summary (mean ± sample std over seeds)",
+        "",
+        "Accuracies in percent; gap = train accuracy - test accuracy (percentage points) of the "
+        "best-validation checkpoint; epoch time in seconds; peak memory in MiB (CPU: the run's "
+        "peak resident set; CUDA: max allocated).",
+        "",
+    ]
+    table = [{"model": r["model"], "head": r["head"], "train size": r["train_size"],
+              "seeds": r["seeds"], "head params": r["head_params"], "params": r["params"],
+              "GMACs": _fmt(r["gmacs"]), "test acc": pm(r["test_acc_mean"], r["test_acc_std"]),
+              "train acc": pm(r["train_acc_mean"], r["train_acc_std"]),
+              "gap": pm(r["gap_mean"], r["gap_std"]),
+              "epoch s": pm(r["epoch_time_s_mean"], r["epoch_time_s_std"], 1.0),
+              "peak MiB": pm(r["peak_mem_mb_mean"], None, 1.0, 0)} for r in rows]
+    lines += [format_table(table, floatfmt=".4g"), ""]
+    if comparisons:
+        lines += [f"## Paired differences against {comparisons[0]['baseline']} (same seed: same "
+                  "data subset, batch order and backbone initialisation)", "",
+                  "diff = head - baseline in percentage points, mean ± std over seeds; wins = "
+                  "seeds where the head's value is higher; t = mean / standard error.", ""]
+        comp = [{"metric": c["metric"], "model": c["model"], "train size": c["train_size"],
+                 "head": c["head"], "n": c["n"], "diff": pm(c["diff_mean"], c["diff_std"], 100, 2),
+                 "wins": f"{c['wins']}/{c['n']}", "t": _fmt(c["t"], 2)} for c in comparisons]
+        lines += [format_table(comp, floatfmt=".4g"), ""]
+    if robustness:
+        n_img = meta.get("robust_images")
+        lines += ["## Input-size robustness (test accuracy %, mean ± std over seeds"
+                  + (f", {n_img} test images" if n_img else "") + "; * = trained size)", "",
+                  format_table(robustness_pivot(robustness), floatfmt=".4g"), ""]
+        reasons = list(dict.fromkeys(r["reason"] for r in robustness if r.get("reason")))
+        lines += [f"- {reason}" for reason in reasons] + ([""] if reasons else [])
+    for fig in meta.get("figures", []):
+        lines += [f"![{fig}]({fig})", ""]
+    if meta.get("missing"):
+        lines += [f"Missing runs ({len(meta['missing'])}): {', '.join(meta['missing'])}", ""]
+    return "\n".join(lines)

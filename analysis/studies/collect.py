@@ -1,0 +1,87 @@
+"""Reading a study's finished runs back, and merging shard directories into one report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from surgery import read_json, write_json
+
+from .report import write_report
+from .spec import STUDY_FILE, Combo, StudySpec, combinations
+
+__all__ = ["collect", "is_done", "load_records", "settings_mismatch"]
+
+
+def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two ``study.json`` settings (shared base and evaluation options)."""
+    keys = sorted(set(old["base"]) | set(new["base"]))
+    diff = [f"{k} {old['base'].get(k)!r} -> {new['base'].get(k)!r}" for k in keys
+            if old["base"].get(k) != new["base"].get(k)]
+    for k in ("robust_sizes", "robust_images", "test_size"):
+        if old.get(k) != new.get(k):
+            diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
+    return diff
+
+
+def is_done(run_dir: Path) -> bool:
+    """A run counts as finished when it was trained and evaluated at the robustness sizes."""
+    return (run_dir / "summary.json").is_file() and (run_dir / "robustness.json").is_file()
+
+
+def load_records(dirs: Sequence[str | Path], spec: StudySpec) -> list[dict[str, Any]]:
+    """The finished runs of ``spec`` (``summary.json`` and ``robustness.json`` written) found under
+    ``DIR/runs/`` of each of ``dirs``, in the grid's order; a run present in several directories
+    counts once (the first)."""
+    records = []
+    for combo in combinations(spec):
+        name = combo.config(spec, Path(".")).name
+        for d in dirs:
+            run_dir = Path(d) / "runs" / str(name)
+            if is_done(run_dir):  # trained and evaluated at the robustness sizes
+                records.append(_record(run_dir, combo))
+                break
+    return records
+
+
+def _record(run_dir: Path, combo: Combo) -> dict[str, Any]:
+    rec = dict(read_json(run_dir / "summary.json"))
+    rec["head_label"] = combo.head.label
+    rec["run"] = run_dir.name
+    hist = run_dir / "metrics.jsonl"
+    rec["history"] = ([json.loads(ln) for ln in hist.read_text().splitlines() if ln.strip()]
+                      if hist.is_file() else [])
+    rob = run_dir / "robustness.json"
+    rec["robustness"] = read_json(rob) if rob.is_file() else []
+    return rec
+
+
+def collect(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Merge shard directories of one study into ``out``: check they hold the same study, write
+    the report of all their runs, and list the combinations none of them finished."""
+    if not dirs:
+        raise ValueError("--collect needs at least one study directory")
+    specs = []
+    for d in dirs:
+        path = Path(d) / STUDY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{str(d)!r} is not a study directory (no {STUDY_FILE})")
+        specs.append(read_json(path))
+    first = specs[0]
+    for d, s in zip(dirs[1:], specs[1:], strict=True):
+        grid = ("models", "heads", "seeds", "train_sizes")
+        diff = settings_mismatch(first, s) + [k for k in grid if first[k] != s[k]]
+        if diff:
+            raise ValueError(f"{str(d)!r} holds a different study than {str(dirs[0])!r} "
+                             f"({'; '.join(diff)}); collect shards of one study only")
+    spec = StudySpec.from_dict(first)
+    out = Path(out)
+    write_json(out / STUDY_FILE, dict(spec.to_dict(), shard=None, collected_from=[str(d) for d in dirs]))
+    records = load_records(dirs, spec)
+    done = {r["run"] for r in records}
+    missing = [str(n) for n in (c.config(spec, Path(".")).name for c in combinations(spec))
+               if n not in done]
+    report = write_report(out, records, spec, missing=missing)
+    return {"records": len(records), "missing": missing, "report": report}

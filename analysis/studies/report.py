@@ -1,0 +1,61 @@
+"""The report of a head comparison study: tables, JSON and plots of its finished runs.
+
+:func:`write_report` turns the records of a study (one per finished run) into
+``summary.md/.csv/.json``, ``runs.csv``, ``comparisons.csv``, ``robustness.csv/.json`` and the
+plots of analysis.reporting, with the machine they were measured on (analysis.machine).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from surgery import atomic_write_bytes
+
+from ..machine import machine_info
+from ..reporting import (
+    plot_acc_vs_head_params,
+    plot_gap_vs_train_size,
+    plot_learning_curves,
+    to_csv,
+    to_json,
+)
+from . import aggregate as agg
+from .spec import StudySpec, combinations
+
+__all__ = ["write_report"]
+
+
+def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec,
+                 missing: Sequence[str] = ()) -> dict[str, Any]:
+    """Write ``summary.md/.csv/.json``, ``runs.csv``, ``comparisons.csv``,
+    ``robustness.csv/.json`` and the three plots into ``out``; returns the summary rows."""
+    out = Path(out)
+    rows = agg.group_rows(records)
+    baseline = spec.heads[0].label
+    comps = [c for m in ("test_acc", "gap") for c in agg.paired_differences(records, baseline, m)]
+    robust = agg.robustness_rows(records)
+    figures = {
+        "acc_vs_head_params.png": plot_acc_vs_head_params(rows, out / "acc_vs_head_params.png"),
+        "gap_vs_train_size.png": plot_gap_vs_train_size(rows, out / "gap_vs_train_size.png"),
+        "learning_curves.png": plot_learning_curves(records, out / "learning_curves.png"),
+    }
+    meta = dict(spec.to_dict(), machine=machine_info(), runs=len(records),
+                expected=len(combinations(spec)), missing=list(missing),
+                train_time_s=sum(float(r.get("time_s") or 0.0) for r in records),
+                figures=[k for k, v in figures.items() if v is not None])
+    texts = {
+        "summary.md": agg.summary_markdown(rows, comps, robust, meta),
+        "summary.csv": to_csv(rows),
+        "summary.json": json.dumps({"study": meta, "rows": rows, "comparisons": comps},
+                                   indent=2, default=str) + "\n",
+        "runs.csv": to_csv([agg.run_row(r) for r in records]),
+        "comparisons.csv": to_csv(comps),
+        "robustness.csv": to_csv(robust),
+        "robustness.json": to_json(robust) + "\n",
+    }
+    for name, text in texts.items():
+        atomic_write_bytes(out / name, text.encode())
+    return {"rows": rows, "comparisons": comps, "robustness": robust, "meta": meta}

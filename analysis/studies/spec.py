@@ -1,0 +1,167 @@
+"""What a head comparison study is: its grid (models x heads x train sizes x seeds) and the
+settings every run shares, and the head specs it compares.
+
+:class:`StudySpec` is stored as ``study.json`` in the study directory; each :class:`Combo` of its
+grid becomes one fine-tuning run (analysis.training) named by ``run_name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from surgery import HEADS
+from surgery.heads import check_head_args
+
+from ..training import TrainConfig, run_name
+
+__all__ = ["STUDY_FILE", "Combo", "HeadSpec", "StudySpec", "combinations", "parse_head",
+           "parse_shard", "select_shard"]
+
+STUDY_FILE = "study.json"
+_OPTION_KEYS = {"hidden": "hidden", "h": "hidden", "dropout": "dropout", "d": "dropout"}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head as a study compares it: a kind from ``surgery.HEADS`` plus its MLP options."""
+
+    head: str
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The name in tables and run directories: ``flatten-h256-d0.5`` (as train.run_name)."""
+        parts = [self.head]
+        if self.hidden:
+            parts.append("h" + "x".join(map(str, self.hidden)))
+        if self.dropout:
+            parts.append(f"d{self.dropout:g}")
+        return "-".join(parts)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse_head(text: str) -> HeadSpec:
+    """``gap``, ``flatten:hidden=256:dropout=0.5``, ``flatten:hidden=512x256``, ``gap:d=0.2``."""
+    kind, *opts = text.split(":")
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r} in {text!r}; choose from {', '.join(HEADS)} "
+                         "(options: KIND:hidden=256:dropout=0.5)")
+    values: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, val = opt.partition("=")
+        if not sep or key not in _OPTION_KEYS:
+            raise ValueError(f"bad head option {opt!r} in {text!r}; expected hidden=W[xW...] or "
+                             "dropout=P, e.g. flatten:hidden=256:dropout=0.5")
+        try:
+            if _OPTION_KEYS[key] == "hidden":
+                values["hidden"] = tuple(int(w) for w in val.split("x"))
+            else:
+                values["dropout"] = float(val)
+        except ValueError:
+            raise ValueError(f"bad value in head option {opt!r} of {text!r}") from None
+    spec = HeadSpec(kind, **values)
+    check_head_args(spec.head, 2, spec.hidden, spec.dropout)
+    return spec
+
+
+@dataclass
+class StudySpec:
+    """The grid and the settings every run shares.
+
+    ``base`` holds analysis.train.TrainConfig fields (dataset, epochs, img_size, lr, ...);
+    ``robust_sizes`` the input sizes (px) each trained model is evaluated at (empty: around the
+    training size, see analysis.robustness.default_sizes), ``robust_images`` how many test
+    images that uses (None: all); ``test_size`` a stratified subset of the official test split,
+    the same images for every run (None: all of it), to bound the cost of testing on a CPU.
+    """
+
+    models: tuple[str, ...]
+    heads: tuple[HeadSpec, ...]
+    seeds: tuple[int, ...] = (0,)
+    train_sizes: tuple[int | None, ...] = (None,)
+    base: dict[str, Any] = field(default_factory=dict)
+    robust_sizes: tuple[int, ...] = ()
+    robust_images: int | None = 2000
+    test_size: int | None = None
+    command: str = ""
+
+    def check(self) -> None:
+        """Raise ValueError for an empty or ambiguous grid, or a setting train() rejects."""
+        for name in ("models", "heads", "seeds", "train_sizes"):
+            if not getattr(self, name):
+                raise ValueError(f"a study needs at least one of {name}")
+        labels = [h.label for h in self.heads]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"head {', '.join(dupes)} is listed twice")
+        if any(s is not None and s < 1 for s in self.train_sizes):
+            raise ValueError(f"train sizes must be >= 1, got {list(self.train_sizes)}")
+        for model in self.models:  # names and settings, before any data is read
+            for head in self.heads:
+                Combo(model, head, self.train_sizes[0], self.seeds[0]).config(self, Path(".")).check()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["heads"] = [h.label for h in self.heads]
+        d["head_specs"] = [asdict(h) for h in self.heads]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudySpec:
+        heads = tuple(HeadSpec(h["head"], tuple(h["hidden"]), float(h["dropout"]))
+                      for h in d["head_specs"])
+        return cls(tuple(d["models"]), heads, tuple(d["seeds"]), tuple(d["train_sizes"]),
+                   dict(d["base"]), tuple(d.get("robust_sizes") or ()), d.get("robust_images"),
+                   d.get("test_size"), d.get("command", ""))
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One run of the grid."""
+
+    model: str
+    head: HeadSpec
+    train_size: int | None
+    seed: int
+
+    def config(self, spec: StudySpec, runs_dir: Path) -> TrainConfig:
+        """The TrainConfig of this run, named by ``run_name``."""
+        cfg = TrainConfig.from_dict({**spec.base, "model": self.model, "head": self.head.head,
+                                     "hidden": self.head.hidden, "dropout": self.head.dropout,
+                                     "train_size": self.train_size, "seed": self.seed,
+                                     "out": str(runs_dir), "progress": False})
+        cfg.name = run_name(cfg)
+        return cfg
+
+
+def combinations(spec: StudySpec) -> list[Combo]:
+    """Every run, in the fixed order model > train size > seed > head (heads of one seed are
+    neighbours, so a partly finished study already holds complete paired comparisons)."""
+    return [Combo(m, h, n, s) for m in spec.models for n in spec.train_sizes
+            for s in spec.seeds for h in spec.heads]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``'I/N'`` -> ``(I, N)``: shard I (0-based) of N."""
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = (-1, 0)
+    if not sep or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard expects I/N with 0 <= I < N (e.g. 0/2 and 1/2), got {text!r}")
+    return shard
+
+
+def select_shard(combos: Sequence[Combo], shard: tuple[int, int] | None) -> list[Combo]:
+    """This shard's share: every n-th combination from the i-th (all of them for None)."""
+    if shard is None:
+        return list(combos)
+    i, n = shard
+    return list(combos[i::n])

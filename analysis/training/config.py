@@ -1,0 +1,138 @@
+"""The configuration of one fine-tuning run: every option of tools/finetune.py, as a dataclass.
+
+Stored in a run's ``config.json`` so that ``--resume`` and studies rebuild the same run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ..data import DataSplits, load_dataset, stratified_indices
+
+__all__ = ["OPTIMIZERS", "REGIMES", "TrainConfig", "load_run_data", "run_name"]
+
+REGIMES = ("full", "linear-probe", "two-stage")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; stored in ``config.json`` so ``--resume`` can rebuild it."""
+
+    # model (surgery.swap_head)
+    model: str = "resnet18"
+    head: str = "gap"
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+    pretrained: bool = False
+    checkpoint: str | None = None     # local backbone weights
+    in_chans: int | None = None       # None: the data's channels from scratch, 3 when pretrained
+    # data (analysis.data)
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    download: bool = False
+    train_size: int | None = None     # stratified subset of the training pool; None: all
+    val_size: int | float = 0.1       # held out from train: a count, or a fraction if < 1
+    train_eval_size: int | None = None  # fixed train sample for eval-mode metrics; None: as val
+    img_size: int | None = None       # None: the data's own size
+    augment: bool = True              # random crop (pad img_size/8) and horizontal flip
+    data_options: dict[str, Any] = field(default_factory=dict)
+    # optimisation
+    epochs: int = 5
+    batch_size: int = 64
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    momentum: float = 0.9             # SGD only
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None    # max global L2 norm of the gradients
+    regime: str = "full"
+    head_epochs: int = 1              # two-stage: epochs of head-only training first
+    backbone_lr_scale: float = 0.1    # two-stage: backbone lr = lr * this in stage two
+    # system
+    device: str = "auto"
+    amp: str = "auto"                 # auto: on for CUDA (bf16 if supported, else fp16)
+    channels_last: bool | None = None  # None: on (CPU and CUDA)
+    sync_bn: bool = False             # under torchrun: BatchNorm statistics over all ranks
+    seed: int = 0
+    # run directory
+    out: str = "runs"
+    name: str | None = None
+    overwrite: bool = False
+    ckpt_steps: int = 0               # also checkpoint every N steps inside an epoch (0: off)
+    ckpt_minutes: float = 5.0         # ... and at least every this many minutes (0: off)
+    progress: bool = True
+    kill_after_steps: int | None = None  # testing: SIGKILL this process after N steps
+
+    def check(self) -> None:
+        """Raise ValueError for settings that cannot work, naming the choices."""
+        if self.regime not in REGIMES:
+            raise ValueError(f"unknown regime {self.regime!r}; choose from: {', '.join(REGIMES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from: "
+                             f"{', '.join(OPTIMIZERS)}")
+        if self.amp not in ("auto", "on", "off"):
+            raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.img_size is not None and self.img_size < 1:
+            raise ValueError(f"img-size must be a positive number of pixels, got {self.img_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Model and head names, before any data is read."""
+        import timm
+
+        import surgery
+
+        if self.head not in surgery.HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose from: {', '.join(surgery.HEADS)}")
+        if not timm.is_model(self.model.split(".", 1)[0]):
+            close = ", ".join(surgery.closest_model_names(self.model.split(".", 1)[0])) or "none"
+            raise ValueError(f"unknown model {self.model!r}; closest: {close}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if "hidden" in d:
+            d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """Default run directory name: model, head, data, subset size, regime and seed."""
+    parts = [cfg.model, cfg.head]
+    if cfg.hidden:
+        parts.append("h" + "x".join(map(str, cfg.hidden)))
+    if cfg.dropout:
+        parts.append(f"d{cfg.dropout:g}")
+    parts += [cfg.dataset, f"n{cfg.train_size or 'all'}"]
+    if cfg.regime != "full":
+        parts.append(cfg.regime)
+    parts.append(f"s{cfg.seed}")
+    return "-".join(parts).replace("/", "_")
+
+
+def load_run_data(cfg: TrainConfig, test_size: int | None = None) -> DataSplits:
+    """The data set of a run as its config describes it: the one way every tool and study reads it.
+
+    ``test_size`` cuts the official test split to a stratified subset (seed 0: the same images for
+    every run of a study), to bound the cost of testing on a CPU; None keeps all of it.
+    """
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                        train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed,
+                        **cfg.data_options)
+    if test_size is not None and test_size < len(data.test_y):
+        idx = stratified_indices(data.test_y, test_size, seed=0)
+        data = replace(data, test_x=data.test_x[idx], test_y=data.test_y[idx],
+                       info=dict(data.info, test=test_size))
+    return data
+

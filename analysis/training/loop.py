@@ -1,0 +1,319 @@
+"""Fine-tuning harness: train a swapped model and measure how its head generalises.
+
+:func:`train` takes a :class:`TrainConfig` (or a run directory to resume), builds the model with
+``surgery.swap_head``, trains it on an in-memory data set (analysis.data, analysis.batches) and
+writes a run directory (analysis.rundir). Each epoch records train loss/accuracy measured in eval
+mode on a fixed train sample, validation loss/accuracy, their gap, time, img/s and peak memory.
+
+Resume is exact: checkpoints (analysis.training.checkpoints) hold the model, optimiser, RNG states and the
+position inside the epoch, and batch order and augmentation are functions of (seed, epoch), so on CPU a resumed run
+ends with the same metrics as an uninterrupted one.
+
+Under ``torchrun`` (analysis.training.distributed) the same loop runs in every process with the model in
+DistributedDataParallel: each rank trains on its own shard of every epoch (EpochSampler's
+``rank`` / ``world_size``), evaluation sums are reduced so every sample counts once, and only
+rank 0 writes the run directory and shows the progress bar. Checkpoints hold every rank's RNG
+and augmentation state, so a run resumed with the same number of processes continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from surgery import write_json
+
+from ..reporting import plot_curves
+from . import checkpoints as ckpt
+from . import distributed
+from .config import TrainConfig, run_name
+from .distributed import DistInfo
+from .model import resolve_system, set_regime
+from .parts import RunParts, assemble_run, run_config_record
+from .rundir import prepare_run_dir, write_metrics
+from .step import NonFiniteLossError, RunningLoss, evaluate, lr_factor, peak_mem_mb
+
+__all__ = ["train"]
+
+StepHook = Callable[[dict[str, Any]], None]
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
+          data: Any = None, dist: DistInfo | None = None,
+          on_step: StepHook | None = None, on_epoch: StepHook | None = None) -> dict[str, Any]:
+    """Run (or resume) one fine-tuning run and return its summary (also in ``summary.json``).
+
+    ``data`` (a DataSplits) skips loading when the caller (a study) already holds the splits.
+    ``on_step`` receives ``{epoch, step, global_step, loss, model, optimizer}`` after every
+    optimiser step (a hook may raise to stop the run); ``on_epoch`` receives each epoch's metrics
+    row. Resuming a finished run returns its summary. Raises :class:`NonFiniteLossError` when the
+    loss or the weights become NaN or inf; ``last.pt`` then still holds the last good state.
+
+    Started by torchrun (``WORLD_SIZE`` > 1) and without ``dist``, it joins the process group
+    itself (gloo on CPU, nccl on CUDA, one GPU per ``LOCAL_RANK``) and leaves it at the end.
+    """
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg, summary, state = ckpt.load_resume(run_dir)
+        if summary is not None:
+            return summary
+    elif config is None:
+        raise ValueError("train() needs a TrainConfig or resume=RUN_DIR")
+    else:
+        cfg = config
+        cfg.check()
+        run_dir = Path(cfg.out) / (cfg.name or run_name(cfg))
+    system = resolve_system(cfg)
+    owned = dist is None and distributed.launched()
+    if dist is None:
+        dist, system["device"] = distributed.setup(system["device"])
+    try:
+        if resume is None:
+            # every rank checks before rank 0 clears or writes anything
+            prepare_run_dir(run_dir, cfg.overwrite, write=False)
+            dist.wait()
+            if dist.is_main:
+                prepare_run_dir(run_dir, cfg.overwrite)
+        dist.wait()
+        return _Run(cfg, run_dir, state, data, dist, system, on_step, on_epoch).fit()
+    finally:
+        if owned:
+            distributed.shutdown()
+
+
+class _Run:
+    """One run's loop: epochs of steps, metrics, checkpoints, and the final test."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
+                 data: Any, dist: DistInfo, system: dict[str, Any],
+                 on_step: StepHook | None, on_epoch: StepHook | None):
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        self.on_step, self.on_epoch = on_step, on_epoch
+        self.device, self.amp = system["device"], system["amp_dtype"]
+        self.resume_state: dict[str, Any] = state["extra"] if state is not None else {}
+        self.first_epoch = int(self.resume_state.get("epoch", 0))
+        self.first_step = int(self.resume_state.get("step", 0))
+        self.parts: RunParts = assemble_run(cfg, state, data, dist, system, self.first_epoch)
+        # what was measured before an interruption
+        self.history, self.best, self.totals = ckpt.resumed_progress(self.resume_state)
+        if state is not None:
+            ckpt.restore_training(self.resume_state, self.parts.optimizer, self.parts.scaler)
+            ckpt.restore_rank_state(self.resume_state, dist, seed=cfg.seed,
+                                    epoch0=self.first_epoch, step0=self.first_step,
+                                    path=run_dir / "last.pt")
+        elif dist.rank > 0:  # different dropout masks per rank (rank 0 draws as one process does)
+            ckpt.seed_rank(cfg.seed, dist.rank)
+        if state is None and dist.is_main:
+            write_json(run_dir / "config.json", run_config_record(cfg, self.parts, system, dist))
+        self._tick_at = time.perf_counter()
+
+    def _tick(self) -> None:
+        """Add the wall time since the last tick to ``time_s`` (kept across resumed segments)."""
+        now = time.perf_counter()
+        self.totals["time_s"] += now - self._tick_at
+        self._tick_at = now
+
+    def fit(self) -> dict[str, Any]:
+        self._tick_at = time.perf_counter()
+        for epoch in range(self.first_epoch, self.cfg.epochs):
+            row = self._epoch(epoch)
+            self._end_epoch(row)
+        return self._finish()
+
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch (from the checkpointed step when resuming); return its metrics row."""
+        set_regime(self.parts.model, self.cfg, epoch)
+        aug = ckpt.epoch_aug_rng(self.cfg.seed, epoch, self.dist.rank)
+        running = ckpt.fresh_running()
+        first = self.first_step if epoch == self.first_epoch else 0
+        if first:
+            aug.set_state(self.resume_state["aug_rng"])
+            running.update(self.resume_state["running"])
+        loss_sum = RunningLoss(self.device, running["loss_sum"])
+        t0 = time.perf_counter()
+        lr_scale = self._train_steps(epoch, first, aug, running, loss_sum, t0)
+        train_time = running["train_time_s"] + time.perf_counter() - t0
+        return self._epoch_row(epoch, lr_scale, running, loss_sum, train_time, t0)
+
+    def _train_steps(self, epoch: int, first: int, aug: torch.Generator,
+                     running: dict[str, Any], loss_sum: RunningLoss, t0: float) -> float:
+        """The optimiser steps of one epoch from step ``first``; returns the last lr factor."""
+        cfg, parts = self.cfg, self.parts
+        steps, sched = parts.schedule.steps_per_epoch, parts.schedule
+        bar = self._progress(first, epoch)
+        t_ckpt = t0
+        lr_scale = 1.0
+        for step, idx in enumerate(parts.sampler.batches(epoch, first), start=first):
+            gstep = epoch * steps + step
+            lr_scale = lr_factor(gstep, sched.total_steps, sched.warmup_steps, cfg.min_lr / cfg.lr)
+            for group in parts.optimizer.param_groups:
+                group["lr"] = cfg.lr * group["lr_scale"] * lr_scale
+            idx_d = idx.to(parts.train_x.device)
+            loss = parts.step(parts.train_x[idx_d], parts.train_y[idx_d], aug)
+            loss_sum.add(loss, len(idx))
+            running["seen"] += len(idx)
+            if loss_sum.free_to_read or step % 20 == 0 or step == steps - 1:
+                self._check_finite(loss_sum, epoch, step)
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{cfg.lr * lr_scale:.2e}")
+            if self.on_step is not None:
+                self.on_step({"epoch": epoch, "step": step, "global_step": gstep, "loss": loss,
+                              "model": parts.model, "optimizer": parts.optimizer})
+            now = time.perf_counter()
+            if step + 1 < steps and self._checkpoint_due(step, now - t_ckpt):
+                self._check_finite(loss_sum, epoch, step)
+                snap = dict(running, loss_sum=loss_sum.total,
+                            train_time_s=running["train_time_s"] + now - t0,
+                            epoch_time_s=running["epoch_time_s"] + now - t0)
+                self._checkpoint(epoch, step + 1, snap, aug)
+                t_ckpt = time.perf_counter()
+            if cfg.kill_after_steps is not None and gstep + 1 >= cfg.kill_after_steps:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if bar is not None:
+            bar.close()
+        return lr_scale
+
+    def _epoch_row(self, epoch: int, lr_scale: float, running: dict[str, Any],
+                   loss_sum: RunningLoss, train_time: float, t0: float) -> dict[str, Any]:
+        """Evaluate train sample and validation; the epoch's metrics row."""
+        parts, dist = self.parts, self.dist
+        distributed.broadcast_buffers(parts.model, dist)
+        tr_loss, tr_acc = evaluate(parts.model, *parts.train_eval, parts.transform,
+                                   parts.eval_batch_size, self.amp, dist)
+        va_loss, va_acc = evaluate(parts.model, parts.data.val_x, parts.data.val_y,
+                                   parts.transform, parts.eval_batch_size, self.amp, dist)
+        seen = dist.sum(running["seen"])  # padded (repeated) samples of uneven shards too
+        loss_total = dist.sum(loss_sum.total)
+        self.totals["train_time_s"] += train_time
+        self.totals["train_images"] += seen
+        return {"epoch": epoch + 1, "lr": self.cfg.lr * lr_scale, "train_loss": tr_loss,
+                "train_acc": tr_acc, "val_loss": va_loss, "val_acc": va_acc,
+                "gap_acc": tr_acc - va_acc, "gap_loss": va_loss - tr_loss,
+                "train_loss_running": loss_total / max(1, seen),
+                "epoch_time_s": running["epoch_time_s"] + time.perf_counter() - t0,
+                "img_per_s": seen / max(train_time, 1e-9),
+                "peak_mem_mb": peak_mem_mb(self.device)}
+
+    def _end_epoch(self, row: dict[str, Any]) -> None:
+        """Record the row; best.pt when validation improved; last.pt, metrics and curves."""
+        self.history.append(row)
+        epoch = row["epoch"]
+        if row["val_acc"] > self.best["val_acc"]:
+            self.best = {"val_acc": row["val_acc"], "epoch": epoch}
+            if self.dist.is_main:
+                ckpt.save_checkpoint(self.run_dir / "best.pt", self.parts.model,
+                                     {"kind": "best", "epoch": epoch, "row": row})
+        self._checkpoint(epoch, 0, ckpt.fresh_running(), torch.Generator())
+        if self.dist.is_main:
+            write_metrics(self.run_dir, self.history)
+            plot_curves(self.run_dir / "curves.png", self.history,
+                        f"{self.cfg.model} / {self.cfg.head} / {self.cfg.dataset}")
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+
+    def _checkpoint_due(self, step: int, since: float) -> bool:
+        """Every ``ckpt_steps`` steps, or ``ckpt_minutes`` passed (under DDP every rank must
+        agree, so that is asked every 20 steps)."""
+        cfg = self.cfg
+        if cfg.ckpt_steps and (step + 1) % cfg.ckpt_steps == 0:
+            return True
+        if not cfg.ckpt_minutes:
+            return False
+        if self.dist.world_size == 1:
+            return since > 60 * cfg.ckpt_minutes
+        return step % 20 == 19 and self.dist.sum(float(since > 60 * cfg.ckpt_minutes)) > 0
+
+    def _checkpoint(self, epoch: int, step: int, running: dict[str, Any],
+                    aug: torch.Generator) -> None:
+        """last.pt: ``epoch`` epochs and ``step`` steps of the next one done.
+
+        Every rank hands its RNG, augmentation and running state to rank 0, which writes; the
+        barrier after it means no rank moves on (or reads best.pt) before the files are there.
+        """
+        self._check_weights(epoch, step)  # weights are the same on every rank: all stop together
+        mine, ranks = ckpt.gather_rank_states(aug, running, self.dist)
+        self._tick()
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir / "last.pt", self.parts.model, ckpt.last_extra(
+                epoch=epoch, step=step, optimizer=self.parts.optimizer, scaler=self.parts.scaler,
+                mine=mine, ranks=ranks, history=self.history, best=self.best,
+                totals=self.totals, world_size=self.dist.world_size))
+        self.dist.wait()
+
+    def _finish(self) -> dict[str, Any]:
+        """Test the best-validation checkpoint and write ``summary.json``."""
+        parts = self.parts
+        if (self.run_dir / "best.pt").is_file():
+            best = ckpt.read_checkpoint(self.run_dir / "best.pt")
+            parts.model.load_state_dict(best["state_dict"])
+        test_loss, test_acc = evaluate(parts.model, parts.data.test_x, parts.data.test_y,
+                                       parts.transform, parts.eval_batch_size, self.amp,
+                                       self.dist)
+        self._tick()
+        summary = self._summary(test_loss, test_acc)
+        if self.dist.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _summary(self, test_loss: float, test_acc: float) -> dict[str, Any]:
+        cfg, history, totals = self.cfg, self.history, self.totals
+        b = history[self.best["epoch"] - 1] if self.best.get("epoch") else history[-1]
+        last = history[-1]
+        return {
+            "model": cfg.model, "head": cfg.head, "hidden": list(cfg.hidden),
+            "dropout": cfg.dropout, "dataset": cfg.dataset, "regime": cfg.regime,
+            "train_size": len(self.parts.data.train_y), "img_size": self.parts.img_size,
+            "seed": cfg.seed, "epochs": len(history), "test_acc": test_acc,
+            "test_loss": test_loss, "best_val_acc": self.best["val_acc"],
+            "best_epoch": self.best["epoch"],
+            # generalisation of the checkpoint the test accuracy comes from, then of the last
+            "train_acc": b["train_acc"], "val_acc": b["val_acc"], "gap_acc": b["gap_acc"],
+            "gap_loss": b["gap_loss"], "train_loss": b["train_loss"], "val_loss": b["val_loss"],
+            "final_train_acc": last["train_acc"], "final_val_acc": last["val_acc"],
+            "final_gap_acc": last["gap_acc"], "final_gap_loss": last["gap_loss"],
+            **self.parts.costs,
+            "time_s": totals["time_s"],  # wall time of training, evaluation and checkpoints
+            "train_time_s": totals["train_time_s"],
+            "epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
+            "img_per_s": totals["train_images"] / max(totals["train_time_s"], 1e-9),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in history),
+            "device": str(self.device), "world_size": self.dist.world_size,
+            "run_dir": str(self.run_dir),
+        }
+
+    def _check_finite(self, loss_sum: RunningLoss, epoch: int, step: int) -> None:
+        if not math.isfinite(loss_sum.total):
+            last = self.run_dir / "last.pt"
+            keep = (f"the last good checkpoint is {last}" if last.exists()
+                    else "no checkpoint had been written yet")
+            raise NonFiniteLossError(
+                f"training loss became NaN or inf at epoch {epoch + 1}, step {step + 1}; stopped "
+                f"({keep}); try a lower --lr, --clip-grad 1.0, or --amp off")
+
+    def _check_weights(self, epoch: int, step: int) -> None:
+        """Never checkpoint NaN/inf weights: the previous ``last.pt`` stays the last good one."""
+        flags = [torch.isfinite(p).all() for p in self.parts.model.parameters()]
+        if flags and not bool(torch.stack(flags).all()):
+            raise NonFiniteLossError(
+                f"weights became NaN or inf (after {epoch} epochs and {step} steps); stopped "
+                f"without overwriting {self.run_dir / 'last.pt'} (the last good checkpoint); try "
+                "a lower --lr, --clip-grad 1.0, or --amp off")
+
+    def _progress(self, initial: int, epoch: int) -> Any:
+        if not (self.cfg.progress and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.parts.schedule.steps_per_epoch, initial=initial,
+                    desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step", leave=False,
+                    dynamic_ncols=True)

@@ -1,0 +1,134 @@
+"""What a run trains: the swapped model, its regime, its optimiser, and what it costs.
+
+``build_model`` calls ``surgery.swap_head`` with the run's options and picks the normalisation
+(the pretrained configuration's mean/std, or the data's own statistics from scratch);
+``set_regime`` decides what trains in each epoch; ``build_optimizer`` makes the parameter groups.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from surgery import HeadSwapped, one_line
+
+from ..costs import count_flops, count_params
+from ..machine import resolve_device
+
+if TYPE_CHECKING:
+    from ..data import DataSplits
+    from .config import TrainConfig
+
+__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime"]
+
+
+def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
+    """Device, AMP dtype and memory format from the config's ``auto`` settings."""
+    device = resolve_device(cfg.device)
+    amp_dtype = None
+    if cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda"):
+        if device.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            amp_dtype = torch.bfloat16
+    # channels-last: faster convolutions on CUDA and with oneDNN on CPU (1.9x for mobilenetv3
+    # in benchmarks/train_throughput.py), the same for models without 2-D convolutions
+    channels_last = True if cfg.channels_last is None else cfg.channels_last
+    return {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
+
+
+def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
+                fresh: bool = True) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
+    """``swap_head`` for the run; returns the model, its input channels and the normalisation.
+
+    From scratch the model takes the data's channels and the data's own statistics; pretrained
+    (or from a checkpoint) it keeps 3 channels (grayscale is repeated) and its own mean / std.
+    ``fresh=False`` (resuming) skips downloading weights that the checkpoint replaces anyway.
+    """
+    import timm
+
+    import surgery
+
+    weights = cfg.pretrained or cfg.checkpoint is not None
+    in_chans = cfg.in_chans or (3 if weights else data.channels)
+    kwargs: dict[str, Any] = {}
+    pcfg = timm.get_pretrained_cfg(cfg.model.split(".")[0])
+    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
+        kwargs["img_size"] = img_size  # ViT-style models: position embeddings for this size
+    try:
+        model = surgery.swap_head(
+            cfg.model, head=cfg.head, num_classes=data.num_classes, hidden=cfg.hidden,
+            dropout=cfg.dropout, input_size=img_size, in_chans=in_chans,
+            pretrained=cfg.pretrained and fresh, checkpoint=cfg.checkpoint if fresh else None,
+            **kwargs)
+    except ValueError as err:
+        if "cannot run at input" not in str(err):
+            raise
+        raise ValueError(f"img-size {img_size} is too small for {cfg.model}: {err}; use a larger "
+                         "--img-size") from None
+    if weights:
+        mcfg: dict[str, Any] = dict(getattr(model.backbone, "pretrained_cfg", None) or {})
+        mean, std = tuple(mcfg.get("mean", data.mean)), tuple(mcfg.get("std", data.std))
+    else:
+        mean, std = data.mean, data.std
+    return model, in_chans, mean, std
+
+
+def set_regime(model: HeadSwapped, cfg: TrainConfig, epoch: int) -> None:
+    """Train mode and trainable parameters for ``epoch`` under the config's regime.
+
+    A frozen backbone also stays in eval mode, so BatchNorm statistics do not move either.
+    """
+    frozen = cfg.regime == "linear-probe" or (cfg.regime == "two-stage" and epoch < cfg.head_epochs)
+    model.train()
+    for p in model.backbone_parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        model.backbone.eval()
+        model.head.train()
+    for p in model.head_parameters():
+        p.requires_grad_(True)
+
+
+def build_optimizer(model: HeadSwapped, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with a backbone and a head parameter group (``lr_scale`` per group).
+
+    Biases and norm weights (1-D tensors) get no weight decay, as in timm's param_groups_weight_decay.
+    """
+    scale = cfg.backbone_lr_scale if cfg.regime == "two-stage" else 1.0
+    groups = []
+    for name, params, s in (("backbone", list(model.backbone_parameters()), scale),
+                            ("head", list(model.head_parameters()), 1.0)):
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for suffix, ps, wd in (("", decay, cfg.weight_decay), ("_no_decay", no_decay, 0.0)):
+            groups.append({"params": ps, "weight_decay": wd, "lr_scale": s, "name": name + suffix,
+                           "lr": cfg.lr * s})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def model_costs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Any]:
+    """``params`` / ``head_params`` and ``gmacs`` / ``head_gmacs`` (10^9 multiply-adds per image).
+
+    Counts come from analysis.costs; a counter that fails leaves its keys None (with a warning)
+    rather than guessing, so a finished run is never lost to a counting problem.
+    """
+    out: dict[str, Any] = {"params": None, "head_params": None, "gmacs": None, "head_gmacs": None}
+    try:
+        params = count_params(model)
+        out["params"], out["head_params"] = params["total"], params["head"]
+    except Exception as err:  # a failing counter must not lose a finished run
+        warnings.warn(f"parameter count unavailable ({one_line(err)})", stacklevel=2)
+    try:
+        macs = count_flops(model, input_size=input_size)
+        out["gmacs"] = float(macs["total"]) / 1e9
+        if macs.get("head") is not None:
+            out["head_gmacs"] = float(macs["head"]) / 1e9
+    except Exception as err:
+        warnings.warn(f"MAC count unavailable ({one_line(err)})", stacklevel=2)
+    return out

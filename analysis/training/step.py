@@ -1,0 +1,144 @@
+"""One optimiser step, the learning-rate schedule, evaluation and the running loss.
+
+Kept apart from the loop (analysis.training.loop) so that the throughput benchmark uses exactly
+the step the harness uses.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import BatchTransform, iterate
+from .distributed import DistInfo
+
+__all__ = ["NonFiniteLossError", "RunningLoss", "TrainStep", "evaluate", "lr_factor",
+           "peak_mem_mb"]
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or inf; the run stopped, ``last.pt`` is the last good state."""
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """Multiplier of the base lr at optimiser step ``step``: linear warm-up, then cosine to ``floor``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(1.0, (step - warmup) / span)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class RunningLoss:
+    """Sum of per-sample training losses over an epoch, read without a sync on every CUDA step.
+
+    On CPU it is a Python float (``loss.item()`` costs nothing there); on CUDA a float64 device
+    tensor. Starting from a checkpoint's ``total`` keeps the order of additions, so a resumed
+    epoch reports the same sum bit for bit.
+    """
+
+    def __init__(self, device: torch.device, total: float = 0.0):
+        self._tensor = (torch.tensor(total, dtype=torch.float64, device=device)
+                        if device.type != "cpu" else None)
+        self._float = float(total)
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        if self._tensor is None:
+            self._float += loss.item() * n
+        else:
+            self._tensor += loss.double() * n
+
+    @property
+    def total(self) -> float:
+        return self._float if self._tensor is None else float(self._tensor)
+
+    @property
+    def free_to_read(self) -> bool:
+        """True when reading ``total`` does not stall the device (CPU)."""
+        return self._tensor is None
+
+
+class TrainStep:
+    """One optimiser step on a uint8 batch: device transform, forward, loss, backward, update.
+
+    Returns the (detached) mean loss of the batch without synchronising the device.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 transform: BatchTransform, *, label_smoothing: float = 0.0,
+                 clip_grad: float | None = None, amp_dtype: torch.dtype | None = None,
+                 scaler: torch.amp.GradScaler | None = None):
+        self.model, self.optimizer, self.transform = model, optimizer, transform
+        self.label_smoothing, self.clip_grad = label_smoothing, clip_grad
+        self.amp_dtype, self.scaler = amp_dtype, scaler
+        self.device = transform.device
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.transform(x, train=True, generator=generator)
+        y = y.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            loss = F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                self._clip()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.clip_grad:
+                self._clip()
+            self.optimizer.step()
+        return loss.detach()
+
+    def _clip(self) -> None:
+        params = [p for p in self._params if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, float(self.clip_grad or 0.0))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: BatchTransform,
+             batch_size: int, amp_dtype: torch.dtype | None = None,
+             dist: DistInfo | None = None) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and accuracy (fraction) of ``model`` in eval mode on ``(x, y)``.
+
+    Under DDP each rank takes its share and the sums are reduced, so every sample counts once.
+    """
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    dist = dist or DistInfo()
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=transform.device)
+    for sl in iterate(len(y), batch_size, dist.rank, dist.world_size):
+        xb = transform(x[sl], train=False)
+        yb = y[sl].to(transform.device)
+        with torch.autocast(transform.device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            logits = model(xb)
+        logits = logits.float()
+        sums[0] += F.cross_entropy(logits, yb, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == yb).sum()
+        sums[2] += len(yb)
+    if dist.all_reduce is not None and dist.world_size > 1:
+        dist.all_reduce(sums)
+    for m, t in was_training.items():
+        m.training = t
+    loss, correct, n = sums.tolist()
+    return loss / n, correct / n
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak memory in MiB: CUDA allocator peak on GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB

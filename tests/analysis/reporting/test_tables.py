@@ -1,0 +1,67 @@
+"""analysis.tables: every format renders, CSV and JSON parse back to the same numbers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import tabulate
+
+from analysis.reporting import TABLE_FORMATS, flatten_row, format_table
+
+ROWS = [
+    {"model": "resnet18", "head": "gap", "params_total": 11_181_642, "gmacs_total": 1.819361792,
+     "sizes": {224: True, 288: True}, "error": None},
+    {"model": "resnet18", "head": "flatten", "params_total": 11_427_402,
+     "gmacs_total": 1.819582464, "sizes": {224: True, 288: False}, "error": None},
+    {"model": "vit_small_patch16_224", "head": "gap", "params_total": None,
+     "gmacs_total": None, "sizes": {224: False, 288: False}, "error": "ValueError: boom, \"x\""},
+]
+
+
+def test_formats_are_csv_json_and_all_of_tabulate() -> None:
+    assert set(TABLE_FORMATS) == {"csv", "json", *tabulate.tabulate_formats}
+
+
+@pytest.mark.parametrize("fmt", TABLE_FORMATS)
+def test_every_format_renders_every_row(fmt: str) -> None:
+    text = format_table(ROWS, fmt)
+    assert text.count("resnet18") == 2
+    assert "vit_small_patch16_224" in text.replace("\\_", "_")  # latex escapes underscores
+
+
+def test_csv_parses_back_to_the_same_numbers() -> None:
+    parsed = list(csv.DictReader(io.StringIO(format_table(ROWS, "csv"))))
+    assert [r["model"] for r in parsed] == [r["model"] for r in ROWS]
+    assert int(parsed[0]["params_total"]) == 11_181_642
+    assert float(parsed[1]["gmacs_total"]) == ROWS[1]["gmacs_total"]  # not rounded
+    assert parsed[1]["sizes@288"] == "false" and parsed[0]["sizes@288"] == "true"
+    assert parsed[2]["params_total"] == "" and parsed[2]["error"] == ROWS[2]["error"]
+
+
+def test_json_parses_back_to_the_same_rows() -> None:
+    parsed = json.loads(format_table(ROWS, "json"))
+    assert parsed[0]["gmacs_total"] == ROWS[0]["gmacs_total"]
+    assert parsed[1]["sizes"] == {"224": True, "288": False}
+    assert parsed[2]["error"] == ROWS[2]["error"] and parsed[2]["params_total"] is None
+
+
+def test_columns_and_headers() -> None:
+    text = format_table(ROWS, "github", columns=["head", "params_total"],
+                        headers={"params_total": "params"})
+    header = text.splitlines()[0]
+    assert header.index("head") < header.index("params") and "model" not in header
+    assert "11,181,642" in text  # thousands separators in display formats
+    assert format_table(ROWS, "csv", columns=["head"]).splitlines() == ["head", "gap", "flatten",
+                                                                        "gap"]
+
+
+def test_flatten_row() -> None:
+    assert flatten_row({"a": 1, "s": {64: True}}) == {"a": 1, "s@64": True}
+
+
+def test_unknown_format() -> None:
+    with pytest.raises(ValueError, match="unknown table format 'docx'; choose from csv, json"):
+        format_table(ROWS, "docx")
