@@ -32,7 +32,7 @@ def parse_options(items: Iterable[str], flag: str = "--option") -> dict[str, Any
     """``['img_size=64', 'dynamic_img_size=True']`` -> ``{'img_size': 64, 'dynamic_img_size': True}``.
 
     ``flag`` names the option in the error (``--timm-option expects KEY=VALUE, got 'x'``). A key
-    given twice is refused: the second would silently win.
+    given twice takes its last value, as a flag given twice does in argparse.
     """
     options: dict[str, Any] = {}
     for item in items:
@@ -41,8 +41,5 @@ def parse_options(items: Iterable[str], flag: str = "--option") -> dict[str, Any
         if not sep or not key.isidentifier():
             raise ValueError(f"{flag} expects KEY=VALUE with KEY a name (e.g. img_size=64), "
                              f"got {item!r}")
-        if key in options:
-            raise ValueError(f"{flag} {key} is given twice ({options[key]!r} and {text!r}); "
-                             "give it once")
         options[key] = parse_value(text)
     return options

@@ -1,4 +1,10 @@
-"""Shared edge of the command-line tools: user errors become one line on stderr and exit 2."""
+"""The one edge of the command-line tools: user errors become one line on stderr and an exit code.
+
+Every tool ends ``sys.exit(run(main))``. A ``ValueError`` or ``FileNotFoundError`` (raised by the
+library for anything a user can cause) prints ``error: <message>`` and exits 2, or the
+exception's own ``exit_code`` (a NaN/inf training loss exits 3 from every tool). Anything else
+is a bug and keeps its traceback. Ctrl-C exits 130 with one line.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +17,23 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+USER_ERROR_EXIT = 2
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code a user error ends a tool with: its ``exit_code`` attribute, else 2."""
+    code = getattr(err, "exit_code", USER_ERROR_EXIT)
+    return code if isinstance(code, int) else USER_ERROR_EXIT
 
 
 def run(main: Callable[[], int]) -> int:
-    """Call ``main``; turn user errors into ``error: ...`` on stderr and exit code 2."""
+    """Call ``main``; turn user errors into ``error: ...`` on stderr and their exit code."""
     try:
         return main()
     except USER_ERRORS as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        print(f"error: {err}", file=sys.stderr)
+        return exit_code(err)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -22,18 +22,14 @@ import argparse
 import shlex
 import sys
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 from _cli import run
 
-from analysis.data import DATASETS
 from analysis.reporting import format_table
 from analysis.studies import StudySpec, collect, parse_head, parse_shard, run_study
-from analysis.training import OPTIMIZERS, TrainConfig
-from surgery import HEADS, parse_options
-
-_D = TrainConfig()
+from analysis.training import add_training_options, config_values
+from surgery import HEADS
 
 
 def _train_size(text: str) -> int | None:
@@ -71,27 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seeds", nargs="+", type=int, default=[0], help="(default 0)")
     g.add_argument("--train-sizes", nargs="+", type=_train_size, default=[None],
                    help="stratified training subsets, or 'all' (default all)")
-    d = p.add_argument_group("data and training (shared by every run; see tools/finetune.py)")
-    d.add_argument("--dataset", default=_D.dataset, choices=list(DATASETS))
-    d.add_argument("--data-dir", default=None)
-    d.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="reader option, repeatable (synthetic: num_classes, n_train, ...)")
-    d.add_argument("--val-size", type=float, default=_D.val_size,
-                   help="held out from train: a count, or a fraction if < 1")
-    d.add_argument("--train-eval-size", type=int, default=None)
-    d.add_argument("--test-size", type=int, default=None,
-                   help="test on a stratified subset of the test split, the same images for "
-                        "every run (default: all)")
-    d.add_argument("--img-size", type=int, default=None, help="input size in px (default native)")
-    d.add_argument("--no-augment", dest="augment", action="store_false")
-    d.add_argument("--pretrained", action="store_true")
-    d.add_argument("--epochs", type=int, default=_D.epochs)
-    d.add_argument("--batch-size", type=int, default=_D.batch_size)
-    d.add_argument("--opt", dest="optimizer", default=_D.optimizer, choices=OPTIMIZERS)
-    d.add_argument("--lr", type=float, default=_D.lr)
-    d.add_argument("--weight-decay", type=float, default=_D.weight_decay)
-    d.add_argument("--warmup-epochs", type=float, default=_D.warmup_epochs)
-    d.add_argument("--device", default=_D.device, help="auto (CUDA if present), cpu, cuda:1")
+    add_training_options(p, per_run=False)  # the options of tools/finetune.py, shared by every run
     r = p.add_argument_group("robustness")
     r.add_argument("--robust-sizes", nargs="+", type=int, default=[],
                    help="input sizes (px) to evaluate each trained model at (default: 0.5x to "
@@ -115,14 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
     """The StudySpec the parsed arguments describe."""
-    names = {f.name for f in fields(TrainConfig)}
-    base = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    for k in ("seed", "train_size", "hidden", "dropout", "head", "model", "out", "progress",
-              "test_size"):
+    base = config_values(args)
+    for k in ("out", "progress", "test_size"):
         base.pop(k, None)
-    if base.get("val_size", 0) >= 1:
-        base["val_size"] = int(base["val_size"])
-    base["data_options"] = parse_options(args.data_option, "--data-option")
     heads = tuple(args.heads or [parse_head("gap"), parse_head("gmp")])
     return StudySpec(tuple(args.models), heads, tuple(args.seeds), tuple(args.train_sizes), base,
                      tuple(args.robust_sizes), args.robust_images or None, args.test_size,
@@ -134,7 +105,7 @@ def _print_summary(report: dict, out: Path) -> None:
              "seeds": r["seeds"], "head params": r["head_params"],
              "test acc %": None if r["test_acc_mean"] is None else 100 * r["test_acc_mean"],
              "std": None if r["test_acc_std"] is None else 100 * r["test_acc_std"],
-             "gap pts": None if r["gap_mean"] is None else 100 * r["gap_mean"]}
+             "train-test gap pts": None if r["gap_mean"] is None else 100 * r["gap_mean"]}
             for r in report["rows"]]
     if rows:
         print(format_table(rows, floatfmt=".2f"))
@@ -175,4 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(lambda: main()))
+    sys.exit(run(main))

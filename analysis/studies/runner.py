@@ -46,15 +46,14 @@ def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> No
 def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
     cfg = combo.config(spec, out / "runs")
     return {"config": asdict(cfg), "robust_sizes": list(spec.robust_sizes),
-            "robust_images": spec.robust_images, "test_size": spec.test_size}
+            "robust_images": spec.robust_images}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume, or skip) one run and evaluate it at the robustness sizes."""
     cfg = TrainConfig.from_dict(job["config"])
     run_dir = Path(cfg.out) / str(cfg.name)
-    test_size = job.get("test_size")
-    data = load_run_data(cfg, test_size) if test_size else None
+    data = load_run_data(cfg)  # once, for training and the robustness evaluation
     if (run_dir / "config.json").is_file():
         summary = train(resume=run_dir, data=data)
     else:

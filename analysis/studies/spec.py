@@ -135,7 +135,8 @@ class Combo:
         cfg = TrainConfig.from_dict({**spec.base, "model": self.model, "head": self.head.head,
                                      "hidden": self.head.hidden, "dropout": self.head.dropout,
                                      "train_size": self.train_size, "seed": self.seed,
-                                     "out": str(runs_dir), "progress": False})
+                                     "out": str(runs_dir), "progress": False,
+                                     "test_size": spec.test_size})
         cfg.name = run_name(cfg)
         return cfg
 

@@ -28,6 +28,7 @@ class TrainConfig:
     pretrained: bool = False
     checkpoint: str | None = None     # local backbone weights
     in_chans: int | None = None       # None: the data's channels from scratch, 3 when pretrained
+    timm_options: dict[str, Any] = field(default_factory=dict)  # timm.create_model keywords
     # data (analysis.data)
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -35,6 +36,7 @@ class TrainConfig:
     train_size: int | None = None     # stratified subset of the training pool; None: all
     val_size: int | float = 0.1       # held out from train: a count, or a fraction if < 1
     train_eval_size: int | None = None  # fixed train sample for eval-mode metrics; None: as val
+    test_size: int | None = None      # stratified subset of the test split (seed 0); None: all
     img_size: int | None = None       # None: the data's own size
     augment: bool = True              # random crop (pad img_size/8) and horizontal flip
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -121,12 +123,13 @@ def run_name(cfg: TrainConfig) -> str:
     return "-".join(parts).replace("/", "_")
 
 
-def load_run_data(cfg: TrainConfig, test_size: int | None = None) -> DataSplits:
+def load_run_data(cfg: TrainConfig) -> DataSplits:
     """The data set of a run as its config describes it: the one way every tool and study reads it.
 
-    ``test_size`` cuts the official test split to a stratified subset (seed 0: the same images for
-    every run of a study), to bound the cost of testing on a CPU; None keeps all of it.
+    ``cfg.test_size`` cuts the official test split to a stratified subset (seed 0: the same
+    images for every run of a study), to bound the cost of testing on a CPU; None keeps it all.
     """
+    test_size = cfg.test_size
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                         train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed,
                         **cfg.data_options)

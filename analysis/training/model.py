@@ -54,10 +54,10 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
 
     weights = cfg.pretrained or cfg.checkpoint is not None
     in_chans = cfg.in_chans or (3 if weights else data.channels)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(cfg.timm_options)
     pcfg = timm.get_pretrained_cfg(cfg.model.split(".")[0])
     if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
-        kwargs["img_size"] = img_size  # ViT-style models: position embeddings for this size
+        kwargs.setdefault("img_size", img_size)  # ViT-style models: position embeddings for it
     try:
         model = surgery.swap_head(
             cfg.model, head=cfg.head, num_classes=data.num_classes, hidden=cfg.hidden,

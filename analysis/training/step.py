@@ -21,7 +21,12 @@ __all__ = ["NonFiniteLossError", "RunningLoss", "TrainStep", "evaluate", "lr_fac
 
 
 class NonFiniteLossError(ValueError):
-    """The training loss became NaN or inf; the run stopped, ``last.pt`` is the last good state."""
+    """The training loss became NaN or inf; the run stopped, ``last.pt`` is the last good state.
+
+    Tools exit with :attr:`exit_code` (3) for it, so scripts tell a diverged run from a bad option.
+    """
+
+    exit_code = 3
 
 
 def lr_factor(step: int, total: int, warmup: int, floor: float = 0.0) -> float:

@@ -1,0 +1,160 @@
+"""The fine-tuning options, defined once for every tool that trains (finetune, compare_heads, ...).
+
+Each ``add_*`` function adds one argument group whose flags map one-to-one onto
+:class:`TrainConfig` fields, with the config's defaults; :func:`config_values` reads them back.
+A study leaves out what varies per run (``per_run=False``: the head, the training-set size, the
+seed, the run directory), and adds its own grid options instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any
+
+from surgery import HEADS, parse_options
+
+from ..data import DATASETS
+from .config import OPTIMIZERS, REGIMES, TrainConfig
+
+__all__ = ["add_training_options", "config_from_args", "config_values"]
+
+_DEFAULTS = TrainConfig()
+
+
+def _size(text: str) -> int | float:
+    """``--val-size``: a count (``500``), or a fraction of the training split (``0.1``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+    return value if value < 1 else int(value)
+
+
+def _add_model(p: argparse.ArgumentParser, per_run: bool) -> None:
+    m = p.add_argument_group("model")
+    if per_run:
+        m.add_argument("--head", default=_DEFAULTS.head, choices=list(HEADS),
+                       help="head kind (surgery.HEADS)")
+        m.add_argument("--hidden", type=int, nargs="*", default=[],
+                       help="hidden Linear-ReLU-Dropout widths before the output layer")
+        m.add_argument("--dropout", type=float, default=_DEFAULTS.dropout, help="dropout in the head")
+    m.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights")
+    m.add_argument("--checkpoint", default=None,
+                   help="start from a local backbone weights file")
+    m.add_argument("--in-chans", type=int, default=None,
+                   help="model input channels (default: the data's from scratch; 3 when "
+                        "pretrained, grayscale repeated)")
+    m.add_argument("--timm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="timm.create_model option, repeatable (e.g. drop_path_rate=0.1, "
+                        "output_stride=16)")
+
+
+def _add_data(p: argparse.ArgumentParser, per_run: bool) -> None:
+    d = _DEFAULTS
+    da = p.add_argument_group("data")
+    da.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="data set")
+    da.add_argument("--data-dir", default=None,
+                    help="where the data lives (fashion-mnist: also $HEADSWAP_DATA, "
+                         "/usr/share/datasets/fashion-mnist)")
+    da.add_argument("--download", action="store_true", help="download with torchvision if missing")
+    if per_run:
+        da.add_argument("--train-size", type=int, default=None,
+                        help="stratified training subset (default: all after validation)")
+    da.add_argument("--val-size", type=_size, default=d.val_size,
+                    help="validation held out from train: a count, or a fraction if < 1 "
+                         f"(default {d.val_size})")
+    da.add_argument("--train-eval-size", type=int, default=None,
+                    help="fixed train sample for eval-mode train metrics (default: as val)")
+    da.add_argument("--test-size", type=int, default=None,
+                    help="test on a stratified subset of the test split, the same images for "
+                         "every run (default: all of it)")
+    da.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="reader option, repeatable (synthetic: num_classes, n_train, n_test, "
+                         "image_size, channels; imagefolder: image_size, gray, test_fraction)")
+    da.add_argument("--img-size", type=int, default=None, help="resize to this (default: native)")
+    da.add_argument("--no-augment", dest="augment", action="store_false",
+                    help="no random crop / flip")
+
+
+def _add_optimisation(p: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
+    o.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
+    o.add_argument("--eval-batch-size", type=int, default=None, help="(default 2x batch size)")
+    o.add_argument("--opt", dest="optimizer", default=d.optimizer, choices=OPTIMIZERS,
+                   help=f"optimiser (default {d.optimizer})")
+    o.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    o.add_argument("--min-lr", type=float, default=d.min_lr, help="lr at the end of the cosine")
+    o.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"(default {d.weight_decay}; not on biases and norms)")
+    o.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (Nesterov)")
+    o.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                   help=f"linear warm-up length (default {d.warmup_epochs})")
+    o.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    o.add_argument("--clip-grad", type=float, default=None, help="max gradient L2 norm")
+    o.add_argument("--regime", default=d.regime, choices=REGIMES,
+                   help="full: everything trains; linear-probe: backbone frozen; two-stage: head "
+                        "first, then all with a lower backbone lr")
+    o.add_argument("--head-epochs", type=int, default=d.head_epochs,
+                   help="two-stage: head-only epochs first")
+    o.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale,
+                   help="two-stage: backbone lr = lr x this")
+
+
+def _add_system(p: argparse.ArgumentParser, per_run: bool) -> None:
+    d = _DEFAULTS
+    s = p.add_argument_group("system")
+    s.add_argument("--device", default=d.device, help="auto (CUDA if present), cpu, cuda, cuda:1")
+    s.add_argument("--amp", default=d.amp, choices=("auto", "on", "off"),
+                   help="mixed precision (auto: on for CUDA)")
+    s.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on)")
+    if per_run:
+        s.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun: BatchNorm statistics over all processes")
+        s.add_argument("--seed", type=int, default=d.seed)
+
+
+def _add_run_dir(p: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    r = p.add_argument_group("run directory")
+    r.add_argument("--out", default=d.out, help=f"parent directory of runs (default {d.out})")
+    r.add_argument("--name", default=None, help="run directory name (default: from the options)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
+    r.add_argument("--ckpt-steps", type=int, default=d.ckpt_steps,
+                   help="also checkpoint every N steps inside an epoch (0: off)")
+    r.add_argument("--ckpt-minutes", type=float, default=d.ckpt_minutes,
+                   help=f"checkpoint at least this often inside an epoch (default {d.ckpt_minutes})")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    r.add_argument("--kill-after-steps", type=int, default=None,
+                   help="testing: kill this process (SIGKILL) after N optimiser steps")
+
+
+def add_training_options(parser: argparse.ArgumentParser, *, per_run: bool = True) -> None:
+    """Add the model, data, optimisation and system groups (and, ``per_run``, the per-run options:
+    head, training-set size, seed, run directory) to ``parser``."""
+    _add_model(parser, per_run)
+    _add_data(parser, per_run)
+    _add_optimisation(parser)
+    _add_system(parser, per_run)
+    if per_run:
+        _add_run_dir(parser)
+
+
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields the parsed arguments set (options not given are left out,
+    so the config's defaults apply)."""
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "hidden" in values:
+        values["hidden"] = tuple(values["hidden"])
+    values["data_options"] = parse_options(getattr(args, "data_option", []), "--data-option")
+    values["timm_options"] = parse_options(getattr(args, "timm_option", []), "--timm-option")
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the parsed arguments describe."""
+    return TrainConfig(**config_values(args))
