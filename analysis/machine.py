@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_name", "machine_info", "resolve_device"]
+__all__ = ["cpu_name", "describe_machine", "machine_info", "resolve_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -60,3 +60,17 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu,
             "python": platform.python_version(), "torch": torch.__version__,
             "timm": timm.__version__}
+
+
+def describe_machine(with_load: bool = False) -> str:
+    """One line naming the machine for a committed report: CPU, cores, GPU, torch threads,
+    Python, torch and timm versions, and (``with_load``) the load average, which says whether
+    other jobs shared the machine while the figures were taken."""
+    info = machine_info()
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
+    text = (f"{info['cpu']}, {info['cores']} cores{gpu}, {torch.get_num_threads()} torch threads; "
+            f"Python {info['python']}, torch {info['torch']}, timm {info['timm']}")
+    if with_load and hasattr(os, "getloadavg"):
+        text += "; load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    return text
+

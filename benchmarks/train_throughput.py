@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from analysis.data import BatchTransform, EpochSampler  # noqa: E402
-from analysis.machine import cpu_name  # noqa: E402
+from analysis.machine import describe_machine  # noqa: E402
 from analysis.training import RunningLoss, TrainStep, lr_factor  # noqa: E402
 
 
@@ -230,12 +228,7 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespac
 
 
 def _machine(device: torch.device) -> str:
-    cpu = cpu_name()
-    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}; "
-            f"load average {load} at the end (other jobs share the machine); Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
+    return describe_machine(with_load=True) + " at the end (other jobs may share the machine)"
 
 
 def _markdown(rows: list[dict], command: str, machine: str, data: str, args) -> str:

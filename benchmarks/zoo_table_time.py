@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,9 +23,12 @@ from pathlib import Path
 import timm
 import torch
 
-__all__ = ["build_parser", "main"]
-
 _ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT))
+
+from analysis.machine import describe_machine  # noqa: E402
+
+__all__ = ["build_parser", "main"]
 GOAL_MIN = 15.0
 
 
@@ -70,8 +72,7 @@ def _report(command: str, seconds: float, rows: list[dict], jobs: int, load_befo
         f"time on {jobs} idle cores |",
         "| slowest | " + ", ".join(f"{r['model']} {r.get('seconds', 0):.1f} s"
                                    for r in slowest) + " |",
-        f"| machine | {platform.machine()} Linux, {os.cpu_count()} CPU cores, "
-        f"{platform.python_version()} |",
+        f"| machine | {describe_machine()} |",
         f"| load average (1/5/15 min) before / after | {load_before} ; {load_after} |",
         f"| versions | timm {timm.__version__}, torch {torch.__version__} |",
         "",

@@ -9,16 +9,26 @@ order: the one-line text of an error, atomic file writes, ``KEY=VALUE`` options.
 from .backbone import closest_model_names, expand_model_names, load_backbone
 from .errors import one_line
 from .files import atomic_write, atomic_write_bytes, finite, read_json, write_json
-from .heads import HEADS, FeaturePool, HeadKind, NinHead, PoolHead, build_head, register_head
+from .heads import (
+    HEADS,
+    FeaturePool,
+    HeadKind,
+    NinHead,
+    PoolHead,
+    build_head,
+    check_head_args,
+    register_head,
+)
 from .layout import FeatureInfo, probe_features
 from .options import parse_options, parse_value
+from .report import swap_report
 from .serialize import load, read_model_file, save
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 
 __all__ = [
     "HEADS", "FeatureInfo", "FeaturePool", "HeadKind", "HeadSwapped", "NinHead", "OriginalHead",
     "PoolHead", "RemovedModule", "atomic_write", "atomic_write_bytes", "build_head",
-    "closest_model_names", "expand_model_names", "finite", "load", "load_backbone", "one_line",
-    "parse_options", "parse_value", "probe_features", "read_json", "read_model_file", "register_head", "save",
-    "swap_head", "write_json",
+    "check_head_args", "closest_model_names", "expand_model_names", "finite", "load",
+    "load_backbone", "one_line", "parse_options", "parse_value", "probe_features", "read_json",
+    "read_model_file", "register_head", "save", "swap_head", "swap_report", "write_json",
 ]

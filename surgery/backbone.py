@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from .errors import one_line
+
 __all__ = ["load_backbone", "closest_model_names", "expand_model_names", "read_state_dict",
            "classifier_names"]
 
@@ -34,18 +36,22 @@ def closest_model_names(name: str, n: int = 3) -> list[str]:
 
 
 def expand_model_names(patterns: Sequence[str]) -> list[str]:
-    """Architecture names for ``patterns``: exact names kept as given, timm wildcards
-    (``'resnet*'``, ``'vit_*_patch16_224'``) expanded with ``timm.list_models``, in the order
-    given, each name once. A wildcard that matches nothing is an error naming it."""
+    """Architecture names for ``patterns``: exact names (``resnet18``, ``resnet18.a1_in1k``) kept
+    as given, timm wildcards (``'resnet*'``, ``'vit_*_patch16_224'``) expanded with
+    ``timm.list_models``, in the order given, each name once.
+
+    A wildcard that matches nothing, or a name timm does not know, is a ValueError naming it
+    (and the closest names)."""
     names: dict[str, None] = {}
     for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
             found = timm.list_models(pattern)
             if not found:
-                raise ValueError(f"no timm architecture matches {pattern!r} (timm "
+                raise ValueError(f"no timm model matches {pattern!r} (timm "
                                  f"{timm.__version__}); see timm.list_models()")
             names.update(dict.fromkeys(found))
         else:
+            _check_model_name(pattern.split(".", 1)[0])
             names[pattern] = None
     return list(names)
 
@@ -83,8 +89,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or foreign file
         raise ValueError(
-            f"could not read checkpoint {str(path)!r}: {type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}; expected a file written by "
+            f"could not read checkpoint {str(path)!r}: {one_line(err)}; expected a file written by "
             "torch.save(model.state_dict(), path) or a timm training checkpoint"
         ) from None
     if isinstance(obj, Mapping) and obj.get("format") == "headswap":
@@ -162,8 +167,8 @@ def load_backbone(
         if not pretrained:
             raise
         raise ValueError(
-            f"could not load pretrained weights for {name!r} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:160]}). Offline? Pass checkpoint=PATH (a local weights "
+            f"could not load pretrained weights for {name!r} ({one_line(err)}). Offline? Pass "
+            "checkpoint=PATH (a local weights "
             "file) or pretrained_cfg_overlay=dict(file=PATH)"
         ) from None
     if checkpoint is not None:

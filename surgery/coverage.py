@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .backbone import load_backbone
+from .errors import one_line
 from .heads import HEADS
 from .layout import FeatureInfo, default_input_size, probe_features
 from .swap import swap_head
@@ -25,16 +26,6 @@ from .swap import swap_head
 __all__ = ["check_architecture", "check_timm_max", "summarize"]
 
 BATCH = 2
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:240]}" if text else type(err).__name__
-
-
-def _features_record(info: FeatureInfo) -> dict[str, Any]:
-    return {"layout": info.layout, "channels": info.channels, "grid": list(info.grid),
-            "num_prefix_tokens": info.num_prefix_tokens, "input_size": list(info.input_size)}
 
 
 def _run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +55,7 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
     try:
         probe = probe_features(backbone)  # once: every swap below reuses it
     except Exception as err:
-        return {h: {"ok": False, "error": _first_line(err)} for h in heads}, None
+        return {h: {"ok": False, "error": one_line(err)} for h in heads}, None
     for head in heads:
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -88,7 +79,7 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
             if notes:
                 results[head]["warning"] = notes[0]
         except Exception as err:  # recorded per head, reported in the coverage file
-            results[head] = {"ok": False, "error": _first_line(err)}
+            results[head] = {"ok": False, "error": one_line(err)}
     return results, info
 
 
@@ -109,7 +100,7 @@ def check_timm_max(name: str, num_classes: int = 10) -> dict[str, Any]:
             out = _run(model, torch.empty(BATCH, 3, *default_input_size(model), device="meta"))
         record = _shape_record(out, num_classes)
     except Exception as err:  # recorded: this is what timm does with the request
-        record = {"ok": False, "error": _first_line(err)}
+        record = {"ok": False, "error": one_line(err)}
     return {"model": name, **record, "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -126,14 +117,14 @@ def check_architecture(name: str, heads: Sequence[str] | None = None,
                 with torch.device(device):
                     backbone = load_backbone(name)
         except Exception as err:
-            record.setdefault("build_errors", {})[device] = _first_line(err)
-            record["heads"] = {h: {"ok": False, "error": f"could not build: {_first_line(err)}"}
+            record.setdefault("build_errors", {})[device] = one_line(err)
+            record["heads"] = {h: {"ok": False, "error": f"could not build: {one_line(err)}"}
                                for h in heads}
             continue
         record["device"] = device
         record["heads"], info = _check_heads(backbone, heads, num_classes)
         if info is not None:
-            record["features"] = _features_record(info)
+            record["features"] = info.to_dict()
         if all(r["ok"] for r in record["heads"].values()):
             break
         errors = {h: r.get("error", "") for h, r in record["heads"].items() if not r["ok"]}

@@ -22,8 +22,8 @@ from torch import nn
 from .layout import FeatureInfo
 
 __all__ = [
-    "HEADS", "HeadKind", "register_head", "build_head", "FeaturePool", "PoolHead", "NinHead",
-    "GridMismatchError", "POOLINGS",
+    "HEADS", "HeadKind", "add_head_kind", "register_head", "build_head", "check_head_args",
+    "FeaturePool", "PoolHead", "NinHead", "GridMismatchError", "POOLINGS",
 ]
 
 POOLINGS = ("avg", "max", "avgmax", "flatten")
@@ -186,14 +186,20 @@ class HeadKind:
 HEADS: dict[str, HeadKind] = {}
 
 
+def add_head_kind(kind: HeadKind) -> HeadKind:
+    """Add ``kind`` to :data:`HEADS`; a name already taken is refused (as in every registry)."""
+    if kind.name in HEADS:
+        raise ValueError(f"head kind {kind.name!r} is already registered; choose another name")
+    HEADS[kind.name] = kind
+    return kind
+
+
 def register_head(name: str, description: str, any_input_size: bool = True
                   ) -> Callable[[HeadBuilder], HeadBuilder]:
     """Decorator adding a head factory ``(features, num_classes, hidden, dropout) -> Module``."""
 
     def add(fn: HeadBuilder) -> HeadBuilder:
-        if name in HEADS:
-            raise ValueError(f"head kind {name!r} is already registered")
-        HEADS[name] = HeadKind(name, description, fn, any_input_size)
+        add_head_kind(HeadKind(name, description, fn, any_input_size))
         return fn
 
     return add
@@ -213,7 +219,7 @@ register_head("flatten", "Flatten + Dense over the whole feature grid (fixed inp
               any_input_size=False)(_pool_head("flatten"))
 register_head("nin", "1x1 convolution to the classes, then global average (Network in Network)")(
     lambda info, k, hidden, dropout: NinHead(info, k, hidden, dropout))
-HEADS["original"] = HeadKind("original", "timm's own head, reset to num_classes (baseline)", None)
+add_head_kind(HeadKind("original", "timm's own head, reset to num_classes (baseline)", None))
 
 
 def check_head_args(head: str, num_classes: int, hidden: Sequence[int], dropout: float) -> None:

@@ -15,7 +15,7 @@ import copy
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -23,9 +23,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from .errors import one_line
+
 __all__ = [
     "FeatureInfo", "Probe", "probe_features", "extract_features", "raw_features", "select_features",
-    "default_input_size",
+    "default_input_size", "meta_twin", "model_in_chans",
 ]
 
 Layout = Literal["NCHW", "NHWC", "NLC", "NCL"]
@@ -57,7 +59,9 @@ class FeatureInfo:
         return math.prod(self.grid)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The description reports and JSON show: layout, channels, grid, prefix tokens, input."""
+        return {"layout": self.layout, "channels": self.channels, "grid": list(self.grid),
+                "num_prefix_tokens": self.num_prefix_tokens, "input_size": list(self.input_size)}
 
 
 @dataclass
@@ -66,7 +70,6 @@ class Probe:
 
     features: FeatureInfo
     used_params: set[str]
-    device: str  # 'meta' or 'real': where the probe could run
 
 
 def _as_pair(value: Any) -> tuple[int, int] | None:
@@ -156,7 +159,7 @@ class _ParamUseRecorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _meta_twin(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Parameter]]:
+def meta_twin(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Parameter]]:
     """A deep copy of ``model`` whose parameters and buffers live on the meta device (no memory)."""
     memo: dict[int, Any] = {}
     for p in model.parameters():
@@ -206,7 +209,7 @@ def probe_features(
             break  # no real weights to fall back to
         try:
             if where == "meta":
-                twin = model if _on_meta(model) else _meta_twin(model)[0]
+                twin = model if _on_meta(model) else meta_twin(model)[0]
                 x = torch.empty(1, chans, *hw, device="meta")
             else:
                 twin = model
@@ -220,13 +223,12 @@ def probe_features(
                 out, from_list, used = _run_recorded(twin, x, source)
                 info = describe_features(model, tuple(out.shape), hw, from_list, source)
         except Exception as err:  # the backbone's own error; explained below
-            errors.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
-                          if str(err).strip() else type(err).__name__)
+            errors.append(one_line(err))
             continue
         if info.num_positions == 0:
             raise ValueError(f"{_model_name(model)}: forward_features returns only prefix tokens "
                              f"{info.shape} and the model has no forward_intermediates()")
-        return Probe(info, used, where)
+        return Probe(info, used)
     raise ValueError(
         f"{_model_name(model)} cannot run at input {hw[0]}x{hw[1]} with {chans} channels: "
         f"{errors[-1]}"

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
+from .errors import one_line
 from .heads import HEADS
-from .layout import _meta_twin
+from .layout import meta_twin
 from .swap import HeadSwapped
 
 __all__ = ["swap_report", "neighbour_sizes", "try_input_size"]
@@ -26,7 +27,7 @@ def try_input_size(model: HeadSwapped, size: tuple[int, int], batch: int = 1) ->
     record: dict[str, Any] = {"input_size": list(size)}
     chans = int(model.recipe.get("in_chans", 3))
     try:
-        twin = _meta_twin(model)[0]
+        twin = meta_twin(model)[0]
         twin.eval()
         with torch.no_grad():
             out = twin(torch.empty(batch, chans, *size, device="meta"))
@@ -40,8 +41,7 @@ def try_input_size(model: HeadSwapped, size: tuple[int, int], batch: int = 1) ->
             with torch.no_grad():
                 out = model(torch.zeros(batch, chans, *size, device=device))
         except Exception as err:
-            text = str(err).strip().splitlines()
-            reason = text[0][:200] if text else type(err).__name__
+            reason = one_line(err, with_type=False)
             return {**record, "ok": False, "error": f"the backbone refuses it: {reason}"}
         finally:
             model.train(was_training)
@@ -78,8 +78,7 @@ def swap_report(model: HeadSwapped, sizes: Sequence[int] | None = None) -> dict[
         "hidden": list(model.recipe["hidden"]),
         "dropout": model.recipe["dropout"],
         "input_size": [h, w],
-        "features": {"layout": f.layout, "channels": f.channels, "grid": list(f.grid),
-                     "num_prefix_tokens": f.num_prefix_tokens},
+        "features": f.to_dict(),
         "removed": removed,
         "removed_params": removed_params,
         "head_module": repr(model.head),

@@ -164,6 +164,29 @@ def _warn_single_position(info: FeatureInfo, name: str) -> None:
             "larger input size to compare them", stacklevel=3)
 
 
+def _backbone_of(model_or_name: nn.Module | str, load_kwargs: dict[str, Any]) -> nn.Module:
+    """The timm model a swap works on: loaded by name (with ``load_kwargs``), or the one given."""
+    if isinstance(model_or_name, str):
+        return load_backbone(model_or_name, **load_kwargs)
+    if isinstance(model_or_name, nn.Module):
+        if load_kwargs:
+            raise ValueError(f"options {sorted(load_kwargs)} apply when a model name is given, "
+                             "not a model")
+        return model_or_name
+    raise ValueError(f"expected a timm model or a model name, got {type(model_or_name).__name__}")
+
+
+def _reset_own_classifier(model: nn.Module, num_classes: int, name: str) -> None:
+    """The ``original`` head: timm's own classifier, reset to ``num_classes``."""
+    reset: Callable[..., None] | None = getattr(model, "reset_classifier", None)
+    if not callable(reset):
+        raise ValueError(
+            f"{name} has no classifier of its own (timm builds it as a feature encoder), so "
+            "there is no original head to reset; use a pooling head (gap, gmp, gapmp, "
+            "flatten, nin)")
+    reset(num_classes)
+
+
 def swap_head(
     model_or_name: nn.Module | str,
     head: str = "gap",
@@ -185,35 +208,19 @@ def swap_head(
     model at ``input_size``, to skip probing again (zoo sweeps build many heads on one backbone).
     """
     hidden = tuple(hidden)
-    if isinstance(model_or_name, str):
-        model = load_backbone(model_or_name, **load_kwargs)
-    elif isinstance(model_or_name, nn.Module):
-        if load_kwargs:
-            raise ValueError(f"options {sorted(load_kwargs)} apply when a model name is given, "
-                             "not a model")
-        model = model_or_name
-    else:
-        raise ValueError(f"expected a timm model or a model name, got {type(model_or_name).__name__}")
+    model = _backbone_of(model_or_name, load_kwargs)
     if num_classes is None:
         num_classes = int(getattr(model, "num_classes", 0) or 1000)
     check_head_args(head, num_classes, hidden, dropout)
     hw = _as_hw(input_size, model)
     origin = _origin(model)
     name = origin.get("name") or type(model).__name__
-
     if head == "original":
-        reset: Callable[..., None] | None = getattr(model, "reset_classifier", None)
-        if not callable(reset):
-            raise ValueError(
-                f"{name} has no classifier of its own (timm builds it as a feature encoder), so "
-                "there is no original head to reset; use a pooling head (gap, gmp, gapmp, "
-                "flatten, nin)")
-        reset(num_classes)
+        _reset_own_classifier(model, num_classes, name)
     if probe is None or probe.features.input_size != hw:
         probe = probe_features(model, hw)
     info = probe.features
     _warn_single_position(info, name)
-
     unused = _unused_modules(model, probe.used_params)
     removed = [RemovedModule(n, _describe_module(model.get_submodule(n)),
                              sum(p.numel() for p in model.get_submodule(n).parameters()))

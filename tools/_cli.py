@@ -8,17 +8,27 @@ is a bug and keeps its traceback. Ctrl-C exits 130 with one line.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
+
+USER_ERROR_EXIT = 2
 
 # the tools run as scripts (python tools/x.py) from a checkout: make the packages importable
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+class CliParser(argparse.ArgumentParser):
+    """argparse with the tools' one-line errors: ``error: MESSAGE (see PROG --help)``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USER_ERROR_EXIT, f"error: {message} (see {self.prog} --help)\n")
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
-USER_ERROR_EXIT = 2
 
 
 def exit_code(err: BaseException) -> int:

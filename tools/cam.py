@@ -16,13 +16,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from _cli import run
+from _cli import CliParser, run
 
 _TARGETS = ("pred", "true")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a run directory written by tools/finetune.py "
                                               "or tools/compare_heads.py (its runs/NAME)")
     p.add_argument("--images", type=int, default=16, help="test images to draw (default 16)")

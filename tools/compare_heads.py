@@ -24,7 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from _cli import run
+from _cli import CliParser, run
 
 from analysis.reporting import format_table
 from analysis.studies import StudySpec, collect, parse_head, parse_shard, run_study
@@ -56,7 +56,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("models", nargs="*", help="timm model names (e.g. resnet18 mobilenetv3_small_100)")
     g = p.add_argument_group("the grid")
     g.add_argument("--heads", nargs="+", type=_head, default=None, metavar="HEAD",

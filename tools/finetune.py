@@ -21,13 +21,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from _cli import run
+from _cli import CliParser, run
 
 from analysis.training import add_training_options, config_from_args, train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", nargs="?", help="any name of timm.list_models() (e.g. resnet18)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint (other options "

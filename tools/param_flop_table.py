@@ -14,35 +14,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import timm
-import torch
+from _cli import CliParser, run
 from tqdm import tqdm
 
 import surgery
-from analysis.costs import FLOP_COUNTERS, count_flops, count_params, measure
+from analysis.costs import FLOP_COUNTERS, cost_row
 from analysis.reporting import TABLE_FORMATS, format_table
 
-__all__ = ["build_parser", "main", "expand_models", "table_row"]
+__all__ = ["build_parser", "main", "render"]
 
-_MEASURE_KEYS = ("infer_latency_ms", "infer_throughput", "infer_peak_mib", "train_latency_ms",
-                 "train_throughput", "train_peak_mib")
 _HEADERS = {"params_total": "params", "params_head": "head params", "head_share_pct": "head %",
             "gmacs_total": "GMACs", "gmacs_head": "head GMACs", "input_size": "input",
             "infer_latency_ms": "ms/batch", "infer_throughput": "img/s",
             "infer_peak_mib": "peak MiB", "train_latency_ms": "train ms/step",
             "train_throughput": "train img/s", "train_peak_mib": "train peak MiB"}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``prog: error: message`` on stderr, exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -56,7 +45,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="param_flop_table.py", description=__doc__.split("\n\n")[0])
+    parser = CliParser(prog="param_flop_table.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="timm model names or wildcards ('resnet*')")
     what = parser.add_argument_group("what to compare")
     what.add_argument("--heads", nargs="+", default=["gap", "gmp", "flatten"],
@@ -82,86 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--strict", action="store_true", help="exit 1 if any row failed")
     return parser
-
-
-def expand_models(patterns: Sequence[str]) -> list[str]:
-    """timm names and wildcards -> architecture names, in order, without repeats.
-
-    Raises ValueError naming the closest models for a name timm does not know.
-    """
-    names: dict[str, None] = {}
-    for pattern in patterns:
-        if any(c in pattern for c in "*?["):
-            found = timm.list_models(pattern)
-            if not found:
-                raise ValueError(f"no timm model matches {pattern!r}")
-            names.update(dict.fromkeys(found))
-        elif timm.is_model(pattern):
-            names[pattern] = None
-        else:
-            close = surgery.closest_model_names(pattern)
-            hint = f"; closest: {', '.join(close)}" if close else ""
-            raise ValueError(f"unknown model {pattern!r}{hint}")
-    return list(names)
-
-
-def _runs_at(model: torch.nn.Module, chw: tuple[int, ...], device: torch.device) -> str | None:
-    """None if ``model`` runs on a (channels, height, width) input, else why not (one line)."""
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *chw, device=device))
-    except Exception as err:  # noqa: BLE001 - any failure is the answer
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    return None
-
-
-def table_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | None,
-              counter: str = "fvcore", do_measure: bool = False, batch_size: int = 1,
-              device: str = "cpu") -> dict[str, Any]:
-    """One table row (plain dict, the JSON object) for ``name`` with ``head``; never raises.
-
-    Counted at ``sizes[0]`` (the model's default input size when ``sizes`` is empty), which is
-    also the size the flatten head is built for; every size is then tried with a forward pass.
-    """
-    sizes = list(sizes or [])
-    base = sizes[0] if sizes else None
-    row: dict[str, Any] = {"model": name, "head": head, "input_size": base,
-                           "params_total": None, "params_head": None, "head_share_pct": None,
-                           "gmacs_total": None, "gmacs_head": None,
-                           "sizes": {s: False for s in sizes}, "size_errors": {}, "error": None}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ctx = torch.device("meta") if counter == "torch" else torch.device("cpu")
-            with ctx:
-                model = surgery.swap_head(name, head=head, num_classes=num_classes,
-                                          input_size=base)
-            model.eval()
-            hw = tuple(model.features.input_size)
-            chw = (int(model.recipe.get("in_chans", 3)), *hw)
-            if base is None:  # the model's own size
-                base = hw[0] if hw[0] == hw[1] else "x".join(map(str, hw))
-                row["input_size"], row["sizes"], sizes = base, {base: False}, [base]
-            params = count_params(model)
-            macs = count_flops(model, chw, counter=counter)
-            for s in sizes:
-                reason = _runs_at(model, (chw[0], *hw) if s == base else (chw[0], s, s), ctx)
-                row["sizes"][s] = reason is None
-                if reason:
-                    row["size_errors"][s] = reason
-        row.update(params_total=params["total"], params_head=params["head"],
-                   head_share_pct=100.0 * params["head"] / max(params["total"], 1),
-                   gmacs_total=macs["total"] / 1e9, gmacs_head=macs["head"] / 1e9)
-        if do_measure:
-            if counter == "torch":
-                model = surgery.swap_head(name, head=head, num_classes=num_classes,
-                                          input_size=base)
-            figures = measure(model, chw, batch_size, device)
-            row.update({k: figures[k] for k in _MEASURE_KEYS})
-    except Exception as err:  # noqa: BLE001 - a failing row says why and the others go on
-        message = str(err).splitlines()[0] if str(err) else ""
-        row["error"] = f"{type(err).__name__}: {message}"
-    return row
 
 
 def _display_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -190,24 +99,18 @@ def render(rows: Sequence[dict[str, Any]], fmt: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        names = expand_models(args.models)
-    except ValueError as err:
-        print(f"param_flop_table.py: error: {err}", file=sys.stderr)
-        return 2
+    names = surgery.expand_model_names(args.models)
     jobs = [(n, h) for n in names for h in args.heads]
-    rows = [table_row(n, h, args.num_classes, args.sizes, args.counter, args.measure,
+    rows = [cost_row(n, h, args.num_classes, args.sizes, args.counter, args.measure,
                       args.batch_size, args.device)
             for n, h in tqdm(jobs, desc="rows", unit="row", disable=args.no_progress,
                              file=sys.stderr)]
     text = render(rows, args.format)
     if args.out is not None:
         try:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text if text.endswith("\n") else text + "\n")
+            surgery.atomic_write_bytes(args.out, (text.rstrip("\n") + "\n").encode())
         except OSError as err:
-            print(f"param_flop_table.py: error: cannot write {args.out}: {err}", file=sys.stderr)
-            return 2
+            raise ValueError(f"cannot write {args.out}: {err}") from None
         print(f"wrote {len(rows)} rows to {args.out}")
     else:
         print(text)
@@ -215,6 +118,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from _cli import run  # tools/_cli.py: path set-up, user errors -> one line, exit 2
-
     sys.exit(run(main))

@@ -8,20 +8,18 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import warnings
 from pathlib import Path
 
-from _cli import run
+from _cli import CliParser, run
 
-from surgery import HEADS, save, swap_head
-from surgery.report import swap_report
+from surgery import HEADS, parse_options, save, swap_head, swap_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", help="any name of timm.list_models() (e.g. resnet18, vit_small_patch16_224)")
     g = p.add_argument_group("head")
     g.add_argument("--head", default="gap", choices=list(HEADS),
@@ -45,20 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--save", type=Path, default=None, help="write the swapped model here")
     o.add_argument("--format", choices=("text", "json"), default="text")
     return p
-
-
-def parse_options(items: list[str]) -> dict[str, object]:
-    """``['img_size=64', 'dynamic_img_size=True']`` -> ``{'img_size': 64, ...}``."""
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--timm-option expects KEY=VALUE, got {item!r}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value  # a plain string such as act_layer=gelu
-    return options
 
 
 def _text(report: dict) -> str:
@@ -89,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                           hidden=tuple(args.hidden), dropout=args.dropout,
                           input_size=args.input_size, pretrained=args.pretrained,
                           checkpoint=args.checkpoint, in_chans=args.in_chans,
-                          **parse_options(args.timm_option))
+                          **parse_options(args.timm_option, "--timm-option"))
     report = swap_report(model, args.sizes)
     report["warnings"] = sorted({str(w.message) for w in caught if "1x1" in str(w.message)})
     if args.save:
@@ -106,4 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(lambda: main()))
+    sys.exit(run(main))

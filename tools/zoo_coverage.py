@@ -18,16 +18,17 @@ from pathlib import Path
 
 import timm
 import torch
-from _cli import run
+from _cli import CliParser, run
 from tqdm import tqdm
 
-from surgery import HEADS
+from analysis.machine import describe_machine
+from surgery import HEADS, expand_model_names
 from surgery.coverage import check_architecture, check_timm_max, summarize
 from surgery.coverage_report import render_markdown
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", nargs="*", default=["*"],
                    help="architectures or timm wildcards (default: all of timm.list_models())")
     p.add_argument("--heads", nargs="*", default=list(HEADS), choices=list(HEADS),
@@ -48,11 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _select(patterns: list[str]) -> list[str]:
-    names = timm.list_models()
-    chosen = sorted({n for pat in patterns for n in fnmatch.filter(names, pat)})
-    if not chosen:
-        raise ValueError(f"no timm architecture matches {patterns}")
-    return chosen
+    return sorted(expand_model_names(patterns))
 
 
 def _worker(args: tuple[str, list[str], int]) -> dict:
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     records = [done[n] for n in names if n in done]
     summary = summarize(records, args.heads)
     meta = {"timm": timm.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
+            "machine": describe_machine(),
             "command": "python tools/zoo_coverage.py " + " ".join(argv if argv is not None
                                                                   else sys.argv[1:]),
             "seconds_this_run": round(elapsed, 1), "num_classes": args.num_classes,

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import multiprocessing as mp
-import platform
 import signal
 import sys
 import time
@@ -28,10 +27,12 @@ from typing import Any, NoReturn
 
 import timm
 import torch
+from _cli import CliParser, run
 from tqdm import tqdm
 
 import surgery
 from analysis.costs import FLOP_COUNTERS, MacCounterMode, count_flops, count_params
+from analysis.machine import describe_machine
 from analysis.reporting import format_table
 
 __all__ = ["build_parser", "main", "zoo_row", "COLUMNS"]
@@ -49,13 +50,8 @@ def columns(heads: Sequence[str]) -> list[str]:
 COLUMNS = columns(DEFAULT_HEADS)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zoo_table.py", description=__doc__.split("\n\n")[0])
+    parser = CliParser(prog="zoo_table.py", description=__doc__.split("\n\n")[0])
     what = parser.add_argument_group("what to count")
     what.add_argument("--models", nargs="+", default=["*"],
                       help="timm names or wildcards (default: the whole zoo)")
@@ -156,8 +152,7 @@ def zoo_row(name: str, heads: Sequence[str] = DEFAULT_HEADS, num_classes: int = 
     except _Timeout:
         row["error"] = "timeout"
     except Exception as err:  # noqa: BLE001 - a failing architecture is a row, not a crash
-        text = str(err).splitlines()[0] if str(err) else ""
-        row["error"] = f"{type(err).__name__}: {text}"[:300]
+        row["error"] = surgery.one_line(err)
     return row
 
 
@@ -214,7 +209,7 @@ def _report(rows: list[dict[str, Any]], heads: Sequence[str], command: str, coun
         "",
         f"timm {timm.__version__}, torch {torch.__version__}, {len(rows)} architectures "
         f"({len(rows) - len(failed)} counted, {len(failed)} failed); counter: `{counter}`.",
-        f"Produced by `{command}` on {platform.machine()} Linux, {mp.cpu_count()} CPU cores"
+        f"Produced by `{command}` on {describe_machine()}"
         + (f", in {seconds / 60:.1f} min (this invocation)" if seconds else "") + ".",
         "",
         "MACs follow fvcore's convention (one fused multiply-add = 1; GMACs = 1e9 MACs) for one "
@@ -230,16 +225,8 @@ def _report(rows: list[dict[str, Any]], heads: Sequence[str], command: str, coun
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1 or args.num_classes < 1 or args.timeout < 1:
-        print("zoo_table.py: error: --jobs, --num-classes and --timeout must be >= 1",
-              file=sys.stderr)
-        return 2
-    names: dict[str, None] = {}
-    for pattern in args.models:
-        found = timm.list_models(pattern)
-        if not found:
-            print(f"zoo_table.py: error: no timm model matches {pattern!r}", file=sys.stderr)
-            return 2
-        names.update(dict.fromkeys(found))
+        raise ValueError("--jobs, --num-classes and --timeout must be >= 1")
+    names = surgery.expand_model_names(args.models)
     heads = tuple(args.heads)
     cache = read_cache(args.cache)
     todo = [n for n in names if n not in cache or (args.retry_errors and cache[n].get("error"))
@@ -272,6 +259,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from _cli import run  # tools/_cli.py: path set-up, user errors -> one line, exit 2
-
     sys.exit(run(main))

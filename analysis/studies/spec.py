@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surgery import HEADS
-from surgery.heads import check_head_args
+from surgery import HEADS, check_head_args
 
 from ..training import TrainConfig, run_name
 

@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from surgery import atomic_write_bytes
-from surgery.files import finite
+from surgery import atomic_write_bytes, finite
 
 __all__ = ["METRIC_COLUMNS", "RUN_FILES", "prepare_run_dir", "write_metrics"]
 

@@ -65,4 +65,4 @@ def test_timm_options_reach_the_backbone(capsys):
 
 def test_bad_timm_option_is_a_user_error():
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        tool.parse_options(["depth"])
+        tool.main(["resnet18", "--timm-option", "depth"])

@@ -19,6 +19,7 @@ sys.path.insert(0, str(_TOOLS))
 _spec = importlib.util.spec_from_file_location("zoo_table", _TOOLS / "zoo_table.py")
 zoo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(zoo)
+from _cli import run  # noqa: E402
 
 
 def test_row_by_hand() -> None:
@@ -52,7 +53,7 @@ def test_run_resume_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert zoo.main(["--models", "nosuchnet*", "--out-dir", str(tmp_path)]) == 2
+    assert run(lambda: zoo.main(["--models", "nosuchnet*", "--out-dir", str(tmp_path)])) == 2
     assert "no timm model matches 'nosuchnet*'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         zoo.main(["--heads", "mlp"])
