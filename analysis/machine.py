@@ -62,14 +62,17 @@ def machine_info() -> dict[str, Any]:
             "timm": timm.__version__}
 
 
-def describe_machine(with_load: bool = False) -> str:
-    """One line naming the machine for a committed report: CPU, cores, GPU, torch threads,
-    Python, torch and timm versions, and (``with_load``) the load average, which says whether
-    other jobs shared the machine while the figures were taken."""
-    info = machine_info()
-    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
-    text = (f"{info['cpu']}, {info['cores']} cores{gpu}, {torch.get_num_threads()} torch threads; "
-            f"Python {info['python']}, torch {info['torch']}, timm {info['timm']}")
+def describe_machine(info: dict[str, Any] | None = None, with_load: bool = False) -> str:
+    """One line naming the machine for a committed report: CPU, cores, GPU, Python, torch and
+    timm versions (of ``info``, a recorded :func:`machine_info`; this machine, with its torch
+    threads, when None), and (``with_load``) the load average, which says whether other jobs
+    shared the machine while the figures were taken."""
+    here = info is None
+    info = machine_info() if info is None else info
+    gpu = f", GPU {info.get('gpu')}" if info.get("gpu") else ", no GPU"
+    threads = f", {torch.get_num_threads()} torch threads" if here else ""
+    text = (f"{info.get('cpu')}, {info.get('cores')} cores{gpu}{threads}; Python "
+            f"{info.get('python')}, torch {info.get('torch')}, timm {info.get('timm')}")
     if with_load and hasattr(os, "getloadavg"):
         text += "; load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return text

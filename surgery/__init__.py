@@ -17,6 +17,7 @@ from .heads import (
     PoolHead,
     build_head,
     check_head_args,
+    head_label,
     register_head,
 )
 from .layout import FeatureInfo, probe_features
@@ -28,7 +29,7 @@ from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 __all__ = [
     "HEADS", "FeatureInfo", "FeaturePool", "HeadKind", "HeadSwapped", "NinHead", "OriginalHead",
     "PoolHead", "RemovedModule", "atomic_write", "atomic_write_bytes", "build_head",
-    "check_head_args", "closest_model_names", "expand_model_names", "finite", "load",
+    "check_head_args", "closest_model_names", "head_label", "expand_model_names", "finite", "load",
     "load_backbone", "one_line", "parse_options", "parse_value", "probe_features", "read_json",
     "read_model_file", "register_head", "save", "swap_head", "swap_report", "write_json",
 ]

@@ -23,6 +23,7 @@ from .layout import FeatureInfo
 
 __all__ = [
     "HEADS", "HeadKind", "add_head_kind", "register_head", "build_head", "check_head_args",
+    "head_label",
     "FeaturePool", "PoolHead", "NinHead", "GridMismatchError", "POOLINGS",
 ]
 
@@ -235,6 +236,17 @@ def check_head_args(head: str, num_classes: int, hidden: Sequence[int], dropout:
     if head == "original" and (hidden or dropout):
         raise ValueError("the original head is timm's own: hidden and dropout apply to the "
                          "pooling heads (gap, gmp, gapmp, flatten, nin)")
+
+
+def head_label(head: str, hidden: Sequence[int] = (), dropout: float = 0.0) -> str:
+    """The name of a head with its options in tables, run names and study labels:
+    ``gap``, ``flatten-h256-d0.5``, ``nin-h64x32``."""
+    parts = [head]
+    if hidden:
+        parts.append("h" + "x".join(map(str, hidden)))
+    if dropout:
+        parts.append(f"d{dropout:g}")
+    return "-".join(parts)
 
 
 def build_head(head: str, info: FeatureInfo, num_classes: int,

@@ -10,7 +10,7 @@
 
 Runs already finished in --out are skipped, interrupted ones resume, so re-running the same
 command continues a study. The study directory gets summary.md/.csv/.json (mean +- std over seeds:
-params, GMACs, test accuracy, generalisation gap, epoch time, peak memory), comparisons.csv
+params, GMACs, test accuracy, train-test gap, epoch time, peak memory), comparisons.csv
 (paired differences against the first head), robustness.csv/.json (each trained model at other
 input sizes; Flatten refuses), runs.csv, and the plots acc_vs_head_params.png,
 gap_vs_train_size.png and learning_curves.png.
@@ -105,7 +105,8 @@ def _print_summary(report: dict, out: Path) -> None:
              "seeds": r["seeds"], "head params": r["head_params"],
              "test acc %": None if r["test_acc_mean"] is None else 100 * r["test_acc_mean"],
              "std": None if r["test_acc_std"] is None else 100 * r["test_acc_std"],
-             "train-test gap pts": None if r["gap_mean"] is None else 100 * r["gap_mean"]}
+             "train-test gap pts": (None if r["train_test_gap_mean"] is None
+                                    else 100 * r["train_test_gap_mean"])}
             for r in report["rows"]]
     if rows:
         print(format_table(rows, floatfmt=".2f"))

@@ -3,7 +3,7 @@
 - a run's learning curves: loss and accuracy per epoch, train vs validation.
 
 - test accuracy against head parameters (log scale): is a larger head worth it?
-- generalisation gap against training-set size: which head overfits small data?
+- train-test (generalisation) gap against training-set size: which head overfits small data?
 - learning curves of the heads overlaid: validation (solid) and train (dashed) accuracy per epoch,
   mean over seeds, one panel per model x train size.
 
@@ -76,8 +76,8 @@ def plot_acc_vs_head_params(rows: Sequence[Mapping[str, Any]], path: str | Path)
 
 
 def plot_gap_vs_train_size(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
-    """Generalisation gap (train - test accuracy, points; mean ± std) against train size."""
-    rows = [r for r in rows if r.get("gap_mean") is not None and r.get("train_size")]
+    """Train-test gap (train - test accuracy, points; mean ± std) against train size."""
+    rows = [r for r in rows if r.get("train_test_gap_mean") is not None and r.get("train_size")]
     if not rows:
         return None
     plt = pyplot()
@@ -86,14 +86,15 @@ def plot_gap_vs_train_size(rows: Sequence[Mapping[str, Any]], path: str | Path) 
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         for head in colours:
-            pts = sorted((r["train_size"], _pct(r["gap_mean"]), _pct(r["gap_std"] or 0.0))
+            pts = sorted((r["train_size"], _pct(r["train_test_gap_mean"]),
+                          _pct(r["train_test_gap_std"] or 0.0))
                          for r in rows if r["model"] == model and r["head"] == head)
             if pts:
                 xs, ys, es = zip(*pts, strict=True)
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colours[head],
                             label=head)
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set(xscale="log", xlabel="training images", ylabel="gap: train - test accuracy (points)",
+        ax.set(xscale="log", xlabel="training images", ylabel="train-test gap (accuracy points)",
                title=model)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -5,7 +5,8 @@ study names it, e.g. ``flatten-h256-d0.5``), ``history`` (the epoch rows of ``me
 ``robustness`` (rows of analysis.studies.robustness). Rows group the records by model x head x train size
 and give every measured figure as mean and sample standard deviation over the seeds.
 
-The generalisation gap is ``train_acc - test_acc``: accuracy on (an eval-mode sample of) the
+The generalisation gap, called the *train-test gap* everywhere it is shown (``gap`` alone names
+a head), is ``train_acc - test_acc``: accuracy on (an eval-mode sample of) the
 images the model trained on minus accuracy on the untouched test split, both for the checkpoint
 the test accuracy comes from (best validation epoch). Accuracies are fractions in [0, 1].
 """
@@ -16,15 +17,21 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..machine import describe_machine
+from ..reporting import format_table
+
 __all__ = [
     "mean_std", "generalisation_gap", "run_row", "group_rows", "paired_differences",
-    "robustness_rows", "robustness_pivot", "summary_markdown", "pm", "GROUP_KEYS",
+    "robustness_rows", "robustness_pivot", "summary_markdown", "pm", "GROUP_KEYS", "TRAIN_TEST_GAP",
 ]
 
 GROUP_KEYS = ("model", "head_label", "train_size")
+# the generalisation gap's name in rows, columns and comparisons ("gap" is a head)
+TRAIN_TEST_GAP = "train_test_gap"
 # figures averaged over seeds: record key -> row prefix
 _AVERAGED = {
-    "test_acc": "test_acc", "train_acc": "train_acc", "gap": "gap", "test_loss": "test_loss",
+    "test_acc": "test_acc", "train_acc": "train_acc", TRAIN_TEST_GAP: TRAIN_TEST_GAP,
+    "test_loss": "test_loss",
     "epoch_time_s": "epoch_time_s", "img_per_s": "img_per_s", "peak_mem_mb": "peak_mem_mb",
     "best_epoch": "best_epoch",
 }
@@ -60,13 +67,13 @@ def _label(record: Mapping[str, Any]) -> str:
 
 
 def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One flat row per run (for ``runs.csv``): identity, accuracies, the gap, costs."""
+    """One flat row per run (for ``runs.csv``): identity, accuracies, the train-test gap, costs."""
     keys = ("model", "train_size", "seed", "test_acc", "train_acc", "val_acc", "test_loss",
             "best_epoch", "epochs", "params", "head_params", "gmacs", "head_gmacs",
             "epoch_time_s", "img_per_s", "peak_mem_mb", "time_s", "run_dir")
     row = {"model": record.get("model"), "head": _label(record)}
     row.update({k: record.get(k) for k in keys if k != "model"})
-    row["gap"] = generalisation_gap(record)
+    row[TRAIN_TEST_GAP] = generalisation_gap(record)
     return row
 
 
@@ -85,7 +92,8 @@ def group_rows(records: Sequence[Mapping[str, Any]],
 
     Each row has the group keys (``head_label`` shown as ``head``), ``seeds`` (how many runs),
     the architecture's constants (``params``, ``head_params``, ``gmacs``, ``head_gmacs``, ...),
-    and ``<figure>_mean`` / ``<figure>_std`` for test and train accuracy, the gap, test loss,
+    and ``<figure>_mean`` / ``<figure>_std`` for test and train accuracy, the train-test gap
+    (``train_test_gap``), test loss,
     epoch time (s), throughput (img/s), peak memory (MiB) and the best epoch.
     """
     rows = []
@@ -97,7 +105,7 @@ def group_rows(records: Sequence[Mapping[str, Any]],
         for c in _CONSTANT:
             row[c] = runs[0].get(c)
         for src, name in _AVERAGED.items():
-            vals = [generalisation_gap(r) if src == "gap" else r.get(src) for r in runs]
+            vals = [generalisation_gap(r) if src == TRAIN_TEST_GAP else r.get(src) for r in runs]
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(vals)
         rows.append(row)
     return rows
@@ -125,8 +133,8 @@ def paired_differences(records: Sequence[Mapping[str, Any]], baseline: str,
                 b = base.get(r.get("seed"))
                 if _label(r) != head or b is None:
                     continue
-                a_v = generalisation_gap(r) if metric == "gap" else r.get(metric)
-                b_v = generalisation_gap(b) if metric == "gap" else b.get(metric)
+                a_v = generalisation_gap(r) if metric == TRAIN_TEST_GAP else r.get(metric)
+                b_v = generalisation_gap(b) if metric == TRAIN_TEST_GAP else b.get(metric)
                 if a_v is not None and b_v is not None:
                     diffs.append(float(a_v) - float(b_v))
             mean, std = mean_std(diffs)
@@ -193,16 +201,12 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
                      robustness: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     """The study's ``summary.md``: settings, machine, the summary table (mean ± std over seeds),
     paired differences against the first head, the robustness table, the plots, missing runs."""
-    from ..reporting import format_table
-
     base, mach = meta.get("base", {}), meta.get("machine", {})
     lines = [f"# Head comparison: {', '.join(meta.get('models', []))}", ""]
     if meta.get("command"):
         lines += ["Command:", "", f"    {meta['command']}", ""]
     lines += [
-        f"Machine: {mach.get('cpu')} ({mach.get('cores')} cores"
-        + (f", GPU {mach['gpu']}" if mach.get("gpu") else "") + f"); torch {mach.get('torch')}, "
-        f"timm {mach.get('timm')}. Training + evaluation time of all runs: "
+        f"Machine: {describe_machine(mach)}. Training + evaluation time of all runs: "
         f"{float(meta.get('train_time_s', 0)) / 60:.1f} min.",
         "",
         f"Data: {base.get('dataset')}, input {base.get('img_size') or 'native'} px, "
@@ -214,7 +218,8 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
         "",
         "## Summary (mean ± sample std over seeds)",
         "",
-        "Accuracies in percent; gap = train accuracy - test accuracy (percentage points) of the "
+        "Accuracies in percent; train-test gap = train accuracy - test accuracy (percentage "
+        "points) of the "
         "best-validation checkpoint; epoch time in seconds; peak memory in MiB (CPU: the run's "
         "peak resident set; CUDA: max allocated).",
         "",
@@ -223,7 +228,7 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
               "seeds": r["seeds"], "head params": r["head_params"], "params": r["params"],
               "GMACs": _fmt(r["gmacs"]), "test acc": pm(r["test_acc_mean"], r["test_acc_std"]),
               "train acc": pm(r["train_acc_mean"], r["train_acc_std"]),
-              "gap": pm(r["gap_mean"], r["gap_std"]),
+              "train-test gap": pm(r["train_test_gap_mean"], r["train_test_gap_std"]),
               "epoch s": pm(r["epoch_time_s_mean"], r["epoch_time_s_std"], 1.0),
               "peak MiB": pm(r["peak_mem_mb_mean"], None, 1.0, 0)} for r in rows]
     lines += [format_table(table, floatfmt=".4g"), ""]

@@ -35,7 +35,8 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
     out = Path(out)
     rows = agg.group_rows(records)
     baseline = spec.heads[0].label
-    comps = [c for m in ("test_acc", "gap") for c in agg.paired_differences(records, baseline, m)]
+    comps = [c for m in ("test_acc", agg.TRAIN_TEST_GAP)
+             for c in agg.paired_differences(records, baseline, m)]
     robust = agg.robustness_rows(records)
     figures = {
         "acc_vs_head_params.png": plot_acc_vs_head_params(rows, out / "acc_vs_head_params.png"),

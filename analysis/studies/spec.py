@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surgery import HEADS, check_head_args
+from surgery import HEADS, check_head_args, head_label
 
 from ..training import TrainConfig, run_name
 
@@ -33,13 +33,8 @@ class HeadSpec:
 
     @property
     def label(self) -> str:
-        """The name in tables and run directories: ``flatten-h256-d0.5`` (as train.run_name)."""
-        parts = [self.head]
-        if self.hidden:
-            parts.append("h" + "x".join(map(str, self.hidden)))
-        if self.dropout:
-            parts.append(f"d{self.dropout:g}")
-        return "-".join(parts)
+        """The name in tables and run directories: ``flatten-h256-d0.5`` (as in run names)."""
+        return head_label(self.head, self.hidden, self.dropout)
 
     def __str__(self) -> str:
         return self.label

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from surgery import head_label
+
 from ..data import DataSplits, load_dataset, stratified_indices
 
 __all__ = ["OPTIMIZERS", "REGIMES", "TrainConfig", "load_run_data", "run_name"]
@@ -111,12 +113,8 @@ class TrainConfig:
 
 def run_name(cfg: TrainConfig) -> str:
     """Default run directory name: model, head, data, subset size, regime and seed."""
-    parts = [cfg.model, cfg.head]
-    if cfg.hidden:
-        parts.append("h" + "x".join(map(str, cfg.hidden)))
-    if cfg.dropout:
-        parts.append(f"d{cfg.dropout:g}")
-    parts += [cfg.dataset, f"n{cfg.train_size or 'all'}"]
+    parts = [cfg.model, head_label(cfg.head, cfg.hidden, cfg.dropout), cfg.dataset,
+             f"n{cfg.train_size or 'all'}"]
     if cfg.regime != "full":
         parts.append(cfg.regime)
     parts.append(f"s{cfg.seed}")

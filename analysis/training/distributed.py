@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N tools/finetune.py ...`` starts N copies of the tool with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR`` / ``MASTER_PORT`` in the environment.
 :func:`setup` turns that into a process group (``nccl`` on CUDA, ``gloo`` on CPU) and a
-:class:`~analysis.trainstep.DistInfo`; :func:`wrap` puts the model in DDP. Without ``WORLD_SIZE``
+:class:`DistInfo`; :func:`wrap` puts the model in DDP. Without ``WORLD_SIZE``
 > 1 everything here is a no-op and the harness runs as one process.
 """
 
@@ -125,14 +125,14 @@ def broadcast_buffers(model: nn.Module, dist: DistInfo) -> None:
         tdist.broadcast(b, src=0)
 
 
-def wrap(model: nn.Module, dist: DistInfo, device: torch.device, *, sync_bn: bool = False,
+def wrap(model: nn.Module, dist: DistInfo, device: torch.device, *,
          find_unused: bool = False) -> nn.Module:
     """``model`` in DistributedDataParallel (``model`` itself for one process).
 
     Only parameters that require grad when this is called are synchronised, so a frozen
     backbone (linear probe) costs nothing; a regime that unfreezes later (two-stage) must wrap
-    with everything trainable and ``find_unused=True``. ``sync_bn`` converts BatchNorm layers
-    (timm's BatchNormAct2d too) to SyncBatchNorm in place, before the optimiser is built.
+    with everything trainable and ``find_unused=True``. SyncBatchNorm is :func:`convert_sync_bn`'s
+    job, done before the optimiser is built.
     """
     if dist.world_size == 1:
         return model

@@ -42,12 +42,12 @@ def test_group_rows_per_model_head_size_with_spread():
     assert gap["test_acc_mean"] == pytest.approx(0.82)
     assert gap["test_acc_std"] == pytest.approx(math.sqrt(2 * 0.02**2))
     # gaps 0.10 and 0.08 -> mean 0.09, std sqrt(2 * 0.01^2)
-    assert gap["gap_mean"] == pytest.approx(0.09)
-    assert gap["gap_std"] == pytest.approx(math.sqrt(2) * 0.01)
-    assert gmp["gap_mean"] == pytest.approx((0.17 + 0.21) / 2)
+    assert gap["train_test_gap_mean"] == pytest.approx(0.09)
+    assert gap["train_test_gap_std"] == pytest.approx(math.sqrt(2) * 0.01)
+    assert gmp["train_test_gap_mean"] == pytest.approx((0.17 + 0.21) / 2)
     assert gmp["epoch_time_s_mean"] == pytest.approx(2.5) and gmp["seed_list"] == [0, 1]
     assert gap["head_params"] == 30 and gmp["params"] == 1003
-    assert small["test_acc_std"] is None and small["gap_mean"] == pytest.approx(0.29)
+    assert small["test_acc_std"] is None and small["train_test_gap_mean"] == pytest.approx(0.29)
 
 
 def test_paired_differences_pair_by_seed():
@@ -62,7 +62,7 @@ def test_paired_differences_pair_by_seed():
     assert row["diff_mean"] == pytest.approx(mean)
     assert row["diff_std"] == pytest.approx(std)
     assert row["t"] == pytest.approx(mean / (std / math.sqrt(3)))
-    (g,) = agg.paired_differences(records, "gap", "gap")
+    (g,) = agg.paired_differences(records, "gap", agg.TRAIN_TEST_GAP)
     assert g["diff_mean"] == pytest.approx(-mean)  # same train acc: the gap moves the other way
 
 

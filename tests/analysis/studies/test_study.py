@@ -168,7 +168,7 @@ def test_tiny_real_study_writes_every_file_and_resumes(tmp_path, monkeypatch):
     # test_resnet: 96 channels, a 2x2 grid at 48 px, 4 classes: GAP C*K+K, Flatten 4C*K+K
     assert rows["gap"]["head_params"] == 96 * 4 + 4
     assert rows["flatten"]["head_params"] == 96 * 4 * 4 + 4
-    assert rows["gap"]["gap_mean"] == pytest.approx(
+    assert rows["gap"]["train_test_gap_mean"] == pytest.approx(
         rows["gap"]["train_acc_mean"] - rows["gap"]["test_acc_mean"])
     robust = {(r["head"], r["img_size"]): r
               for r in json.loads((tmp_path / "robustness.json").read_text())}
