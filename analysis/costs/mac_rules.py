@@ -2,7 +2,7 @@
 
 :data:`FVCORE_EXTRA_HANDLES` maps a traced operator name to a handle (jit inputs, outputs ->
 MACs); :data:`TORCH_EXTRA_FORMULAS` gives torch's flop counter the same rules (as FLOPs, 2 x
-MACs, which analysis.flops converts back). Each handle's docstring states its formula. Pooling
+MACs, which analysis.costs.macs converts back). Each handle's docstring states its formula. Pooling
 and reductions count one MAC per input element, so GAP and GMP heads cost the same.
 """
 

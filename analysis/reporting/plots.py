@@ -7,7 +7,7 @@
 - learning curves of the heads overlaid: validation (solid) and train (dashed) accuracy per epoch,
   mean over seeds, one panel per model x train size.
 
-Each takes rows from analysis.aggregate (or run records) and returns the path written, or None
+Each takes rows from analysis.studies.aggregate (or run records) and returns the path written, or None
 when there is nothing to draw.
 """
 

@@ -68,9 +68,9 @@ def parse_head(text: str) -> HeadSpec:
 class StudySpec:
     """The grid and the settings every run shares.
 
-    ``base`` holds analysis.train.TrainConfig fields (dataset, epochs, img_size, lr, ...);
+    ``base`` holds TrainConfig fields (dataset, epochs, img_size, lr, ...);
     ``robust_sizes`` the input sizes (px) each trained model is evaluated at (empty: around the
-    training size, see analysis.robustness.default_sizes), ``robust_images`` how many test
+    training size, see analysis.studies.robustness.default_sizes), ``robust_images`` how many test
     images that uses (None: all); ``test_size`` a stratified subset of the official test split,
     the same images for every run (None: all of it), to bound the cost of testing on a CPU.
     """

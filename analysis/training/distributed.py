@@ -27,7 +27,7 @@ class DistInfo:
 
     ``all_reduce`` sums a tensor across ranks in place (``torch.distributed.all_reduce`` under
     DDP) and ``barrier`` waits for every rank; only rank 0 writes files and shows progress.
-    analysis.distributed.setup builds one from torchrun's environment.
+    setup() builds one from torchrun's environment.
     """
 
     rank: int = 0

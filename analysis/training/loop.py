@@ -1,8 +1,8 @@
 """Fine-tuning harness: train a swapped model and measure how its head generalises.
 
 :func:`train` takes a :class:`TrainConfig` (or a run directory to resume), builds the model with
-``surgery.swap_head``, trains it on an in-memory data set (analysis.data, analysis.batches) and
-writes a run directory (analysis.rundir). Each epoch records train loss/accuracy measured in eval
+``surgery.swap_head``, trains it on an in-memory data set (analysis.data) and
+writes a run directory (analysis.training.rundir). Each epoch records train loss/accuracy measured in eval
 mode on a fixed train sample, validation loss/accuracy, their gap, time, img/s and peak memory.
 
 Resume is exact: checkpoints (analysis.training.checkpoints) hold the model, optimiser, RNG states and the

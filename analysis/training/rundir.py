@@ -3,7 +3,7 @@
 A run killed at any moment leaves each file either at its previous or at its new content, never
 half-written: ``config.json``, ``metrics.csv``, ``metrics.jsonl``, ``summary.json``, ``best.pt``,
 ``last.pt`` and ``curves.png``. The checkpoints ``best.pt`` and ``last.pt`` are written by
-analysis.checkpoints.
+analysis.training.checkpoints.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""analysis.measure: figures are consistent, memory is seen, the model is left as it was."""
+"""analysis.costs.measure: figures are consistent, memory is seen, the model is left as it was."""
 
 from __future__ import annotations
 

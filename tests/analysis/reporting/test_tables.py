@@ -1,4 +1,4 @@
-"""analysis.tables: every format renders, CSV and JSON parse back to the same numbers."""
+"""analysis.reporting tables: every format renders, CSV and JSON parse back to the same numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""analysis.cam and tools/cam.py: maps have the input's size, average to the logit, and exist
+"""analysis.saliency and tools/cam.py: maps have the input's size, average to the logit, and exist
 only for heads with global average pooling right before a linear layer."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""analysis.aggregate on hand-made run records: mean, std, the gap, pairing, robustness rows."""
+"""analysis.studies.aggregate on hand-made run records: mean, std, the gap, pairing, robustness rows."""
 
 from __future__ import annotations
 
