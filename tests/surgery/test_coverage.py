@@ -6,7 +6,6 @@ import json
 
 import zoo_coverage
 
-from surgery import HEADS
 from surgery.coverage import check_architecture, summarize
 from surgery.coverage_report import render_markdown
 
@@ -14,7 +13,7 @@ from surgery.coverage_report import render_markdown
 def test_check_architecture_on_meta():
     record = check_architecture("resnet18", num_classes=7)
     assert record["device"] == "meta"
-    assert set(record["heads"]) == set(HEADS)
+    assert {"gap", "gmp", "gapmp", "flatten", "nin", "original"} <= set(record["heads"])
     assert all(r["ok"] and r["output_shape"] == [2, 7] for r in record["heads"].values())
     assert record["features"]["grid"] == [7, 7] and record["features"]["layout"] == "NCHW"
 

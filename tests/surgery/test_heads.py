@@ -20,6 +20,11 @@ def nlc(c: int = 4, grid: tuple[int, int] = (2, 3), prefix: int = 1) -> FeatureI
     return FeatureInfo(c, "NLC", grid, prefix, (grid[0] * 16, grid[1] * 16), (1, n, c))
 
 
+def _linear(features: torch.Tensor, fc: torch.nn.Module) -> torch.Tensor:
+    """The output layer by hand: features @ W^T + b with the head's own weights."""
+    return features @ fc.weight.T + fc.bias
+
+
 def test_registry_has_the_promised_kinds():
     assert {"gap", "gmp", "gapmp", "flatten", "nin", "original"} <= set(HEADS)
 
@@ -48,8 +53,7 @@ def test_gap_on_a_hand_computed_map():
 def test_pooling_heads_match_torch_pooling(kind, pool):
     x = torch.randn(3, 4, 3, 2)
     head = build_head(kind, nchw(), num_classes=5)
-    expected = head.fc(pool(x, 1).flatten(1))
-    torch.testing.assert_close(head(x), expected)
+    torch.testing.assert_close(head(x), _linear(pool(x, 1).flatten(1), head.fc))
 
 
 def test_gapmp_concatenates_mean_then_max():
@@ -57,14 +61,14 @@ def test_gapmp_concatenates_mean_then_max():
     head = build_head("gapmp", nchw(), num_classes=5)
     assert head.fc.in_features == 8
     feats = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
-    torch.testing.assert_close(head(x), head.fc(feats))
+    torch.testing.assert_close(head(x), _linear(feats, head.fc))
 
 
 def test_flatten_equals_fc_of_flattened_features():
     x = torch.randn(2, 4, 3, 2)
     head = build_head("flatten", nchw(), num_classes=5)
     assert head.fc.in_features == 4 * 3 * 2
-    torch.testing.assert_close(head(x), head.fc(x.flatten(1)))
+    torch.testing.assert_close(head(x), _linear(x.flatten(1), head.fc))
 
 
 def test_flatten_refuses_another_grid_and_says_why():
@@ -73,13 +77,13 @@ def test_flatten_refuses_another_grid_and_says_why():
         head(torch.randn(1, 4, 4, 4))
 
 
-def test_nhwc_pooling_matches_nchw_pooling():
+def test_nhwc_pooling_pools_over_height_and_width():
     x = torch.randn(2, 4, 3, 2)
     info_nhwc = FeatureInfo(4, "NHWC", (3, 2), 0, (96, 64), (1, 3, 2, 4))
-    for kind in ("gap", "gmp", "gapmp"):
-        a, b = build_head(kind, nchw(), 5), build_head(kind, info_nhwc, 5)
-        b.load_state_dict(a.state_dict())
-        torch.testing.assert_close(b(x.permute(0, 2, 3, 1)), a(x))
+    mean, amax = x.mean((2, 3)), x.amax((2, 3))
+    for kind, pooled in (("gap", mean), ("gmp", amax), ("gapmp", torch.cat([mean, amax], 1))):
+        head = build_head(kind, info_nhwc, 5)
+        torch.testing.assert_close(head(x.permute(0, 2, 3, 1)), _linear(pooled, head.fc))
 
 
 @pytest.mark.parametrize("kind", ["gap", "gmp", "gapmp", "nin"])
@@ -91,10 +95,13 @@ def test_token_pooling_ignores_prefix_tokens(kind):
     y[:, :2] = 1e6  # class / distillation tokens: must not matter
     torch.testing.assert_close(head(y), head(x))
     patches = x[:, 2:]
-    if kind == "gmp":
-        torch.testing.assert_close(head(x), head.fc(patches.amax(1)))
-    elif kind == "gap":
-        torch.testing.assert_close(head(x), head.fc(patches.mean(1)))
+    by_hand = {
+        "gap": lambda: _linear(patches.mean(1), head.fc),
+        "gmp": lambda: _linear(patches.amax(1), head.fc),
+        "gapmp": lambda: _linear(torch.cat([patches.mean(1), patches.amax(1)], 1), head.fc),
+        "nin": lambda: _linear(patches, head.fc).mean(1),  # per token, then average
+    }
+    torch.testing.assert_close(head(x), by_hand[kind]())
 
 
 def test_token_flatten_uses_patch_tokens_only():
@@ -102,13 +109,14 @@ def test_token_flatten_uses_patch_tokens_only():
     head = build_head("flatten", info, num_classes=3)
     x = torch.randn(2, 7, 4)
     assert head.fc.in_features == 6 * 4
-    torch.testing.assert_close(head(x), head.fc(x[:, 1:].flatten(1)))
+    torch.testing.assert_close(head(x), _linear(x[:, 1:].flatten(1), head.fc))
 
 
 def test_nin_is_1x1_conv_then_average():
     x = torch.randn(2, 4, 3, 2)
     head = build_head("nin", nchw(), num_classes=5)
-    maps = F.conv2d(x, head.fc.weight, head.fc.bias)
+    w, b = head.fc.weight[:, :, 0, 0], head.fc.bias  # (K, C, 1, 1) -> (K, C)
+    maps = torch.einsum("kc,bchw->bkhw", w, x) + b[None, :, None, None]
     torch.testing.assert_close(head.class_maps(x), maps)
     torch.testing.assert_close(head(x), maps.mean((2, 3)))
 
@@ -124,9 +132,11 @@ def test_hidden_and_dropout_build_an_mlp():
     linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(8, 16), (16, 6), (6, 3)]
     assert sum(isinstance(m, torch.nn.Dropout) for m in head.modules()) == 2
-    head.eval()
     x = torch.randn(2, 8, 2, 2)
-    torch.testing.assert_close(head(x), head(x))  # dropout off in eval
+    l1, l2, fc = linears
+    by_hand = _linear(_linear(_linear(x.mean((2, 3)), l1).relu(), l2).relu(), fc)
+    torch.testing.assert_close(head.eval()(x), by_hand)  # dropout is the identity in eval
+    assert not torch.allclose(head.train()(x), by_hand)  # and active in training
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -146,6 +156,6 @@ def test_channels_first_sequences_pool_over_the_last_dim():
     x = torch.randn(2, 4, 6)
     for kind, ref in (("gap", x.mean(2)), ("gmp", x.amax(2)), ("flatten", x.flatten(1))):
         head = build_head(kind, info, num_classes=3)
-        torch.testing.assert_close(head(x), head.fc(ref))
+        torch.testing.assert_close(head(x), _linear(ref, head.fc))
     nin = build_head("nin", info, num_classes=3)
-    torch.testing.assert_close(nin(x), nin.fc(x.transpose(1, 2)).mean(1))
+    torch.testing.assert_close(nin(x), _linear(x.transpose(1, 2), nin.fc).mean(1))

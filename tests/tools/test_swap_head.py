@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,20 +25,38 @@ def test_json_contract(capsys):
     assert report["removed"].startswith("fc: Linear(in_features=512, out_features=1000")
     assert report["params"]["head"] == 512 * 7 * 7 * 10 + 10
     assert report["params"]["backbone"] == 11_689_512 - 513_000  # resnet18 minus its classifier
-    assert report["params"]["total"] == report["params"]["backbone"] + report["params"]["head"]
+    assert report["params"]["total"] == 11_176_512 + 250_890
     by_size = {s["input_size"][0]: s for s in report["sizes"]}
     assert by_size[224]["ok"] and by_size[224]["output_shape"] == [1, 10]
     assert not by_size[160]["ok"] and "built for a 7x7 grid" in by_size[160]["error"]
     assert not by_size[288]["ok"]
 
 
-def test_text_report_for_a_pooling_head(capsys):
+def _readme_example() -> tuple[list[str], str]:
+    """The command the README shows for this tool, and the output it shows for it."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^\$ python tools/swap_head\.py ([^\n]*)\n(.*?)^```", text, re.M | re.S)
+    assert match, "README shows a swap_head.py example"
+    return match.group(1).split(), match.group(2)
+
+
+def test_text_report_is_what_the_readme_shows(capsys):
+    argv, shown = _readme_example()
+    assert tool.main(argv) == 0
+    assert capsys.readouterr().out == shown
+
+
+def test_text_report_for_a_head_with_hidden_layers(capsys):
     assert tool.main(["resnet18", "--head", "gmp", "--hidden", "64", "--dropout", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "removed    fc: Linear(in_features=512, out_features=1000" in out
-    assert "pool='max'" in out
-    assert out.count("ok     -> (1, 10)") == 3  # 224, 160 and 288 all work
-    assert f"head {512 * 64 + 64 + 64 * 10 + 10:,}" in out
+    params = re.search(r"backbone ([\d,]+) \| head ([\d,]+) \| total ([\d,]+)", out)
+    assert params, out
+    backbone, head, total = (int(g.replace(",", "")) for g in params.groups())
+    assert head == (512 * 64 + 64) + (64 * 10 + 10)  # Linear 512 -> 64, Linear 64 -> 10
+    assert backbone == 11_689_512 - 513_000 and total == backbone + head
+    sizes = re.findall(r"^\s+(\d+)x\1\s+(.*)$", out, re.M)
+    assert [s for s, _ in sizes] == ["224", "160", "288"]  # built size, ~0.75x, ~1.25x
+    assert all("(1, 10)" in result and "refuses" not in result for _, result in sizes)
 
 
 def test_save_writes_a_loadable_model(tmp_path, capsys):

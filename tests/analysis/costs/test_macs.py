@@ -5,6 +5,8 @@ All figures are MACs (one fused multiply-add = 1).
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import timm
 import torch
@@ -94,35 +96,46 @@ HEAD_MACS = {
 }
 
 
+@functools.cache
+def _features_macs(name: str, counter: str, size: int, **kwargs) -> int:
+    """MACs of timm's own ``forward_features`` on a fresh model: the backbone counted alone,
+    as a plain module (no head, no split), so it is an independent reference for ``backbone``."""
+    model = _model(name, counter, **kwargs)
+    return count_flops(_Fn(model.forward_features, model), (3, size, size), counter=counter)["total"]
+
+
 @pytest.mark.parametrize("counter", COUNTERS)
 @pytest.mark.parametrize("head", sorted(HEAD_MACS))
-def test_head_macs_by_hand(head: str, counter: str) -> None:
+def test_head_by_hand_and_backbone_counted_alone(head: str, counter: str) -> None:
+    """head == the hand formula, backbone == the backbone counted on its own, so their sum
+    equals the total only if the split neither drops nor double-counts anything."""
     model = _swapped("resnet18", head, counter, input_size=64)
     macs = count_flops(model, (3, 64, 64), counter=counter)
+    backbone = _features_macs("resnet18", counter, 64)
     assert macs["head"] == HEAD_MACS[head]
-    assert macs["backbone"] + macs["head"] == macs["total"]
+    assert macs["backbone"] == backbone
+    assert macs["total"] == backbone + HEAD_MACS[head]
 
 
 @pytest.mark.parametrize("counter", COUNTERS)
-def test_backbone_is_forward_features(counter: str) -> None:
-    """backbone MACs (total - head) equal an independent count of forward_features alone."""
+def test_total_equals_one_pass_over_the_whole_model(counter: str) -> None:
+    """The split count's total equals the whole forward counted in one pass as a plain module."""
     model = _swapped("resnet18", "flatten", counter, input_size=64)
     macs = count_flops(model, (3, 64, 64), counter=counter)
-    features_only = count_flops(_Fn(model.forward_features, model), (3, 64, 64), counter=counter)
-    assert macs["backbone"] == features_only["total"]
-    assert macs["head"] > 0
     whole = count_flops(_Fn(model.forward, model), (3, 64, 64), counter=counter)
-    assert whole["total"] == macs["total"]  # counted in one pass, without the split
+    assert whole["head"] is None  # counted as a plain module: no split
+    assert macs["total"] == whole["total"] == _features_macs("resnet18", counter, 64) + C * P * K
 
 
 @pytest.mark.parametrize("counter", COUNTERS)
 def test_token_heads_gap_equals_gmp(counter: str) -> None:
     """ViT at 64 px: 16 patch tokens (class token excluded) x 192 channels."""
-    costs = {}
+    backbone = _features_macs("vit_tiny_patch16_224", counter, 64, img_size=64)
     for head in ("gap", "gmp"):
         model = _swapped("vit_tiny_patch16_224", head, counter, img_size=64, input_size=64)
-        costs[head] = count_flops(model, (3, 64, 64), counter=counter)["head"]
-    assert costs["gap"] == costs["gmp"] == 16 * 192 + 192 * 10
+        macs = count_flops(model, (3, 64, 64), counter=counter)
+        assert macs["head"] == 16 * 192 + 192 * 10
+        assert macs["backbone"] == backbone
 
 
 # --- extra handles against hand computations ------------------------------------------------

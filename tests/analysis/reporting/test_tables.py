@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
-import tabulate
 
 from analysis.reporting import TABLE_FORMATS, flatten_row, format_table
 
@@ -21,15 +21,43 @@ ROWS = [
 ]
 
 
-def test_formats_are_csv_json_and_all_of_tabulate() -> None:
-    assert set(TABLE_FORMATS) == {"csv", "json", *tabulate.tabulate_formats}
+# formats users are told they can pass (csv, json and some of tabulate's documented names),
+# spelled out: each must be accepted, along with everything TABLE_FORMATS lists
+KNOWN_FORMATS = ("csv", "json", "github", "plain", "simple", "pipe", "grid", "latex", "html",
+                 "tsv", "rst")
 
 
-@pytest.mark.parametrize("fmt", TABLE_FORMATS)
-def test_every_format_renders_every_row(fmt: str) -> None:
+@pytest.mark.parametrize("fmt", sorted(set(TABLE_FORMATS) | set(KNOWN_FORMATS)))
+def test_every_format_renders_every_row_and_number(fmt: str) -> None:
     text = format_table(ROWS, fmt)
     assert text.count("resnet18") == 2
     assert "vit_small_patch16_224" in text.replace("\\_", "_")  # latex escapes underscores
+    digits = text.replace(",", "")  # display formats group thousands
+    assert "11181642" in digits and "11427402" in digits
+    assert ("1.819361792" if fmt in ("csv", "json") else "1.819") in text
+
+
+# resnet18 at 224 px, 10 classes (README): backbone + head = total, the figures a cost table shows
+COSTS = [
+    {"head": "gap", "params_backbone": 11_176_512, "params_head": 5_130,
+     "params_total": 11_181_642},
+    {"head": "flatten", "params_backbone": 11_176_512, "params_head": 250_890,
+     "params_total": 11_427_402},
+]
+
+
+@pytest.mark.parametrize("fmt", ["github", "pipe", "plain", "simple", "tsv"])
+def test_display_table_parses_back_and_its_columns_add_up(fmt: str) -> None:
+    lines = [line for line in format_table(COSTS, fmt).splitlines()
+             if line.strip() and not set(line) <= set("|-:+ ")]  # drop rules
+    cells = [[c.strip() for c in re.split(r"[|\t]|\s{2,}", line) if c.strip()] for line in lines]
+    header, body = cells[0], cells[1:]
+    assert header == list(COSTS[0])
+    parsed = [dict(zip(header, row, strict=True)) for row in body]
+    for row, ref in zip(parsed, COSTS, strict=True):
+        numbers = {k: int(v.replace(",", "")) for k, v in row.items() if k != "head"}
+        assert numbers == {k: v for k, v in ref.items() if k != "head"}
+        assert numbers["params_backbone"] + numbers["params_head"] == numbers["params_total"]
 
 
 def test_csv_parses_back_to_the_same_numbers() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import surgery
 from analysis.saliency import cam_support, class_activation_maps, draw_cams
@@ -71,11 +73,46 @@ def test_dropout_alone_keeps_the_cam():
     assert cam_support(_model("gap", dropout=0.5)) is None
 
 
-def test_draw_cams_writes_a_png_grid(tmp_path):
-    images = torch.randint(0, 255, (3, 1, 16, 16), dtype=torch.uint8)
-    maps = torch.rand(3, 4, 4)  # a smaller map is resized to the image
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True in a 1-D mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _panels(path) -> tuple[np.ndarray, list[list[tuple[slice, slice] | None]]]:
+    """Decode a PNG; find the grid of coloured panels (the map overlay) on the white page.
+
+    Returns the RGB pixels (floats) and, per grid row and column, the panel's pixel box or None
+    where the cell is empty. Titles are black text, the page white, the images gray: only the
+    jet overlay is coloured.
+    """
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=float)
+    coloured = rgb.max(2) - rgb.min(2) > 30
+    rows, cols = _runs(coloured.any(1)), _runs(coloured.any(0))
+    grid = [[(slice(*r), slice(*c)) if coloured[slice(*r), slice(*c)].any() else None
+             for c in cols] for r in rows]
+    return rgb, grid
+
+
+def test_draw_cams_draws_each_map_over_its_image_in_a_grid(tmp_path):
+    images = torch.full((3, 1, 16, 16), 128, dtype=torch.uint8)  # gray: only the maps differ
+    # smaller than the images (resized to them), each on its own scale (scaled to its min..max)
+    maps = torch.tensor([5.0, -3.0, 0.0])[:, None, None].repeat(1, 4, 4)
+    maps[0, :, :2] = 7.0  # high on the left
+    maps[1, :2, :] = -1.0  # high at the top
+    maps[2, :, 2:] = 0.01  # high on the right
     path = draw_cams(images, maps, ["a", "b", "c"], tmp_path / "cam.png", cols=2)
-    assert path.read_bytes()[:4] == b"\x89PNG"
+    rgb, grid = _panels(path)
+    assert len(grid) == 2 and all(len(row) == 2 for row in grid)  # 3 images, 2 columns
+    panels = [cell for row in grid for cell in row]
+    assert panels[3] is None and None not in panels[:3]  # row-major, the last cell empty
+    for panel, (hi, lo) in zip(panels, [("left", "right"), ("top", "bottom"), ("right", "left")],
+                               strict=False):
+        px = rgb[panel]
+        h, w = px.shape[0] // 2, px.shape[1] // 2
+        half = {"left": px[:, :w], "right": px[:, w:], "top": px[:h], "bottom": px[h:]}
+        red = {k: (v[..., 0] - v[..., 2]).mean() for k, v in half.items()}  # jet: high red, low blue
+        assert red[hi] > red[lo] + 50
 
 
 def test_cam_tool_on_a_trained_run(tmp_path, capsys):
@@ -91,7 +128,9 @@ def test_cam_tool_on_a_trained_run(tmp_path, capsys):
                           name=head, progress=False))
     out = tmp_path / "cam.png"
     assert cam_tool.main([str(tmp_path / "gap"), "--images", "6", "--out", str(out)]) == 0
-    assert out.read_bytes()[:4] == b"\x89PNG" and "feature grid 2x2" in capsys.readouterr().out
+    assert "feature grid 2x2" in capsys.readouterr().out
+    _, grid = _panels(out)
+    assert len(grid) == 1 and len(grid[0]) == 6 and None not in grid[0]  # 6 images, one row
     code = run(lambda: cam_tool.main([str(tmp_path / "flatten"), "--out", str(out)]))
     assert code == 2 and "global average pooling" in capsys.readouterr().err
     code = run(lambda: cam_tool.main([str(tmp_path / "nothing"), "--out", str(out)]))

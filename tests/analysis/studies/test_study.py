@@ -7,7 +7,9 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import analysis.studies as study
 from analysis.studies import HeadSpec, StudySpec, parse_head, parse_shard, runner, select_shard
@@ -162,7 +164,10 @@ def test_tiny_real_study_writes_every_file_and_resumes(tmp_path, monkeypatch):
     for name in PROMISED:
         assert (tmp_path / name).stat().st_size > 0, name
     for name in ("acc_vs_head_params.png", "gap_vs_train_size.png", "learning_curves.png"):
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+        # each plot decodes and draws both heads, in tab10's first two colours
+        rgb = np.asarray(Image.open(tmp_path / name).convert("RGB"), dtype=int)
+        for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+            assert (np.abs(rgb - colour).max(2) <= 10).sum() > 20, (name, colour)
     rows = {r["head"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
     assert rows["gap"]["seeds"] == rows["flatten"]["seeds"] == 2
     # test_resnet: 96 channels, a 2x2 grid at 48 px, 4 classes: GAP C*K+K, Flatten 4C*K+K

@@ -7,13 +7,20 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
+import timm
 import torch
+from PIL import Image
 
 import surgery
-from analysis.training import METRIC_COLUMNS, NonFiniteLossError, TrainConfig, lr_factor, train
+from analysis.costs import count_flops
+from analysis.training import NonFiniteLossError, TrainConfig, lr_factor, train
 
 TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
+# per-epoch columns the README promises (gap_acc and gap_loss are a contract)
+METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "gap_acc",
+               "gap_loss", "epoch_time_s", "img_per_s", "peak_mem_mb")
 SUMMARY_KEYS = {"model", "head", "dataset", "epochs", "test_acc", "best_val_acc", "train_acc",
                 "val_acc", "gap_acc", "gap_loss", "params", "gmacs", "time_s", "img_per_s",
                 "peak_mem_mb"}
@@ -52,26 +59,34 @@ def test_run_directory_has_promised_files_and_columns(run):
     for f in ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "best.pt",
               "last.pt", "curves.png"):
         assert (d / f).is_file(), f
-    assert (d / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # curves.png decodes, and both panels (loss, accuracy) show a train and a validation line in
+    # matplotlib's first two cycle colours
+    rgb = np.asarray(Image.open(d / "curves.png").convert("RGB"), dtype=int)
+    for panel in np.array_split(rgb, 2, axis=1):
+        for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+            assert (np.abs(panel - colour).max(2) <= 10).sum() > 100
     with open(d / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == METRIC_COLUMNS and len(rows) == 2
     lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
-    for r in lines:
-        assert set(METRIC_COLUMNS) <= set(r)
+    # both files carry every promised column, with the same numbers
+    for row, r in zip(rows, lines, strict=True):
+        assert {k: float(row[k]) for k in METRIC_KEYS} == pytest.approx({k: r[k] for k in METRIC_KEYS})
         assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1
         assert r["gap_acc"] == pytest.approx(r["train_acc"] - r["val_acc"])
         assert r["gap_loss"] == pytest.approx(r["val_loss"] - r["train_loss"])
     on_disk = json.loads((d / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(on_disk) and on_disk["test_acc"] == summary["test_acc"]
     assert 0 <= on_disk["test_acc"] <= 1 and on_disk["epochs"] == 2
-    # parameter count by hand: the GAP head on test_resnet's features is C*K + K
-    model = surgery.load(d / "best.pt")
-    c = model.features.channels
-    assert on_disk["head_params"] == c * 4 + 4
-    assert on_disk["params"] == sum(p.numel() for p in model.parameters())
-    assert on_disk["gmacs"] > 0
+    # costs against independent counts: timm's own test_resnet without its classifier, plus the
+    # GAP head by hand (C channels on the 1x1 grid test_resnet has at 16 px, K = 4 classes)
+    bare = timm.create_model("test_resnet", num_classes=0, global_pool="")  # forward_features
+    c, k = bare.num_features, 4
+    assert on_disk["head_params"] == c * k + k
+    assert on_disk["params"] == sum(p.numel() for p in bare.parameters()) + c * k + k
+    assert on_disk["head_gmacs"] * 1e9 == pytest.approx(c * 1 + c * k)  # pool, then Linear
+    backbone = count_flops(bare, (3, 16, 16))["total"]
+    assert on_disk["gmacs"] * 1e9 == pytest.approx(backbone + c * 1 + c * k)
     best = max(lines, key=lambda r: r["val_acc"])
     assert on_disk["best_val_acc"] == best["val_acc"] and on_disk["gap_acc"] == best["gap_acc"]
 
