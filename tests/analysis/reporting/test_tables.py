@@ -1,4 +1,5 @@
-"""analysis.reporting tables: every format renders, CSV and JSON parse back to the same numbers."""
+"""analysis.reporting tables: every format renders every number; CSV, JSON and the display
+formats parse back to the same numbers."""
 
 from __future__ import annotations
 

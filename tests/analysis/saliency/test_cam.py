@@ -1,5 +1,6 @@
 """analysis.saliency and tools/cam.py: maps have the input's size, average to the logit, and exist
-only for heads with global average pooling right before a linear layer."""
+only for heads with global average pooling right before a linear layer; the drawing puts each map
+over its own image, in a grid."""
 
 from __future__ import annotations
 
