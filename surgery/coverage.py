@@ -137,7 +137,8 @@ def check_architecture(name: str, heads: Sequence[str] | None = None,
 
 
 # a refusal that is the right answer: the head kind does not exist for that architecture
-NOT_APPLICABLE = ("has no classifier of its own",)
+# (``original`` on feature encoders without a classifier; ``token`` without a class token)
+NOT_APPLICABLE = ("has no classifier of its own", "has no class token")
 
 
 def _not_applicable(error: str) -> bool:
@@ -149,8 +150,8 @@ def summarize(records: Iterable[dict[str, Any]], heads: Sequence[str] | None = N
     """Per-head counts of working architectures, failures with reasons, layouts and devices.
 
     A head that does not exist for an architecture (``original`` on timm's feature encoders,
-    which have no classifier to reset) is counted as not applicable, with its reason, and left
-    out of the percentage.
+    which have no classifier to reset; ``token`` on models without a class token) is counted as
+    not applicable, with its reason, and left out of the percentage.
     """
     records = sorted(records, key=lambda r: r["model"])
     heads = list(heads or HEADS)

@@ -17,6 +17,32 @@ def _group_failures(failures: list[dict[str, str]]) -> dict[str, list[str]]:
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
+def _reason(error: str) -> str:
+    """A refusal without the model's name, so that one reason groups many architectures:
+    'ValueError: vit_x has no class token (...)' -> 'no class token (...)'."""
+    text = error.split(": ", 1)[-1]
+    for marker in (" has no ",):
+        if marker in text:
+            return "no " + text.split(marker, 1)[1]
+    return text
+
+
+def _not_applicable_lines(na: dict[str, list[dict[str, str]]]) -> list[str]:
+    """Per head, the architectures where it does not exist, grouped by the reason."""
+    na = {h: v for h, v in na.items() if v}
+    if not na:
+        return []
+    lines = ["## Not applicable", ""]
+    for head, entries in na.items():
+        lines.append(f"- {head}: {len(entries)} architectures")
+        groups: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            groups[_reason(e["error"])].append(e["model"])
+        for reason, models in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"  - {reason}: {len(models)} ({', '.join(models)})")
+    return [*lines, ""]
+
+
 def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     """The committed report: per-head totals, layouts seen, and every failure with its reason."""
     rows = [[h, s["ok"], s.get("not_applicable", 0), s["total"] - s["ok"] - s.get("not_applicable", 0),
@@ -55,15 +81,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [f"Final grid 1x1 at the default size (gap, gmp and flatten coincide there): "
                   f"{len(summary['single_position'])} architectures: "
                   + ", ".join(summary["single_position"]) + ".", ""]
-    na = {h: v for h, v in summary.get("not_applicable", {}).items() if v}
-    if na:
-        lines += ["## Not applicable", ""]
-        for head, entries in na.items():
-            names = ", ".join(e["model"] for e in entries)
-            lines.append(f"- {head}: {len(entries)} architectures that timm builds as feature "
-                         f"encoders, with no classifier of their own to reset ({names}). "
-                         "Every pooling head works on them.")
-        lines.append("")
+    lines += _not_applicable_lines(summary.get("not_applicable", {}))
     lines.append("## Failures")
     any_failure = False
     for head, failures in summary["failures"].items():

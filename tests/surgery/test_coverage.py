@@ -6,6 +6,7 @@ import json
 
 import zoo_coverage
 
+from surgery import HEADS
 from surgery.coverage import check_architecture, summarize
 from surgery.coverage_report import render_markdown
 
@@ -13,7 +14,9 @@ from surgery.coverage_report import render_markdown
 def test_check_architecture_on_meta():
     record = check_architecture("resnet18", num_classes=7)
     assert record["device"] == "meta"
-    assert {"gap", "gmp", "gapmp", "flatten", "nin", "original"} <= set(record["heads"])
+    assert set(record["heads"]) == set(HEADS)
+    token = record["heads"].pop("token")  # resnet18 has no class token: refused, with the reason
+    assert not token["ok"] and "has no class token (its features are NCHW maps" in token["error"]
     assert all(r["ok"] and r["output_shape"] == [2, 7] for r in record["heads"].values())
     assert record["features"]["grid"] == [7, 7] and record["features"]["layout"] == "NCHW"
 
@@ -58,6 +61,20 @@ def test_encoders_without_a_classifier_are_not_applicable_for_original():
     assert summary["per_head"]["original"] == {"ok": 1, "total": 2, "not_applicable": 1,
                                                "percent": 100.0}
     assert summary["failures"]["original"] == []
+
+
+def test_models_without_a_class_token_are_not_applicable_for_token_with_the_reason():
+    record = check_architecture("vit_little_patch16_reg4_gap_256", heads=["token", "gem"])
+    summary = summarize([record, check_architecture("deit_tiny_patch16_224", heads=["token"])],
+                        ["token"])
+    assert summary["per_head"]["token"] == {"ok": 1, "total": 2, "not_applicable": 1,
+                                            "percent": 100.0}
+    assert record["heads"]["gem"]["ok"]
+    text = render_markdown(summary, {"timm": "x", "torch": "y", "python": "z", "machine": "m",
+                                     "command": "cmd", "seconds_this_run": 1, "num_classes": 10})
+    assert ("- token: 1 architectures\n  - no class token (its 4 prefix tokens are register or "
+            "distillation tokens, none a cls_token)") in text
+    assert "vit_little_patch16_reg4_gap_256" in text.split("## Not applicable")[1]
 
 
 def test_timm_max_check_reports_what_timm_does():
