@@ -32,7 +32,7 @@ from .pooling import (
 )
 from .report import swap_report
 from .serialize import load, read_model_file, save
-from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head
+from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spec_help
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 
 __all__ = [
@@ -42,6 +42,6 @@ __all__ = [
     "build_head", "check_head_args", "closest_model_names", "expand_model_names", "feature_grid",
     "finite", "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
     "parse_head", "parse_options", "parse_value", "probe_features", "read_json",
-    "read_model_file", "register_head", "resolve_head", "save", "swap_head", "swap_report",
-    "write_json",
+    "read_model_file", "register_head", "resolve_head", "save", "spec_help", "swap_head",
+    "swap_report", "write_json",
 ]

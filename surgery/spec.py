@@ -18,7 +18,8 @@ from typing import Any
 from .heads import HEADS
 from .options import format_value
 
-__all__ = ["HeadSpec", "parse_head", "make_spec", "resolve_head", "head_label", "SPEC_SYNTAX"]
+__all__ = ["HeadSpec", "parse_head", "make_spec", "resolve_head", "head_label", "spec_help",
+           "SPEC_SYNTAX"]
 
 SPEC_SYNTAX = "KIND:key=value[:key=value...], e.g. gem:p=3:learn_p=0 or flatten:hidden=512x256"
 _ALIASES = {"h": "hidden", "d": "dropout"}  # the short forms studies have always accepted
@@ -166,3 +167,16 @@ def head_label(spec: HeadSpec | str) -> str:
         parts.append(f"{short}{format_value(value)}")
     return "-".join(parts)
 
+
+
+def spec_help() -> str:
+    """One paragraph for ``--head`` / ``--heads`` help: the kinds and the options each takes."""
+    own = []
+    for name, kind in HEADS.items():
+        opts = [f"{o.name}={format_value(o.default) if o.default is not None else 'auto'}"
+                for o in kind.options if o.name not in ("hidden", "dropout")]
+        if opts:
+            own.append(f"{name}:{':'.join(opts)}")
+    return (f"a head spec {SPEC_SYNTAX}. Kinds: {', '.join(HEADS)}. Options (defaults): "
+            f"{'; '.join(own)}; every kind but original also takes hidden=W[xW...] and "
+            "dropout=P")
