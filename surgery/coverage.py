@@ -23,7 +23,7 @@ from .heads import HEADS
 from .layout import FeatureInfo, default_input_size, probe_features
 from .swap import swap_head
 
-__all__ = ["check_architecture", "check_timm_max", "summarize"]
+__all__ = ["check_architecture", "check_timm_max", "merge_records", "summarize"]
 
 BATCH = 2
 
@@ -46,12 +46,13 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
                  ) -> tuple[dict[str, Any], FeatureInfo | None]:
     """Swap each head kind onto a copy of ``backbone``; the features are computed once.
 
-    One probe serves every swap; the pooling heads share one backbone forward (their backbones
-    are pruned the same way); ``original`` changes the backbone (timm's reset_classifier) and
-    runs whole.
+    One probe serves every swap; the pooling heads share one backbone forward per feature source
+    (their backbones are pruned the same way); ``original`` changes the backbone (timm's
+    reset_classifier) and runs whole.
     """
     results: dict[str, Any] = {}
-    feats = info = None
+    info = None
+    feats: dict[str, torch.Tensor] = {}  # by feature source (the token head on PiT differs)
     try:
         probe = probe_features(backbone)  # once: every swap below reuses it
     except Exception as err:
@@ -69,10 +70,10 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
                 if head == "original":
                     out = _run(model, x)
                 else:
-                    if feats is None:
+                    if info.source not in feats:
                         with torch.no_grad():
-                            feats = model.eval().forward_features(x)
-                    out = _run(model.head, feats)
+                            feats[info.source] = model.eval().forward_features(x)
+                    out = _run(model.head, feats[info.source])
             results[head] = _shape_record(out, num_classes)
             notes = sorted({str(w.message).split(";")[0] for w in caught
                             if "1x1" in str(w.message)})
@@ -134,6 +135,22 @@ def check_architecture(name: str, heads: Sequence[str] | None = None,
             record["meta_errors"] = errors
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
+
+
+def merge_records(earlier: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """An earlier record of one architecture completed by a later check of more head kinds:
+    the head results side by side, the time added, built on the CPU if either check was."""
+    if earlier is None:
+        return new
+    merged = {**earlier, **{k: v for k, v in new.items() if k not in ("heads", "seconds")}}
+    merged["heads"] = {**earlier["heads"], **new["heads"]}
+    merged["seconds"] = round(earlier.get("seconds", 0.0) + new.get("seconds", 0.0), 3)
+    if "cpu" in (earlier.get("device"), new.get("device")):
+        merged["device"] = "cpu"
+    for key in ("build_errors", "meta_errors"):
+        if key in earlier or key in new:
+            merged[key] = {**earlier.get(key, {}), **new.get(key, {})}
+    return merged
 
 
 # a refusal that is the right answer: the head kind does not exist for that architecture

@@ -75,11 +75,19 @@ class Probe:
     used_params: set[str]
 
 
-def has_class_token(model: nn.Module) -> bool:
-    """Whether the model holds a class token: a ``cls_token`` tensor on the model or on its token
-    embedding (naflexvit keeps it in ``embeds``). Register tokens (``reg_token``) do not count."""
+def has_class_token(model: nn.Module, channels: int | None = None) -> bool:
+    """Whether the model holds a class token: timm's ``cls_token`` on the model or on its token
+    embedding (naflexvit keeps it in ``embeds``), or a per-stage one (``cls_token4`` in CoaT,
+    ``cls_token_1`` in CrossViT) as wide as the features (``channels``). Register tokens
+    (``reg_token``) and distillation tokens do not count."""
     for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] == "cls_token" and name.count(".") <= 1 and p.dim() == 3:
+        leaf = name.rsplit(".", 1)[-1]
+        if name.count(".") > 1 or p.dim() != 3 or not leaf.startswith("cls_token"):
+            continue
+        if leaf == "cls_token":
+            return True
+        numbered = leaf[len("cls_token"):].lstrip("_").isdigit()
+        if numbered and (channels is None or p.shape[-1] == channels):
             return True
     return False
 
@@ -341,7 +349,7 @@ def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, i
         prefix = _prefix_tokens(model, shape[1], hw)
         n_patch = shape[1] - prefix
         grid = _token_grid(n_patch, hw) or (n_patch,)
-        cls = prefix >= 1 and has_class_token(model)
+        cls = prefix >= 1 and has_class_token(model, shape[2])
         return FeatureInfo(shape[2], "NLC", tuple(grid), prefix, hw, shape, class_token=cls,
                            **extra)
     if len(shape) == 2:  # already pooled inside forward_features: one position, no grid

@@ -253,11 +253,9 @@ def no_class_token_reason(info: FeatureInfo, name: str = "this model") -> str:
     """Why the token head does not apply, and which heads do."""
     if info.layout != "NLC":
         why = f"its features are {info.layout} maps, not tokens"
-    elif info.num_prefix_tokens == 1:
-        why = "its one prefix token is a register or distillation token, not a cls_token"
     elif info.num_prefix_tokens:
-        why = (f"its {info.num_prefix_tokens} prefix tokens are register or distillation "
-               "tokens, none a cls_token")
+        why = (f"its {info.num_prefix_tokens} prefix token{'s' if info.num_prefix_tokens > 1 else ''}"
+               " (register or distillation) without a cls_token")
     else:
         why = "its tokens are all patch tokens, no cls_token"
     return (f"{name} has no class token ({why}), so the token head does not apply; the pooling "

@@ -72,8 +72,8 @@ def test_models_without_a_class_token_are_not_applicable_for_token_with_the_reas
     assert record["heads"]["gem"]["ok"]
     text = render_markdown(summary, {"timm": "x", "torch": "y", "python": "z", "machine": "m",
                                      "command": "cmd", "seconds_this_run": 1, "num_classes": 10})
-    assert ("- token: 1 architectures\n  - no class token (its 4 prefix tokens are register or "
-            "distillation tokens, none a cls_token)") in text
+    assert ("- token: 1 architectures\n  - no class token (its 4 prefix tokens (register or "
+            "distillation) without a cls_token)") in text
     assert "vit_little_patch16_reg4_gap_256" in text.split("## Not applicable")[1]
 
 
@@ -83,3 +83,14 @@ def test_timm_max_check_reports_what_timm_does():
     assert check_timm_max("resnet18")["ok"]
     refused = check_timm_max("levit_128s")  # timm 1.0.x: 'Only avg pooling (or none) is supported'
     assert not refused["ok"] and "pooling" in refused["error"]
+
+
+def test_a_new_head_kind_is_checked_on_its_own_and_merged(tmp_path):
+    argv = ["--models", "resnet10t", "--jobs", "1", "--out-dir", str(tmp_path)]
+    assert zoo_coverage.main([*argv, "--heads", "gap"]) == 0
+    assert zoo_coverage.main([*argv, "--heads", "gap", "gem", "token"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "zoo_coverage.jsonl").read_text().splitlines()]
+    assert list(lines[0]["heads"]) == ["gap"]
+    assert list(lines[1]["heads"]) == ["gap", "gem", "token"]  # the first result kept, two added
+    summary = json.loads((tmp_path / "zoo_coverage.json").read_text())["summary"]["per_head"]
+    assert summary["gem"]["ok"] == 1 and summary["token"]["not_applicable"] == 1

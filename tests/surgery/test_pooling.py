@@ -168,6 +168,16 @@ def test_token_head_on_pit_reads_the_class_token_of_forward_features():
         torch.testing.assert_close(ours(x), timm_model(x))
 
 
+def test_token_head_finds_a_per_stage_class_token():
+    # CoaT-Lite names its last stage's class token cls_token4; its own head reads x[:, 0]
+    timm_model = timm.create_model("coat_lite_tiny", img_size=64, num_classes=4)
+    ours = _with_timm_fc(swap_head(copy.deepcopy(timm_model), head="token", num_classes=4,
+                                   input_size=64), timm_model.eval())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), timm_model(x))
+
+
 def test_token_head_ignores_every_other_token():
     head = build_head("token", nlc(4, (2, 2), prefix=2), 3).eval()
     x = torch.randn(2, 6, 4)
@@ -180,7 +190,7 @@ def test_token_head_ignores_every_other_token():
 @pytest.mark.parametrize("name, kwargs, why", [
     ("resnet18", {}, "its features are NCHW maps"),
     ("vit_little_patch16_reg4_gap_256", dict(img_size=64, depth=1),
-     "its 4 prefix tokens are register or distillation tokens, none a cls_token"),
+     "its 4 prefix tokens (register or distillation) without a cls_token"),
     ("naflexvit_base_patch16_gap", dict(img_size=64, depth=1), "its 4 prefix tokens"),
 ])
 def test_token_head_is_refused_without_a_class_token(name, kwargs, why):
