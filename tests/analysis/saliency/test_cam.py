@@ -61,8 +61,10 @@ def test_nin_offset_is_zero_since_the_bias_is_in_the_map():
 
 
 @pytest.mark.parametrize("head,kw,why", [
-    ("gmp", {}, "pools with 'max'"), ("flatten", {}, "pools with 'flatten'"),
-    ("gapmp", {}, "pools with 'avgmax'"), ("gap", {"hidden": (8,)}, "hidden layers")])
+    ("gmp", {}, "this head is 'gmp'"), ("flatten", {}, "this head is 'flatten'"),
+    ("spp:levels=1x2:pool=avg", {}, "this head is 'spp:levels=1x2:pool=avg'"),
+    ("gem:p=1", {}, "this head is 'gem:p=1'"),
+    ("gapmp", {}, "this head is 'gapmp'"), ("gap", {"hidden": (8,)}, "hidden layers")])
 def test_heads_without_a_cam_are_refused_with_the_reason(head, kw, why):
     model = _model(head, **kw)
     assert why in cam_support(model)
@@ -129,10 +131,23 @@ def test_cam_tool_on_a_trained_run(tmp_path, capsys):
                           name=head, progress=False))
     out = tmp_path / "cam.png"
     assert cam_tool.main([str(tmp_path / "gap"), "--images", "6", "--out", str(out)]) == 0
-    assert "feature grid 2x2" in capsys.readouterr().out
+    assert "gap: cam maps" in capsys.readouterr().out
     _, grid = _panels(out)
     assert len(grid) == 1 and len(grid[0]) == 6 and None not in grid[0]  # 6 images, one row
-    code = run(lambda: cam_tool.main([str(tmp_path / "flatten"), "--out", str(out)]))
+    both = [str(tmp_path / "gap"), str(tmp_path / "flatten")]
+    assert cam_tool.main([*both, "--images", "4", "--out", str(out)]) == 0  # side by side
+    text = capsys.readouterr().out
+    assert "4 images x 2 run(s)" in text and "flatten: gradcam maps from the features" in text
+    _, grid = _panels(out)
+    assert len(grid) == 2 and all(len(row) == 4 and None not in row for row in grid)  # 2 runs
+    code = run(lambda: cam_tool.main([str(tmp_path / "flatten"), "--method", "cam",
+                                      "--out", str(out)]))
     assert code == 2 and "global average pooling" in capsys.readouterr().err
+    train(TrainConfig(model="test_resnet", head="gap", dataset="synthetic", data_options=opts,
+                      val_size=12, epochs=1, batch_size=16, img_size=96, out=str(tmp_path),
+                      name="big", progress=False))
+    code = run(lambda: cam_tool.main([str(tmp_path / "gap"), str(tmp_path / "big"),
+                                      "--out", str(out)]))
+    assert code == 2 and "take different inputs (img_size 96 vs 64)" in capsys.readouterr().err
     code = run(lambda: cam_tool.main([str(tmp_path / "nothing"), "--out", str(out)]))
     assert code == 2 and "not a finished run directory" in capsys.readouterr().err
