@@ -82,8 +82,6 @@ def test_run_resume_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(lambda: zoo.main(["--models", "nosuchnet*", "--out-dir", str(tmp_path)])) == 2
     assert "no timm model matches 'nosuchnet*'" in capsys.readouterr().err
-    from _cli import run
-
     assert run(lambda: zoo.main(["--heads", "mlp", "--models", "resnet18"])) == 2
     assert "unknown head 'mlp'" in capsys.readouterr().err
     assert run(lambda: zoo.main(["--heads", "original", "--models", "resnet18"])) == 2
