@@ -168,7 +168,8 @@ def summarize(records: Iterable[dict[str, Any]], heads: Sequence[str] | None = N
 
     A head that does not exist for an architecture (``original`` on timm's feature encoders,
     which have no classifier to reset; ``token`` on models without a class token) is counted as
-    not applicable, with its reason, and left out of the percentage.
+    not applicable, with its reason, and left out of the percentage; so is a head an interrupted
+    sweep has not checked yet on an architecture (``not_checked``: rerun to resume).
     """
     records = sorted(records, key=lambda r: r["model"])
     heads = list(heads or HEADS)
@@ -176,17 +177,22 @@ def summarize(records: Iterable[dict[str, Any]], heads: Sequence[str] | None = N
     failures: dict[str, list[dict[str, str]]] = {h: [] for h in heads}
     not_applicable: dict[str, list[dict[str, str]]] = {h: [] for h in heads}
     for head in heads:
-        ok = 0
+        ok = unchecked = 0
         for r in records:
-            res = r["heads"].get(head, {"ok": False, "error": "not run"})
+            res = r["heads"].get(head)
+            if res is None:
+                unchecked += 1
+                continue
             if res["ok"]:
                 ok += 1
                 continue
             entry = {"model": r["model"], "error": res.get("error", "?")}
             (not_applicable if _not_applicable(entry["error"]) else failures)[head].append(entry)
-        applicable = len(records) - len(not_applicable[head])
+        applicable = len(records) - len(not_applicable[head]) - unchecked
         per_head[head] = {"ok": ok, "total": len(records), "not_applicable": len(not_applicable[head]),
                           "percent": round(100.0 * ok / max(1, applicable), 2)}
+        if unchecked:
+            per_head[head]["not_checked"] = unchecked
     layouts = Counter(r.get("features", {}).get("layout", "unknown") for r in records)
     devices = Counter(r.get("device", "?") for r in records)
     single = sorted(r["model"] for r in records

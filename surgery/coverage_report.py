@@ -45,8 +45,10 @@ def _not_applicable_lines(na: dict[str, list[dict[str, str]]]) -> list[str]:
 
 def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     """The committed report: per-head totals, layouts seen, and every failure with its reason."""
-    rows = [[h, s["ok"], s.get("not_applicable", 0), s["total"] - s["ok"] - s.get("not_applicable", 0),
+    rows = [[h, s["ok"], s.get("not_applicable", 0),
+             s["total"] - s["ok"] - s.get("not_applicable", 0) - s.get("not_checked", 0),
              s["total"], f"{s['percent']:.2f}%"] for h, s in summary["per_head"].items()]
+    unchecked = {h: s["not_checked"] for h, s in summary["per_head"].items() if s.get("not_checked")}
     lines = [
         "# Zoo coverage: every head kind on every timm architecture",
         "",
@@ -63,6 +65,10 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         tabulate(rows, headers=["head", "working", "not applicable", "failing", "architectures",
                                 "coverage of applicable"], tablefmt="github"),
         "",
+        *(["**Sweep in progress**: not checked yet: " + ", ".join(
+            f"{h} on {n:,} architectures" for h, n in unchecked.items())
+           + " (their rows count only the architectures checked so far; rerun the command to "
+           "resume).", ""] if unchecked else []),
         "Feature layouts: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["layouts"].items()))
         + ". Built on: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["devices"].items()))
         + ".",

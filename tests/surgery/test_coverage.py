@@ -94,3 +94,16 @@ def test_a_new_head_kind_is_checked_on_its_own_and_merged(tmp_path):
     assert list(lines[1]["heads"]) == ["gap", "gem", "token"]  # the first result kept, two added
     summary = json.loads((tmp_path / "zoo_coverage.json").read_text())["summary"]["per_head"]
     assert summary["gem"]["ok"] == 1 and summary["token"]["not_applicable"] == 1
+
+
+def test_heads_an_interrupted_sweep_has_not_checked_are_neither_working_nor_failing():
+    records = [{"model": "a", "heads": {"gap": {"ok": True}, "gem": {"ok": True}}},
+               {"model": "b", "heads": {"gap": {"ok": True}}}]  # gem not checked yet on b
+    summary = summarize(records, ["gap", "gem"])
+    assert summary["per_head"]["gem"] == {"ok": 1, "total": 2, "not_applicable": 0,
+                                          "percent": 100.0, "not_checked": 1}
+    assert summary["failures"]["gem"] == []
+    text = render_markdown(summary, {"timm": "x", "torch": "y", "python": "z", "machine": "m",
+                                     "command": "cmd", "seconds_this_run": 1, "num_classes": 10})
+    assert "**Sweep in progress**: not checked yet: gem on 1 architectures" in text
+    assert "| gem    |         1 |                0 |         0 |" in text
