@@ -179,7 +179,8 @@ class GeMPool(nn.Module):
         return x.clamp(min=self.eps).pow(p).mean(position_dim(self.info)).pow(p.reciprocal())
 
     def extra_repr(self) -> str:
-        return f"p={float(self.p):g}, learn_p={self.learn_p}, eps={self.eps:g}"
+        p = "?" if self.p.is_meta else f"{float(self.p.detach()):g}"
+        return f"p={p}, learn_p={self.learn_p}, eps={self.eps:g}"
 
 
 def default_num_heads(channels: int) -> int:
