@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timm-max", action="store_true",
                    help="instead: check timm's own reset_classifier(global_pool='max') on every "
                         "architecture, for comparison (writes zoo_timm_max.json)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write zoo_coverage.md/.json from the records so far, checking nothing "
+                        "(an interrupted sweep: heads not checked yet are reported as such)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the architectures where some head failed in an earlier run")
     return p
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     partial = args.out_dir / "zoo_coverage.jsonl"
     done = _earlier(partial, args) if partial.exists() and not args.fresh else {}
     tasks = [(n, _missing(done.get(n), args.heads), args.num_classes) for n in names]
-    tasks = [t for t in tasks if t[1]]
+    tasks = [t for t in tasks if t[1] and not args.report_only]
     start = time.perf_counter()
     with partial.open("a" if not args.fresh else "w") as sink:
         ctx = mp.get_context("spawn")

@@ -107,3 +107,11 @@ def test_heads_an_interrupted_sweep_has_not_checked_are_neither_working_nor_fail
                                      "command": "cmd", "seconds_this_run": 1, "num_classes": 10})
     assert "**Sweep in progress**: not checked yet: gem on 1 architectures" in text
     assert "| gem    |         1 |                0 |         0 |" in text
+
+
+def test_report_only_writes_the_report_of_an_interrupted_sweep(tmp_path):
+    argv = ["--models", "resnet10t", "--jobs", "1", "--out-dir", str(tmp_path)]
+    assert zoo_coverage.main([*argv, "--heads", "gap"]) == 0
+    assert zoo_coverage.main([*argv, "--heads", "gap", "gem", "--report-only"]) == 0
+    assert len((tmp_path / "zoo_coverage.jsonl").read_text().splitlines()) == 1  # nothing run
+    assert "not checked yet: gem on 1 architectures" in (tmp_path / "zoo_coverage.md").read_text()
