@@ -23,7 +23,7 @@ from .layout import FeatureInfo
 
 __all__ = [
     "HEADS", "HeadKind", "add_head_kind", "register_head", "build_head", "check_head_args",
-    "head_label",
+    "head_label", "as_hidden",
     "FeaturePool", "PoolHead", "NinHead", "GridMismatchError", "POOLINGS",
 ]
 
@@ -223,8 +223,22 @@ register_head("nin", "1x1 convolution to the classes, then global average (Netwo
 add_head_kind(HeadKind("original", "timm's own head, reset to num_classes (baseline)", None))
 
 
-def check_head_args(head: str, num_classes: int, hidden: Sequence[int], dropout: float) -> None:
+def as_hidden(hidden: int | Sequence[int] | None) -> tuple[int, ...]:
+    """Hidden widths as a tuple: ``512`` is one layer ``(512,)``, None is none ``()``."""
+    if hidden is None:
+        return ()
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        return (hidden,)
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        raise ValueError(f"hidden must be a width (512) or a sequence of widths ((512, 256)), "
+                         f"got {hidden!r}")
+    return tuple(hidden)
+
+
+def check_head_args(head: str, num_classes: int, hidden: int | Sequence[int],
+                    dropout: float) -> None:
     """Validate user-supplied head options with messages that say what to pass instead."""
+    hidden = as_hidden(hidden)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -250,10 +264,10 @@ def head_label(head: str, hidden: Sequence[int] = (), dropout: float = 0.0) -> s
 
 
 def build_head(head: str, info: FeatureInfo, num_classes: int,
-               hidden: Sequence[int] = (), dropout: float = 0.0) -> nn.Module:
+               hidden: int | Sequence[int] = (), dropout: float = 0.0) -> nn.Module:
     """A new head of kind ``head`` for features described by ``info``."""
     check_head_args(head, num_classes, hidden, dropout)
     kind = HEADS[head]
     if kind.build is None:
         raise ValueError(f"head {head!r} is built from the backbone itself: use swap_head()")
-    return kind.build(info, num_classes, tuple(hidden), float(dropout))
+    return kind.build(info, num_classes, as_hidden(hidden), float(dropout))

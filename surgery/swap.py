@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .backbone import load_backbone
-from .heads import GridMismatchError, build_head, check_head_args
+from .heads import GridMismatchError, as_hidden, build_head, check_head_args
 from .layout import (
     FeatureInfo,
     Probe,
@@ -28,6 +28,7 @@ from .layout import (
     probe_features,
     raw_features,
 )
+from .memory import check_head_fits
 
 __all__ = ["HeadSwapped", "OriginalHead", "swap_head", "RemovedModule"]
 
@@ -164,14 +165,34 @@ def _warn_single_position(info: FeatureInfo, name: str) -> None:
             "larger input size to compare them", stacklevel=3)
 
 
+def _fresh_backbone(swapped: HeadSwapped) -> nn.Module:
+    """For a re-swap: a new timm model of the same architecture and options as ``swapped``, with
+    its backbone's weights copied. ``swapped`` itself is not touched."""
+    r = swapped.recipe
+    if not r.get("backbone"):
+        raise ValueError("this HeadSwapped model has no backbone name in its recipe (its backbone "
+                         "was not created by timm by name), so it cannot be re-swapped; swap the "
+                         "original timm model instead")
+    device = next(iter(swapped.parameters()), torch.empty(0)).device
+    fresh = load_backbone(r["backbone"], in_chans=r.get("in_chans", 3), **r.get("timm_kwargs", {}))
+    own, old = fresh.state_dict(), swapped.backbone.state_dict()
+    # the removed classifier is not in the old state; the swap replaces the new one anyway
+    fresh.load_state_dict({k: v for k, v in old.items()
+                           if k in own and own[k].shape == v.shape}, strict=False)
+    return fresh.to(device)
+
+
 def _backbone_of(model_or_name: nn.Module | str, load_kwargs: dict[str, Any]) -> nn.Module:
-    """The timm model a swap works on: loaded by name (with ``load_kwargs``), or the one given."""
+    """The timm model a swap works on: loaded by name (with ``load_kwargs``), the one given, or
+    for a :class:`HeadSwapped` a new one with its backbone's weights."""
     if isinstance(model_or_name, str):
         return load_backbone(model_or_name, **load_kwargs)
     if isinstance(model_or_name, nn.Module):
         if load_kwargs:
             raise ValueError(f"options {sorted(load_kwargs)} apply when a model name is given, "
                              "not a model")
+        if isinstance(model_or_name, HeadSwapped):
+            return _fresh_backbone(model_or_name)
         return model_or_name
     raise ValueError(f"expected a timm model or a model name, got {type(model_or_name).__name__}")
 
@@ -191,7 +212,7 @@ def swap_head(
     model_or_name: nn.Module | str,
     head: str = "gap",
     num_classes: int | None = None,
-    hidden: Sequence[int] = (),
+    hidden: int | Sequence[int] = (),
     dropout: float = 0.0,
     input_size: int | Sequence[int] | None = None,
     *,
@@ -201,13 +222,18 @@ def swap_head(
     """Replace the classifier of a timm backbone with a head from ``surgery.HEADS``.
 
     ``model_or_name`` is a timm model or a name for :func:`load_backbone` (which receives
-    ``load_kwargs``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options). The model passed
-    in is modified in place and becomes ``.backbone``. ``num_classes`` defaults to the backbone's.
-    ``input_size`` ((H, W) or an int) is the size the head is built for, the model's default if
-    None; only ``flatten`` depends on it. ``probe``: a :func:`probe_features` result for this
-    model at ``input_size``, to skip probing again (zoo sweeps build many heads on one backbone).
+    ``load_kwargs``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options). A timm model
+    passed in is modified in place and becomes ``.backbone``; a :class:`HeadSwapped` is left
+    unchanged and re-swapped onto a new backbone of the same architecture and weights.
+    ``num_classes`` defaults to the backbone's (a HeadSwapped's own). ``input_size`` ((H, W) or
+    an int) is the size the head is built for, the model's default if None; only ``flatten``
+    depends on it. ``probe``: a :func:`probe_features` result for this model at ``input_size``,
+    to skip probing again (zoo sweeps build many heads on one backbone).
     """
-    hidden = tuple(hidden)
+    hidden = as_hidden(hidden)  # an int is one layer
+    if isinstance(model_or_name, HeadSwapped):  # a re-swap keeps the size and classes by default
+        input_size = model_or_name.recipe["input_size"] if input_size is None else input_size
+        num_classes = model_or_name.num_classes if num_classes is None else num_classes
     model = _backbone_of(model_or_name, load_kwargs)
     if num_classes is None:
         num_classes = int(getattr(model, "num_classes", 0) or 1000)
@@ -228,9 +254,10 @@ def swap_head(
     if head == "original":
         new_head: nn.Module = OriginalHead(model, unused)
     else:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        check_head_fits(head, info, num_classes, hidden, dropout, device)  # before any change
         for n in unused:
             _replace(model, n, nn.Identity())
-        device = next(iter(model.parameters()), torch.empty(0)).device
         new_head = build_head(head, info, num_classes, hidden, dropout).to(device)
     recipe = {
         "backbone": origin.get("name"),

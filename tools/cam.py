@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draw class activation maps (Zhou et al. 2016) of a trained run over test images, as one PNG.
+"""Draw class activation maps (Zhou et al. 2016) of a trained run over test images, as one image.
 
     python tools/cam.py runs/resnet18-gap-fashion-mnist-n10000-s0 --images 16 --out cam.png
 
@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a run directory written by tools/finetune.py "
                                               "or tools/compare_heads.py (its runs/NAME)")
     p.add_argument("--images", type=int, default=16, help="test images to draw (default 16)")
-    p.add_argument("--out", type=Path, default=Path("cam.png"), help="PNG to write (default cam.png)")
+    p.add_argument("--out", type=Path, default=Path("cam.png"),
+                   help="image to write, in the format its suffix names (.png, .jpg, .pdf, .svg; "
+                        "default cam.png)")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run (default best.pt)")
     p.add_argument("--target", default="pred", choices=_TARGETS,
                    help="whose map to draw: the predicted class or the true class")
@@ -42,11 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     import surgery
     from analysis.data import BatchTransform, stratified_indices
     from analysis.machine import resolve_device
-    from analysis.saliency import cam_support, class_activation_maps, draw_cams
+    from analysis.reporting import figure_format
+    from analysis.saliency import cam_support, class_activation_maps, draw_cams, flat_map_warning
     from analysis.training import TrainConfig, load_run_data
     from surgery import read_json
 
     args = build_parser().parse_args(argv)
+    figure_format(args.out)  # the format the suffix names (cam.jpg: JPEG), checked first
+    surgery.check_writable(args.out, "--out")
     if args.images < 1:
         raise ValueError(f"--images must be at least 1, got {args.images}")
     ckpt = args.run_dir / args.checkpoint
@@ -69,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     transform = BatchTransform(int(res["img_size"]), int(res["in_chans"]), res["mean"], res["std"],
                                device=device, augment=False)
     result = class_activation_maps(model, transform(images))
+    flat = flat_map_warning(result)
+    if flat is not None:
+        print(f"warning: {flat}", file=sys.stderr)
     probs = result.logits.float().softmax(1).cpu()
     pred = probs.argmax(1)
     target = pred if args.target == "pred" else labels
