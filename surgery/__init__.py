@@ -7,15 +7,29 @@ The small shared pieces every layer above uses live here too, at the bottom of t
 order: the one-line text of an error, atomic file writes, ``KEY=VALUE`` options.
 """
 
-from .backbone import closest_model_names, expand_model_names, load_backbone
+from .backbone import (
+    RESERVED_TIMM_OPTIONS,
+    check_timm_options,
+    closest_model_names,
+    expand_model_names,
+    load_backbone,
+)
 from .errors import one_line
-from .files import atomic_write, atomic_write_bytes, finite, read_json, write_json
+from .files import (
+    atomic_write,
+    atomic_write_bytes,
+    check_writable,
+    finite,
+    read_json,
+    write_json,
+)
 from .heads import (
     HEADS,
     HeadKind,
     NinHead,
     PoolHead,
     add_head_kind,
+    as_hidden,
     build_head,
     check_head_args,
     register_head,
@@ -36,12 +50,13 @@ from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spe
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 
 __all__ = [
-    "HEADS", "AttentionPool", "ClassTokenPool", "FeatureInfo", "FeaturePool", "GeMPool",
-    "HeadKind", "HeadSpec", "HeadSwapped", "NinHead", "Option", "OriginalHead", "PoolHead",
-    "PyramidPool", "RemovedModule", "add_head_kind", "atomic_write", "atomic_write_bytes",
-    "build_head", "check_head_args", "closest_model_names", "expand_model_names", "feature_grid",
-    "finite", "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
-    "parse_head", "parse_options", "parse_value", "probe_features", "read_json",
-    "read_model_file", "register_head", "resolve_head", "save", "spec_help", "swap_head",
-    "swap_report", "write_json",
+    "HEADS", "RESERVED_TIMM_OPTIONS", "AttentionPool", "ClassTokenPool", "FeatureInfo",
+    "FeaturePool", "GeMPool", "HeadKind", "HeadSpec", "HeadSwapped", "NinHead", "Option",
+    "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "add_head_kind", "as_hidden",
+    "atomic_write", "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options",
+    "check_writable", "closest_model_names", "expand_model_names", "feature_grid", "finite",
+    "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line", "parse_head",
+    "parse_options", "parse_value", "probe_features", "read_json", "read_model_file",
+    "register_head", "resolve_head", "save", "spec_help", "swap_head", "swap_report",
+    "write_json",
 ]

@@ -17,12 +17,40 @@ import torch
 from torch import nn
 
 from .errors import one_line
+from .files import why_unreadable
+from .hub import OFFLINE_HINT, check_weights_reachable
 
-__all__ = ["load_backbone", "closest_model_names", "expand_model_names", "read_state_dict",
-           "classifier_names"]
+__all__ = ["RESERVED_TIMM_OPTIONS", "load_backbone", "check_timm_options", "closest_model_names",
+           "expand_model_names", "read_state_dict", "classifier_names"]
 
 # keys under which timm / common trainers store the weights inside a checkpoint dict
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
+
+
+# timm.create_model / swap_head keywords that headswap sets itself, and what to do instead
+RESERVED_TIMM_OPTIONS = {
+    "model_name": "give the name as the model argument",
+    "pretrained": "use --pretrained (pretrained=True)",
+    "in_chans": "use --in-chans (in_chans=N)",
+    "checkpoint_path": "use --checkpoint FILE (checkpoint=PATH)",
+    "checkpoint": "use --checkpoint FILE (checkpoint=PATH)",
+    "num_classes": "use --num-classes; fine-tuning takes the number of classes from the data",
+    "features_only": "headswap replaces the classifier of the full model, so leave it out",
+    "head": "use --head", "hidden": "use --hidden", "dropout": "use --dropout",
+    "input_size": "use --input-size (--img-size in fine-tuning)",
+    "probe": "an internal argument of swap_head",
+}
+
+
+def check_timm_options(options: Mapping[str, Any], flag: str = "--timm-option") -> None:
+    """Refuse timm options that headswap sets itself (``num_classes``, ``pretrained``,
+    ``in_chans``, ``checkpoint_path``, ...), saying what to use instead, rather than a TypeError
+    about a keyword given twice."""
+    taken = [k for k in options if k in RESERVED_TIMM_OPTIONS]
+    if taken:
+        k = taken[0]
+        raise ValueError(f"{flag} {k}={options[k]!r}: {k} is set by headswap itself; "
+                         f"{RESERVED_TIMM_OPTIONS[k]}")
 
 
 def closest_model_names(name: str, n: int = 3) -> list[str]:
@@ -82,6 +110,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Prefixes added by DataParallel / DDP (``module.``) are stripped.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a directory; pass the weights file itself "
+                         "(saved with torch.save(model.state_dict(), path))")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (pass a weights file "
                                 "saved with torch.save(model.state_dict(), path))")
@@ -89,8 +120,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt or foreign file
         raise ValueError(
-            f"could not read checkpoint {str(path)!r}: {one_line(err)}; expected a file written by "
-            "torch.save(model.state_dict(), path) or a timm training checkpoint"
+            f"could not read checkpoint {str(path)!r}: {why_unreadable(path, err)}; expected a "
+            "file written by torch.save(model.state_dict(), path) or a timm training checkpoint"
         ) from None
     if isinstance(obj, Mapping) and obj.get("format") == "headswap":
         raise ValueError(f"{str(path)!r} is a headswap model file: load it with surgery.load(path)")
@@ -158,6 +189,8 @@ def load_backbone(
     _check_model_name(name)
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    if pretrained:
+        check_weights_reachable(name, timm_kwargs)  # offline: now, not after a minute of retries
     try:
         model = timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **timm_kwargs)
     except TypeError as err:
@@ -166,11 +199,8 @@ def load_backbone(
     except (OSError, RuntimeError) as err:
         if not pretrained:
             raise
-        raise ValueError(
-            f"could not load pretrained weights for {name!r} ({one_line(err)}). Offline? Pass "
-            "checkpoint=PATH (a local weights "
-            "file) or pretrained_cfg_overlay=dict(file=PATH)"
-        ) from None
+        raise ValueError(f"could not load pretrained weights for {name!r} ({one_line(err)}). "
+                         f"Offline? {OFFLINE_HINT}") from None
     if checkpoint is not None:
         _load_checkpoint(model, name, checkpoint)
     origin = {"name": name, "in_chans": in_chans, "timm_kwargs": dict(timm_kwargs)}

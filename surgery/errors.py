@@ -12,7 +12,8 @@ MAX_ERROR_CHARS = 300
 
 
 def one_line(err: BaseException | str, limit: int = MAX_ERROR_CHARS, with_type: bool = True) -> str:
-    """``'TypeName: first line of the message'``, cut to ``limit`` characters with an ellipsis.
+    """``'TypeName: first line of the message'``, cut to ``limit`` characters with an ellipsis
+    (at a word boundary, so no word is cut in half).
 
     ``with_type=False`` leaves out the exception's class name (for messages already written for
     users). An empty message gives the class name alone.
@@ -25,6 +26,8 @@ def one_line(err: BaseException | str, limit: int = MAX_ERROR_CHARS, with_type: 
     else:
         lines = err.strip().splitlines()
         text = lines[0].strip() if lines else ""
-    if len(text) > limit:
-        text = text[: max(0, limit - 3)].rstrip() + "..."
+    if len(text) > limit:  # cut at a word boundary when there is one in the last quarter
+        cut = text[: max(0, limit - 3)]
+        space = cut.rfind(" ")
+        text = (cut[:space] if space > 3 * len(cut) // 4 else cut).rstrip(" ,;:") + "..."
     return text

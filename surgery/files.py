@@ -7,6 +7,7 @@ with the usual permissions (0666 minus the umask), not ``mkstemp``'s 0600.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "finite", "read_json", "write_json"]
+__all__ = ["atomic_write", "atomic_write_bytes", "check_writable", "finite", "read_json",
+           "why_unreadable", "write_error", "write_json"]
 
 
 def _umask() -> int:
@@ -24,15 +26,39 @@ def _umask() -> int:
     return mask
 
 
+# what a user can cause by pointing a write somewhere it cannot go, and what it means
+_WRITE_ERRORS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                 errno.EROFS: "the file system is read-only", errno.EISDIR: "it is a directory",
+                 errno.ENOTDIR: "a part of the path is a file, not a directory",
+                 errno.EEXIST: "a part of the path is a file, not a directory",
+                 errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.ENAMETOOLONG: "the name is too long"}
+
+
+def write_error(path: str | Path, err: OSError) -> ValueError | OSError:
+    """A one-line ValueError for a write to ``path`` that failed for a reason the user can fix
+    (permissions, a directory or file in the way, a full disk); other OSErrors unchanged."""
+    reason = _WRITE_ERRORS.get(err.errno or 0)
+    if reason is None:
+        return err
+    return ValueError(f"cannot write {str(path)!r}: {reason}; choose another path")
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to ``path``.
 
     If ``write`` raises (or the process dies), ``path`` keeps its previous content and the
-    temporary file is removed.
+    temporary file is removed. A path that cannot be written (read-only, a directory in the way,
+    a full disk) is a ValueError naming it (:func:`write_error`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise write_error(path, err) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -40,9 +66,36 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+def check_writable(path: str | Path, flag: str, directory: bool = False) -> Path:
+    """Raise ValueError (naming ``flag`` and the path) when ``path`` cannot be written: a file
+    where a directory is wanted or the other way round, a file in the middle of the path, or a
+    directory it goes to that takes no new files (permissions, a read-only file system). Tools
+    call it before any long work."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory" if path.is_dir() else "a file"
+        want = "a directory" if directory else "a file"
+        raise ValueError(f"{flag} {str(path)!r} is {kind}; give the path of {want}")
+    target = path if directory else path.parent
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise ValueError(f"{flag} {str(path)!r}: {str(target)!r} is a file, not a directory; "
+                         "choose another path")
+    try:  # the one reliable test (root, read-only mounts, ACLs): create a file there
+        tempfile.TemporaryFile(dir=target).close()
+    except OSError as err:
+        reason = _WRITE_ERRORS.get(err.errno or 0, err.strerror or type(err).__name__)
+        raise ValueError(f"{flag} {str(path)!r}: cannot write in {str(target)!r} ({reason}); "
+                         "choose another path") from None
     return path
 
 
@@ -71,3 +124,27 @@ def write_json(path: str | Path, obj: Any) -> Path:
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def why_unreadable(path: str | Path, err: BaseException) -> str:
+    """Why ``torch.load`` (or another reader) failed on ``path``, in words: an empty file, a text
+    file, or the reader's own one-line error for anything else."""
+    from .errors import one_line
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as os_err:
+        return one_line(os_err)
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return one_line(err)
+    if all(c.isprintable() or c.isspace() for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"it is a text file ({size:,} bytes, starting {first!r}), not saved tensors"
+    return one_line(err)

@@ -35,7 +35,7 @@ from .pooling import (
 
 __all__ = [
     "HEADS", "HeadKind", "add_head_kind", "register_head", "build_head", "check_head_args",
-    "PoolHead", "NinHead",
+    "PoolHead", "NinHead", "as_hidden",
     "FeaturePool", "GridMismatchError", "POOLINGS", "MLP_OPTIONS",
 ]
 
@@ -224,13 +224,26 @@ def _spp(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: fl
 add_head_kind(HeadKind("original", "timm's own head, reset to num_classes (baseline)", None))
 
 
-def check_head_args(head: str, num_classes: int, hidden: Sequence[int], dropout: float,
+def as_hidden(hidden: int | Sequence[int] | None) -> tuple[int, ...]:
+    """Hidden widths as a tuple: ``512`` is one layer ``(512,)``, None is none ``()``."""
+    if hidden is None:
+        return ()
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        return (hidden,)
+    if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+        raise ValueError(f"hidden must be a width (512) or a sequence of widths ((512, 256)), "
+                         f"got {hidden!r}")
+    return tuple(hidden)
+
+
+def check_head_args(head: str, num_classes: int, hidden: int | Sequence[int], dropout: float,
                     options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate a head kind and its options; returns the kind options, typed.
 
     Messages say what to pass instead; the option values are checked against the kind's
-    declarations (surgery.options.Option).
+    declarations (surgery.options.Option). ``hidden=512`` is one layer.
     """
+    hidden = as_hidden(hidden)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -258,15 +271,16 @@ def check_head_args(head: str, num_classes: int, hidden: Sequence[int], dropout:
 
 
 def build_head(head: str, info: FeatureInfo, num_classes: int,
-               hidden: Sequence[int] = (), dropout: float = 0.0, **options: Any) -> nn.Module:
+               hidden: int | Sequence[int] = (), dropout: float = 0.0, **options: Any) -> nn.Module:
     """A new head of kind ``head`` for features described by ``info``.
 
     ``options`` are the kind's own (``p=3`` for gem, ``levels=(1, 2, 4)`` for spp, ...), as
     declared in ``HEADS[head].options``; the token head also takes ``norm``, the model's
-    post-pooling norm (swap_head passes it).
+    post-pooling norm (swap_head passes it). ``hidden=512`` is one layer.
     """
+    hidden = as_hidden(hidden)
     norm = options.pop("norm", None)
-    typed = check_head_args(head, num_classes, tuple(hidden), dropout, options)
+    typed = check_head_args(head, num_classes, hidden, dropout, options)
     kind = HEADS[head]
     if kind.build is None:
         raise ValueError(f"head {head!r} is built from the backbone itself: use swap_head()")
@@ -274,4 +288,4 @@ def build_head(head: str, info: FeatureInfo, num_classes: int,
         if not kind.needs_class_token:
             raise ValueError(f"norm= applies to the token head, not {head!r}")
         typed["norm"] = norm
-    return kind.build(info, num_classes, tuple(hidden), float(dropout), **typed)
+    return kind.build(info, num_classes, hidden, float(dropout), **typed)

@@ -69,6 +69,10 @@ def swap_report(model: HeadSwapped, sizes: Sequence[int] | None = None) -> dict[
     if sizes is None:
         small, large = neighbour_sizes(h)
         sizes = (h, small, large)
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad:
+        raise ValueError(f"input size {bad[0]!r} is not valid: sizes are whole numbers of pixels "
+                         ">= 1")
     backbone, head = _count(model.backbone_parameters()), _count(model.head_parameters())
     removed = "; ".join(str(r) for r in model.removed) or "nothing (the backbone had no classifier)"
     removed_params = sum(r.params for r in model.removed)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .backbone import load_backbone
-from .heads import HEADS, build_head, check_head_args
+from .heads import HEADS, as_hidden, build_head, check_head_args
 from .layout import (
     FeatureInfo,
     Probe,
@@ -28,6 +28,7 @@ from .layout import (
     probe_features,
     raw_features,
 )
+from .memory import check_head_fits
 from .pooling import GridMismatchError, GridTooSmallError, no_class_token_reason
 from .spec import HeadSpec, resolve_head
 
@@ -192,14 +193,34 @@ def _class_token_probe(model: nn.Module, probe: Probe, hw: tuple[int, int], name
     return probe
 
 
+def _fresh_backbone(swapped: HeadSwapped) -> nn.Module:
+    """For a re-swap: a new timm model of the same architecture and options as ``swapped``, with
+    its backbone's weights copied. ``swapped`` itself is not touched."""
+    r = swapped.recipe
+    if not r.get("backbone"):
+        raise ValueError("this HeadSwapped model has no backbone name in its recipe (its backbone "
+                         "was not created by timm by name), so it cannot be re-swapped; swap the "
+                         "original timm model instead")
+    device = next(iter(swapped.parameters()), torch.empty(0)).device
+    fresh = load_backbone(r["backbone"], in_chans=r.get("in_chans", 3), **r.get("timm_kwargs", {}))
+    own, old = fresh.state_dict(), swapped.backbone.state_dict()
+    # the removed classifier is not in the old state; the swap replaces the new one anyway
+    fresh.load_state_dict({k: v for k, v in old.items()
+                           if k in own and own[k].shape == v.shape}, strict=False)
+    return fresh.to(device)
+
+
 def _backbone_of(model_or_name: nn.Module | str, load_kwargs: dict[str, Any]) -> nn.Module:
-    """The timm model a swap works on: loaded by name (with ``load_kwargs``), or the one given."""
+    """The timm model a swap works on: loaded by name (with ``load_kwargs``), the one given, or
+    for a :class:`HeadSwapped` a new one with its backbone's weights."""
     if isinstance(model_or_name, str):
         return load_backbone(model_or_name, **load_kwargs)
     if isinstance(model_or_name, nn.Module):
         if load_kwargs:
             raise ValueError(f"options {sorted(load_kwargs)} apply when a model name is given, "
                              "not a model")
+        if isinstance(model_or_name, HeadSwapped):
+            return _fresh_backbone(model_or_name)
         return model_or_name
     raise ValueError(f"expected a timm model or a model name, got {type(model_or_name).__name__}")
 
@@ -219,7 +240,7 @@ def swap_head(
     model_or_name: nn.Module | str,
     head: str | HeadSpec = "gap",
     num_classes: int | None = None,
-    hidden: Sequence[int] | None = None,
+    hidden: int | Sequence[int] | None = None,
     dropout: float | None = None,
     input_size: int | Sequence[int] | None = None,
     *,
@@ -229,15 +250,20 @@ def swap_head(
     """Replace the classifier of a timm backbone with a head from ``surgery.HEADS``.
 
     ``model_or_name`` is a timm model or a name for :func:`load_backbone` (which receives
-    ``load_kwargs``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options). The model passed
-    in is modified in place and becomes ``.backbone``. ``head`` is a head spec
-    (``'gem:p=3:learn_p=0'``, surgery.spec); ``hidden`` / ``dropout`` may be given here instead
-    of in the spec, not in both. ``num_classes`` defaults to the backbone's. ``input_size``
-    ((H, W) or an int) is the size the head is built for, the model's default if None (``flatten``
-    depends on it; ``spp`` checks its grid). ``probe``: a :func:`probe_features` result for this
-    model at ``input_size``, to skip probing again (zoo sweeps build many heads on one backbone).
+    ``load_kwargs``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options). A timm model
+    passed in is modified in place and becomes ``.backbone``; a :class:`HeadSwapped` is left
+    unchanged and re-swapped onto a new backbone of the same architecture and weights. ``head``
+    is a head spec (``'gem:p=3:learn_p=0'``, surgery.spec); ``hidden`` (``512`` is one layer) /
+    ``dropout`` may be given here instead of in the spec, not in both. ``num_classes`` defaults to
+    the backbone's (a HeadSwapped's own). ``input_size`` ((H, W) or an int) is the size the head
+    is built for, the model's default if None (``flatten`` depends on it; ``spp`` checks its
+    grid). ``probe``: a :func:`probe_features` result for this model at ``input_size``, to skip
+    probing again (zoo sweeps build many heads on one backbone).
     """
-    spec = resolve_head(head, hidden, dropout)
+    spec = resolve_head(head, None if hidden is None else as_hidden(hidden), dropout)
+    if isinstance(model_or_name, HeadSwapped):  # a re-swap keeps the size and classes by default
+        input_size = model_or_name.recipe["input_size"] if input_size is None else input_size
+        num_classes = model_or_name.num_classes if num_classes is None else num_classes
     model = _backbone_of(model_or_name, load_kwargs)
     return _swap(model, spec, num_classes, input_size, probe)
 
@@ -269,9 +295,11 @@ def _swap(model: nn.Module, spec: HeadSpec, num_classes: int | None,
         new_head: nn.Module = OriginalHead(model, unused)
     else:
         extra = {"norm": model.get_submodule(norm)} if norm else {}
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        check_head_fits(kind, info, num_classes, hidden, dropout, device,
+                        **spec.kind_options)  # before any change to the model
         for n in unused:
             _replace(model, n, nn.Identity())
-        device = next(iter(model.parameters()), torch.empty(0)).device
         new_head = build_head(kind, info, num_classes, hidden, dropout, **spec.kind_options,
                               **extra).to(device)
     recipe = {

@@ -28,6 +28,17 @@ class CliParser(argparse.ArgumentParser):
         self.exit(USER_ERROR_EXIT, f"error: {message} (see {self.prog} --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a whole number >= 1 (``--sizes 0`` is refused)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 

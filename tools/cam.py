@@ -17,6 +17,7 @@ true class.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cam (exact, gap and nin heads), gradcam (every head) or auto (cam where "
                         "it exists, else gradcam; the default)")
     p.add_argument("--images", type=int, default=16, help="test images to draw (default 16)")
-    p.add_argument("--out", type=Path, default=Path("cam.png"), help="PNG to write (default cam.png)")
+    p.add_argument("--out", type=Path, default=Path("cam.png"),
+                   help="image to write, in the format its suffix names (.png, .jpg, .pdf, .svg; "
+                        "default cam.png)")
     p.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run (default best.pt)")
     p.add_argument("--target", default="pred", choices=_TARGETS,
                    help="whose map to draw: the predicted class or the true class")
@@ -91,6 +94,11 @@ def _row(run_dir: Path, model: Any, res: dict, images: Any, labels: Any, names: 
     x = transform(images)
     target = None if args.target == "pred" else labels.to(x.device)
     result = head_maps(model, x, args.method, target)
+    if math.prod(model.features.grid) == 1:
+        print(f"warning: {run_dir.name}: the feature grid is 1x1 at input {res['img_size']} px: "
+              "each map is a single value, so its tiles are flat and show nothing about where "
+              "the model looks; train at a larger --img-size (a grid of 2x2 or more)",
+              file=sys.stderr)
     probs = result.logits.float().softmax(1).cpu()
     pred = probs.argmax(1)
     titles = [f"{names[p]} {probs[i, p]:.2f}\n(true {names[t]})"
@@ -108,10 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from analysis.data import stratified_indices
     from analysis.machine import resolve_device
+    from analysis.reporting import figure_format
     from analysis.saliency import choose_method, draw_runs
     from analysis.training import TrainConfig, load_run_data
+    from surgery import check_writable
 
     args = build_parser().parse_args(argv)
+    figure_format(args.out)  # the format the suffix names (cam.jpg: JPEG), checked first
+    check_writable(args.out, "--out")
     if args.images < 1:
         raise ValueError(f"--images must be at least 1, got {args.images}")
     device = resolve_device(args.device)
@@ -139,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(lambda: main()))
+    sys.exit(run(main))

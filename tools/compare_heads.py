@@ -29,7 +29,7 @@ from _cli import CliParser, run
 from analysis.reporting import format_table
 from analysis.studies import StudySpec, collect, parse_shard, run_study
 from analysis.training import add_training_options, config_values
-from surgery import parse_head, spec_help
+from surgery import check_writable, parse_head, spec_help
 
 
 def _train_size(text: str) -> int | None:
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
         raise ValueError("--out STUDY_DIR is required (where runs and the summary go)")
+    check_writable(args.out, "--out", directory=True)
     if args.collect:
         if args.models or args.shard:
             raise ValueError("--collect merges finished study directories: give no models or "

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from _cli import CliParser, run
 
-from analysis.training import add_training_options, config_from_args, train
+from analysis.training import add_training_options, config_from_args, run_name, train
+from surgery import check_writable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             summary = train(resume=args.resume, on_epoch=_epoch_line)
         else:
-            summary = train(config_from_args(args), on_epoch=_epoch_line)
+            cfg = config_from_args(args)
+            check_writable(Path(cfg.out) / (cfg.name or run_name(cfg)), "--out/--name",
+                           directory=True)
+            summary = train(cfg, on_epoch=_epoch_line)
     if not _is_main():
         return 0
     params = f"{summary['params']:,}" if summary.get("params") is not None else "?"

@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _cli import CliParser, run
+from _cli import CliParser, positive_int, run
 from tqdm import tqdm
 
 import surgery
 from analysis.costs import FLOP_COUNTERS, cost_row
+from analysis.machine import resolve_device
 from analysis.reporting import TABLE_FORMATS, format_table
 
 __all__ = ["build_parser", "main", "render"]
@@ -36,25 +37,15 @@ _HEADERS = {"params_total": "params", "params_head": "head params", "head_share_
             "train_throughput": "train img/s", "train_peak_mib": "train peak MiB"}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="param_flop_table.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="timm model names or wildcards ('resnet*')")
     what = parser.add_argument_group("what to compare")
     what.add_argument("--heads", nargs="+", default=["gap", "gmp", "flatten"], metavar="SPEC",
                       help=f"heads, each {surgery.spec_help()} (default: gap gmp flatten)")
-    what.add_argument("--num-classes", type=_positive_int, default=1000,
+    what.add_argument("--num-classes", type=positive_int, default=1000,
                       help="classes of the new head (default: 1000)")
-    what.add_argument("--sizes", nargs="+", type=_positive_int, default=None, metavar="PX",
+    what.add_argument("--sizes", nargs="+", type=positive_int, default=None, metavar="PX",
                       help="input sizes to try; the first is the one counted and the one the "
                            "flatten head is built for (default: the model's own)")
     what.add_argument("--counter", choices=list(FLOP_COUNTERS), default="fvcore",
@@ -63,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     meas.add_argument("--measure", action="store_true",
                       help="also time inference and one training step (median latency, img/s, "
                            "peak memory)")
-    meas.add_argument("--batch-size", type=_positive_int, default=1, help="batch for --measure")
-    meas.add_argument("--device", default="cpu", help="device for --measure (default: cpu)")
+    meas.add_argument("--batch-size", type=positive_int, default=1, help="batch for --measure")
+    meas.add_argument("--device", default="cpu",
+                      help="device for --measure: cpu, cuda, cuda:1 or auto (default: cpu)")
     out = parser.add_argument_group("output")
     out.add_argument("--format", choices=TABLE_FORMATS, default="github", metavar="FORMAT",
                      help="csv, json or any tabulate format (github, latex, ...; default github)")
@@ -100,14 +92,18 @@ def render(rows: Sequence[dict[str, Any]], fmt: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out is not None:
+        surgery.check_writable(args.out, "--out")
     names = surgery.expand_model_names(args.models)
     try:
         heads = [str(surgery.parse_head(h)) for h in args.heads]  # canonical: gem:learn_p=0
     except ValueError as err:
         raise ValueError(f"--heads: {err}") from None
+    # a device that cannot work is one error up front, not the same error in every row
+    device = str(resolve_device(args.device)) if args.measure else args.device
     jobs = [(n, h) for n in names for h in heads]
     rows = [cost_row(n, h, args.num_classes, args.sizes, args.counter, args.measure,
-                      args.batch_size, args.device)
+                      args.batch_size, device)
             for n, h in tqdm(jobs, desc="rows", unit="row", disable=args.no_progress,
                              file=sys.stderr)]
     text = render(rows, args.format)

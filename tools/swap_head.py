@@ -14,9 +14,18 @@ import sys
 import warnings
 from pathlib import Path
 
-from _cli import CliParser, run
+from _cli import CliParser, positive_int, run
 
-from surgery import HEADS, parse_options, save, spec_help, swap_head, swap_report
+from surgery import (
+    HEADS,
+    check_timm_options,
+    check_writable,
+    parse_options,
+    save,
+    spec_help,
+    swap_head,
+    swap_report,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,23 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--head", default="gap", metavar="SPEC",
                    help=spec_help() + ". " + "; ".join(f"{k}: {v.description}"
                                                        for k, v in HEADS.items()))
-    g.add_argument("--num-classes", type=int, default=10, help="output classes (default 10)")
-    g.add_argument("--hidden", type=int, nargs="*", default=None,
+    g.add_argument("--num-classes", type=positive_int, default=10,
+                   help="output classes (default 10)")
+    g.add_argument("--hidden", type=positive_int, nargs="*", default=None,
                    help="hidden Linear-ReLU-Dropout widths before the output layer (or hidden= "
                         "in the head spec, not both)")
     g.add_argument("--dropout", type=float, default=None,
                    help="dropout before each Linear (or dropout= in the head spec, not both)")
-    g.add_argument("--input-size", type=int, default=None,
+    g.add_argument("--input-size", type=positive_int, default=None,
                    help="square input size the head is built for (default: the model's)")
     b = p.add_argument_group("backbone")
     b.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (online)")
     b.add_argument("--checkpoint", type=Path, default=None, help="local weights file")
-    b.add_argument("--in-chans", type=int, default=3, help="input channels")
+    b.add_argument("--in-chans", type=positive_int, default=3, help="input channels")
     b.add_argument("--timm-option", metavar="KEY=VALUE", action="append", default=[],
                    help="extra timm.create_model option, e.g. dynamic_img_size=True or "
                         "img_size=64 (values are Python literals; repeatable)")
     o = p.add_argument_group("output")
-    o.add_argument("--sizes", type=int, nargs="*", default=None,
+    o.add_argument("--sizes", type=positive_int, nargs="*", default=None,
                    help="input sizes to try (default: the built size, ~0.75x and ~1.25x)")
     o.add_argument("--save", type=Path, default=None, help="write the swapped model here")
     o.add_argument("--format", choices=("text", "json"), default="text")
@@ -71,14 +81,17 @@ def _text(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    timm_options = parse_options(args.timm_option, "--timm-option")
+    check_timm_options(timm_options, "--timm-option")
+    if args.save is not None:
+        check_writable(args.save, "--save")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         model = swap_head(args.model, head=args.head, num_classes=args.num_classes,
                           hidden=None if args.hidden is None else tuple(args.hidden),
                           dropout=args.dropout, input_size=args.input_size,
                           pretrained=args.pretrained, checkpoint=args.checkpoint,
-                          in_chans=args.in_chans,
-                          **parse_options(args.timm_option, "--timm-option"))
+                          in_chans=args.in_chans, **timm_options)
     report = swap_report(model, args.sizes)
     report["warnings"] = sorted({str(w.message) for w in caught
                                  if "1x1" in str(w.message) or "gem clamps" in str(w.message)})

@@ -22,7 +22,7 @@ from _cli import CliParser, run
 from tqdm import tqdm
 
 from analysis.machine import describe_machine
-from surgery import HEADS, expand_model_names
+from surgery import HEADS, check_writable, expand_model_names
 from surgery.coverage import check_architecture, check_timm_max, merge_records, summarize
 from surgery.coverage_report import render_markdown
 
@@ -110,6 +110,7 @@ def _missing(record: dict | None, heads: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = _select(args.models)
+    check_writable(args.out_dir, "--out-dir", directory=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.timm_max:
         return _timm_max(names, args)

@@ -263,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1 or args.num_classes < 1 or args.timeout < 1:
         raise ValueError("--jobs, --num-classes and --timeout must be >= 1")
+    surgery.check_writable(args.out_dir, "--out-dir", directory=True)
     names = surgery.expand_model_names(args.models)
     heads = tuple(args.heads)
     for head in heads:

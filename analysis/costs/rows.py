@@ -36,13 +36,38 @@ def runs_at(model: torch.nn.Module, chw: tuple[int, ...], device: torch.device) 
     return None
 
 
+def _build_at_first_size(name: str, head: str, num_classes: int, tried: Sequence[Any],
+                         ctx: torch.device) -> tuple[surgery.HeadSwapped, Any, dict[Any, str]]:
+    """The model built for the first of ``tried`` its backbone runs at (its own size when
+    ``tried`` is empty), that size, and why each size before it was refused.
+
+    A size the backbone refuses (a ViT at a size that is no multiple of its patch) must not decide
+    the verdict of the others: ``--sizes 50 64`` and ``--sizes 64 50`` give the same answers.
+    """
+    refused: dict[Any, str] = {}
+    for size in list(tried) or [None]:
+        try:
+            with ctx:
+                model = surgery.swap_head(name, head=head, num_classes=num_classes,
+                                          input_size=size)
+            return model, size, refused
+        except ValueError as err:
+            if size is None or "cannot run at input" not in str(err):
+                raise
+            refused[size] = one_line(err, with_type=False)
+    sizes = ", ".join(map(str, tried))
+    raise ValueError(f"{name} runs at none of the sizes {sizes}: {refused[tried[-1]]}")
+
+
 def cost_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | None,
               counter: str = "fvcore", do_measure: bool = False, batch_size: int = 1,
               device: str = "cpu") -> dict[str, Any]:
     """One table row (plain dict, the JSON object) for ``name`` with ``head``; never raises.
 
-    Counted at ``sizes[0]`` (the model's default input size when ``sizes`` is empty), which is
-    also the size the flatten head is built for; every size is then tried with a forward pass.
+    Counted at the first of ``sizes`` the backbone runs at (the model's default input size when
+    ``sizes`` is empty), which is also the size the flatten head is built for; every other size
+    is then tried with a forward pass. ``device`` (for ``do_measure``) should come from
+    :func:`analysis.machine.resolve_device`, checked once before the rows.
     """
     tried: list[Any] = list(sizes or [])
     base: Any = tried[0] if tried else None
@@ -54,9 +79,9 @@ def cost_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ctx = torch.device("meta") if counter == "torch" else torch.device("cpu")
-            with ctx:
-                model = surgery.swap_head(name, head=head, num_classes=num_classes,
-                                          input_size=base)
+            model, base, refused = _build_at_first_size(name, head, num_classes, tried, ctx)
+            row["input_size"] = base
+            row["size_errors"].update(refused)
             model.eval()
             hw = model.features.input_size
             chw = (int(model.recipe.get("in_chans", 3)), int(hw[0]), int(hw[1]))
@@ -66,6 +91,8 @@ def cost_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | None
             params = count_params(model)
             macs = count_flops(model, chw, counter=counter)
             for s in tried:
+                if s in refused:
+                    continue
                 reason = runs_at(model, (chw[0], *hw) if s == base else (chw[0], s, s), ctx)
                 row["sizes"][s] = reason is None
                 if reason:

@@ -6,10 +6,12 @@ normalises uint8 batches on the training device.
 """
 
 from .batches import BatchTransform, EpochSampler, iterate
+from .images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from .readers import DEBIAN_FASHION_MNIST, read_idx  # importing registers the readers
 from .registry import DATASETS, RawData, register_dataset
-from .splits import DataSplits, load_dataset, stratified_indices
+from .splits import DataSplits, check_reader_options, load_dataset, stratified_indices
 
-__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "BatchTransform", "DataSplits", "EpochSampler",
-           "RawData", "iterate", "load_dataset", "read_idx", "register_dataset",
+__all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "IMAGE_EXTENSIONS", "BadImageError",
+           "BatchTransform", "DataSplits", "EpochSampler", "RawData", "check_reader_options",
+           "decode_image", "iterate", "load_dataset", "read_idx", "register_dataset",
            "stratified_indices"]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from .registry import RawData, register_dataset
 from .splits import stratified_indices
 
@@ -63,10 +65,24 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 def _search_dirs(data_dir: str | Path | None, extra: tuple[Path, ...] = ()) -> list[Path]:
-    dirs = [Path(data_dir)] if data_dir else []
-    if os.environ.get(_ENV):
-        dirs.append(Path(os.environ[_ENV]))
+    """Where to look: an explicit ``data_dir`` only (a typo must not fall back to another copy),
+    else ``$HEADSWAP_DATA`` and the ``extra`` system places."""
+    if data_dir:
+        return [Path(data_dir)]
+    dirs = [Path(os.environ[_ENV])] if os.environ.get(_ENV) else []
     return dirs + list(extra)
+
+
+def _not_in_data_dir(name: str, data_dir: str | Path, expected: str,
+                     elsewhere: str = "") -> FileNotFoundError:
+    """The error for an explicit ``--data-dir`` that does not hold data set ``name``: no search
+    elsewhere, since a typo must not silently read another copy."""
+    where = Path(data_dir)
+    state = "does not exist" if not where.exists() else (
+        "is not a directory" if not where.is_dir() else f"does not hold {expected}")
+    return FileNotFoundError(
+        f"{name} not found: --data-dir {str(where)!r} {state}; fix the path, leave out --data-dir "
+        f"to search ${_ENV}{elsewhere}, or add --download to fetch it into that directory")
 
 
 def _download_root(data_dir: str | Path | None) -> Path:
@@ -97,6 +113,11 @@ def _fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -
             xs = [read_idx(p) for p in paths]
             return RawData(xs[0].unsqueeze(1), xs[1].long(), xs[2].unsqueeze(1), xs[3].long(),
                            list(_FASHION_CLASSES), source=str(paths[0].parent))
+    if data_dir and not download:
+        raise _not_in_data_dir("fashion-mnist", data_dir, f"{stems[0]}[.gz] and the three other "
+                               "IDX files (directly, or in fashion-mnist/ or FashionMNIST/raw/)",
+                               f" and {DEBIAN_FASHION_MNIST} (apt-get install "
+                               "dataset-fashion-mnist)")
     looked = ", ".join(str(d) for d in dirs) or "nowhere"
     raise FileNotFoundError(
         f"fashion-mnist not found (looked in: {looked}); get it one of these ways: "
@@ -123,6 +144,8 @@ def _cifar10(data_dir: str | Path | None = None, download: bool = False) -> RawD
                         torch.tensor(ds.targets, dtype=torch.long))
             (a, b), (c, e) = to_t(tr), to_t(te)
             return RawData(a, b, c, e, list(tr.classes), source=str(d))
+    if data_dir:
+        raise _not_in_data_dir("cifar10", data_dir, "cifar-10-batches-py/ (torchvision's format)")
     looked = ", ".join(str(d) for d in dirs) or "nowhere"
     raise FileNotFoundError(
         f"cifar10 not found (looked for cifar-10-batches-py in: {looked}); get it with "
@@ -130,33 +153,43 @@ def _cifar10(data_dir: str | Path | None = None, download: bool = False) -> RawD
 
 
 # ---------------------------------------------------------------- class-per-folder trees
-_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_SKIP_HINT = ("fix or remove it, or add --skip-bad-images (data option skip_bad_images=true) to "
+              "leave out unreadable images with a warning")
 
 
-def _read_tree(root: Path, classes: list[str], size: int, gray: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image
-
-    xs, ys = [], []
+def _read_tree(root: Path, classes: list[str], size: int, gray: bool,
+               skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every image under ``root/CLASS``; an unreadable file stops the read (naming it), or
+    with ``skip_bad`` is left out, with one warning naming the files left out."""
+    xs, ys, bad = [], [], []
     for k, cls in enumerate(classes):
-        files = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in _IMAGE_EXT)
+        files = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         for p in files:
-            with Image.open(p) as im:  # PIL once at load time, never in the training loop
-                im = im.convert("L" if gray else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-                t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-            xs.append(t.reshape(size, size, -1).permute(2, 0, 1))
+            try:
+                xs.append(decode_image(p, size, gray))  # once at load time, never per batch
+            except BadImageError as err:
+                if not skip_bad:
+                    raise BadImageError(err.path, err.reason, _SKIP_HINT) from None
+                bad.append(err)
+                continue
             ys.append(k)
+    if bad:
+        names = ", ".join(str(e.path.relative_to(root)) for e in bad[:5])
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) under {str(root)!r}: {names}"
+                      f"{', ...' if len(bad) > 5 else ''} (first: {bad[0].reason})", stacklevel=2)
     if not xs:
-        raise ValueError(f"no images ({', '.join(sorted(_IMAGE_EXT))}) under {str(root)!r}")
+        raise ValueError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) under {str(root)!r}")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
 @register_dataset("imagefolder")
 def _imagefolder(data_dir: str | Path | None = None, download: bool = False, *,
                  image_size: int = 64, gray: bool = False, test_fraction: float = 0.2,
-                 seed: int = 0) -> RawData:
+                 skip_bad_images: bool = False, seed: int = 0) -> RawData:
     """Any class-per-folder tree. With ``train/`` and ``test/`` (or ``val/``) subfolders those are
     the splits; otherwise a stratified ``test_fraction`` of the tree becomes the test split.
-    Images are decoded once and stored at ``image_size`` x ``image_size``."""
+    Images are decoded once and stored at ``image_size`` x ``image_size``; an unreadable image
+    is an error naming it, or (``skip_bad_images``) is left out with a warning."""
     if data_dir is None:
         raise ValueError("imagefolder needs --data-dir ROOT (ROOT/CLASS/IMAGE, or "
                          "ROOT/train/CLASS/IMAGE and ROOT/test/CLASS/IMAGE)")
@@ -169,9 +202,9 @@ def _imagefolder(data_dir: str | Path | None = None, download: bool = False, *,
     if len(classes) < 2:
         raise ValueError(f"imagefolder {str(train_dir)!r} needs one folder per class (found "
                          f"{len(classes)})")
-    x, y = _read_tree(train_dir, classes, image_size, gray)
+    x, y = _read_tree(train_dir, classes, image_size, gray, skip_bad_images)
     if test_dir is not None:
-        tx, ty = _read_tree(test_dir, classes, image_size, gray)
+        tx, ty = _read_tree(test_dir, classes, image_size, gray, skip_bad_images)
         return RawData(x, y, tx, ty, classes, source=str(root))
     n_test = max(len(classes), int(round(test_fraction * len(y))))
     test_idx = stratified_indices(y, n_test, seed)
@@ -187,6 +220,11 @@ def _synthetic(data_dir: str | Path | None = None, download: bool = False, *,
                image_size: int = 32, channels: int = 3, seed: int = 0) -> RawData:
     """Generated, linearly separable images for tests and demos: class k has its own brightness
     and stripe period, plus noise; a small CNN learns it in a few dozen steps."""
+    for key, value in (("num_classes", num_classes), ("n_train", n_train), ("n_test", n_test),
+                       ("image_size", image_size), ("channels", channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"synthetic: --data-option {key} must be a whole number >= 1, got "
+                             f"{value!r}")
     g = torch.Generator().manual_seed(10_000 + seed)
 
     def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from .registry import DATASETS
+from .registry import DATASETS, RawData
 
-__all__ = ["DataSplits", "load_dataset", "stratified_indices"]
+__all__ = ["DataSplits", "check_reader_options", "load_dataset", "stratified_indices"]
 
 
 @dataclass
@@ -86,6 +86,29 @@ def _count(size: int | float, total: int, what: str) -> int:
     return int(size)
 
 
+def check_reader_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ValueError for an unknown data set, or an option its reader does not take (before
+    any data is read), listing the choices."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose from: {', '.join(DATASETS)}")
+    accepted = [k for k, prm in inspect.signature(DATASETS[name]).parameters.items()
+                if prm.kind == prm.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(accepted) or 'none'}")
+
+
+def _check_classes(name: str, raw: RawData) -> None:
+    """Classification needs two classes or more, in the data itself, not only in its names."""
+    present = int(torch.unique(raw.train_y).numel()) if len(raw.train_y) else 0
+    if min(present, len(raw.classes)) < 2:
+        raise ValueError(
+            f"{name} has {present} class(es) in its training images ({len(raw.classes)} named: "
+            f"{', '.join(map(str, raw.classes[:5])) or 'none'}); classification needs at least 2 "
+            "(synthetic: --data-option num_classes=2 or more; imagefolder: a folder per class)")
+
+
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     flat = x[: 10_000].transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-3).tolist())
@@ -98,16 +121,9 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     (stratified, by ``seed``; an int count or a fraction), then a stratified ``train_size`` subset
     of the rest (all of it when None). The official test split is kept whole. ``options`` go to
     the reader (e.g. ``num_classes`` for ``synthetic``, ``image_size`` for ``imagefolder``)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose from: {', '.join(DATASETS)}")
-    reader = DATASETS[name]
-    accepted = [k for k, prm in inspect.signature(reader).parameters.items()
-                if prm.kind == prm.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"{name} has no option {', '.join(unknown)}; its options: "
-                         f"{', '.join(accepted) or 'none'}")
-    raw = reader(data_dir, download, **options)
+    check_reader_options(name, options)
+    raw = DATASETS[name](data_dir, download, **options)
+    _check_classes(name, raw)
     n_all = len(raw.train_y)
     n_val = _count(val_size, n_all, "val-size")
     if n_val >= n_all:

@@ -20,7 +20,7 @@ from typing import Any
 
 from surgery import atomic_write_bytes
 
-__all__ = ["plot_acc_vs_head_params", "plot_curves", "plot_gap_vs_train_size",
+__all__ = ["figure_format", "plot_acc_vs_head_params", "plot_curves", "plot_gap_vs_train_size",
            "plot_learning_curves", "pyplot", "save_figure"]
 
 
@@ -34,11 +34,28 @@ def pyplot() -> Any:
     return plt
 
 
+def figure_format(path: str | Path) -> str:
+    """The image format a path's suffix names (``.jpg`` -> ``jpg``; PNG without a suffix);
+    a suffix matplotlib cannot write is a ValueError listing those it can."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(f"cannot write a figure as {str(path)!r}: unknown image format "
+                         f"'.{suffix}'; use one of {', '.join('.' + s for s in sorted(supported))}")
+    return suffix
+
+
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as a PNG to ``path`` atomically and close it."""
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names (``.png``, ``.jpg``,
+    ``.pdf``, ``.svg``, ...; PNG without a suffix), and close it."""
+    fmt = figure_format(path)
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format=fmt, dpi=dpi)
     pyplot().close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 

@@ -4,10 +4,17 @@ Exact CAM for gap and nin heads (cam), Grad-CAM through captum for every head (g
 entry choosing between them (maps), and the figures (cam.draw_cams, cam.draw_runs).
 """
 
-from .cam import CamResult, cam_support, class_activation_maps, draw_cams, draw_runs
+from .cam import (
+    CamResult,
+    cam_support,
+    class_activation_maps,
+    draw_cams,
+    draw_runs,
+    flat_map_warning,
+)
 from .gradcam import grad_cam, has_captum
 from .maps import METHODS, HeadMaps, choose_method, head_maps
 
 __all__ = ["METHODS", "CamResult", "HeadMaps", "cam_support", "choose_method",
-           "class_activation_maps", "draw_cams", "draw_runs", "grad_cam", "has_captum",
-           "head_maps"]
+           "class_activation_maps", "draw_cams", "draw_runs", "flat_map_warning", "grad_cam",
+           "has_captum", "head_maps"]

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..reporting import pyplot, save_figure
 
-__all__ = ["CamResult", "class_activation_maps", "cam_support", "draw_cams", "draw_runs"]
+__all__ = ["CamResult", "class_activation_maps", "cam_support", "draw_cams", "draw_runs",
+           "flat_map_warning"]
 
 
 @dataclass
@@ -107,6 +108,18 @@ def class_activation_maps(model: nn.Module, x: torch.Tensor) -> CamResult:
         model.train(was_training)
     full = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return CamResult(full, maps, logits, offset)
+
+
+def flat_map_warning(result: CamResult) -> str | None:
+    """The warning to show when the maps cannot say where: a 1x1 feature grid gives one value per
+    map, so every tile is flat (None when the grid has more than one position)."""
+    h, w = result.grid_maps.shape[-2:]
+    if h * w > 1:
+        return None
+    H, W = result.maps.shape[-2:]
+    return (f"the feature grid is 1x1 at input {H}x{W}: each map is a single value, so the tiles "
+            "are flat and show nothing about where the model looks; train at a larger --img-size "
+            "(a grid of 2x2 or more) to see it")
 
 
 def draw_cams(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str],

@@ -48,12 +48,22 @@ class StudySpec:
         for name in ("models", "heads", "seeds", "train_sizes"):
             if not getattr(self, name):
                 raise ValueError(f"a study needs at least one of {name}")
-        labels = [h.label for h in self.heads]
-        dupes = sorted({x for x in labels if labels.count(x) > 1})
-        if dupes:
-            raise ValueError(f"head {', '.join(dupes)} is listed twice")
+        for what, flag, values in (("head", "--heads", [h.label for h in self.heads]),
+                                   ("model", "models", list(self.models)),
+                                   ("seed", "--seeds", [str(s) for s in self.seeds]),
+                                   ("train size", "--train-sizes",
+                                    ["all" if n is None else str(n) for n in self.train_sizes])):
+            dupes = [x for x in dict.fromkeys(values) if values.count(x) > 1]
+            if dupes:  # a run counted twice would fake agreement between seeds
+                raise ValueError(f"{what} {', '.join(dupes)} is listed twice in {flag}; each "
+                                 "run of a study must differ, so give each value once")
         if any(s is not None and s < 1 for s in self.train_sizes):
             raise ValueError(f"train sizes must be >= 1, got {list(self.train_sizes)}")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.robust_sizes):
+            raise ValueError(f"--robust-sizes must be whole numbers of pixels >= 1, got "
+                             f"{' '.join(map(str, self.robust_sizes))}")
+        if self.robust_images is not None and self.robust_images < 1:
+            raise ValueError(f"--robust-images must be >= 1 (0: all), got {self.robust_images}")
         for model in self.models:  # names and settings, before any data is read
             for head in self.heads:
                 Combo(model, head, self.train_sizes[0], self.seeds[0]).config(self, Path(".")).check()

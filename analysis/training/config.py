@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import surgery
-from surgery import HeadSpec
+from surgery import HeadSpec, as_hidden, check_timm_options
 
-from ..data import DataSplits, load_dataset, stratified_indices
+from ..data import DataSplits, check_reader_options, load_dataset, stratified_indices
+from .ranges import NUMERIC_RULES, check_number, option_flag
 
 __all__ = ["OPTIMIZERS", "REGIMES", "TrainConfig", "load_run_data", "run_name"]
 
@@ -73,8 +74,16 @@ class TrainConfig:
     progress: bool = True
     kill_after_steps: int | None = None  # testing: SIGKILL this process after N steps
 
+    def __post_init__(self) -> None:
+        if isinstance(self.hidden, int | list):  # 512 is one hidden layer; JSON gives lists
+            self.hidden = as_hidden(self.hidden)
+
     def check(self) -> None:
-        """Raise ValueError for settings that cannot work, naming the choices."""
+        """Raise ValueError for settings that cannot work, naming the option and the choices.
+
+        Every numeric option is checked against its range here, so ``train(TrainConfig(...))``,
+        the tools and the studies all refuse the same values with the same message.
+        """
         if self.regime not in REGIMES:
             raise ValueError(f"unknown regime {self.regime!r}; choose from: {', '.join(REGIMES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -82,14 +91,25 @@ class TrainConfig:
                              f"{', '.join(OPTIMIZERS)}")
         if self.amp not in ("auto", "on", "off"):
             raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.img_size is not None and self.img_size < 1:
-            raise ValueError(f"img-size must be a positive number of pixels, got {self.img_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name, rule in NUMERIC_RULES.items():
+            check_number(name, getattr(self, name), rule)
+        self._check_relations()
+        check_timm_options(self.timm_options, "--timm-option")
+        check_reader_options(self.dataset, self.data_options)
         self._check_names()
+
+    def _check_relations(self) -> None:
+        """Ranges that depend on two options, and the head's MLP widths."""
+        if self.min_lr > self.lr:
+            raise ValueError(f"{option_flag('min_lr')} {self.min_lr} is above {option_flag('lr')} "
+                             f"{self.lr}: the cosine would raise the learning rate; give a "
+                             "--min-lr at most --lr")
+        if self.val_size >= 1 and not float(self.val_size).is_integer():
+            raise ValueError(f"{option_flag('val_size')} must be a whole count (500) or a "
+                             f"fraction in (0, 1) (0.1), got {self.val_size}")
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"{option_flag('hidden')} widths must be whole numbers >= 1, got "
+                             f"{' '.join(map(str, self.hidden))}")
 
     def _check_names(self) -> None:
         """Model and head names, before any data is read."""
@@ -109,8 +129,6 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
         return cls(**d)
 
 

@@ -73,6 +73,9 @@ def _add_data(p: argparse.ArgumentParser, per_run: bool) -> None:
     da.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                     help="reader option, repeatable (synthetic: num_classes, n_train, n_test, "
                          "image_size, channels; imagefolder: image_size, gray, test_fraction)")
+    da.add_argument("--skip-bad-images", action="store_true",
+                    help="imagefolder: leave out unreadable (corrupt, truncated) images with a "
+                         "warning naming them, instead of stopping at the first")
     da.add_argument("--img-size", type=int, default=None, help="resize to this (default: native)")
     da.add_argument("--no-augment", dest="augment", action="store_false",
                     help="no random crop / flip")
@@ -154,6 +157,8 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     if "head" in values:  # --hidden / --dropout and the same option in the spec: refused
         resolve_head(values["head"], values.get("hidden"), values.get("dropout"))
     values["data_options"] = parse_options(getattr(args, "data_option", []), "--data-option")
+    if getattr(args, "skip_bad_images", False):  # a reader option with its own flag
+        values["data_options"]["skip_bad_images"] = True
     values["timm_options"] = parse_options(getattr(args, "timm_option", []), "--timm-option")
     return values
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 import timm
 import torch
 
-from surgery import load_backbone, swap_head
+import surgery.backbone
+import surgery.hub
+from surgery import load_backbone, one_line, swap_head
 
 
 def _equal_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -89,12 +94,13 @@ def test_checkpoint_without_tensors_is_rejected(tmp_path):
         load_backbone("resnet18", checkpoint=path)
 
 
-def test_offline_pretrained_download_says_what_to_do(monkeypatch):
-    def offline(*args, **kwargs):
+def test_failed_pretrained_download_says_what_to_do(monkeypatch):
+    def fails(*args, **kwargs):
         raise OSError("We couldn't connect to the hub")
 
-    monkeypatch.setattr(timm.models._builder, "load_pretrained", offline)
-    with pytest.raises(ValueError, match="Offline\\? Pass checkpoint=PATH"):
+    monkeypatch.setattr(surgery.backbone, "check_weights_reachable", lambda *a, **k: None)
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", fails)
+    with pytest.raises(ValueError, match="Offline\\? Use local weights instead: --checkpoint FILE"):
         load_backbone("resnet18", pretrained=True)
 
 
@@ -118,3 +124,61 @@ def test_flatten_model_fed_another_size_says_both_sizes():
 def test_too_small_input_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot run at input 8x8"):
         swap_head("vit_tiny_patch16_224", head="gap", num_classes=3, input_size=8)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "the file is empty \\(0 bytes\\)"),
+    (b"epoch,loss\n1,0.5\n", "it is a text file .* not saved tensors"),
+    (None, "is a directory; pass the weights file itself"),
+])
+def test_unreadable_checkpoints_say_why(tmp_path, content, match):
+    path = tmp_path / "weights.pth"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        load_backbone("test_resnet", checkpoint=path)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network (every connection refused at once), an empty hub cache, no proxy."""
+    def refuse(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def test_pretrained_offline_fails_fast_with_the_whole_message(offline):
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        load_backbone("test_resnet", pretrained=True)
+    message = str(err.value)
+    assert time.perf_counter() - start < 10 and "\n" not in message
+    assert "huggingface.co is unreachable (Network is unreachable)" in message
+    assert message.endswith("--checkpoint FILE (checkpoint=PATH in Python; a state dict saved "
+                            "with torch.save) or pretrained_cfg_overlay=dict(file=PATH)")
+
+
+def test_hub_offline_setting_and_cached_weights(offline, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE is set, and they are not in the local "
+                                         "cache"):
+        surgery.hub.check_weights_reachable("test_resnet", {})
+    repo = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
+    snapshot = offline / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"")
+    surgery.hub.check_weights_reachable("test_resnet", {})  # cached: timm loads it offline
+
+
+def test_long_errors_are_cut_at_a_word_boundary():
+    text = one_line(ValueError("word " * 100), limit=50)
+    assert len(text) <= 50 and text.endswith("word...")

@@ -170,3 +170,47 @@ def test_default_input_size_is_the_size_the_model_was_built_for():
     model = swap_head("vit_tiny_patch16_224", head="flatten", num_classes=2, img_size=64, depth=1)
     assert model.features.input_size == (64, 64) and model.features.grid == (4, 4)
     assert swap_head("resnet18", num_classes=2).features.input_size == (224, 224)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("first", ["gap", "original"])
+def test_reswap_builds_a_new_model_and_leaves_the_old_one_alone(first):
+    old = swap_head("test_resnet", head=first, num_classes=3, input_size=64).eval()
+    with torch.no_grad():  # weights that differ from a fresh init
+        for p in old.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    before, head_type, x = _state(old), type(old.head), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out_before = old(x)
+    new = swap_head(old, head="flatten").eval()
+    # the old model: same head, same weights, same outputs
+    assert type(old.head) is head_type and _state(old).keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in _state(old).items())
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), out_before, rtol=0, atol=0)
+    # the new model: the same backbone name, size, classes and weights, a new head
+    assert new.backbone is not old.backbone and new.recipe["backbone"] == "test_resnet"
+    assert new.recipe["input_size"] == [64, 64] and new.num_classes == 3
+    assert new.recipe["head"] == "flatten" and new.features.grid == old.features.grid
+    with torch.no_grad():
+        torch.testing.assert_close(new.forward_features(x), old.forward_features(x))
+    assert not any(p is q for p in new.parameters() for q in old.parameters())
+
+
+def test_a_plain_timm_model_still_becomes_the_backbone():
+    backbone = load_backbone("test_resnet")
+    assert swap_head(backbone, head="gmp", num_classes=2).backbone is backbone
+
+
+def test_an_int_hidden_is_one_layer():
+    model = swap_head("test_resnet", head="gap", num_classes=2, hidden=16)
+    assert model.recipe["hidden"] == [16] and model.head.fc.in_features == 16
+
+
+def test_a_head_too_large_for_memory_is_refused_before_allocating():
+    with pytest.raises(ValueError, match=r"flatten head .* needs [\d,]+ parameters \([\d.]+ GiB\), "
+                                         r"more than the .* GiB of cpu memory available"):
+        swap_head("test_resnet", head="flatten", num_classes=10, input_size=1_000_000)

@@ -95,6 +95,10 @@ def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
     (["--out", "x"], "give at least one model"),
     (["resnet18", "--collect", "a", "--out", "x"], "give no models"),
     (["--collect", "nowhere", "--out", "x"], "not a study directory"),
+    (["test_resnet", "--seeds", "0", "0", *SYNTH, "--jobs", "0", "--out", "x"],
+     "seed 0 is listed twice in --seeds"),
+    (["test_resnet", "--clip-grad", "-1", *SYNTH, "--jobs", "0", "--out", "x"],
+     "--clip-grad must be"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
     assert run(lambda: compare_heads.main(argv)) == 2

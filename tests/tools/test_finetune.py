@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,14 @@ def test_tiny_run_in_process(tmp_path, capsys):
     (["--epochs", "1"], "give a model name"),
     (["resnet81"], "unknown model 'resnet81'; closest"),
     (TINY + ["--data-option", "oops"], "KEY=VALUE"),
+    (TINY + ["--clip-grad", "-1"], "--clip-grad must be a finite number > 0"),
+    (TINY + ["--label-smoothing", "1.5"], "--label-smoothing must be a finite number in [0, 1)"),
+    (TINY + ["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (TINY + ["--lr", "inf"], "--lr must be a finite number > 0"),
+    (TINY + ["--momentum", "-0.5"], "--momentum must be"),
+    (TINY + ["--timm-option", "num_classes=5"], "num_classes is set by headswap itself"),
+    (TINY + ["--data-option", "num_classes=1"], "classification needs at least 2"),
+    (TINY + ["--skip-bad-images"], "synthetic has no option skip_bad_images"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, expect, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HEADSWAP_DATA", raising=False)
@@ -124,6 +133,34 @@ def test_user_errors_are_one_line_and_exit_2(argv, expect, tmp_path, monkeypatch
     errors = [line for line in err if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and expect in errors[0]
     assert not [line for line in err if "Traceback" in line]
+
+
+def test_skip_bad_images_is_a_data_option_of_the_run():
+    args = finetune.build_parser().parse_args(["resnet18", "--dataset", "imagefolder",
+                                               "--skip-bad-images"])
+    assert finetune.config_from_args(args).data_options == {"skip_bad_images": True}
+
+
+def _takes_files(directory: str) -> bool:
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("out, expect", [
+    ("file", "is a file, not a directory"),
+    ("/sys/headswap-test", "cannot write in '/sys'"),
+])
+def test_an_out_that_cannot_be_written_is_one_line(out, expect, tmp_path, capsys):
+    if out.startswith("/sys") and _takes_files("/sys"):
+        pytest.skip("needs a directory that takes no new files")
+    (tmp_path / "file").write_text("x")
+    target = out if out.startswith("/") else str(tmp_path / out)
+    code = run(lambda: finetune.main(TINY + ["--out", target]))
+    err = capsys.readouterr().err
+    assert code == 2 and expect in err and "Traceback" not in err
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import surgery
 
@@ -113,6 +114,37 @@ def test_failing_row_does_not_stop_the_others(capsys: pytest.CaptureFixture[str]
     assert pft.main(["vit_tiny_patch16_224", "--sizes", "8", "--strict", "--no-progress",
                      "--counter", "torch", "--format", "json"]) == 1
     capsys.readouterr()
+
+
+def test_the_first_size_does_not_decide_the_verdict_of_the_others(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    verdicts = []
+    for sizes in (["50", "64"], ["64", "50"]):
+        code, out, _ = _run(capsys, "test_vit", "--heads", "gap", "flatten", "--sizes", *sizes,
+                            "--format", "json", "--counter", "torch")
+        rows = json.loads(out)
+        assert code == 0 and all(r["error"] is None for r in rows)
+        assert all(r["input_size"] == 64 for r in rows)  # counted at the size it runs at
+        assert all("divisible by patch size" in r["size_errors"]["50"] for r in rows)
+        verdicts.append([(r["head"], r["sizes"]["50"], r["sizes"]["64"]) for r in rows])
+    assert verdicts[0] == verdicts[1] == [("gap", False, True), ("flatten", False, True)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_measure_on_a_missing_device_is_one_error_before_the_rows(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(lambda: pft.main(["test_resnet", "test_vit", "--measure", "--device", "cuda",
+                                 "--no-progress"]))
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "CUDA is not available on this machine; use --device cpu" in err
+
+
+def test_out_onto_a_directory_is_refused_before_counting(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    code = run(lambda: pft.main(["test_resnet", "--out", str(tmp_path), "--no-progress"]))
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "is a directory; give the path of a file" in err
 
 
 def test_wildcards_expand_in_order() -> None:

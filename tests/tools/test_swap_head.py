@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import swap_head as tool
 import torch
+from _cli import run
 
-from surgery import load
+from surgery import load, swap_head, swap_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +113,45 @@ def test_token_head_report_and_refusal(capsys):
 def test_a_spec_and_a_flag_for_the_same_option_are_refused():
     with pytest.raises(ValueError, match="ambiguous"):
         tool.main(["resnet18", "--head", "gap:dropout=0.5", "--dropout", "0.2"])
+
+
+def _error_of(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = run(lambda: tool.main(argv))
+    except SystemExit as exit_:  # argparse errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return code, err
+
+
+@pytest.mark.parametrize("option, instead", [
+    ("num_classes=5", "use --num-classes"), ("pretrained=True", "use --pretrained"),
+    ("in_chans=1", "use --in-chans"), ("checkpoint_path=w.pth", "use --checkpoint FILE"),
+    ("head=gmp", "use --head"),
+])
+def test_timm_options_that_headswap_sets_are_refused_by_name(option, instead, capsys):
+    code, err = _error_of(["test_resnet", "--timm-option", option], capsys)
+    key = option.split("=")[0]
+    assert code == 2 and f"{key} is set by headswap itself; {instead}" in err
+
+
+@pytest.mark.parametrize("flag", ["--sizes", "--input-size", "--num-classes", "--in-chans"])
+def test_zero_sizes_and_counts_are_invalid_not_refused_by_the_backbone(flag, capsys):
+    code, err = _error_of(["test_resnet", flag, "0"], capsys)
+    assert code == 2 and f"argument {flag}: expected a positive integer, got '0'" in err
+
+
+def test_swap_report_refuses_an_invalid_size():
+    model = swap_head("test_resnet", head="gap", num_classes=2)
+    with pytest.raises(ValueError, match="input size 0 is not valid"):
+        swap_report(model, [64, 0])
+
+
+def test_save_where_it_cannot_go_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for target, expect in ((tmp_path, "is a directory; give the path of a file"),
+                           (tmp_path / "file" / "m.pt", "is a file, not a directory")):
+        code, err = _error_of(["test_resnet", "--save", str(target)], capsys)
+        assert code == 2 and expect in err
+

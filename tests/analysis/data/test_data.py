@@ -11,8 +11,10 @@ import torch
 
 from analysis.data import (
     DATASETS,
+    BadImageError,
     BatchTransform,
     EpochSampler,
+    decode_image,
     iterate,
     load_dataset,
     read_idx,
@@ -109,6 +111,19 @@ def test_missing_fashion_mnist_names_every_way_to_get_it(tmp_path):
         assert part in msg
 
 
+def test_an_explicit_data_dir_never_falls_back_to_another_copy(tmp_path, monkeypatch):
+    write_fmnist(tmp_path / "env", gz=True)
+    monkeypatch.setenv("HEADSWAP_DATA", str(tmp_path / "env"))  # a copy it must not fall back to
+    (tmp_path / "empty").mkdir()
+    for given, state in (("typo", "does not exist"), ("empty", "does not hold train-images")):
+        with pytest.raises(FileNotFoundError) as err:
+            load_dataset("fashion-mnist", data_dir=tmp_path / given)
+        assert f"--data-dir {str(tmp_path / given)!r} {state}" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="does not hold cifar-10-batches-py"):
+        load_dataset("cifar10", data_dir=tmp_path / "empty")
+    assert len(load_dataset("fashion-mnist", val_size=0).train_y) == 100  # no flag: the env
+
+
 def test_unknown_dataset_lists_the_registry():
     with pytest.raises(ValueError) as err:
         load_dataset("mnist-fashion")
@@ -163,6 +178,50 @@ def test_imagefolder_reads_class_folders(tmp_path):
     assert d.classes == ["cat", "dog"]
     assert d.train_x.shape[1:] == (3, 8, 8) and len(d.test_y) == 2 and len(d.val_y) == 2
     assert d.train_x[d.train_y == 1][:, 0].float().mean() == 100  # red channel of "dog"
+
+
+def _image_tree(root: Path) -> None:
+    """Two classes of five PNGs, plus a truncated PNG in one and a text file named .jpg in the
+    other."""
+    from PIL import Image
+
+    for k, cls in enumerate(("cat", "dog")):
+        (root / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (12, 12), (100 * k, 50, 7)).save(root / cls / f"{i}.png")
+    png = (root / "cat" / "0.png").read_bytes()
+    (root / "cat" / "cut.png").write_bytes(png[: len(png) // 2])
+    (root / "dog" / "notes.jpg").write_text("not an image")
+
+
+def test_a_bad_image_is_named_then_skipped_with_a_warning(tmp_path):
+    _image_tree(tmp_path)
+    with pytest.raises(BadImageError) as err:
+        load_dataset("imagefolder", data_dir=tmp_path, val_size=2, image_size=8)
+    assert err.value.path == tmp_path / "cat" / "cut.png" and "--skip-bad-images" in str(err.value)
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\).*cat/cut.png, "
+                                         r"dog/notes.jpg"):
+        d = load_dataset("imagefolder", data_dir=tmp_path, val_size=2, image_size=8,
+                         skip_bad_images=True)
+    assert len(d.train_y) + len(d.val_y) + len(d.test_y) == 10  # the good ones, all of them
+
+
+def test_decode_image_gives_a_tensor_or_a_named_error(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (5, 7), 9).save(tmp_path / "a.png")
+    x = decode_image(tmp_path / "a.png", 4, gray=True)
+    assert x.dtype == torch.uint8 and x.shape == (1, 4, 4) and int(x.max()) == 9
+    assert decode_image(tmp_path / "a.png", 4).shape == (3, 4, 4)
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(BadImageError, match="cannot decode image .*b.png"):
+        decode_image(tmp_path / "b.png", 4)
+
+
+@pytest.mark.parametrize("options", [dict(num_classes=1), dict(num_classes=3, n_train=1)])
+def test_fewer_than_two_classes_is_an_error(options):
+    with pytest.raises(ValueError, match="classification needs at least 2"):
+        load_dataset("synthetic", val_size=0, **options)
 
 
 def test_synthetic_is_balanced_and_sized():

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import surgery
-from analysis.saliency import cam_support, class_activation_maps, draw_cams
+from analysis.saliency import cam_support, class_activation_maps, draw_cams, flat_map_warning
 
 
 def _model(head: str, name: str = "test_resnet", **kw) -> surgery.HeadSwapped:
@@ -76,6 +76,14 @@ def test_dropout_alone_keeps_the_cam():
     assert cam_support(_model("gap", dropout=0.5)) is None
 
 
+def test_flat_map_warning_only_for_a_one_by_one_grid():
+    assert flat_map_warning(class_activation_maps(_model("gap"), torch.randn(1, 3, 64, 64))) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        cam = class_activation_maps(_model("gap", size=16), torch.randn(1, 3, 16, 16))
+    assert "1x1 at input 16x16" in flat_map_warning(cam)
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of each run of True in a 1-D mask."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
@@ -125,28 +133,43 @@ def test_cam_tool_on_a_trained_run(tmp_path, capsys):
     from analysis.training import TrainConfig, train
 
     opts = {"num_classes": 3, "n_train": 48, "n_test": 24, "image_size": 16, "channels": 1}
-    for head in ("gap", "flatten"):
-        train(TrainConfig(model="test_resnet", head=head, dataset="synthetic", data_options=opts,
-                          val_size=12, epochs=1, batch_size=16, img_size=64, out=str(tmp_path),
-                          name=head, progress=False))
+    for head, size in (("gap", 64), ("flatten", 64), ("gap", 16)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            train(TrainConfig(model="test_resnet", head=head, dataset="synthetic",
+                              data_options=opts, val_size=12, epochs=1, batch_size=16,
+                              img_size=size, out=str(tmp_path), name=f"{head}{size}",
+                              progress=False))
     out = tmp_path / "cam.png"
-    assert cam_tool.main([str(tmp_path / "gap"), "--images", "6", "--out", str(out)]) == 0
-    assert "gap: cam maps" in capsys.readouterr().out
+    assert cam_tool.main([str(tmp_path / "gap64"), "--images", "6", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "gap64: cam maps" in captured.out and "warning" not in captured.err
     _, grid = _panels(out)
     assert len(grid) == 1 and len(grid[0]) == 6 and None not in grid[0]  # 6 images, one row
-    both = [str(tmp_path / "gap"), str(tmp_path / "flatten")]
+    both = [str(tmp_path / "gap64"), str(tmp_path / "flatten64")]
     assert cam_tool.main([*both, "--images", "4", "--out", str(out)]) == 0  # side by side
     text = capsys.readouterr().out
-    assert "4 images x 2 run(s)" in text and "flatten: gradcam maps from the features" in text
+    assert "4 images x 2 run(s)" in text and "flatten64: gradcam maps from the features" in text
     _, grid = _panels(out)
     assert len(grid) == 2 and all(len(row) == 4 and None not in row for row in grid)  # 2 runs
-    code = run(lambda: cam_tool.main([str(tmp_path / "flatten"), "--method", "cam",
+    # the format the suffix names, or a refusal before any work
+    jpg = tmp_path / "cam.jpg"
+    assert cam_tool.main([str(tmp_path / "gap64"), "--images", "2", "--out", str(jpg)]) == 0
+    assert jpg.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG's start-of-image marker
+    code = run(lambda: cam_tool.main([str(tmp_path / "gap64"), "--out", str(tmp_path / "c.xyz")]))
+    assert code == 2 and "unknown image format '.xyz'; use one of" in capsys.readouterr().err
+    # a 1x1 grid: flat tiles, said in one warning line
+    assert cam_tool.main([str(tmp_path / "gap16"), "--images", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: gap16: the feature grid is 1x1 at input 16 px")
+    assert err.count("\n") == 1
+    code = run(lambda: cam_tool.main([str(tmp_path / "flatten64"), "--method", "cam",
                                       "--out", str(out)]))
     assert code == 2 and "global average pooling" in capsys.readouterr().err
     train(TrainConfig(model="test_resnet", head="gap", dataset="synthetic", data_options=opts,
                       val_size=12, epochs=1, batch_size=16, img_size=96, out=str(tmp_path),
                       name="big", progress=False))
-    code = run(lambda: cam_tool.main([str(tmp_path / "gap"), str(tmp_path / "big"),
+    code = run(lambda: cam_tool.main([str(tmp_path / "gap64"), str(tmp_path / "big"),
                                       "--out", str(out)]))
     assert code == 2 and "take different inputs (img_size 96 vs 64)" in capsys.readouterr().err
     code = run(lambda: cam_tool.main([str(tmp_path / "nothing"), "--out", str(out)]))

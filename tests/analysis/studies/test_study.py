@@ -106,6 +106,20 @@ def test_duplicate_heads_and_unknown_models_are_refused():
         _spec(models=("test_resnet", "resnet81"), seeds=(0, 1, 2)).check()
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(seeds=(0, 1, 0)), "seed 0 is listed twice in --seeds"),
+    (dict(train_sizes=(100, 200, 100)), "train size 100 is listed twice in --train-sizes"),
+    (dict(train_sizes=(None, None)), "train size all is listed twice"),
+    (dict(models=("test_resnet", "test_resnet")), "model test_resnet is listed twice"),
+    (dict(robust_sizes=(32, 0)), "--robust-sizes must be whole numbers of pixels >= 1"),
+    (dict(robust_images=-1), "--robust-images must be >= 1"),
+    (dict(base={**BASE, "label_smoothing": 1.5}), "--label-smoothing must be"),
+])
+def test_duplicate_seeds_sizes_and_models_and_bad_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _spec(**kw).check()
+
+
 def test_resume_does_not_rerun_finished_runs(tmp_path, fake_runs):
     spec = _spec()
     first = study.run_study(spec, tmp_path, jobs=0, progress=False)

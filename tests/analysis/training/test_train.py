@@ -104,6 +104,23 @@ def test_best_checkpoint_reproduces_test_accuracy(run):
     assert acc == summary["test_acc"] and loss == pytest.approx(summary["test_loss"])
 
 
+def test_checkpoints_carry_a_checksum_that_resume_verifies(run, tmp_path):
+    from analysis.training import read_checkpoint
+
+    _, d = run
+    for name in ("best.pt", "last.pt"):
+        assert torch.load(d / name, weights_only=True)["checksum"].startswith("crc32:")
+    damaged = tmp_path / "last.pt"
+    raw = bytearray((d / "last.pt").read_bytes())
+    weight = read_checkpoint(d / "last.pt")["state_dict"]["head.fc.weight"].numpy().tobytes()
+    at = bytes(raw).find(weight)
+    assert at > 0
+    raw[at + 3] ^= 0x01
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="last.pt' is damaged"):
+        read_checkpoint(damaged)
+
+
 class _Stop(Exception):
     pass
 
