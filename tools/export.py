@@ -29,11 +29,11 @@ from analysis.export import (
     ExportSource,
     compare_latency,
     export_onnx,
+    export_verified,
     is_refused,
     require_export,
     source_from_name,
     source_from_path,
-    verify_onnx,
 )
 from surgery.report import neighbour_sizes
 
@@ -106,8 +106,7 @@ def _sizes(args: argparse.Namespace, source: ExportSource) -> list[int]:
             raise ValueError(f"--sizes must be >= 8 pixels, got {args.sizes}")
         return list(dict.fromkeys(args.sizes))
     h = source.input_size[0]
-    small, large = neighbour_sizes(h)
-    return [small, h, large]
+    return sorted({*neighbour_sizes(h), h})
 
 
 def export_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,11 +114,12 @@ def export_report(args: argparse.Namespace) -> dict[str, Any]:
     require_export(verify=not (args.no_verify and args.no_bench))
     source = _source(args)
     sizes = _sizes(args, source)
-    result = export_onnx(source, args.out, dynamic=args.dynamic, opset=args.opset)
-    h, w = source.input_size
-    verify = [] if args.no_verify else verify_onnx(
-        source.model, result.path, sizes, source.in_chans, aspect=(h, w),
-        fixed_reason=result.fixed_reason)
+    verify: list[dict[str, Any]] = []
+    if args.no_verify:
+        result = export_onnx(source, args.out, dynamic=args.dynamic, opset=args.opset)
+    else:
+        result, verify = export_verified(source, args.out, sizes, dynamic=args.dynamic,
+                                         opset=args.opset)
     latency = None if args.no_bench else compare_latency(source.model, result.path,
                                                          source.input_size, source.in_chans)
     return {

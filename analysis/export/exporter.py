@@ -119,7 +119,8 @@ def plan_dynamic(source: ExportSource, mode: str = "auto") -> DynamicPlan:
         grid = "x".join(map(str, source.model.features.grid))
         return DynamicPlan(mode, ("batch",), f"the {source.head} head is built for {h}x{w} "
                            f"inputs (a {grid} feature grid) and takes no other size")
-    checks = [try_input_size(source.model, (s, round(s * w / h))) for s in neighbour_sizes(h)]
+    others = [s for s in neighbour_sizes(h) if s != h] or [h + 32]
+    checks = [try_input_size(source.model, (s, round(s * w / h))) for s in others]
     if any(c["ok"] for c in checks):
         return DynamicPlan(mode, AXES)
     refused = checks[-1]

@@ -47,7 +47,7 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors come back as exceptions; no colour log on stderr
+    options.log_severity_level = 4  # errors come back as exceptions: no colour log on stderr
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
