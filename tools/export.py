@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, TorchScript 7-20)")
     c = p.add_argument_group("checks")
     c.add_argument("--sizes", type=int, nargs="+", default=None,
-                   help="input sizes to verify (default: ~0.75x, 1x and ~1.25x the input size)")
+                   help="input sizes to verify (default: ~0.75x, 1x and ~1.25x the input size, "
+                        "e.g. 160 224 288)")
     c.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     c.add_argument("--no-bench", action="store_true", help="skip the latency comparison")
     c.add_argument("--format", choices=("text", "json"), default="text")
@@ -106,7 +107,7 @@ def _sizes(args: argparse.Namespace, source: ExportSource) -> list[int]:
             raise ValueError(f"--sizes must be >= 8 pixels, got {args.sizes}")
         return list(dict.fromkeys(args.sizes))
     h = source.input_size[0]
-    return sorted({*neighbour_sizes(h), h})
+    return sorted({*neighbour_sizes(h, step=32 if h >= 128 else 16), h})
 
 
 def export_report(args: argparse.Namespace) -> dict[str, Any]:
