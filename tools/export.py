@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _cli import run
+from _cli import CliParser, run
 from tabulate import tabulate
 
 import surgery
@@ -41,8 +41,8 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="export.py", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", default=None,
                    help="a timm architecture to swap a head onto (or use --model)")
     p.add_argument("--model", type=Path, default=None, metavar="FILE_OR_RUN_DIR",
@@ -204,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(lambda: main()))
+    sys.exit(run(main))

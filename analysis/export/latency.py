@@ -2,7 +2,7 @@
 
 Both run the same random batch with the same number of intra-op threads (torch's), a few
 untimed warm-up calls, then the median of ``repeats`` timed calls, in milliseconds per batch.
-torch is timed by :func:`analysis.measure` (inference only); onnxruntime by the same loop.
+torch is timed by :func:`analysis.costs.measure` (inference only); onnxruntime by the same loop.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from analysis.measure import measure
+from analysis.costs import measure
 
 from .verify import onnx_session
 

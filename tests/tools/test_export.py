@@ -13,9 +13,6 @@ from _cli import run
 import surgery
 from analysis.export import deps, onnx_session, read_metadata
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
 TOP_KEYS = {"model", "head", "onnx", "exporter", "opset", "dynamic", "inputs", "outputs", "verify",
             "latency_ms", "file_bytes"}
 ROW_KEYS = {"input_size", "ok", "max_abs_diff", "max_rel_diff", "error"}

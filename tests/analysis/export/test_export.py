@@ -8,15 +8,13 @@ smoke test and a slow sweep over the feature layouts.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 import surgery
 from analysis import export as ex
 from analysis.export import deps
-
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
 
 SIZE = 64
 VIT = "vit_tiny_patch16_224"
