@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 import surgery
 from surgery import HeadSwapped
 
@@ -71,11 +73,12 @@ def _from_model(model: HeadSwapped, input_size: int | None, origin: str,
                         origin=origin, path=path)
 
 
-def source_from_name(name: str, head: str, num_classes: int = 10, hidden: Sequence[int] = (),
-                     dropout: float = 0.0, input_size: int | None = None,
-                     **load_kwargs: Any) -> ExportSource:
-    """Build ``name`` with a new ``head`` (``surgery.swap_head``; ``load_kwargs`` go to
-    ``surgery.load_backbone``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options)."""
+def source_from_name(name: str | nn.Module, head: str, num_classes: int = 10,
+                     hidden: Sequence[int] = (), dropout: float = 0.0,
+                     input_size: int | None = None, **load_kwargs: Any) -> ExportSource:
+    """Build ``name`` (or take a timm model, which becomes the backbone) with a new ``head``
+    (``surgery.swap_head``; ``load_kwargs`` go to ``surgery.load_backbone``: ``pretrained``,
+    ``checkpoint``, ``in_chans``, timm options)."""
     model = surgery.swap_head(name, head=head, num_classes=num_classes, hidden=tuple(hidden),
                               dropout=dropout, input_size=input_size, **load_kwargs)
     return _from_model(model, input_size, "name")

@@ -1,0 +1,47 @@
+"""tools/export_coverage.py in-process: the report files, and resuming from the JSONL cache."""
+
+from __future__ import annotations
+
+import json
+
+import export_coverage as tool
+
+ARGS = ["--models", "test_resnet", "test_vit", "--opset", "17", "--jobs", "1", "--no-progress"]
+
+
+def test_report_and_resume(tmp_path, capsys):
+    out = ["--out-dir", str(tmp_path)]
+    assert tool.main([*ARGS, "--heads", "gap", "flatten", *out]) == 0
+    cache = tmp_path / "export_coverage.jsonl"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert sorted((r["model"], r["head"]) for r in rows) == [
+        ("test_resnet", "flatten"), ("test_resnet", "gap"), ("test_vit", "flatten"),
+        ("test_vit", "gap")]
+    by = {(r["model"], r["head"]): r for r in rows}
+    assert all(r["verified"] and r["exporter"] == "torchscript" for r in rows)
+    assert by[("test_resnet", "gap")]["dynamic_hw"]  # verified at 160 and 128 px
+    assert [v["input_size"] for v in by[("test_resnet", "gap")]["verify"]] == [[160, 160],
+                                                                               [128, 128]]
+    # TorchScript traces test_vit's position-embedding size as a constant: the dynamic file
+    # fails at 128 px, so it is exported again with fixed sizes
+    assert not by[("test_vit", "gap")]["dynamic_hw"]
+    assert by[("test_vit", "gap")]["fixed_reason"].startswith(
+        "the torchscript export with dynamic height and width fails at 128x128 (onnxruntime:")
+    assert not by[("test_vit", "flatten")]["dynamic_hw"]
+    assert by[("test_vit", "flatten")]["verify"][1]["error"].startswith("refused: ")
+    report = json.loads((tmp_path / "export_coverage.json").read_text())
+    assert report["summary"]["total"]["verified"] == 4
+    assert report["summary"]["total"]["dynamic_hw"] == 1
+    md = (tmp_path / "export_coverage.md").read_text()
+    assert "**4 of 4 pairs (100.0%) export and verify** (target 95%: met)" in md
+    assert "| test_vit       | tokens   |" in md
+    assert "4/4 pairs exported and verified" in capsys.readouterr().out
+
+    assert tool.main([*ARGS, "--heads", "gap", "flatten", *out]) == 0  # all cached: nothing new
+    assert len(cache.read_text().splitlines()) == 4
+    assert "computed 0 pairs" in (tmp_path / "export_coverage.md").read_text()
+    assert tool.main([*ARGS, "--heads", "gap", "gmp", "flatten", *out]) == 0  # a new head only
+    new = [json.loads(line) for line in cache.read_text().splitlines()[4:]]
+    assert sorted((r["model"], r["head"]) for r in new) == [("test_resnet", "gmp"),
+                                                            ("test_vit", "gmp")]
+    assert "computed 2 pairs" in (tmp_path / "export_coverage.md").read_text()
