@@ -98,8 +98,10 @@ def _work(task: Task) -> list[dict[str, Any]]:
         rows_iter = coverage_rows(candidate.name, tuple(todo), opset=opset)
         try:
             while todo:
+                cpu = time.process_time()  # unlike wall time, not inflated by other jobs
                 signal.alarm(timeout)
                 rows.append(next(rows_iter))
+                rows[-1]["cpu_seconds"] = round(time.process_time() - cpu, 1)
                 todo.pop(0)
         except _Timeout:
             rows.append(failure_row(candidate.name, todo.pop(0), "timeout", "timeout",
@@ -186,13 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     rows = [cache[(c.name, h)] for c in chosen for h in heads if (c.name, h) in cache]
     worker_min = sum(r.get("seconds") or 0 for r in rows) / 60
+    cpu_min = sum(r.get("cpu_seconds") or 0 for r in rows) / 60
     meta = {**_versions(), "opset": args.opset, "candidates": n_pool, "sampled": not args.models,
             "max_params": args.max_params, "machine": describe_machine(with_load=True),
             "command": args.command or "python tools/export_coverage.py " + " ".join(
                 sys.argv[1:] if argv is None else argv),
             "timing": f"This invocation computed {sum(len(t[1]) for t in tasks)} pairs in "
                       f"{elapsed / 60:.1f} min with {args.jobs} jobs; all rows add up to "
-                      f"{worker_min:.1f} worker-minutes (one thread each)."}
+                      f"{worker_min:.1f} worker-minutes of wall time and {cpu_min:.1f} of CPU "
+                      "time (one thread per worker; CPU time does not grow when other jobs "
+                      "share the machine)."}
     summary = _write(args, rows, heads, meta)
     t = summary["total"]
     print(f"{t['verified']}/{t['applicable']} pairs exported and verified "
