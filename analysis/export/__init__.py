@@ -19,18 +19,15 @@ from .deps import (
     has_onnxscript,
     require_export,
 )
+from .dynamic import AXES, DYNAMIC_MODES, DynamicPlan, plan_dynamic
 from .exporter import (
-    AXES,
     DEFAULT_OPSET,
-    DYNAMIC_MODES,
     OPSETS,
-    DynamicPlan,
     ExportError,
     ExportResult,
     check_opset,
     export_onnx,
     exporter_reason,
-    plan_dynamic,
 )
 from .latency import compare_latency
 from .metadata import METADATA_KEYS, deployment_metadata, read_metadata

@@ -1,6 +1,6 @@
 """ONNX export with torch's two exporters: dynamo first, TorchScript as the fallback.
 
-``export_onnx`` decides which axes can be dynamic (:func:`plan_dynamic`), traces the model on an
+``export_onnx`` decides which axes can be dynamic (analysis.export.dynamic), traces the model on an
 example input, adds the deployment metadata and writes the file atomically: an export that fails
 leaves no .onnx behind (and an existing file untouched). The dynamo exporter (``torch.export``
 plus onnxscript) is tried first; when it fails, or cannot write the opset asked for, the
@@ -25,18 +25,16 @@ from typing import Any
 import torch
 
 import surgery
-from surgery.report import neighbour_sizes, try_input_size
 
 from .deps import require_export
+from .dynamic import AXES, plan_dynamic
 from .metadata import deployment_metadata, set_metadata
 from .source import ExportSource
 
-__all__ = ["AXES", "DYNAMIC_MODES", "DEFAULT_OPSET", "OPSETS", "DynamicPlan", "ExportError",
-           "ExportResult", "check_opset", "export_onnx", "exporter_reason", "plan_dynamic"]
+__all__ = ["DEFAULT_OPSET", "OPSETS", "ExportError", "ExportResult", "check_opset", "export_onnx",
+           "exporter_reason"]
 
-AXES = ("batch", "height", "width")  # the input's dynamic-capable axes, by position 0, 2, 3
-_AXIS_DIM = {"batch": 0, "height": 2, "width": 3}
-DYNAMIC_MODES = ("auto", "batch", "none")
+_AXIS_DIM = {"batch": 0, "height": 2, "width": 3}  # AXES by their position in NCHW
 DEFAULT_OPSET = 18
 # opsets each exporter writes (torch 2.x): dynamo 18+, TorchScript up to 20
 OPSETS = {"dynamo": (18, 23), "torchscript": (7, 20)}
@@ -46,15 +44,6 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 class ExportError(ValueError):
     """Neither exporter produced a file; the message names each exporter's reason."""
-
-
-@dataclass(frozen=True)
-class DynamicPlan:
-    """Which input axes to export as dynamic, and why the others are fixed (None: none are)."""
-
-    mode: str
-    axes: tuple[str, ...]
-    reason: str | None = None
 
 
 @dataclass
@@ -99,39 +88,6 @@ def _check_out(out: Path) -> None:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {str(out)!r}: {str(parent)!r} is not a writable "
                          "directory")
-
-
-def plan_dynamic(source: ExportSource, mode: str = "auto") -> DynamicPlan:
-    """The axes to make dynamic for ``mode`` (``auto``, ``batch`` or ``none``).
-
-    ``auto``: batch always; height and width too when the head takes any size and the model
-    runs at a smaller or a larger input (checked on a storage-free meta twin where possible).
-    """
-    if mode not in DYNAMIC_MODES:
-        raise ValueError(f"unknown dynamic mode {mode!r}; choose from {', '.join(DYNAMIC_MODES)}")
-    if mode == "none":
-        return DynamicPlan(mode, (), "fixed sizes asked for (dynamic none)")
-    if mode == "batch":
-        return DynamicPlan(mode, ("batch",), "height and width fixed as asked (dynamic batch)")
-    h, w = source.input_size
-    kind = surgery.HEADS.get(source.head)
-    if kind is not None and not kind.any_input_size:
-        grid = "x".join(map(str, source.model.features.grid))
-        return DynamicPlan(mode, ("batch",), f"the {source.head} head is built for {h}x{w} "
-                           f"inputs (a {grid} feature grid) and takes no other size")
-    others = [s for s in neighbour_sizes(h) if s != h] or [h + 32]
-    checks = [try_input_size(source.model, (s, round(s * w / h))) for s in others]
-    if any(c["ok"] for c in checks):
-        return DynamicPlan(mode, AXES)
-    refused = checks[-1]
-    hint = ""
-    if source.model.features.layout == "NLC":
-        hint = ("; token models take other sizes when built with --timm-option "
-                "dynamic_img_size=True")
-    size = "x".join(map(str, refused["input_size"]))
-    why = str(refused["error"]).removeprefix("the backbone refuses it: ")
-    return DynamicPlan(mode, ("batch",), f"{source.name} refuses other input sizes ({size}: "
-                       f"{surgery.one_line(why, 160)}){hint}")
 
 
 @contextlib.contextmanager
