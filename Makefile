@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train
+.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train \
+	export-coverage bench-export
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +54,13 @@ zoo-table: $(STAMP)
 
 zoo-coverage: $(STAMP)
 	$(PY) tools/zoo_coverage.py --jobs 2
+
+# ONNX export + onnxruntime verification over a 100-architecture sample (resumes from the .jsonl)
+export-coverage: $(STAMP)
+	$(PY) tools/export_coverage.py --sample 100 --jobs 2
+
+bench-export: $(STAMP)
+	$(PY) benchmarks/export_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
