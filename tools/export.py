@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from _cli import CliParser, run
 from tabulate import tabulate
 
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. 160 224 288)")
     c.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     c.add_argument("--no-bench", action="store_true", help="skip the latency comparison")
+    c.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and onnxruntime alike (default: torch's)")
     c.add_argument("--format", choices=("text", "json"), default="text")
     return p
 
@@ -113,6 +116,10 @@ def _sizes(args: argparse.Namespace, source: ExportSource) -> list[int]:
 def export_report(args: argparse.Namespace) -> dict[str, Any]:
     """Export, verify and time as ``args`` say; the report in the JSON layout of the docs."""
     require_export(verify=not (args.no_verify and args.no_bench))
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     source = _source(args)
     sizes = _sizes(args, source)
     verify: list[dict[str, Any]] = []
@@ -164,7 +171,8 @@ def _latency_lines(latency: dict[str, dict[str, float | None]]) -> list[str]:
     rows[0][0] = "torch eager"
     table = tabulate(rows, headers=["median ms", *[f"batch {k[1:]}" for k in keys]],
                      floatfmt=".1f", missingval="n/a")
-    return ["latency    this machine, CPU, same thread count for both"] + [
+    threads = torch.get_num_threads()
+    return [f"latency    this machine (CPU), {threads} thread{'s' * (threads > 1)} for both"] + [
         "  " + line for line in table.splitlines()]
 
 
