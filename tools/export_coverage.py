@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="JSONL of finished rows (default OUT_DIR/export_coverage.jsonl)")
     runs.add_argument("--retry-errors", action="store_true", help="redo pairs that failed")
     runs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    runs.add_argument("--report-only", action="store_true",
+                      help="write the report from the cached rows, computing nothing (a "
+                           "partial report while a long run goes on)")
     out = p.add_argument_group("output")
     out.add_argument("--out-dir", type=Path, default=Path("docs"),
                      help="where export_coverage.md/.json go (default docs)")
@@ -159,6 +162,35 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], heads: Sequence
     return summary
 
 
+def _compute(tasks: list[Task], jobs: int, cache_path: Path, progress: bool,
+             cache: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Run the tasks, appending each finished row to the JSONL cache as it comes."""
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    with cache_path.open("a") as sink, tqdm(total=sum(len(t[1]) for t in tasks), unit="pair",
+                                            desc="export", disable=not progress,
+                                            file=sys.stderr) as bar:
+        for rows in _pool(tasks, jobs):
+            for r in rows:
+                cache[(r["model"], r["head"])] = r
+                sink.write(json.dumps(r) + "\n")
+            sink.flush()
+            bar.update(len(rows))
+
+
+def _timing(rows: list[dict[str, Any]], computed: int, elapsed: float, jobs: int,
+            expected: int) -> str:
+    wall = sum(r.get("seconds") or 0 for r in rows) / 60
+    cpu = sum(r.get("cpu_seconds") or 0 for r in rows) / 60
+    text = (f"This invocation computed {computed} pairs in {elapsed / 60:.1f} min with {jobs} "
+            f"jobs; all rows add up to {wall:.1f} worker-minutes of wall time and {cpu:.1f} of "
+            "CPU time (one thread per worker; CPU time does not grow when other jobs share the "
+            "machine).")
+    if len(rows) < expected:
+        text += (f" **Partial: {len(rows)} of {expected} pairs done; the same command resumes "
+                 "from export_coverage.jsonl.**")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1 or args.sample < 1 or args.timeout < 1:
@@ -173,31 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tuple(h for h in heads if (c.name, h) not in cache or (
             args.retry_errors and not cache[(c.name, h)]["verified"]))
 
-    tasks = [(c, missing(c), args.opset, args.timeout) for c in chosen if missing(c)]
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tasks = [] if args.report_only else [(c, missing(c), args.opset, args.timeout)
+                                         for c in chosen if missing(c)]
     start = time.perf_counter()
-    with cache_path.open("a") as sink, tqdm(total=sum(len(t[1]) for t in tasks), unit="pair",
-                                            desc="export", disable=args.no_progress,
-                                            file=sys.stderr) as bar:
-        for rows in _pool(tasks, args.jobs):
-            for r in rows:
-                cache[(r["model"], r["head"])] = r
-                sink.write(json.dumps(r) + "\n")
-            sink.flush()
-            bar.update(len(rows))
-    elapsed = time.perf_counter() - start
+    _compute(tasks, args.jobs, cache_path, not args.no_progress, cache)
     rows = [cache[(c.name, h)] for c in chosen for h in heads if (c.name, h) in cache]
-    worker_min = sum(r.get("seconds") or 0 for r in rows) / 60
-    cpu_min = sum(r.get("cpu_seconds") or 0 for r in rows) / 60
     meta = {**_versions(), "opset": args.opset, "candidates": n_pool, "sampled": not args.models,
             "max_params": args.max_params, "machine": describe_machine(with_load=True),
             "command": args.command or "python tools/export_coverage.py " + " ".join(
                 sys.argv[1:] if argv is None else argv),
-            "timing": f"This invocation computed {sum(len(t[1]) for t in tasks)} pairs in "
-                      f"{elapsed / 60:.1f} min with {args.jobs} jobs; all rows add up to "
-                      f"{worker_min:.1f} worker-minutes of wall time and {cpu_min:.1f} of CPU "
-                      "time (one thread per worker; CPU time does not grow when other jobs "
-                      "share the machine)."}
+            "timing": _timing(rows, sum(len(t[1]) for t in tasks), time.perf_counter() - start,
+                              args.jobs, len(chosen) * len(heads))}
     summary = _write(args, rows, heads, meta)
     t = summary["total"]
     print(f"{t['verified']}/{t['applicable']} pairs exported and verified "

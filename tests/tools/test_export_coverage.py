@@ -6,6 +6,8 @@ import json
 
 import export_coverage as tool
 
+from analysis.export.coverage import Candidate
+
 ARGS = ["--models", "test_resnet", "test_vit", "--opset", "17", "--jobs", "1", "--no-progress"]
 
 
@@ -45,3 +47,14 @@ def test_report_and_resume(tmp_path, capsys):
     assert sorted((r["model"], r["head"]) for r in new) == [("test_resnet", "gmp"),
                                                             ("test_vit", "gmp")]
     assert "computed 2 pairs" in (tmp_path / "export_coverage.md").read_text()
+
+
+def test_report_only_computes_nothing_and_says_partial(tmp_path):
+    rows = tool._work((Candidate("test_resnet", "NCHW", 469688, "resnet"), ("gap",), 17, 300))
+    (tmp_path / "export_coverage.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert tool.main([*ARGS, "--heads", "gap", "nin", "--report-only", "--out-dir",
+                      str(tmp_path)]) == 0
+    assert len((tmp_path / "export_coverage.jsonl").read_text().splitlines()) == 1
+    md = (tmp_path / "export_coverage.md").read_text()
+    assert "**Partial: 1 of 4 pairs done; the same command resumes" in md
+    assert "**1 of 1 pairs (100.0%) export and verify**" in md
