@@ -42,9 +42,10 @@ BASE_HEADS = ("gap", "gmp", "flatten", "nin")
 # the registry when export coverage was written; kinds registered since are "newer" heads
 _FIRST_KINDS = frozenset({"gap", "gmp", "gapmp", "flatten", "nin", "original"})
 LAYOUTS = ("NCHW", "NHWC", "tokens", "lists", "NCL")
-# architectures whose forward_features returns a list of token sequences (timm 1.0.31: every
-# architecture of at most 300 M parameters probed on the meta device); each sampled row records
-# the layout the probe sees again, so a stale entry shows in the report
+# architectures whose forward_features returns a list of token sequences (timm 1.0.31, found by
+# probing on the meta device: 1,062 of the 1,184 architectures of at most 300 M parameters, and
+# one of each timm module among the other 122). EfficientViM returns a list too, of NCL maps: it
+# stays in the NCL stratum. Each row records what the probe sees again, so a stale entry shows.
 LIST_OUTPUT = ("coat_mini", "coat_small", "coat_tiny", "crossvit_*")
 _ZOO_LAYOUT = {"NCHW": "NCHW", "NHWC": "NHWC", "NLC": "tokens", "NCL": "NCL"}
 
