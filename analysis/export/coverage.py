@@ -73,7 +73,8 @@ def _families() -> dict[str, str]:
 def zoo_candidates(zoo_table: str | Path, zoo_coverage: str | Path,
                    max_params: float = 300e6) -> list[Candidate]:
     """Architectures of the committed zoo table (backbone parameters) and zoo coverage (feature
-    layout) with at most ``max_params`` parameters that this timm still has."""
+    layout) with at most ``max_params`` parameters that this timm still has (timm's ``test_*``
+    toy configurations left out)."""
     layouts = {r["model"]: (r.get("features") or {}).get("layout")
                for r in surgery.read_json(zoo_coverage)["records"]}
     families = _families()
@@ -81,8 +82,8 @@ def zoo_candidates(zoo_table: str | Path, zoo_coverage: str | Path,
     with open(zoo_table, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             name, params = row["model"], row.get("params_backbone") or ""
-            if row.get("error") or not params or name not in families:
-                continue
+            if row.get("error") or not params or name not in families or name.startswith("test_"):
+                continue  # test_*: timm's own toy configurations for its unit tests
             if float(params) > max_params or layouts.get(name) not in _ZOO_LAYOUT:
                 continue
             listed = any(fnmatch.fnmatchcase(name, p) for p in LIST_OUTPUT)
@@ -118,8 +119,9 @@ def _quotas(counts: dict[str, int], n: int) -> dict[str, int]:
 
 def sample_architectures(candidates: Sequence[Candidate], n: int) -> list[Candidate]:
     """``n`` candidates, the same ones every time: per-layout quotas (every layout present),
-    and inside a layout one architecture per timm module (family) in turn, families and names
-    in the order of their SHA-256, so that the sample spreads over the families."""
+    and inside a layout one architecture per timm module (family) in turn, families in the
+    order of their SHA-256 and each family's smallest architecture first (by parameters): the
+    sample spreads over the families' code, and each costs the least to export."""
     if n < 1:
         raise ValueError(f"the sample size must be >= 1, got {n}")
     by_layout: dict[str, list[Candidate]] = defaultdict(list)
@@ -129,7 +131,7 @@ def sample_architectures(candidates: Sequence[Candidate], n: int) -> list[Candid
     chosen: list[Candidate] = []
     for layout in LAYOUTS:
         families: dict[str, list[Candidate]] = defaultdict(list)
-        for c in sorted(by_layout.get(layout, []), key=lambda c: _key(c.name)):
+        for c in sorted(by_layout.get(layout, []), key=lambda c: (c.params, c.name)):
             families[c.family].append(c)
         order = sorted(families, key=_key)
         taken: list[Candidate] = []

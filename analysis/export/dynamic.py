@@ -53,7 +53,7 @@ def plan_dynamic(source: ExportSource, mode: str = "auto") -> DynamicPlan:
         return DynamicPlan(mode, AXES)
     refused = checks[-1]
     hint = ""
-    if source.model.features.layout == "NLC":
+    if hasattr(source.model.backbone, "dynamic_img_size"):  # timm ViT-style models
         hint = ("; token models take other sizes when built with --timm-option "
                 "dynamic_img_size=True")
     size = "x".join(map(str, refused["input_size"]))
