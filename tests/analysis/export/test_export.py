@@ -94,6 +94,9 @@ def test_dynamic_plan_follows_head_and_backbone():
     assert ex.plan_dynamic(any_vit).axes == ("batch", "height", "width")
     assert ex.plan_dynamic(any_vit, "batch").axes == ("batch",)
     assert ex.plan_dynamic(any_vit, "none").axes == ()
+    coat = ex.plan_dynamic(ex.source_from_name("coat_lite_tiny", "gap"))  # no such timm option
+    assert coat.axes == ("batch",) and "coat_lite_tiny refuses other input sizes" in coat.reason
+    assert "dynamic_img_size" not in coat.reason
     with pytest.raises(ValueError, match="unknown dynamic mode 'some'; choose from auto"):
         ex.plan_dynamic(any_vit, "some")
 
