@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _cli import CliParser, run
+from _cli import CliParser, positive_int, run
 from tabulate import tabulate
 
 import surgery
@@ -52,17 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("head (with a model name)")
     g.add_argument("--head", default=None, choices=list(surgery.HEADS),
                    help="; ".join(f"{k}: {v.description}" for k, v in surgery.HEADS.items()))
-    g.add_argument("--num-classes", type=int, default=None, help="output classes (default 10)")
-    g.add_argument("--hidden", type=int, nargs="*", default=[], help="hidden widths")
+    g.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default 10)")
+    g.add_argument("--hidden", type=positive_int, nargs="*", default=[], help="hidden widths")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout before each Linear")
     g.add_argument("--timm-option", metavar="KEY=VALUE", action="append", default=[],
                    help="timm.create_model option, e.g. dynamic_img_size=True (repeatable)")
     g.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (online)")
     g.add_argument("--checkpoint", type=Path, default=None, help="local backbone weights")
-    g.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
+    g.add_argument("--in-chans", type=positive_int, default=3, help="input channels (default 3)")
     e = p.add_argument_group("export")
     e.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
-    e.add_argument("--input-size", type=int, default=None,
+    e.add_argument("--input-size", type=positive_int, default=None,
                    help="square input size the model is built for and traced at "
                         "(default: the model's, or the size a run trained at)")
     e.add_argument("--dynamic", choices=DYNAMIC_MODES, default="auto",
@@ -71,12 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, TorchScript 7-20)")
     c = p.add_argument_group("checks")
-    c.add_argument("--sizes", type=int, nargs="+", default=None,
+    c.add_argument("--sizes", type=positive_int, nargs="+", default=None,
                    help="input sizes to verify (default: ~0.75x, 1x and ~1.25x the input size, "
                         "e.g. 160 224 288)")
     c.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     c.add_argument("--no-bench", action="store_true", help="skip the latency comparison")
-    c.add_argument("--threads", type=int, default=None,
+    c.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch and onnxruntime alike (default: torch's)")
     c.add_argument("--format", choices=("text", "json"), default="text")
     return p
@@ -117,8 +117,6 @@ def export_report(args: argparse.Namespace) -> dict[str, Any]:
     """Export, verify and time as ``args`` say; the report in the JSON layout of the docs."""
     require_export(verify=not (args.no_verify and args.no_bench))
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     source = _source(args)
     sizes = _sizes(args, source)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from _cli import CliParser, run
+from _cli import CliParser, positive_int, run
 from tqdm import tqdm
 
 import surgery
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="export_coverage.py", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to export")
-    what.add_argument("--sample", type=int, default=100,
+    what.add_argument("--sample", type=positive_int, default=100,
                       help="architectures in the deterministic sample (default 100)")
     what.add_argument("--models", nargs="+", default=None,
                       help="timm names or wildcards instead of the sample")
@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--zoo-coverage", type=Path, default=Path("docs/zoo_coverage.json"),
                      help="feature layout per architecture")
     runs = p.add_argument_group("running")
-    runs.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    runs.add_argument("--timeout", type=int, default=900, help="seconds per architecture x head")
+    runs.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default 2)")
+    runs.add_argument("--timeout", type=positive_int, default=900, help="seconds per architecture x head")
     runs.add_argument("--cache", type=Path, default=None,
                       help="JSONL of finished rows (default OUT_DIR/export_coverage.jsonl)")
     runs.add_argument("--retry-errors", action="store_true", help="redo pairs that failed")
@@ -193,8 +193,6 @@ def _timing(rows: list[dict[str, Any]], computed: int, elapsed: float, jobs: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.jobs < 1 or args.sample < 1 or args.timeout < 1:
-        raise ValueError("--jobs, --sample and --timeout must be >= 1")
     require_export()
     heads = tuple(args.heads or coverage_heads())
     cache_path = args.cache or args.out_dir / "export_coverage.jsonl"
