@@ -13,7 +13,7 @@ from .backbone import (
     expand_model_names,
     load_backbone,
 )
-from .errors import one_line
+from .errors import one_line, one_line_warnings
 from .files import (
     atomic_write,
     atomic_write_bytes,
@@ -45,6 +45,7 @@ __all__ = [
     "NinHead", "OriginalHead", "PoolHead", "RemovedModule", "as_hidden", "atomic_write",
     "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options", "check_writable",
     "closest_model_names", "head_label", "expand_model_names", "finite", "load", "load_backbone",
-    "one_line", "parse_options", "parse_value", "probe_features", "read_json", "read_model_file",
-    "register_head", "save", "swap_head", "swap_report", "write_json",
+    "one_line", "one_line_warnings", "parse_options", "parse_value", "probe_features",
+    "read_json", "read_model_file", "register_head", "save", "swap_head", "swap_report",
+    "write_json",
 ]

@@ -24,14 +24,14 @@ from torch import nn
 
 from ..machine import resolve_device
 
-__all__ = ["measure"]
+__all__ = ["measure", "reset_rss_peak", "rss_peak_bytes"]
 
 _MIB = 1024 * 1024
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _rss_peak_bytes() -> int | None:
+def rss_peak_bytes() -> int | None:
     """Peak resident set size of this process (VmHWM), bytes; None off Linux."""
     try:
         match = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
@@ -40,7 +40,7 @@ def _rss_peak_bytes() -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def _reset_rss_peak() -> bool:
+def reset_rss_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
     try:
         _CLEAR_REFS.write_text("5")
@@ -60,14 +60,14 @@ class _Memory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        elif not _reset_rss_peak():
+        elif not reset_rss_peak():
             self.kind = "process peak RSS (VmHWM) over the process lifetime: reset not possible"
 
     def peak(self) -> int | None:
         if self.cuda:
             torch.cuda.synchronize()
             return int(torch.cuda.max_memory_allocated())
-        return _rss_peak_bytes()
+        return rss_peak_bytes()
 
 
 def _sync(device: torch.device) -> None:
