@@ -27,10 +27,10 @@ class LineProgress:
         self.t0 = time.perf_counter()
         self.closed = False
 
-    def update(self, n: int = 1, note: str = "") -> None:
+    def update(self, n: int = 1) -> None:
         self.n += n
         if self.per_update:
-            self._write(note)
+            self._write()
 
     def set_postfix(self, **values: Any) -> None:
         self.postfix = values
@@ -40,13 +40,11 @@ class LineProgress:
             self._write()
         self.closed = True
 
-    def _write(self, note: str = "") -> None:
+    def _write(self) -> None:
         extra = ", ".join(f"{k}={v}" for k, v in self.postfix.items())
         line = (f"{self.desc}: {self.n}/{self.total} {self.unit}s in "
-                f"{time.perf_counter() - self.t0:.1f}s" + (f" ({extra})" if extra else "")
-                + (f" {note}" if note else ""))
-        stream = self.stream or sys.stderr
-        print(line, file=stream, flush=True)
+                f"{time.perf_counter() - self.t0:.1f}s" + (f" ({extra})" if extra else ""))
+        print(line, file=self.stream or sys.stderr, flush=True)
 
 
 def _interactive(stream: IO[str]) -> bool:
