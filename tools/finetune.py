@@ -11,6 +11,9 @@ best.pt, last.pt (both loadable with surgery.load) and curves.png. Exit codes: 0
 error (one line on stderr), 3 the loss became NaN/inf (last.pt keeps the last good state).
 The options are those of analysis.training.options, shared with tools/compare_heads.py.
 Under torchrun every process trains its shard of each epoch; only rank 0 prints and writes.
+A run directory belongs to one process at a time (RUN/.lock names it); --overwrite replaces an
+old run only once the new one has made its first step; --resume refuses options that differ
+from the run's config.json and says where it continues.
 """
 
 from __future__ import annotations

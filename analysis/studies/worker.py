@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__: list[str] = []
+__all__ = ["release_memory"]
 
 def _die_with_parent(parent: int) -> None:
     """Exit when the parent does: PR_SET_PDEATHSIG on Linux, and a watchdog thread anywhere."""
@@ -44,8 +44,9 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
-def _trim_memory() -> None:
-    """Hand freed memory back to the system between jobs (glibc keeps it otherwise)."""
+def release_memory() -> None:
+    """Collect garbage and hand freed memory back to the system (glibc keeps it otherwise), so
+    that the next job's peak memory starts from what the process really holds."""
     import gc
 
     gc.collect()
@@ -73,7 +74,7 @@ def _run_one(fn: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> dict[s
         except Exception as err:
             traceback.print_exc()
             status = str(getattr(err, "job_status", "failed"))
-            message = f"{type(err).__name__}: {err}"
+            message = f"{type(err).__name__}: {err}" if status == "failed" else str(err)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -82,7 +83,7 @@ def _run_one(fn: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> dict[s
             os.close(saved[0])
             os.close(saved[1])
     seconds = time.perf_counter() - t0
-    _trim_memory()
+    release_memory()
     return {"name": job["name"], "status": status, "message": message, "seconds": seconds,
             "pid": os.getpid()}
 

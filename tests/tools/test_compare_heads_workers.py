@@ -83,3 +83,25 @@ def test_killing_the_study_kills_its_worker(tmp_path):
     while _alive(worker) and time.time() < deadline:
         time.sleep(0.05)
     assert not _alive(worker)
+
+
+@pytest.mark.slow
+def test_a_run_held_by_another_process_is_reported_busy_by_the_workers(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "study"
+    grid = ["test_resnet", "--heads", "gap", "gmp", *SYNTH, "--epochs", "1", "--robust-sizes",
+            "16", "--threads", "1", "--jobs", "1", "--out", str(out)]
+    held = out / "runs" / "test_resnet-gmp-synthetic-nall-s0"
+    held.mkdir(parents=True)
+    fd = os.open(held / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"host": "node7", "pid": 4242, "started": "then"}).encode())
+    try:
+        assert compare_heads.main(grid) == 1
+    finally:
+        os.close(fd)
+    err = capsys.readouterr().err
+    assert f"busy: {held.name}: left alone: run directory" in err and "pid 4242 on node7" in err
+    assert [p.name for p in held.iterdir()] == [".lock"]
+    assert (out / "runs" / "test_resnet-gap-synthetic-nall-s0" / "summary.json").is_file()
