@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=1,
                    help="runs at once, in that many worker processes that each run many (0: one "
                         "after another in this process; default 1)")
+    s.add_argument("--runs-per-worker", type=int, default=0, metavar="N",
+                   help="replace a worker process after N runs (1: a fresh process for each run, "
+                        "paying the imports each time; default 0: never)")
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: cores / jobs; 1 is faster on a busy CPU)")
     s.add_argument("--shard", type=_shard, default=None, metavar="I/N",
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_from_args(args, command)
     with one_line_warnings():
         result = run_study(spec, args.out, jobs=args.jobs, shard=args.shard,
-                           progress=args.progress, threads=args.threads)
+                           progress=args.progress, threads=args.threads,
+                           runs_per_worker=args.runs_per_worker)
     print(f"ran {len(result['ran'])}, skipped {len(result['skipped'])} (already done), "
           f"failed {len(result['failed'])}, busy {len(result['busy'])} (running elsewhere)")
     _print_timing(result["timing"])

@@ -11,6 +11,8 @@ Python interpreter, other models), so compare them within one run.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import re
 import statistics
 import time
@@ -40,8 +42,22 @@ def rss_peak_bytes() -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc's ``malloc_trim``):
+    memory a process freed but still holds would otherwise count in the next peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def reset_rss_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
+    """Reset VmHWM to the current RSS (Linux >= 4.0), after handing freed memory back, so that
+    the new peak starts from what the process really holds; False when not possible."""
+    if not _CLEAR_REFS.exists():
+        return False
+    _release_freed_memory()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:

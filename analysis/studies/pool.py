@@ -72,7 +72,7 @@ class _Worker:
             os.close(write_fd)
             if err is not None:
                 err.close()
-        self.fd, self.buf, self.ready = read_fd, b"", False
+        self.fd, self.buf, self.ready, self.done = read_fd, b"", False, 0
         self.job: Job | None = None
         self.t0 = 0.0
 
@@ -118,16 +118,18 @@ class WorkerPool:
     """``size`` reusable worker processes calling ``target`` (``"package.module:function"``,
     which takes a job's payload) with ``env`` as their environment; what they print outside
     their jobs (importing the target) goes to ``log`` (default: this process's stderr).
+    ``max_jobs`` > 0 replaces a worker after that many jobs (1: a fresh process for each).
 
     Use as a context manager (or call :meth:`close`): leaving it kills every worker. Create and
     use it from the main thread: on Linux a worker dies with the thread that started it.
     """
 
     def __init__(self, size: int, target: str, env: dict[str, str] | None = None,
-                 log: Path | None = None):
+                 log: Path | None = None, max_jobs: int = 0):
         if size < 1:
             raise ValueError(f"a worker pool needs at least one worker, got {size}")
         self.size, self.target, self.env, self.log = size, target, env, log
+        self.max_jobs = max_jobs
         self.workers: list[_Worker] = []
         self.started = 0  # worker processes started, replacements included
 
@@ -151,14 +153,18 @@ class WorkerPool:
             while queue or any(w.job is not None for w in self.workers):
                 self._dispatch(queue, sel)
                 for key, _ in sel.select(timeout=1.0):
-                    for result in self._collect(key.data, sel, queue):
+                    for result in self._collect(key.data, sel):
                         results.append(result)
                         if on_result is not None:
                             on_result(result)
         return results
 
     def _dispatch(self, queue: deque[Job], sel: selectors.BaseSelector) -> None:
-        """Start workers up to ``size``, give idle ones a job, let idle ones go when none is left."""
+        """Start workers up to ``size``, give idle ones a job, let idle ones go when none is left
+        (or when they ran ``max_jobs``)."""
+        for worker in list(self.workers):
+            if worker.job is None and self.max_jobs and worker.done >= self.max_jobs:
+                self._retire(worker, sel, kill=False)
         while queue and len(self.workers) < self.size:
             worker = _Worker(self.target, self.env, self.log)
             self.started += 1
@@ -180,8 +186,7 @@ class WorkerPool:
         self.workers.remove(worker)
         worker.stop(kill=kill)
 
-    def _collect(self, worker: _Worker, sel: selectors.BaseSelector,
-                 queue: deque[Job]) -> list[JobResult]:
+    def _collect(self, worker: _Worker, sel: selectors.BaseSelector) -> list[JobResult]:
         """The results a worker sent; a dead worker's job is reported failed."""
         messages = worker.messages()
         if messages is None:
@@ -192,6 +197,7 @@ class WorkerPool:
                 worker.ready = True
                 continue
             job, worker.job = worker.job, None
+            worker.done += 1
             assert job is not None
             results.append(JobResult(job.name, msg["status"], msg["message"], msg["seconds"],
                                      msg["pid"], job.log))

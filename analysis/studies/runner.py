@@ -32,7 +32,6 @@ from .pool import Job, WorkerPool
 from .report import write_report
 from .robustness import evaluate_run
 from .spec import STUDY_FILE, Combo, StudySpec, combinations, select_shard
-from .worker import release_memory
 
 __all__ = ["WORKER_TARGET", "run_job", "run_study"]
 
@@ -79,7 +78,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def _preload() -> None:
     """Import what a run imports on its way (matplotlib for its curves, fvcore for its MACs)
     before the run resets its peak memory, so that every run of a process starts from the same
-    resident set: the first one is not lighter by those modules (about 100 MiB)."""
+    resident set: the first one is not lighter by those modules."""
     import importlib
 
     pyplot()
@@ -98,14 +97,15 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
               shard: tuple[int, int] | None = None, progress: bool = True,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, runs_per_worker: int = 0) -> dict[str, Any]:
     """Run this shard's combinations not yet done, then write the report of the directory.
 
     Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "busy": [(name,
     message), ...], "timing": {...}, "report": {...}}`` (run names; ``busy``: runs another
     process is running, left alone). ``jobs`` worker processes run the jobs, each many of them
-    (its imports paid once); ``threads``: torch threads per worker (default: cores / jobs; on a
-    shared, busy CPU 1 is faster). A failed run is recorded with the last line of its error
+    (its imports paid once; ``runs_per_worker`` > 0 replaces a worker after that many);
+    ``threads``: torch threads per worker (default: cores / jobs; on a shared, busy CPU 1 is
+    faster). A failed run is recorded with the last line of its error
     (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process
     (tests), where errors propagate. ``timing``: the wall time of the runs, the sum of the jobs'
     own times and the difference (``overhead_s``: process starts, imports, waiting).
@@ -139,7 +139,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             bar.set_postfix(last=f"{name} {status}")
             bar.update(1)
 
-    started = _run_pending(pending, jobs, threads, out, record)
+    started = _run_pending(pending, jobs, threads, runs_per_worker, out, record)
     if bar is not None:
         bar.close()
     result["timing"] = _timing(time.perf_counter() - t0, seconds, jobs, started)
@@ -148,8 +148,8 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     return result
 
 
-def _run_pending(pending: list[Job], jobs: int, threads: int | None, out: Path,
-                 record: Callable[[str, str, str, float], None]) -> int:
+def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_worker: int,
+                 out: Path, record: Callable[[str, str, str, float], None]) -> int:
     """Run the jobs (in this process for ``jobs`` <= 0); returns the worker processes started."""
     if jobs <= 0:
         for job in pending:
@@ -160,14 +160,13 @@ def _run_pending(pending: list[Job], jobs: int, threads: int | None, out: Path,
             except RunInUseError as err:
                 status, message = "busy", str(err)
             record(job.name, status, message, time.perf_counter() - t)
-            release_memory()
         return 0
     if not pending:
         return 0
     (out / "logs").mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    with WorkerPool(jobs, WORKER_TARGET, _worker_env(threads), log=out / "logs" / "workers.log") \
-            as pool:
+    with WorkerPool(jobs, WORKER_TARGET, _worker_env(threads), log=out / "logs" / "workers.log",
+                    max_jobs=runs_per_worker) as pool:
         pool.run(pending, lambda r: record(r.name, r.status, r.message, r.seconds))
     return pool.started
 

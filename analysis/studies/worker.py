@@ -5,8 +5,7 @@ It first makes sure it dies with its parent (``PR_SET_PDEATHSIG`` on Linux, a wa
 parent's pid anywhere) and ignores Ctrl-C (the parent decides), then imports ``TARGET``
 (``module:function``) once and calls it on each job's payload with stdout and stderr in the
 job's log. Each job's result is one JSON line on RESULT_FD: ``ok``, or ``failed`` / ``busy`` (an
-exception's ``job_status``) with the error. Between jobs it frees what the job left.
-Only the standard library is imported here.
+exception's ``job_status``) with the error. Only the standard library is imported here.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["release_memory"]
+__all__: list[str] = []
 
 def _die_with_parent(parent: int) -> None:
     """Exit when the parent does: PR_SET_PDEATHSIG on Linux, and a watchdog thread anywhere."""
@@ -42,21 +41,6 @@ def _die_with_parent(parent: int) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed memory back to the system (glibc keeps it otherwise), so
-    that the next job's peak memory starts from what the process really holds."""
-    import gc
-
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def _run_one(fn: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +67,6 @@ def _run_one(fn: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> dict[s
             os.close(saved[0])
             os.close(saved[1])
     seconds = time.perf_counter() - t0
-    release_memory()
     return {"name": job["name"], "status": status, "message": message, "seconds": seconds,
             "pid": os.getpid()}
 

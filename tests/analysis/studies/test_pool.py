@@ -43,6 +43,13 @@ def test_workers_are_reused_and_a_crash_or_an_error_costs_one_job(tmp_path):
     assert all(r.seconds >= 0 for r in results.values())
 
 
+def test_a_worker_is_replaced_after_max_jobs(tmp_path):
+    jobs = [_job(tmp_path, i, "ok") for i in range(3)]
+    with WorkerPool(1, TARGET, ENV, max_jobs=2) as pool:
+        pids = [r.pid for r in pool.run(jobs)]
+    assert pids[0] == pids[1] != pids[2] and pool.started == 2
+
+
 _PARENT = textwrap.dedent("""
     import runpy, sys
     from pathlib import Path
