@@ -20,6 +20,7 @@ from typing import Any
 
 __all__: list[str] = []
 
+
 def _die_with_parent(parent: int) -> None:
     """Exit when the parent does: PR_SET_PDEATHSIG on Linux, and a watchdog thread anywhere."""
     import threading
@@ -72,7 +73,7 @@ def _run_one(fn: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> dict[s
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``WORKERS_PY TARGET RESULT_FD PARENT_PID``: run the jobs read from stdin, one JSON line
+    """``worker.py TARGET RESULT_FD PARENT_PID``: run the jobs read from stdin, one JSON line
     each, and write one JSON result line each to RESULT_FD."""
     import importlib
 
