@@ -28,9 +28,9 @@ from pathlib import Path
 from _cli import CliParser, run
 
 from analysis.reporting import format_table
-from analysis.studies import StudySpec, collect, parse_head, parse_shard, run_study
+from analysis.studies import StudySpec, collect, parse_shard, run_study
 from analysis.training import add_training_options, config_values
-from surgery import HEADS, check_writable, one_line_warnings
+from surgery import check_writable, one_line_warnings, parse_head, spec_help
 
 
 def _train_size(text: str) -> int | None:
@@ -61,10 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*", help="timm model names (e.g. resnet18 mobilenetv3_small_100)")
     g = p.add_argument_group("the grid")
     g.add_argument("--heads", nargs="+", type=_head, default=None, metavar="HEAD",
-                   help=f"head kinds ({', '.join(HEADS)}), each optionally with options: "
-                        "KIND:hidden=256:dropout=0.5 (hidden=512x256 for two layers); "
-                        "the first head is the baseline of the paired comparisons "
-                        "(default: gap gmp)")
+                   help=f"heads to compare, each {spec_help()}. The first head is the "
+                        "baseline of the paired comparisons (default: gap gmp)")
     g.add_argument("--seeds", nargs="+", type=int, default=[0], help="(default 0)")
     g.add_argument("--train-sizes", nargs="+", type=_train_size, default=[None],
                    help="stratified training subsets, or 'all' (default all)")

@@ -250,9 +250,11 @@ class RunLoop:
         cfg, history, totals = self.cfg, self.history, self.totals
         b = history[self.best["epoch"] - 1] if self.best.get("epoch") else history[-1]
         last = history[-1]
+        head = cfg.head_spec()
         return {
-            "model": cfg.model, "head": cfg.head, "hidden": list(cfg.hidden),
-            "dropout": cfg.dropout, "dataset": cfg.dataset, "regime": cfg.regime,
+            "model": cfg.model, "head": head.kind, "head_spec": str(head),
+            "head_label": head.label, "hidden": list(head.hidden), "dropout": head.dropout,
+            "dataset": cfg.dataset, "regime": cfg.regime,
             "train_size": len(self.parts.data.train_y), "img_size": self.parts.img_size,
             "seed": cfg.seed, "epochs": len(history), "test_acc": test_acc,
             "test_loss": test_loss, "best_val_acc": self.best["val_acc"],

@@ -8,7 +8,8 @@ import json
 import os
 from pathlib import Path
 
-from analysis.studies import StudySpec, combinations, parse_head, run_study, runner
+from analysis.studies import StudySpec, combinations, run_study, runner
+from surgery import parse_head
 
 TINY_DATA = {"num_classes": 4, "n_train": 64, "n_test": 32, "image_size": 16, "channels": 1}
 
