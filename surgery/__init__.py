@@ -14,7 +14,7 @@ from .backbone import (
     expand_model_names,
     load_backbone,
 )
-from .errors import one_line
+from .errors import one_line, one_line_warnings
 from .files import (
     atomic_write,
     atomic_write_bytes,
@@ -55,8 +55,9 @@ __all__ = [
     "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "add_head_kind", "as_hidden",
     "atomic_write", "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options",
     "check_writable", "closest_model_names", "expand_model_names", "feature_grid", "finite",
-    "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line", "parse_head",
-    "parse_options", "parse_value", "probe_features", "read_json", "read_model_file",
-    "register_head", "resolve_head", "save", "spec_help", "swap_head", "swap_report",
+    "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
+    "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
+    "read_json", "read_model_file", "register_head", "resolve_head", "save", "spec_help",
+    "swap_head", "swap_report",
     "write_json",
 ]

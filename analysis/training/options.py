@@ -9,6 +9,7 @@ seed, the run directory), and adds its own grid options instead.
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import fields
 from typing import Any
 
@@ -17,7 +18,7 @@ from surgery import parse_options, resolve_head, spec_help
 from ..data import DATASETS
 from .config import OPTIMIZERS, REGIMES, TrainConfig
 
-__all__ = ["add_training_options", "config_from_args", "config_values"]
+__all__ = ["add_training_options", "config_from_args", "config_values", "given_config_values"]
 
 _DEFAULTS = TrainConfig()
 
@@ -160,6 +161,19 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "skip_bad_images", False):  # a reader option with its own flag
         values["data_options"]["skip_bad_images"] = True
     values["timm_options"] = parse_options(getattr(args, "timm_option", []), "--timm-option")
+    return values
+
+
+def given_config_values(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields set by options given explicitly in ``argv`` (not by
+    defaults), as :func:`config_values` reads them: what a resume checks against the run."""
+    shadow = copy.deepcopy(parser)
+    shadow.set_defaults(**dict.fromkeys(vars(parser.parse_args(argv))))  # None: not given
+    given = {k: v for k, v in vars(shadow.parse_args(argv)).items() if v is not None}
+    values = config_values(argparse.Namespace(**given))
+    for key in ("data_option", "timm_option"):
+        if key not in given:
+            values.pop(key + "s")
     return values
 
 
