@@ -2,6 +2,7 @@
 """Export a swapped model to ONNX, verify it in onnxruntime against torch, time both.
 
     python tools/export.py resnet18 --head gap --num-classes 10 --out resnet18-gap.onnx
+    python tools/export.py resnet18 --head spp:levels=1x2x4 --out resnet18-spp.onnx
     python tools/export.py vit_small_patch16_224 --head gap --timm-option dynamic_img_size=True \\
         --out vit.onnx --sizes 160 224 288
     python tools/export.py --model runs/RUN --out model.onnx --format json
@@ -28,6 +29,7 @@ from analysis.export import (
     DEFAULT_OPSET,
     DYNAMIC_MODES,
     ExportSource,
+    check_opset,
     compare_latency,
     export_onnx,
     export_verified,
@@ -37,6 +39,7 @@ from analysis.export import (
     source_from_path,
 )
 from surgery.report import neighbour_sizes
+from surgery.spec import SPEC_SYNTAX
 
 __all__ = ["build_parser", "main"]
 
@@ -50,11 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a headswap model file (surgery.save) or a fine-tuning run directory "
                         "(its best.pt; class names and mean/std from its config.json)")
     g = p.add_argument_group("head (with a model name)")
-    g.add_argument("--head", default=None, choices=list(surgery.HEADS),
-                   help="; ".join(f"{k}: {v.description}" for k, v in surgery.HEADS.items()))
+    g.add_argument("--head", default=None, metavar="SPEC",
+                   help=surgery.spec_help() + ". " + "; ".join(
+                       f"{k}: {v.description}" for k, v in surgery.HEADS.items()))
     g.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default 10)")
-    g.add_argument("--hidden", type=positive_int, nargs="*", default=[], help="hidden widths")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout before each Linear")
+    g.add_argument("--hidden", type=positive_int, nargs="*", default=None,
+                   help="hidden widths (or hidden= in the head spec, not both)")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout before each Linear (or dropout= in the head spec, not both)")
     g.add_argument("--timm-option", metavar="KEY=VALUE", action="append", default=[],
                    help="timm.create_model option, e.g. dynamic_img_size=True (repeatable)")
     g.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (online)")
@@ -87,21 +93,23 @@ def _source(args: argparse.Namespace) -> ExportSource:
         raise ValueError("give either a model name (with --head) or --model FILE_OR_RUN_DIR")
     if args.model is not None:
         given = [f for f, v in (("--head", args.head), ("--num-classes", args.num_classes),
-                                ("--hidden", args.hidden), ("--timm-option", args.timm_option),
+                                ("--hidden", args.hidden), ("--dropout", args.dropout),
+                                ("--timm-option", args.timm_option or None),
                                 ("--checkpoint", args.checkpoint),
-                                ("--pretrained", args.pretrained)) if v]
+                                ("--pretrained", args.pretrained or None)) if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} apply to a model name; a model file or run "
                              "directory already has its head and options")
         return source_from_path(args.model, args.input_size)
     if args.head is None:
         raise ValueError(f"--head is needed with a model name; choose from "
-                         f"{', '.join(surgery.HEADS)}")
+                         f"{', '.join(surgery.HEADS)} (a head spec {SPEC_SYNTAX})")
+    timm_options = surgery.parse_options(args.timm_option, "--timm-option")
+    surgery.check_timm_options(timm_options, "--timm-option")
     return source_from_name(args.name, args.head, num_classes=args.num_classes or 10,
-                            hidden=tuple(args.hidden), dropout=args.dropout,
-                            input_size=args.input_size, pretrained=args.pretrained,
-                            checkpoint=args.checkpoint, in_chans=args.in_chans,
-                            **surgery.parse_options(args.timm_option, "--timm-option"))
+                            hidden=args.hidden, dropout=args.dropout, input_size=args.input_size,
+                            pretrained=args.pretrained, checkpoint=args.checkpoint,
+                            in_chans=args.in_chans, **timm_options)
 
 
 def _sizes(args: argparse.Namespace, source: ExportSource) -> list[int]:
@@ -118,6 +126,8 @@ def export_report(args: argparse.Namespace) -> dict[str, Any]:
     require_export(verify=not (args.no_verify and args.no_bench))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    check_opset(args.opset)
+    surgery.check_writable(args.out, "--out")  # before building the model
     source = _source(args)
     sizes = _sizes(args, source)
     verify: list[dict[str, Any]] = []
@@ -130,7 +140,7 @@ def export_report(args: argparse.Namespace) -> dict[str, Any]:
                                                          source.input_size, source.in_chans)
     return {
         "model": source.name,
-        "head": source.head,
+        "head": source.head_spec or source.head,
         "onnx": str(result.path),
         "exporter": {"name": result.exporter, "fallback_reason": result.fallback_reason},
         "opset": result.opset,

@@ -42,8 +42,8 @@ def plan_dynamic(source: ExportSource, mode: str = "auto") -> DynamicPlan:
     if mode == "batch":
         return DynamicPlan(mode, ("batch",), "height and width fixed as asked (dynamic batch)")
     h, w = source.input_size
-    kind = surgery.HEADS.get(source.head.split(":", 1)[0])  # a head spec "kind:option=value"
-    if kind is not None and not kind.any_input_size:
+    kind = surgery.HEADS[surgery.parse_head(source.head).kind]  # a kind or a head spec
+    if not kind.any_input_size:
         grid = "x".join(map(str, source.model.features.grid))
         return DynamicPlan(mode, ("batch",), f"the {source.head} head is built for {h}x{w} "
                            f"inputs (a {grid} feature grid) and takes no other size")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import tempfile
 import warnings
@@ -75,19 +74,6 @@ def check_opset(opset: int) -> None:
         ranges = ", ".join(f"{k} {a}-{b}" for k, a, b in ((k, *v) for k, v in OPSETS.items()))
         raise ValueError(f"unsupported opset {opset!r}: torch's exporters write opsets "
                          f"{low}-{high} ({ranges}); {DEFAULT_OPSET} is the default")
-
-
-def _check_out(out: Path) -> None:
-    """Fail before a long export if ``out`` cannot be written."""
-    if out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a directory; give a file name such as "
-                         f"{str(out / 'model.onnx')!r}")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {str(out)!r}: {str(parent)!r} is not a writable "
-                         "directory")
 
 
 @contextlib.contextmanager
@@ -238,7 +224,7 @@ def export_onnx(source: ExportSource, out: str | Path, dynamic: str = "auto",
     require_export(verify=False)
     out = Path(out)
     check_opset(opset)
-    _check_out(out)
+    surgery.check_writable(out, "out")  # before a long export
     model = source.model.eval().float().cpu()
     _check_runs(source)
     plan = plan_dynamic(source, dynamic)

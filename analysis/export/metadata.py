@@ -4,7 +4,8 @@ ONNX metadata is a list of string key/value pairs (``metadata_props``); lists ar
 JSON text. :func:`deployment_metadata` writes the keys below, :func:`read_metadata` turns them
 back into numbers and lists:
 
-``model`` (timm architecture), ``head`` (head kind), ``num_classes``, ``input_size`` ("HxW" the
+``model`` (timm architecture), ``head`` (head kind), ``head_spec`` (the head with its options,
+e.g. ``gem:p=2.5``), ``num_classes``, ``input_size`` ("HxW" the
 model was built or trained for), ``input_layout`` ("NCHW"), ``channels``, ``dynamic_axes``
 (e.g. ``["batch", "height", "width"]``), ``mean`` / ``std`` (per channel, 0..1 pixel scale),
 ``preprocess`` (the formula in words), ``class_names`` (from a fine-tuning run; absent
@@ -22,7 +23,7 @@ from .source import ExportSource
 
 __all__ = ["METADATA_KEYS", "deployment_metadata", "read_metadata", "set_metadata"]
 
-METADATA_KEYS = ("model", "head", "num_classes", "input_size", "input_layout", "channels",
+METADATA_KEYS = ("model", "head", "head_spec", "num_classes", "input_size", "input_layout", "channels",
                  "dynamic_axes", "mean", "std", "preprocess", "class_names", "feature_layout")
 _JSON_KEYS = ("dynamic_axes", "mean", "std", "class_names")
 _INT_KEYS = ("num_classes", "channels")
@@ -37,6 +38,7 @@ def deployment_metadata(source: ExportSource, dynamic_axes: Sequence[str]) -> di
     meta: dict[str, Any] = {
         "model": source.name,
         "head": source.head,
+        "head_spec": source.head_spec or source.head,
         "num_classes": model.num_classes,
         "input_size": f"{h}x{w}",
         "input_layout": "NCHW",

@@ -30,8 +30,10 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class ExportSource:
     """A model ready to export and the facts its ONNX metadata carries.
 
-    ``input_size`` is (H, W): the size the model was built (Flatten) or trained for, and the
-    example input the exporter traces. ``mean`` / ``std`` are per channel on the 0..1 pixel
+    ``head`` is the head kind (a key of ``surgery.HEADS``), ``head_spec`` the head with its
+    options as users write them (``gem:p=2.5``; the kind alone when every option is at its
+    default). ``input_size`` is (H, W): the size the model was built (Flatten) or trained for,
+    and the example input the exporter traces. ``mean`` / ``std`` are per channel on the 0..1 pixel
     scale (input = (pixel / 255 - mean) / std). ``origin`` is ``name``, ``file`` or ``run``.
     """
 
@@ -43,6 +45,7 @@ class ExportSource:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] | None = None
+    head_spec: str = ""
     origin: str = "name"
     path: Path | None = None
 
@@ -70,17 +73,20 @@ def _from_model(model: HeadSwapped, input_size: int | None, origin: str,
     return ExportSource(model=model, name=str(recipe["backbone"]), head=str(recipe["head"]),
                         input_size=_square(input_size, recipe["input_size"]),
                         in_chans=int(recipe.get("in_chans", 3)), mean=mean, std=std,
+                        head_spec=str(recipe.get("head_spec") or recipe["head"]),
                         origin=origin, path=path)
 
 
-def source_from_name(name: str | nn.Module, head: str, num_classes: int = 10,
-                     hidden: Sequence[int] = (), dropout: float = 0.0,
+def source_from_name(name: str | nn.Module, head: str | surgery.HeadSpec, num_classes: int = 10,
+                     hidden: Sequence[int] | None = None, dropout: float | None = None,
                      input_size: int | None = None, **load_kwargs: Any) -> ExportSource:
-    """Build ``name`` (or take a timm model, which becomes the backbone) with a new ``head``
-    (``surgery.swap_head``; ``load_kwargs`` go to ``surgery.load_backbone``: ``pretrained``,
-    ``checkpoint``, ``in_chans``, timm options)."""
-    model = surgery.swap_head(name, head=head, num_classes=num_classes, hidden=tuple(hidden),
-                              dropout=dropout, input_size=input_size, **load_kwargs)
+    """Build ``name`` (or take a timm model, which becomes the backbone) with a new ``head``, a
+    head spec such as ``gap`` or ``gem:p=2.5`` (``surgery.swap_head``; ``hidden`` / ``dropout``
+    here or in the spec, not both; ``load_kwargs`` go to ``surgery.load_backbone``:
+    ``pretrained``, ``checkpoint``, ``in_chans``, timm options)."""
+    model = surgery.swap_head(name, head=head, num_classes=num_classes,
+                              hidden=None if hidden is None else tuple(hidden), dropout=dropout,
+                              input_size=input_size, **load_kwargs)
     return _from_model(model, input_size, "name")
 
 

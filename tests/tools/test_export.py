@@ -6,6 +6,7 @@ import json
 
 import export as tool
 import numpy as np
+import onnx
 import pytest
 import torch
 from _cli import run
@@ -74,6 +75,18 @@ def test_flatten_text_report_says_why_sizes_are_fixed(tmp_path, capsys):
     assert "latency" not in text
 
 
+def test_a_head_spec_reaches_the_model_the_report_and_the_metadata(tmp_path, capsys):
+    out = tmp_path / "g.onnx"
+    report = _json(capsys, [*TINY, "--head", "gem:p=2:learn_p=0:hidden=8", "--out", str(out),
+                            "--opset", "17", "--no-bench", "--sizes", "48", "64"])
+    assert report["head"] == "gem:p=2:learn_p=0:hidden=8"
+    assert [r["ok"] for r in report["verify"]] == [True, True]
+    meta = read_metadata(out)
+    assert meta["head"] == "gem" and meta["head_spec"] == "gem:p=2:learn_p=0:hidden=8"
+    shapes = [sorted(t.dims) for t in onnx.load(str(out)).graph.initializer]
+    assert [4, 8] in shapes  # the output layer after the hidden layer of 8
+
+
 def test_run_directory_export_carries_class_names(tmp_path, capsys):
     model = surgery.swap_head("test_resnet", head="gmp", num_classes=2, input_size=64)
     run_dir = tmp_path / "run"
@@ -111,12 +124,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     assert "is not a headswap model file" in _error(capsys, ["--model", str(weights), *out])
     assert "unsupported opset 99" in _error(capsys, [*TINY, "--head", "gap", *out,
                                                      "--opset", "99"])
-    assert "is not a writable directory" in _error(
+    assert "is a file, not a directory" in _error(
         capsys, [*TINY, "--head", "gap", "--out", str(weights / "m.onnx")])
+    assert "--out" in _error(capsys, [*TINY, "--head", "gap", "--out", str(tmp_path)])
     assert "either a model name" in _error(capsys, ["resnet18", "--model", str(weights), *out])
     assert "--head apply to a model name" in _error(
         capsys, ["--model", str(weights), "--head", "gap", *out])
     assert "--head is needed" in _error(capsys, ["resnet18", *out])
+    assert "--dropout apply to a model name" in _error(
+        capsys, ["--model", str(weights), "--dropout", "0.1", *out])
+    assert "unknown head 'gem3'" in _error(capsys, [*TINY, "--head", "gem3", *out])
+    assert "head 'gem' has no option 'q'" in _error(capsys, [*TINY, "--head", "gem:q=3", *out])
+    assert "hidden is set both in the head spec" in _error(
+        capsys, [*TINY, "--head", "flatten:hidden=8", "--hidden", "8", *out])
+    assert "num_classes is set by headswap itself" in _error(
+        capsys, [*TINY, "--head", "gap", "--timm-option", "num_classes=3", *out])
     assert "unknown model 'resnet81'" in _error(capsys, ["resnet81", "--head", "gap", *out])
     assert "--timm-option expects KEY=VALUE" in _error(
         capsys, [*TINY, "--head", "gap", "--timm-option", "depth", *out])

@@ -130,9 +130,37 @@ def test_metadata_round_trips_from_a_run_directory(tmp_path):
     assert meta["mean"] == [0.25, 0.5, 0.75] and meta["std"] == [0.1, 0.2, 0.3]
     assert meta["input_size"] == "64x64" and meta["input_layout"] == "NCHW"
     assert meta["channels"] == 3 and meta["head"] == "nin" and meta["model"] == "test_resnet"
+    assert meta["head_spec"] == "nin"
     assert meta["dynamic_axes"] == ["batch", "height", "width"] == result.dynamic_axes
     x = torch.randn(2, 3, SIZE, SIZE)  # the run's weights, not a fresh model's
     np.testing.assert_allclose(_ort(result.path, x), _torch(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_spp_exports_with_dynamic_sizes_and_uneven_bins(tmp_path):
+    # test_resnet's grid is 2x2 at 64 px, 3x3 at 96 (level 2 cuts 3 cells into bins of 2 and 2,
+    # overlapping) and 5x5 at 160; at 32 px (1x1) spp:levels=1x2 refuses in torch
+    source = ex.source_from_name("test_resnet", "spp:levels=1x2:pool=avg", num_classes=3,
+                                 input_size=SIZE)
+    assert source.head == "spp" and source.head_spec == "spp:levels=1x2:pool=avg"
+    result, rows = ex.export_verified(source, tmp_path / "spp.onnx", [32, SIZE, 96, 160],
+                                      opset=TS_OPSET)
+    assert result.dynamic_axes == ["batch", "height", "width"] and result.fixed_reason is None
+    assert ex.is_refused(rows[0]) and "spp:levels=1x2 needs a feature grid" in rows[0]["error"]
+    assert all(r["ok"] for r in rows[1:]), rows
+    x = torch.randn(2, 3, 96, 128)  # a 3x4 grid: uneven bins in both directions
+    np.testing.assert_allclose(_ort(result.path, x), _torch(source.model, x), rtol=1e-4,
+                               atol=1e-5)
+    meta = ex.read_metadata(result.path)
+    assert meta["head"] == "spp" and meta["head_spec"] == "spp:levels=1x2:pool=avg"
+
+
+@pytest.mark.slow
+def test_spp_dynamo_export_keeps_height_and_width_dynamic(tmp_path):
+    source = ex.source_from_name("test_resnet", "spp:levels=1x2", num_classes=3, input_size=SIZE)
+    result, rows = ex.export_verified(source, tmp_path / "spp.onnx", [SIZE, 96, 160])
+    assert result.exporter == "dynamo" and result.fallback_reason is None
+    assert result.dynamic_axes == ["batch", "height", "width"] and result.fixed_reason is None
+    assert all(r["ok"] for r in rows), rows
 
 
 def test_timm_normalisation_when_not_from_a_run(gmp_source):
@@ -174,7 +202,7 @@ def test_bad_inputs_are_one_line_errors(gmp_source, tmp_path):
         ex.source_from_path(tmp_path / "empty")
     with pytest.raises(ValueError, match="is a directory"):
         ex.export_onnx(gmp_source, tmp_path)
-    with pytest.raises(ValueError, match="is not a writable directory"):
+    with pytest.raises(ValueError, match="is a file, not a directory"):
         ex.export_onnx(gmp_source, weights / "m.onnx")
     flat = ex.source_from_name("test_resnet", "flatten", input_size=SIZE)
     flat.input_size = (96, 96)
