@@ -8,6 +8,8 @@ Each architecture x head (gap, gmp, flatten, nin and the pooling heads registere
 is exported with the dynamo exporter (TorchScript as fallback) and verified in onnxruntime at
 the default input size and about 0.75x of it. Rows are appended to a JSONL cache as they finish,
 so an interrupted run, or a run with a new head, resumes: only missing pairs are computed.
+Architectures run smallest first (a run cut short has covered the most of them), each head
+under a limit of CPU seconds (other jobs on the machine slow a pair down, not time it out).
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="feature layout per architecture")
     runs = p.add_argument_group("running")
     runs.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default 2)")
-    runs.add_argument("--timeout", type=positive_int, default=900, help="seconds per architecture x head")
+    runs.add_argument("--timeout", type=positive_int, default=900,
+                      help="CPU seconds per architecture x head (the worker's own CPU time, so "
+                           "a machine loaded by other jobs causes no timeouts; default 900)")
     runs.add_argument("--cache", type=Path, default=None,
                       help="JSONL of finished rows (default OUT_DIR/export_coverage.jsonl)")
     runs.add_argument("--retry-errors", action="store_true", help="redo pairs that failed")
@@ -89,12 +93,12 @@ def _alarm(signum: int, frame: Any) -> NoReturn:
 
 
 def _work(task: Task) -> list[dict[str, Any]]:
-    """Worker: one architecture, each head under its own SIGALRM timeout."""
+    """Worker: one architecture, each head under its own CPU-time limit (SIGPROF)."""
     import torch
 
     candidate, heads, opset, timeout = task
     torch.set_num_threads(1)
-    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGPROF, _alarm)
     rows: list[dict[str, Any]] = []
     todo = list(heads)
     while todo:
@@ -102,15 +106,15 @@ def _work(task: Task) -> list[dict[str, Any]]:
         try:
             while todo:
                 cpu = time.process_time()  # unlike wall time, not inflated by other jobs
-                signal.alarm(timeout)
+                signal.setitimer(signal.ITIMER_PROF, timeout)
                 rows.append(next(rows_iter))
                 rows[-1]["cpu_seconds"] = round(time.process_time() - cpu, 1)
                 todo.pop(0)
         except _Timeout:
             rows.append(failure_row(candidate.name, todo.pop(0), "timeout", "timeout",
-                                    f"no result within {timeout} s"))
+                                    f"no result within {timeout} CPU s"))
         finally:
-            signal.alarm(0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
     for r in rows:
         r.update(sample_layout=candidate.layout, params=candidate.params)
     return rows
@@ -203,8 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tuple(h for h in heads if (c.name, h) not in cache or (
             args.retry_errors and not cache[(c.name, h)]["verified"]))
 
-    tasks = [] if args.report_only else [(c, missing(c), args.opset, args.timeout)
-                                         for c in chosen if missing(c)]
+    # smallest architectures first: a run cut short has covered the most architectures
+    tasks = [] if args.report_only else [(c, missing(c), args.opset, args.timeout) for c in
+                                         sorted(chosen, key=lambda c: (c.params, c.name))
+                                         if missing(c)]
     start = time.perf_counter()
     _compute(tasks, args.jobs, cache_path, not args.no_progress, cache)
     rows = [cache[(c.name, h)] for c in chosen for h in heads if (c.name, h) in cache]

@@ -58,3 +58,26 @@ def test_report_only_computes_nothing_and_says_partial(tmp_path):
     md = (tmp_path / "export_coverage.md").read_text()
     assert "**Partial: 1 of 4 pairs done; the same command resumes" in md
     assert "**1 of 1 pairs (100.0%) export and verify**" in md
+
+
+def test_the_time_limit_counts_cpu_seconds_not_waiting(monkeypatch):
+    import time
+
+    from analysis.export.coverage import failure_row
+
+    def fake_rows(name, heads, opset):
+        for head in heads:
+            if head == "busy":  # a CPU-bound export that never ends
+                while True:
+                    sum(range(1000))
+            if head == "waits":  # wall time without CPU time: a machine loaded by other jobs
+                time.sleep(1.5)
+            yield {**failure_row(name, head), "verified": True}
+
+    monkeypatch.setattr(tool, "coverage_rows", fake_rows)
+    task = (Candidate("m", "NCHW", 1, "f"), ("waits", "busy", "quick"), 17, 1)
+    rows = tool._work(task)
+    assert [(r["head"], r["verified"], r["stage"]) for r in rows] == [
+        ("waits", True, None), ("busy", False, "timeout"), ("quick", True, None)]
+    assert rows[1]["error"] == "no result within 1 CPU s"
+    assert rows[0]["cpu_seconds"] < 1 and all(r["params"] == 1 for r in rows)
