@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -78,10 +80,23 @@ def check_opset(opset: int) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Keep the exporters' progress lines and tracer warnings off stdout / stderr."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """Keep the exporters' progress lines and tracer warnings off stdout / stderr.
+
+    File descriptor 1 too: torch's TorchScript exporter logs the whole IR graph from C++ to
+    stdout when it fails (its ONNX log is always on, torch 2.x), which would break ``--format
+    json`` and the one-line error.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull, warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(devnull.fileno(), 1)
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def exporter_reason(err: BaseException) -> str:

@@ -145,3 +145,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(deps, "has_onnxruntime", False)
     assert "pip install -e '.[export]'" in _error(capsys, [*TINY, "--head", "gap", *out])
     assert list(tmp_path.iterdir()) == [weights]  # no .onnx, not even a partial one
+
+
+def test_an_exporter_failure_is_one_line_even_at_the_file_descriptor(tmp_path, capfd):
+    # opset 7: only TorchScript writes it, and it cannot export test_resnet's max pooling; its
+    # C++ log (the whole IR graph) must not reach stdout or stderr
+    out = tmp_path / "m.onnx"
+    code = run(lambda: tool.main([*TINY, "--head", "gmp", "--out", str(out), "--opset", "7",
+                                  "--format", "json"]))
+    captured = capfd.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith(
+        "error: dynamo exporter: it writes opsets 18-23, not 7; TorchScript exporter: ")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
