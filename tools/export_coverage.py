@@ -215,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _compute(tasks, args.jobs, cache_path, not args.no_progress, cache)
     rows = [cache[(c.name, h)] for c in chosen for h in heads if (c.name, h) in cache]
     meta = {**_versions(), "opset": args.opset, "candidates": n_pool, "sampled": not args.models,
+            "selected": [c.name for c in chosen],
             "max_params": args.max_params, "machine": describe_machine(with_load=True),
             "command": args.command or "python tools/export_coverage.py " + " ".join(
                 sys.argv[1:] if argv is None else argv),

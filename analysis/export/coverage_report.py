@@ -134,12 +134,34 @@ def _failure_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _selection(summary: dict[str, Any], meta: dict[str, Any]) -> str:
+    selected = meta.get("selected") or []
+    n = len(selected) or summary["architectures"]
     if not meta.get("sampled", True):
-        return f"Architectures: the {summary['architectures']} named on the command line."
-    return (f"Sample: {summary['architectures']} architectures of the {meta['candidates']} with "
-            f"at most {meta['max_params'] / 1e6:.0f} M backbone parameters (docs/zoo_table.csv), "
-            "chosen deterministically per feature layout (every layout present; one "
-            "architecture per timm module in turn, in SHA-256 order).")
+        text = f"Architectures: the {n} named on the command line."
+    else:
+        text = (f"Sample: {n} architectures of the {meta['candidates']} with at most "
+                f"{meta['max_params'] / 1e6:.0f} M backbone parameters (docs/zoo_table.csv), "
+                "chosen deterministically per feature layout (every layout present; one "
+                "architecture per timm module in turn, in SHA-256 order).")
+    if summary["architectures"] < n:
+        text += (f" **Rows so far for {summary['architectures']} of the {n}** (they run "
+                 "smallest first); the others are listed at the end.")
+    return text
+
+
+def _pending_lines(rows: Sequence[dict[str, Any]], heads: Sequence[str],
+                   meta: dict[str, Any]) -> list[str]:
+    """What the command has not computed yet: architectures without rows, and per head how
+    many architectures it has rows for."""
+    done = {(r["model"], r["head"]) for r in rows}
+    selected = list(meta.get("selected") or [])
+    if not selected or len(done) >= len(selected) * len(heads):
+        return []
+    per_head = ", ".join(f"{h} {sum((m, h) in done for m in selected)}" for h in heads)
+    missing = [m for m in selected if not any((m, h) in done for h in heads)]
+    return ["## Not computed yet", "",
+            f"Architectures with a row, per head: {per_head} (of {len(selected)}).", "",
+            f"No row yet ({len(missing)}): " + ", ".join(missing) + ".", ""]
 
 
 def render_markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
@@ -193,4 +215,5 @@ def render_markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
         "",
         _architecture_table(rows, heads),
         "",
+        *_pending_lines(rows, heads, meta),
     ])

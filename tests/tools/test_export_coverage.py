@@ -58,6 +58,11 @@ def test_report_only_computes_nothing_and_says_partial(tmp_path):
     md = (tmp_path / "export_coverage.md").read_text()
     assert "**Partial: 1 of 4 pairs done; the same command resumes" in md
     assert "**1 of 1 pairs (100.0%) export and verify**" in md
+    assert "**Rows so far for 1 of the 2**" in md
+    assert "Architectures with a row, per head: gap 1, nin 0 (of 2)." in md
+    assert "No row yet (1): test_vit." in md
+    report = json.loads((tmp_path / "export_coverage.json").read_text())
+    assert report["meta"]["selected"] == ["test_resnet", "test_vit"]
 
 
 def test_the_time_limit_counts_cpu_seconds_not_waiting(monkeypatch):
