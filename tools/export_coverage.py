@@ -8,8 +8,9 @@ Each architecture x head (gap, gmp, flatten, nin and the pooling heads registere
 is exported with the dynamo exporter (TorchScript as fallback) and verified in onnxruntime at
 the default input size and about 0.75x of it. Rows are appended to a JSONL cache as they finish,
 so an interrupted run, or a run with a new head, resumes: only missing pairs are computed.
-Architectures run smallest first (a run cut short has covered the most of them), each head
-under a limit of CPU seconds (other jobs on the machine slow a pair down, not time it out).
+Architectures run layout by layout in turn, each layout's smallest first (a run cut short has
+covered every layout and the most architectures), each head under a limit of CPU seconds
+(other jobs on the machine slow a pair down, not time it out).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tqdm import tqdm
 import surgery
 from analysis.export import DEFAULT_OPSET, require_export
 from analysis.export.coverage import (
+    LAYOUTS,
     Candidate,
     coverage_heads,
     coverage_rows,
@@ -41,7 +43,7 @@ from analysis.export.coverage import (
 from analysis.export.coverage_report import render_markdown, summarise
 from analysis.machine import describe_machine
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_order"]
 
 Task = tuple[Candidate, tuple[str, ...], int, int]
 
@@ -118,6 +120,19 @@ def _work(task: Task) -> list[dict[str, Any]]:
     for r in rows:
         r.update(sample_layout=candidate.layout, params=candidate.params)
     return rows
+
+
+def run_order(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The order architectures run in: the layouts in turn, each layout's smallest first, so
+    a run cut short has covered every layout and as many architectures as it could."""
+    queues = [sorted((c for c in candidates if c.layout == layout),
+                     key=lambda c: (c.params, c.name))
+              for layout in sorted({c.layout for c in candidates}, key=_layout_rank)]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
+def _layout_rank(layout: str) -> tuple[int, str]:
+    return (LAYOUTS.index(layout) if layout in LAYOUTS else len(LAYOUTS), layout)
 
 
 def _read_cache(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -207,10 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return tuple(h for h in heads if (c.name, h) not in cache or (
             args.retry_errors and not cache[(c.name, h)]["verified"]))
 
-    # smallest architectures first: a run cut short has covered the most architectures
-    tasks = [] if args.report_only else [(c, missing(c), args.opset, args.timeout) for c in
-                                         sorted(chosen, key=lambda c: (c.params, c.name))
-                                         if missing(c)]
+    tasks = [] if args.report_only else [(c, missing(c), args.opset, args.timeout)
+                                         for c in run_order(chosen) if missing(c)]
     start = time.perf_counter()
     _compute(tasks, args.jobs, cache_path, not args.no_progress, cache)
     rows = [cache[(c.name, h)] for c in chosen for h in heads if (c.name, h) in cache]

@@ -145,7 +145,7 @@ def _selection(summary: dict[str, Any], meta: dict[str, Any]) -> str:
                 "architecture per timm module in turn, in SHA-256 order).")
     if summary["architectures"] < n:
         text += (f" **Rows so far for {summary['architectures']} of the {n}** (they run "
-                 "smallest first); the others are listed at the end.")
+                 "layout by layout in turn, smallest first); the others are listed at the end.")
     return text
 
 

@@ -86,3 +86,11 @@ def test_the_time_limit_counts_cpu_seconds_not_waiting(monkeypatch):
         ("waits", True, None), ("busy", False, "timeout"), ("quick", True, None)]
     assert rows[1]["error"] == "no result within 1 CPU s"
     assert rows[0]["cpu_seconds"] < 1 and all(r["params"] == 1 for r in rows)
+
+
+def test_run_order_takes_the_layouts_in_turn_smallest_first():
+    c = [Candidate("big", "NCHW", 9, "a"), Candidate("small", "NCHW", 1, "a"),
+         Candidate("mid", "NCHW", 5, "b"), Candidate("tok", "tokens", 7, "c"),
+         Candidate("ncl", "NCL", 3, "d"), Candidate("tok2", "tokens", 2, "c")]
+    assert [x.name for x in tool.run_order(c)] == ["small", "tok2", "ncl", "mid", "tok", "big"]
+    assert tool.run_order([]) == []
