@@ -1,7 +1,8 @@
 """What a run trains: the swapped model, its regime, its optimiser, and what it costs.
 
 ``build_model`` calls ``surgery.swap_head`` with the run's options and picks the normalisation
-(the pretrained configuration's mean/std, or the data's own statistics from scratch);
+(the pretrained configuration's mean/std; from scratch the data's own statistics: the training
+subset's when the backbone trains, the whole pool's when it starts frozen);
 ``set_regime`` decides what trains in each epoch; ``build_optimizer`` makes the parameter groups.
 """
 
@@ -46,6 +47,9 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
 
     From scratch the model takes the data's channels and the data's own statistics; pretrained
     (or from a checkpoint) it keeps 3 channels (grayscale is repeated) and its own mean / std.
+    Under a frozen backbone (linear probe, two-stage) the statistics from scratch are those of the
+    whole training pool, not of this seed's subset: the same for every seed, so that one feature
+    cache serves them all, with the cache on or off alike.
     ``fresh=False`` (resuming) skips downloading weights that the checkpoint replaces anyway.
     """
     import timm
@@ -72,6 +76,8 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     if weights:
         mcfg: dict[str, Any] = dict(getattr(model.backbone, "pretrained_cfg", None) or {})
         mean, std = tuple(mcfg.get("mean", data.mean)), tuple(mcfg.get("std", data.std))
+    elif cfg.frozen(0) and data.pool_mean:
+        mean, std = data.pool_mean, data.pool_std
     else:
         mean, std = data.mean, data.std
     return model, in_chans, mean, std
@@ -82,7 +88,7 @@ def set_regime(model: HeadSwapped, cfg: TrainConfig, epoch: int) -> None:
 
     A frozen backbone also stays in eval mode, so BatchNorm statistics do not move either.
     """
-    frozen = cfg.regime == "linear-probe" or (cfg.regime == "two-stage" and epoch < cfg.head_epochs)
+    frozen = cfg.frozen(epoch)
     model.train()
     for p in model.backbone_parameters():
         p.requires_grad_(not frozen)
