@@ -155,6 +155,7 @@ def _fingerprint(raw: RawData) -> str:
 
 
 _LAST_READ: dict[Any, tuple[RawData, str]] = {}
+_POOLS: dict[tuple[str, int], torch.Tensor] = {}
 _POOL_STATS: dict[tuple[str, int | None], tuple[tuple[float, ...], tuple[float, ...]]] = {}
 
 
@@ -185,7 +186,7 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     check_reader_options(name, options)
     raw, fingerprint = _read(name, data_dir, download, options)
     _check_classes(name, raw)
-    whole = _pool(raw, pool_size, name)
+    whole = _pool(raw, pool_size, name, fingerprint)
     n_all = len(whole)
     n_val = _count(val_size, n_all, "val-size")
     if n_val >= n_all:
@@ -225,7 +226,7 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
                       fingerprint=fingerprint)
 
 
-def _pool(raw: RawData, pool_size: int | None, name: str) -> torch.Tensor:
+def _pool(raw: RawData, pool_size: int | None, name: str, fingerprint: str) -> torch.Tensor:
     """Indices of the official train split that validation and training are drawn from."""
     n = len(raw.train_y)
     if pool_size is None:
@@ -233,4 +234,8 @@ def _pool(raw: RawData, pool_size: int | None, name: str) -> torch.Tensor:
     if pool_size < 2 or pool_size > n:
         raise ValueError(f"pool-size must be between 2 and the {n} training images of {name}, "
                          f"got {pool_size}")
-    return stratified_indices(raw.train_y, pool_size, seed=0)
+    key = (fingerprint, pool_size)
+    if key not in _POOLS:
+        _POOLS.clear()
+        _POOLS[key] = stratified_indices(raw.train_y, pool_size, seed=0)
+    return _POOLS[key]

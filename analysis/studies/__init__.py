@@ -2,11 +2,24 @@
 
 :class:`StudySpec` (spec) describes the grid; :func:`run_study` (runner) trains every pending run
 and writes the report (report, aggregate); :func:`collect` merges shard directories;
-robustness evaluates each trained model at other input sizes.
+robustness evaluates each trained model at other input sizes; pick (:func:`run_pick`) answers
+"which head for this backbone?" with every applicable head on one feature cache.
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
 from .collect import collect, load_records
+from .pick import (
+    JSON_KEYS,
+    ROW_KEYS,
+    VARIANTS,
+    candidate_heads,
+    pick_rows,
+    pool_for,
+    recommend,
+    run_pick,
+    table_rows,
+    write_pick,
+)
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
 from .runner import run_job, run_study
@@ -21,7 +34,9 @@ from .spec import (
     select_shard,
 )
 
-__all__ = ["STUDY_FILE", "Combo", "HeadSpec", "StudySpec", "collect", "combinations",
+__all__ = ["JSON_KEYS", "ROW_KEYS", "STUDY_FILE", "VARIANTS", "Combo", "HeadSpec", "StudySpec", "candidate_heads",
+           "collect", "combinations", "pick_rows", "pool_for", "recommend", "run_pick",
+           "table_rows", "write_pick",
            "default_sizes", "evaluate_run", "evaluate_sizes", "generalisation_gap",
            "group_rows", "load_records", "mean_std", "paired_differences", "parse_head",
            "parse_shard", "run_job", "run_study", "select_shard", "write_report"]

@@ -23,7 +23,7 @@ from typing import Any
 
 from surgery import read_json, write_json
 
-from ..training import TrainConfig, load_run_data, train
+from ..training import TrainConfig, load_run_data, train, warm_feature_caches
 from .collect import is_done, load_records, settings_mismatch
 from .report import write_report
 from .robustness import evaluate_run
@@ -46,7 +46,7 @@ def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> No
 def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
     cfg = combo.config(spec, out / "runs")
     return {"config": asdict(cfg), "robust_sizes": list(spec.robust_sizes),
-            "robust_images": spec.robust_images}
+            "robust_images": spec.robust_images, "robustness": spec.robustness}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -60,8 +60,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         cfg.overwrite = True
         summary = train(cfg, data=data)
     if not (run_dir / "robustness.json").is_file():
-        rows = evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
-                            data=data, device=cfg.device)
+        rows = (evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
+                             data=data, device=cfg.device)
+                if job.get("robustness", True) else [])  # [] : not measured in this study
         write_json(run_dir / "robustness.json", rows)
     return summary
 
@@ -84,8 +85,9 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
               threads: int | None = None) -> dict[str, Any]:
     """Run this shard's combinations not yet done, then write the report of the directory.
 
-    Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "report": {...}}``
-    (run names). ``threads``: torch threads per child (default: cores / jobs; on a shared,
+    Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "report": {...},
+    "feature_caches": [...]}`` (run names; what building the shared feature caches did).
+    ``threads``: torch threads per child (default: cores / jobs; on a shared,
     busy CPU 1 is faster). In-process (``jobs=0``) errors propagate; in child processes a failed run is
     recorded with the last line of its log (``logs/NAME.log``) and the others continue.
     """
@@ -101,6 +103,10 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             result["skipped"].append(name)
         else:
             pending.append((name, job))
+    # frozen backbones: every image each run reads extracted once, before the runs
+    result["feature_caches"] = warm_feature_caches(
+        [TrainConfig.from_dict(job["config"]) for _, job in pending],
+        directory=out / "features", shared=jobs > 0, progress=progress)
     bar = _bar(len(pending), progress)
     if jobs <= 0:
         for name, job in pending:

@@ -3,19 +3,32 @@
 Reading order for one run: :class:`TrainConfig` (config) -> :func:`train` (loop: epochs, steps,
 checkpoints, the final test) -> the pieces it assembles (parts: data, model, optimiser, sampler)
 -> one optimiser step and evaluation (step) -> what is written (rundir, checkpoints) -> DDP under
-torchrun (distributed).
+torchrun (distributed). Frozen-backbone epochs train the head on cached features (cached; a
+study warms one cache for all its runs: shared_cache).
 """
 
+from .cached import cache_decision, feature_requests, head_costs, merge_requests
 from .checkpoints import read_checkpoint, save_checkpoint
-from .config import OPTIMIZERS, REGIMES, TrainConfig, load_run_data, run_name
+from .config import (
+    FEATURE_CACHE,
+    FEATURE_DTYPES,
+    OPTIMIZERS,
+    REGIMES,
+    TrainConfig,
+    load_run_data,
+    run_name,
+)
 from .distributed import DistInfo
 from .loop import train
 from .model import build_model, build_optimizer, model_costs, resolve_system, set_regime
 from .options import add_training_options, config_from_args, config_values
 from .rundir import METRIC_COLUMNS, RUN_FILES
+from .shared_cache import warm_feature_caches
 from .step import NonFiniteLossError, RunningLoss, TrainStep, evaluate, lr_factor, peak_mem_mb
 
-__all__ = ["METRIC_COLUMNS", "OPTIMIZERS", "REGIMES", "RUN_FILES", "DistInfo",
+__all__ = ["FEATURE_CACHE", "FEATURE_DTYPES", "METRIC_COLUMNS", "OPTIMIZERS", "REGIMES",
+           "RUN_FILES", "DistInfo", "cache_decision", "feature_requests", "head_costs",
+           "merge_requests", "warm_feature_caches",
            "NonFiniteLossError", "RunningLoss", "TrainConfig", "TrainStep", "add_training_options",
            "build_model", "config_from_args", "config_values",
            "build_optimizer", "evaluate", "load_run_data", "lr_factor", "model_costs",

@@ -15,6 +15,7 @@ describes what a run needs (a study merges its runs' requests to extract every i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -101,8 +102,7 @@ def feature_requests(cfg: TrainConfig, model: HeadSwapped, data: DataSplits,
                          "records the images of each split)")
     dtype = DTYPES[cfg.feature_cache_dtype]
     key = CacheKey(
-        model=cfg.model, weights=weights_digest(model.backbone, skip=(model.head,),
-                                                skip_names=tuple(r.name for r in model.removed)),
+        model=cfg.model, weights=_backbone_digest(cfg, model),
         source=feature_source(model), dataset=data.name, data=data.fingerprint,
         img_size=transform.size[0], mean=tuple(float(v) for v in _stats(transform)[0]),
         std=tuple(float(v) for v in _stats(transform)[1]), in_chans=transform.in_chans,
@@ -123,6 +123,27 @@ def feature_requests(cfg: TrainConfig, model: HeadSwapped, data: DataSplits,
     views = CacheRequest(replace(key, view=view), train_ids, _images(data, train_ids),
                          make(views=k, view_seed=VIEW_SEED), name=cfg.model)
     return plain, views
+
+
+_DIGESTS: dict[str, str] = {}
+
+
+def _backbone_digest(cfg: TrainConfig, model: HeadSwapped) -> str:
+    """weights_digest of the backbone, computed once per process for each way of building it
+    (name, options, weights file with its size and time, seed of random weights)."""
+    recipe: dict[str, Any] = {"model": cfg.model, "timm": cfg.timm_options,
+                              "in_chans": model.recipe.get("in_chans"),
+                              "pretrained": cfg.pretrained, "checkpoint": cfg.checkpoint}
+    if cfg.checkpoint:
+        st = Path(cfg.checkpoint).stat()
+        recipe["file"] = (str(Path(cfg.checkpoint).resolve()), st.st_size, st.st_mtime_ns)
+    if not (cfg.pretrained or cfg.checkpoint):
+        recipe["seed"] = cfg.seed
+    sig = json.dumps(recipe, sort_keys=True, default=str)
+    if sig not in _DIGESTS:
+        _DIGESTS[sig] = weights_digest(model.backbone, skip=(model.head,),
+                                       skip_names=tuple(r.name for r in model.removed))
+    return _DIGESTS[sig]
 
 
 def _stats(transform: BatchTransform) -> tuple[list[float], list[float]]:
@@ -150,13 +171,14 @@ def _first_positions(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uniq, first
 
 
-def storage_for(cfg: TrainConfig, run_dir: Path, dist: DistInfo | None = None,
+def storage_for(cfg: TrainConfig, default_dir: Path, dist: DistInfo | None = None,
                 shared: bool = False) -> Storage:
-    """The storage policy of the run's options: memory budget, directory, batch, progress."""
+    """The storage policy of the run's options: memory budget, directory (``default_dir``
+    unless ``feature_cache_dir`` is set), batch, progress."""
     gather: Callable[[Any], list[Any]] | None = None
     if dist is not None and dist.world_size > 1:
         gather = partial(distributed.gather_objects, dist=dist)
-    directory = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else run_dir / "features"
+    directory = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else default_dir
     return Storage(mem_bytes=int(cfg.feature_cache_mem_gb * 2**30), directory=directory,
                    shared=shared, batch_size=cfg.batch_size, progress=cfg.progress,
                    gather=gather)
@@ -179,7 +201,7 @@ def open_features(cfg: TrainConfig, model: HeadSwapped, data: DataSplits,
                   dist: DistInfo) -> OpenedFeatures:
     """Open (or build) this run's caches and give its splits as rows of them."""
     plain_req, views_req = feature_requests(cfg, model, data, transform, system)
-    storage = storage_for(cfg, run_dir, dist)
+    storage = storage_for(cfg, run_dir / "features", dist)
     plain, info = open_cache(plain_req, storage, dist)
     info = dict(info, used=True, dtype=cfg.feature_cache_dtype, views=cfg.feature_cache_views,
                 weights=plain_req.key.weights)

@@ -131,7 +131,21 @@ class _Run:
         return self._finish()
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
-        """Train one epoch (from the checkpointed step when resuming); return its metrics row."""
+        """Train one epoch (from the checkpointed step when resuming); return its metrics row.
+
+        Epochs on cached features run on one CPU thread: a head's small operations wait on
+        thread synchronisation more than they gain (60x slower with two threads on a busy
+        2-core machine, benchmarks/head_study_speed.py)."""
+        if not self.parts.feed(self.cfg, epoch).cached or self.device.type != "cpu":
+            return self._epoch_steps(epoch)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._epoch_steps(epoch)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _epoch_steps(self, epoch: int) -> dict[str, Any]:
         set_regime(self.parts.model, self.cfg, epoch)
         aug = ckpt.epoch_aug_rng(self.cfg.seed, epoch, self.dist.rank)
         running = ckpt.fresh_running()
@@ -326,7 +340,8 @@ class _Run:
 
     def _check_weights(self, epoch: int, step: int) -> None:
         """Never checkpoint NaN/inf weights: the previous ``last.pt`` stays the last good one."""
-        flags = [torch.isfinite(p).all() for p in self.parts.model.parameters()]
+        # only what trains can have changed (a frozen backbone is not read every epoch)
+        flags = [torch.isfinite(p).all() for p in self.parts.model.parameters() if p.requires_grad]
         if flags and not bool(torch.stack(flags).all()):
             raise NonFiniteLossError(
                 f"weights became NaN or inf (after {epoch} epochs and {step} steps); stopped "

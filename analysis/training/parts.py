@@ -30,7 +30,8 @@ from .distributed import DistInfo
 from .model import build_model, build_optimizer, model_costs, set_regime
 from .step import TrainStep
 
-__all__ = ["Feed", "RunParts", "Schedule", "assemble_run", "run_config_record"]
+__all__ = ["Feed", "RunParts", "Schedule", "assemble_run", "batch_transforms", "place_model",
+           "run_config_record"]
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,8 @@ class RunParts:
         return self.frozen_feed.cached and self.frozen_feed is self.training_feed
 
 
-def _place_model(model: HeadSwapped, cfg: TrainConfig, dist: DistInfo, device: torch.device,
-                 channels_last: bool, state: dict[str, Any] | None) -> HeadSwapped:
+def place_model(model: HeadSwapped, cfg: TrainConfig, dist: DistInfo, device: torch.device,
+                channels_last: bool, state: dict[str, Any] | None) -> HeadSwapped:
     """Sync-BN under DDP, the device and memory format, and resumed weights."""
     if cfg.sync_bn and dist.world_size > 1:
         if device.type != "cuda":
@@ -185,7 +186,7 @@ class _Subset:
         return self.rows[self.index[sl]]
 
 
-def _transforms(cfg: TrainConfig, img_size: int, in_chans: int, mean: tuple[float, ...],
+def batch_transforms(cfg: TrainConfig, img_size: int, in_chans: int, mean: tuple[float, ...],
                 std: tuple[float, ...], device: torch.device,
                 channels_last: bool) -> tuple[BatchTransform, BatchTransform]:
     """The batch transforms of frozen-backbone epochs and of epochs in which it trains; they
@@ -207,11 +208,11 @@ def assemble_run(cfg: TrainConfig, state: dict[str, Any] | None, data: DataSplit
     img_size = cfg.img_size or data.image_size[0]
     torch.manual_seed(cfg.seed)
     model, in_chans, mean, std = build_model(cfg, data, img_size, fresh=state is None)
-    model = _place_model(model, cfg, dist, device, channels_last, state)
+    model = place_model(model, cfg, dist, device, channels_last, state)
     optimizer = build_optimizer(model, cfg)
     trained = _wrap_for_regime(model, cfg, dist, device, first_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    t_frozen, t_training = _transforms(cfg, img_size, in_chans, mean, std, device, channels_last)
+    t_frozen, t_training = batch_transforms(cfg, img_size, in_chans, mean, std, device, channels_last)
     training = _image_feed(cfg, data, trained, model, optimizer, scaler, t_training, amp)
     frozen = (training if t_frozen.augment == t_training.augment
               else _image_feed(cfg, data, trained, model, optimizer, scaler, t_frozen, amp))
