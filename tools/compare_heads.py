@@ -9,7 +9,8 @@
     python tools/compare_heads.py --collect studies/NAME-0 studies/NAME-1 --out studies/NAME
 
 Runs already finished in --out are skipped, interrupted ones resume, so re-running the same
-command continues a study. The study directory gets summary.md/.csv/.json (mean +- std over seeds:
+command continues a study. Under a frozen backbone (--regime linear-probe or two-stage) the
+study extracts the backbone's features once for all its heads and seeds (--feature-cache). The study directory gets summary.md/.csv/.json (mean +- std over seeds:
 params, GMACs, test accuracy, train-test gap, epoch time, peak memory), comparisons.csv
 (paired differences against the first head), robustness.csv/.json (each trained model at other
 input sizes; Flatten refuses), runs.csv, and the plots acc_vs_head_params.png,

@@ -9,7 +9,9 @@
 The run directory holds config.json, metrics.csv/.jsonl (one row per epoch), summary.json,
 best.pt, last.pt (both loadable with surgery.load) and curves.png. Exit codes: 0 done, 2 a user
 error (one line on stderr), 3 the loss became NaN/inf (last.pt keeps the last good state).
-The options are those of analysis.training.options, shared with tools/compare_heads.py.
+The options are those of analysis.training.options, shared with tools/compare_heads.py and
+tools/pick_head.py. Under a frozen backbone (--regime linear-probe, two-stage's head epochs) the
+head trains on features extracted once (--feature-cache auto|off).
 Under torchrun every process trains its shard of each epoch; only rank 0 prints and writes.
 """
 
