@@ -33,7 +33,7 @@ from pathlib import Path
 
 from _cli import CliParser, run
 
-from analysis.machine import machine_info
+from analysis.machine import describe_machine
 from analysis.reporting import format_table
 from analysis.studies import JSON_KEYS, VARIANTS, parse_head, run_pick, table_rows, write_pick
 from analysis.training import add_training_options, config_values
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             "extraction": ", ".join(f"{c['images']} images in {c['extract_s']:.1f} s "
                                     f"({c['storage']}, {c['mib']} MiB)" for c in caches)
             or "none in this invocation",
-            "machine": machine_info(), "runs": f"{len(result['study']['ran'])} trained, "
+            "machine": describe_machine(with_load=True), "runs": f"{len(result['study']['ran'])} trained, "
                                                f"{len(result['study']['skipped'])} already done"}
     files = write_pick(out, result, meta)
     if args.format == "json":

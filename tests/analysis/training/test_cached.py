@@ -167,3 +167,27 @@ def test_cached_costs_match_the_whole_model_count():
     key = CacheKey("test_resnet", "w", "forward_features", "s", "d", 32, (0.5,), (0.2,), 3)
     got = head_costs(m, (3, 32, 32), key, tuple(m.features.shape[1:]))
     assert got == pytest.approx(want)
+
+
+def test_resume_refuses_a_backbone_whose_weights_changed(tmp_path):
+    import timm
+
+    clear_memory()
+    weights = tmp_path / "w.pth"
+    torch.manual_seed(1)
+    torch.save(timm.create_model("test_resnet").state_dict(), weights)
+
+    class Stop(Exception):
+        pass
+
+    def stop(ctx):
+        if ctx["global_step"] == 9:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _quiet(train, tiny(tmp_path, name="c", checkpoint=str(weights), epochs=2), on_step=stop)
+    torch.manual_seed(2)
+    torch.save(timm.create_model("test_resnet").state_dict(), weights)  # other weights, same file
+    clear_memory()
+    with pytest.raises(ValueError, match="other weights than the interrupted run"):
+        _quiet(train, resume=tmp_path / "c")
