@@ -31,6 +31,7 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
 from _cli import CliParser, run
 
 from analysis.machine import describe_machine
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--jobs", type=int, default=0,
                    help="runs at once in child processes (default 0: one after another in this "
                         "process, sharing the feature cache in memory)")
+    o.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's choice; on a busy CPU 1 is faster)")
     o.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
@@ -82,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.train_size < 1:
         raise ValueError(f"--train-size must be at least 1, got {args.train_size}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     base = config_values(args)
-    for k in ("out", "progress"):
+    for k in ("out", "progress", "threads"):
         base.pop(k, None)
     out = args.out or Path("picks") / f"{args.model}-{args.dataset}-n{args.train_size}"
     argv_text = sys.argv[1:] if argv is None else list(argv)
@@ -100,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                           out=out, heads=args.heads, jobs=args.jobs, progress=args.progress,
                           command=command)
     wall = time.perf_counter() - t0
-    caches = result["study"].get("feature_caches") or []
+    study = result["study"]
     meta = {"command": f"`{command}`", "wall time": f"{wall:.1f} s (including extraction)",
             "extraction": ", ".join(f"{c['images']} images in {c['extract_s']:.1f} s "
-                                    f"({c['storage']}, {c['mib']} MiB)" for c in caches)
+                                    f"({c['storage']}, {c['mib']} MiB)"
+                                    for c in study.get("feature_caches") or [])
             or "none in this invocation",
-            "machine": describe_machine(with_load=True), "runs": f"{len(result['study']['ran'])} trained, "
-                                               f"{len(result['study']['skipped'])} already done"}
+            "machine": describe_machine(with_load=True),
+            "runs": f"{len(study['ran'])} trained, {len(study['skipped'])} already done"}
     files = write_pick(out, result, meta)
     if args.format == "json":
         print(json.dumps({k: result[k] for k in JSON_KEYS}, indent=2))
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(table_rows(result["table"]), floatfmt=".4g"))
         print(f"recommended: {result['recommended']}: {result['reason']}")
         print(f"{wall:.1f} s; written: {', '.join(str(p) for p in files.values())}")
-    failed = result["study"].get("failed") or []
+    failed = study.get("failed") or []
     for name, msg in failed:
         print(f"failed: {name}: {msg}", file=sys.stderr)
     return 1 if failed else 0
