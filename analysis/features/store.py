@@ -152,6 +152,10 @@ def write_table(path: Path, header: dict[str, Any], ids: torch.Tensor,
 
     try:
         return atomic_write(path, write)
+    except ValueError as err:  # surgery's one line: a full disk, a read-only place, ...
+        raise ValueError(f"feature cache: {err} (nothing half-written was kept); free space, "
+                         "point --feature-cache-dir elsewhere, or use --feature-cache off"
+                         ) from None
     except OSError as err:
         raise ValueError(_write_error(path, err)) from None
 
