@@ -37,7 +37,7 @@ from .heads import (
 from .layout import FeatureInfo, probe_features
 from .options import parse_options, parse_value
 from .report import swap_report
-from .serialize import load, read_model_file, save
+from .serialize import load, read_model_file, save, state_checksum
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 
 __all__ = [
@@ -46,5 +46,5 @@ __all__ = [
     "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options", "check_writable",
     "closest_model_names", "head_label", "expand_model_names", "finite", "load", "load_backbone",
     "one_line", "parse_options", "parse_value", "probe_features", "read_json", "read_model_file",
-    "register_head", "save", "swap_head", "swap_report", "write_json",
+    "register_head", "save", "state_checksum", "swap_head", "swap_report", "write_json",
 ]

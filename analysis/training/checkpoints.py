@@ -44,8 +44,9 @@ def save_checkpoint(path: str | Path, model: HeadSwapped, extra: dict[str, Any])
 
 def save_head_checkpoint(path: str | Path, model: HeadSwapped, extra: dict[str, Any]) -> None:
     """The head's weights, the recipe and ``extra``, written atomically (not the backbone)."""
+    state = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
     payload = {"format": HEAD_FORMAT, "version": 1, "recipe": model.recipe,
-               "head_state_dict": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+               "head_state_dict": state, "checksum": surgery.state_checksum(state),
                "extra": extra}
     surgery.atomic_write(path, lambda f: torch.save(payload, f))
 
@@ -61,6 +62,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         except Exception:
             payload = None
         if isinstance(payload, dict) and payload.get("format") == HEAD_FORMAT:
+            if surgery.state_checksum(payload["head_state_dict"]) != payload.get("checksum"):
+                raise ValueError(f"{str(path)!r} is damaged: its head weights do not match the "
+                                 "checksum stored when it was saved; start the run over with "
+                                 "--overwrite") from None
             return payload
         raise
 

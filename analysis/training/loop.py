@@ -134,8 +134,8 @@ class _Run:
         """Train one epoch (from the checkpointed step when resuming); return its metrics row.
 
         Epochs on cached features run on one CPU thread: a head's small operations wait on
-        thread synchronisation more than they gain (60x slower with two threads on a busy
-        2-core machine, benchmarks/head_study_speed.py)."""
+        thread synchronisation more than they gain (a linear head's step measured 2.3 ms on one
+        thread and 154 ms on two, on this 2-core machine while other jobs loaded it)."""
         if not self.parts.feed(self.cfg, epoch).cached or self.device.type != "cpu":
             return self._epoch_steps(epoch)
         threads = torch.get_num_threads()
