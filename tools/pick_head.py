@@ -6,11 +6,14 @@
 
 Under the default linear probe the backbone's features are extracted once (a progress bar) and
 every head trains on them: every kind registered in surgery.HEADS that builds on the backbone,
-"original" where the model has a head of its own, and the fixed variants
-gap:dropout=0.5, gap/gmp/gapmp:hidden=256:dropout=0.5, flatten:dropout=0.5 and
-flatten:hidden=256:dropout=0.5, each for every seed. Each seed trains on --train-size images
-and validates on its own split of a pool of train-size + validation images (--val-size: a
-count, or a fraction of the pool).
+with its default options (gap, gmp, gapmp, flatten, nin, gem, attn; token only on a model with
+a class token, spp only where the feature grid holds its finest level, "original" where the
+model has a head of its own), and the fixed variants gap:dropout=0.5,
+gap/gmp/gapmp:hidden=256:dropout=0.5, flatten:dropout=0.5 and flatten:hidden=256:dropout=0.5
+of the kinds that apply, each for every seed. The kinds left out are listed with the reason in
+pick.md; --heads takes head specs (spp:levels=1x2, gem:p=4, ...). Each seed trains on
+--train-size images and validates on its own split of a pool of train-size + validation images
+(--val-size: a count, or a fraction of the pool).
 
 Prints a ranked table (validation accuracy mean +- std over seeds, train-validation gap, head
 parameters and GMACs, whether the head takes any input size) and a one-line recommendation:
@@ -34,11 +37,11 @@ from pathlib import Path
 import torch
 from _cli import CliParser, run
 
-from analysis.machine import describe_machine
+from analysis.machine import cpu_seconds, describe_machine
 from analysis.reporting import format_table
-from analysis.studies import JSON_KEYS, VARIANTS, parse_head, run_pick, table_rows, write_pick
+from analysis.studies import JSON_KEYS, VARIANTS, run_pick, table_rows, write_pick
 from analysis.training import add_training_options, config_values
-from surgery import HEADS
+from surgery import one_line_warnings, parse_head, spec_help
 
 
 def _head(text: str):  # argparse shows the ValueError text
@@ -53,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a timm model name (e.g. resnet18)")
     g = p.add_argument_group("the comparison")
     g.add_argument("--heads", nargs="+", type=_head, default=None, metavar="HEAD",
-                   help=f"compare these heads only (kinds: {', '.join(HEADS)}; options as "
-                        f"KIND:hidden=256:dropout=0.5); default: every kind that applies plus "
-                        f"{' '.join(VARIANTS)}")
+                   help=f"compare these heads only, each {spec_help()}. Default: every kind "
+                        f"that applies, plus {' '.join(VARIANTS)}")
     g.add_argument("--train-size", type=int, default=10000,
                    help="training images per seed (default 10000)")
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default 0 1 2)")
@@ -68,17 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--format", choices=("text", "json"), default="text",
                    help="what to print (default text)")
     o.add_argument("--jobs", type=int, default=0,
-                   help="runs at once in child processes (default 0: one after another in this "
-                        "process, sharing the feature cache in memory)")
+                   help="runs at once in worker processes that read the feature cache from disk "
+                        "(default 0: one after another in this process, the cache in memory)")
+    o.add_argument("--runs-per-worker", type=int, default=0, metavar="N",
+                   help="with --jobs: replace a worker process after N runs (default 0: never)")
     o.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's choice; on a busy CPU 1 is faster)")
+                   help="torch threads, per worker with --jobs (default: torch's choice, or "
+                        "cores / jobs; on a busy CPU 1 is faster)")
     o.add_argument("--no-progress", dest="progress", action="store_false")
     return p
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one ``warning:`` line on stderr, without source lines."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,25 +90,26 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     base = config_values(args)
-    for k in ("out", "progress", "threads"):
+    for k in ("out", "progress", "threads", "runs_per_worker"):
         base.pop(k, None)
     out = args.out or Path("picks") / f"{args.model}-{args.dataset}-n{args.train_size}"
     argv_text = sys.argv[1:] if argv is None else list(argv)
     command = "python tools/pick_head.py " + shlex.join(argv_text)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    with one_line_warnings():
         warnings.filterwarnings("once")  # each run of the study would repeat its warnings
         warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.showwarning = _show_warning
         if not (args.pretrained or args.checkpoint):
             warnings.warn("no --pretrained or --checkpoint: the backbone is random, and each "
                           "seed draws its own (and its own feature cache)", stacklevel=1)
         result = run_pick(args.model, base, seeds=args.seeds, train_size=args.train_size,
                           out=out, heads=args.heads, jobs=args.jobs, progress=args.progress,
-                          command=command)
-    wall = time.perf_counter() - t0
+                          command=command, threads=args.threads,
+                          runs_per_worker=args.runs_per_worker)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     study = result["study"]
     meta = {"command": f"`{command}`", "wall time": f"{wall:.1f} s (including extraction)",
+            "CPU time": f"{cpu:.1f} s (user + system, this process and its workers)",
             "extraction": ", ".join(f"{c['images']} images in {c['extract_s']:.1f} s "
                                     f"({c['storage']}, {c['mib']} MiB)"
                                     for c in study.get("feature_caches") or [])
@@ -122,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(table_rows(result["table"]), floatfmt=".4g"))
         print(f"recommended: {result['recommended']}: {result['reason']}")
         print(f"{wall:.1f} s; written: {', '.join(str(p) for p in files.values())}")
-    failed = study.get("failed") or []
+    failed, busy = study.get("failed") or [], study.get("busy") or []
     for name, msg in failed:
-        print(f"failed: {name}: {msg}", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"failed: {name}: {msg} (log: {out / 'logs' / (name + '.log')})", file=sys.stderr)
+    for name, msg in busy:
+        print(f"busy: {name}: left alone: {msg}; rerun this command when it is done to include "
+              "it", file=sys.stderr)
+    return 1 if failed or busy else 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ atomically (store), found again or built once under a lock (cache). analysis.tra
 head on them (analysis.training.cached).
 """
 
-from .cache import CacheRequest, Ranks, Storage, clear_memory, open_cache
+from .cache import CacheRequest, Ranks, Storage, clear_memory, open_cache, remove_caches
 from .extract import FLOAT16_MAX, Extractor, shard_block
 from .keys import FORMAT_VERSION, CacheKey, image_ids, weights_digest
 from .store import (
@@ -23,5 +23,5 @@ from .store import (
 
 __all__ = ["DTYPES", "FLOAT16_MAX", "FORMAT_VERSION", "CacheFileError", "CacheKey", "CacheRequest",
            "Extractor", "FeatureRows", "FeatureTable", "Ranks", "Storage", "clear_memory",
-           "image_ids", "open_cache", "read_header", "read_table", "shard_block",
+           "image_ids", "open_cache", "read_header", "read_table", "remove_caches", "shard_block",
            "weights_digest", "write_table"]

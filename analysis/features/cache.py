@@ -18,7 +18,7 @@ import hashlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +32,7 @@ from .extract import Extractor, shard_block
 from .keys import CacheKey
 from .store import DTYPES, CacheFileError, FeatureTable, read_header, read_table, write_table
 
-__all__ = ["CacheRequest", "Ranks", "Storage", "clear_memory", "open_cache"]
+__all__ = ["CacheRequest", "Ranks", "Storage", "clear_memory", "open_cache", "remove_caches"]
 
 _MEMORY: dict[str, FeatureTable] = {}  # digest -> table, oldest first
 
@@ -78,6 +78,29 @@ def clear_memory() -> None:
     _MEMORY.clear()
 
 
+def remove_caches(directory: str | Path, keep: Collection[str | Path] = ()) -> None:
+    """Delete the feature caches in ``directory`` (their files, part files and lock files) but
+    those at the paths ``keep``, forget them in this process, and remove the directory if that
+    empties it: a run's own cache goes with the run (analysis.training)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return
+    kept = {Path(k).resolve() for k in keep}
+    kept_locks = {f"{k.name.rsplit('-', 2)[-2]}.lock" for k in kept if k.name.count("-") >= 2}
+    for key, table in list(_MEMORY.items()):
+        if table.path is not None and table.path.resolve().parent == d.resolve() \
+                and table.path.resolve() not in kept:
+            del _MEMORY[key]
+    for path in d.iterdir():
+        name = path.name
+        ours = (name.endswith((".feat", ".lock")) or ".feat.part" in name
+                or (name.startswith(".") and ".feat" in name and name.endswith(".tmp")))
+        if ours and path.resolve() not in kept and name not in kept_locks:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        d.rmdir()  # only if nothing else is left in it
+
+
 def open_cache(request: CacheRequest, storage: Storage,
                ranks: Ranks | None = None) -> tuple[FeatureTable, dict[str, Any]]:
     """The table for ``request`` (covering all its ids) and what happened: ``{"key", "storage",
@@ -98,7 +121,10 @@ def open_cache(request: CacheRequest, storage: Storage,
                          "--batch-size")
     t0 = time.perf_counter()
     if total <= storage.mem_bytes and not storage.shared:
-        table = _build_in_memory(request, row, storage, ranks)
+        # a file another process built (a study's, before its worker processes run) is read,
+        # not extracted again; else the table is built in memory
+        table = _found_on_disk(request, storage, ranks) or _build_in_memory(request, row,
+                                                                            storage, ranks)
     else:
         table = _on_disk(request, storage, ranks)
     _remember(table, storage.mem_bytes)
@@ -215,6 +241,18 @@ def _file_name(request: CacheRequest, digest: str) -> str:
     ids_digest = hashlib.blake2b(request.ids.numpy().tobytes(), digest_size=4).hexdigest()
     stem = "".join(c if c.isalnum() or c in "._" else "_" for c in request.name)
     return f"{stem}-{digest[:16]}-{ids_digest}.feat"
+
+
+def _found_on_disk(request: CacheRequest, storage: Storage,
+                   ranks: Ranks | None) -> FeatureTable | None:
+    """A valid file of the request's key covering its ids in the cache directory, if there is
+    one (one process only: under torchrun the ranks must agree, so they extract)."""
+    if storage.directory is None or (ranks is not None and ranks.world_size > 1):
+        return None
+    directory = Path(storage.directory)
+    if not directory.is_dir():
+        return None
+    return _find(directory, request.key.digest(), request.ids)
 
 
 def _on_disk(request: CacheRequest, storage: Storage, ranks: Ranks | None) -> FeatureTable:

@@ -1,9 +1,11 @@
 """Head comparison studies: a grid of fine-tuning runs, its robustness checks, and its report.
 
-:class:`StudySpec` (spec) describes the grid; :func:`run_study` (runner) trains every pending run
-and writes the report (report, aggregate); :func:`collect` merges shard directories;
-robustness evaluates each trained model at other input sizes; pick (:func:`run_pick`) answers
-"which head for this backbone?" with every applicable head on one feature cache.
+:class:`StudySpec` (spec) describes the grid, its heads written as surgery head specs;
+:func:`run_study` (runner) trains every pending run and writes the report (report, aggregate);
+:func:`collect` merges shard directories;
+robustness evaluates each trained model at other input sizes; a :class:`WorkerPool` (pool,
+worker) runs the jobs in reusable worker processes; pick (:func:`run_pick`) answers "which head
+for this backbone?" with every applicable head on one feature cache.
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
@@ -20,23 +22,15 @@ from .pick import (
     table_rows,
     write_pick,
 )
+from .pool import Job, JobResult, WorkerPool
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
-from .runner import run_job, run_study
-from .spec import (
-    STUDY_FILE,
-    Combo,
-    HeadSpec,
-    StudySpec,
-    combinations,
-    parse_head,
-    parse_shard,
-    select_shard,
-)
+from .runner import WORKER_TARGET, run_job, run_study
+from .spec import STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
 
-__all__ = ["JSON_KEYS", "ROW_KEYS", "STUDY_FILE", "VARIANTS", "Combo", "HeadSpec", "StudySpec", "candidate_heads",
-           "collect", "combinations", "pick_rows", "pool_for", "recommend", "run_pick",
-           "table_rows", "write_pick",
-           "default_sizes", "evaluate_run", "evaluate_sizes", "generalisation_gap",
-           "group_rows", "load_records", "mean_std", "paired_differences", "parse_head",
-           "parse_shard", "run_job", "run_study", "select_shard", "write_report"]
+__all__ = ["JSON_KEYS", "ROW_KEYS", "STUDY_FILE", "VARIANTS", "WORKER_TARGET", "Combo", "Job",
+           "JobResult", "StudySpec", "WorkerPool", "candidate_heads", "collect", "combinations",
+           "default_sizes", "evaluate_run", "evaluate_sizes", "generalisation_gap", "group_rows",
+           "load_records", "mean_std", "paired_differences", "parse_shard", "pick_rows",
+           "pool_for", "recommend", "run_job", "run_pick", "run_study", "select_shard",
+           "table_rows", "write_pick", "write_report"]

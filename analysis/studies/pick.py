@@ -25,14 +25,14 @@ from typing import Any
 import torch
 
 import surgery
-from surgery import HEADS, atomic_write_bytes
+from surgery import HEADS, HeadSpec, atomic_write_bytes, parse_head
 
 from ..reporting import format_table, plot_pick, to_csv
-from ..training import TrainConfig, load_run_data
+from ..training import TrainConfig, load_run_data, timm_kwargs
 from .aggregate import mean_std
 from .collect import load_records
 from .runner import run_study
-from .spec import HeadSpec, StudySpec, parse_head
+from .spec import StudySpec
 
 __all__ = ["JSON_KEYS", "ROW_KEYS", "VARIANTS", "candidate_heads", "pick_rows", "pool_for",
            "recommend", "run_pick", "table_rows", "write_pick"]
@@ -46,32 +46,31 @@ ROW_KEYS = ("head", "val_acc_mean", "val_acc_std", "gap_acc_mean", "head_params"
             "any_size")
 
 
-def _kind(head: HeadSpec) -> str:
-    return str(getattr(head, "kind", None) or head.head)
-
-
 def candidate_heads(model: str, *, img_size: int, in_chans: int,
                     timm_options: dict[str, Any] | None = None
                     ) -> tuple[list[HeadSpec], list[tuple[str, str]]]:
     """The heads to compare on ``model`` at ``img_size``: every kind of ``surgery.HEADS`` (read
-    now, so kinds registered later are included) that builds on it, on the meta device (no
-    weights, no compute), then the :data:`VARIANTS` of the kinds that did. Returns the heads
-    and the kinds left out with the reason."""
+    now, so kinds registered later are included) that builds on it, with its default options,
+    on the meta device (no weights, no compute), then the :data:`VARIANTS` of the kinds that
+    did. What applies is surgery's own check: ``token`` only on a model with a class token,
+    ``spp`` only where the feature grid holds its finest level, ``original`` only where the
+    model has a classifier of its own. Returns the heads and the kinds left out with the
+    reason."""
+    kwargs = timm_kwargs(model, timm_options, img_size)  # as the runs build it
     heads: list[HeadSpec] = []
     skipped: list[tuple[str, str]] = []
     for kind in list(HEADS):
         try:
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                backbone = surgery.load_backbone(model, in_chans=in_chans,
-                                                 **dict(timm_options or {}))
+                backbone = surgery.load_backbone(model, in_chans=in_chans, **kwargs)
                 surgery.swap_head(backbone, head=kind, num_classes=2, input_size=img_size)
         except (ValueError, RuntimeError, TypeError) as err:
             skipped.append((kind, surgery.one_line(err, with_type=False)))
             continue
         heads.append(parse_head(kind))
-    kinds = {_kind(h) for h in heads}
-    heads += [parse_head(v) for v in VARIANTS if v.split(":", 1)[0] in kinds]
+    kinds = {h.kind for h in heads}
+    heads += [parse_head(v) for v in VARIANTS if parse_head(v).kind in kinds]
     return heads, skipped
 
 
@@ -97,7 +96,7 @@ def pick_rows(records: Sequence[dict[str, Any]], heads: Sequence[HeadSpec]) -> l
         val_mean, val_std = mean_std([r.get("best_val_acc") for r in recs])
         gap_mean, _ = mean_std([r.get("gap_acc") for r in recs])
         test_mean, _ = mean_std([r.get("test_acc") for r in recs])
-        kind = HEADS.get(_kind(head))
+        kind = HEADS.get(head.kind)
         rows.append({"head": head.label, "val_acc_mean": val_mean, "val_acc_std": val_std or 0.0,
                      "gap_acc_mean": gap_mean, "head_params": recs[0].get("head_params"),
                      "head_gmacs": recs[0].get("head_gmacs"),
@@ -135,10 +134,13 @@ def recommend(rows: Sequence[dict[str, Any]]) -> tuple[str | None, str]:
 
 def run_pick(model: str, base: dict[str, Any], *, seeds: Sequence[int], train_size: int,
              out: str | Path, heads: Sequence[HeadSpec] | None = None, jobs: int = 0,
-             progress: bool = True, command: str = "") -> dict[str, Any]:
+             progress: bool = True, command: str = "", threads: int | None = None,
+             runs_per_worker: int = 0) -> dict[str, Any]:
     """Train every candidate head (or ``heads``) x ``seeds`` on ``model`` and rank them.
 
-    ``base`` holds TrainConfig fields shared by every run (dataset, regime, epochs, ...).
+    ``base`` holds TrainConfig fields shared by every run (dataset, regime, epochs, ...);
+    ``jobs``, ``threads`` and ``runs_per_worker`` are run_study's (``jobs=0``: in this process,
+    the feature cache in memory; else worker processes reading it from disk).
     Returns the JSON result (:data:`JSON_KEYS`) plus ``table`` (rows with seeds and test
     accuracy), ``skipped`` heads and ``study`` (what run_study returned)."""
     base = dict(base)
@@ -159,7 +161,8 @@ def run_pick(model: str, base: dict[str, Any], *, seeds: Sequence[int], train_si
     spec = StudySpec((model,), tuple(heads), tuple(seeds), (train_size,), base,
                      test_size=base.pop("test_size", None), robust_images=None,
                      command=command, robustness=False)
-    study = run_study(spec, out, jobs=jobs, progress=progress)
+    study = run_study(spec, out, jobs=jobs, progress=progress, threads=threads,
+                      runs_per_worker=runs_per_worker)
     table = pick_rows(load_records([out], spec), spec.heads)
     head, reason = recommend(table)
     return {"backbone": model, "dataset": probe.dataset, "train_size": train_size,

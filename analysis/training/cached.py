@@ -38,16 +38,50 @@ from ..features import (
     Storage,
     image_ids,
     open_cache,
+    remove_caches,
     weights_digest,
 )
 from . import distributed
 from .config import TrainConfig
 from .distributed import DistInfo
 
-__all__ = ["FeatureTransform", "cache_decision", "feature_requests", "feature_source",
-           "head_costs", "merge_requests", "open_features", "storage_for"]
+__all__ = ["RUN_CACHE_DIR", "FeatureTransform", "OwnCache", "cache_decision", "feature_requests",
+           "feature_source", "head_costs", "merge_requests", "open_features", "storage_for"]
 
 VIEW_SEED = 0  # augmented views are drawn once from this seed and the image id, for every run
+RUN_CACHE_DIR = "features"  # a run's own on-disk cache, in its run directory
+
+
+@dataclass
+class OwnCache:
+    """A new run's own on-disk cache directory (``RUN/features``), part of the run like its
+    files: an overwritten run's caches go when the new run takes over, and the new run's go if
+    it fails before its first checkpoint. A directory shared with others
+    (``feature_cache_dir``: a study's, or the user's) is never the run's own."""
+
+    directory: Path | None   # None: nothing of the run's own to look after
+    made: bool = False       # this run created it (nothing of an old run is in it)
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, run_dir: Path, fresh: bool) -> OwnCache:
+        """The run's own cache directory when ``fresh`` (a new run, on rank 0)."""
+        if not fresh or cfg.feature_cache_dir:
+            return cls(None)
+        directory = Path(run_dir) / RUN_CACHE_DIR
+        return cls(directory, made=not directory.exists())
+
+    def keep_only(self, info: dict[str, Any]) -> None:
+        """On taking the run directory over: remove every cache but those ``info`` (the run's
+        feature_cache record) reads."""
+        if self.directory is not None:
+            used = [c["path"] for c in (info, info.get("views_cache") or {}) if c.get("path")]
+            remove_caches(self.directory, keep=used)
+
+    def drop(self, started: bool) -> None:
+        """On failing before the first checkpoint: remove the run's caches, unless the run had
+        not ``started`` and the directory is an old run's (which stays whole)."""
+        if self.directory is not None and (started or self.made):
+            remove_caches(self.directory)
 
 
 def cache_decision(cfg: TrainConfig, model: HeadSwapped) -> tuple[bool, str]:
@@ -201,7 +235,7 @@ def open_features(cfg: TrainConfig, model: HeadSwapped, data: DataSplits,
                   dist: DistInfo) -> OpenedFeatures:
     """Open (or build) this run's caches and give its splits as rows of them."""
     plain_req, views_req = feature_requests(cfg, model, data, transform, system)
-    storage = storage_for(cfg, run_dir / "features", dist)
+    storage = storage_for(cfg, run_dir / RUN_CACHE_DIR, dist)
     plain, info = open_cache(plain_req, storage, dist)
     info = dict(info, used=True, dtype=cfg.feature_cache_dtype, views=cfg.feature_cache_views,
                 weights=plain_req.key.weights)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ..data import DataSplits
     from .config import TrainConfig
 
-__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime"]
+__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime",
+           "timm_kwargs"]
 
 
 def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
@@ -41,6 +42,18 @@ def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
     return {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
 
 
+def timm_kwargs(model: str, timm_options: dict[str, Any] | None, img_size: int) -> dict[str, Any]:
+    """The timm options a run builds ``model`` with: ``timm_options``, plus ``img_size`` for
+    models with a fixed input size (ViT-style position embeddings made for it)."""
+    import timm
+
+    kwargs: dict[str, Any] = dict(timm_options or {})
+    pcfg = timm.get_pretrained_cfg(model.split(".")[0])
+    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
+        kwargs.setdefault("img_size", img_size)
+    return kwargs
+
+
 def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
                 fresh: bool = True) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
     """``swap_head`` for the run; returns the model, its input channels and the normalisation.
@@ -52,20 +65,15 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     cache serves them all, with the cache on or off alike.
     ``fresh=False`` (resuming) skips downloading weights that the checkpoint replaces anyway.
     """
-    import timm
-
     import surgery
 
     weights = cfg.pretrained or cfg.checkpoint is not None
     in_chans = cfg.in_chans or (3 if weights else data.channels)
-    kwargs: dict[str, Any] = dict(cfg.timm_options)
-    pcfg = timm.get_pretrained_cfg(cfg.model.split(".")[0])
-    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
-        kwargs.setdefault("img_size", img_size)  # ViT-style models: position embeddings for it
+    kwargs = timm_kwargs(cfg.model, cfg.timm_options, img_size)
     try:
         model = surgery.swap_head(
-            cfg.model, head=cfg.head, num_classes=data.num_classes, hidden=cfg.hidden,
-            dropout=cfg.dropout, input_size=img_size, in_chans=in_chans,
+            cfg.model, head=cfg.head_spec(), num_classes=data.num_classes,
+            input_size=img_size, in_chans=in_chans,
             pretrained=cfg.pretrained and fresh, checkpoint=cfg.checkpoint if fresh else None,
             **kwargs)
     except ValueError as err:

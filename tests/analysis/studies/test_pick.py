@@ -19,7 +19,7 @@ from analysis.studies import (
     recommend,
     run_pick,
 )
-from analysis.studies.spec import parse_head
+from surgery import parse_head
 
 
 def _row(head, mean, std, params):
@@ -60,10 +60,32 @@ def test_candidates_are_read_from_the_registry_at_run_time(monkeypatch):
     kind = surgery.HeadKind("toyhead", "a kind registered after import",
                             surgery.HEADS["gap"].build)
     monkeypatch.setitem(surgery.HEADS, "toyhead", kind)
-    heads, skipped = candidate_heads("test_resnet", img_size=32, in_chans=3)
+    heads, skipped = candidate_heads("test_resnet", img_size=128, in_chans=3)
     labels = [h.label for h in heads]
-    assert "toyhead" in labels and "original" in labels and not skipped
+    assert "toyhead" in labels and "original" in labels
+    assert [k for k, _ in skipped] == ["token"]  # a CNN: no class token
     assert labels[-len(VARIANTS):] == [parse_head(v).label for v in VARIANTS]
+
+
+@pytest.mark.parametrize("model, img_size, token, spp", [
+    ("test_resnet", 32, False, False),  # 1x1 grid: spp's 4x4 level does not fit
+    ("test_resnet", 128, False, True),  # 4x4 grid
+    ("test_vit", 32, True, False),      # a class token; 2x2 patches
+    ("test_vit", 64, True, True),       # 4x4 patches
+])
+def test_token_needs_a_class_token_and_spp_a_grid_that_holds_its_levels(model, img_size, token,
+                                                                         spp):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        heads, skipped = candidate_heads(model, img_size=img_size, in_chans=3)
+    kinds, why = [h.kind for h in heads], dict(skipped)
+    assert {"gap", "gmp", "gapmp", "flatten", "nin", "gem", "attn", "original"} <= set(kinds)
+    assert ("token" in kinds) is token and ("spp" in kinds) is spp
+    assert set(kinds) | set(why) == set(surgery.HEADS)  # every kind tried, once
+    if not token:
+        assert "no class token" in why["token"]
+    if not spp:
+        assert "needs a feature grid of at least 4x4" in why["spp"]
 
 
 @pytest.mark.slow
@@ -72,7 +94,8 @@ def test_a_model_without_its_own_head_has_no_original():
         warnings.simplefilter("ignore")
         heads, skipped = candidate_heads("mobilenetv5_300m_enc", img_size=64, in_chans=3)
     assert "original" not in [h.label for h in heads]
-    assert [k for k, _ in skipped] == ["original"] and "no classifier" in skipped[0][1]
+    why = dict(skipped)
+    assert list(why) == ["token", "original"] and "no classifier" in why["original"]
 
 
 def test_one_extraction_serves_every_head_and_seed(tmp_path):

@@ -191,3 +191,39 @@ def test_resume_refuses_a_backbone_whose_weights_changed(tmp_path):
     clear_memory()
     with pytest.raises(ValueError, match="other weights than the interrupted run"):
         _quiet(train, resume=tmp_path / "c")
+
+
+# a run's own on-disk cache (RUN/features) belongs to the run, like its files
+
+DISK = 0.00005  # GiB (52 KiB): above one batch of test_resnet's features, below the whole cache
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_cache(tmp_path):
+    clear_memory()
+
+    def boom(ctx):
+        if ctx["global_step"] == 2:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _quiet(train, tiny(tmp_path, name="d", feature_cache_mem_gb=DISK), on_step=boom)
+    assert not (tmp_path / "d").exists()
+    s = _quiet(train, tiny(tmp_path, name="d", feature_cache_mem_gb=DISK))  # the name is free
+    assert s["feature_cache"]["storage"] == "disk" and s["feature_cache"]["built"]
+    assert len(list((tmp_path / "d" / "features").glob("*.feat"))) == 1
+
+
+def test_overwrite_replaces_the_old_runs_cache_once_the_new_run_trains(tmp_path):
+    clear_memory()
+    old = _quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK))
+    old_file = old["feature_cache"]["path"]
+    clear_memory()
+    with pytest.raises(ValueError):  # fails before training: the old run stays whole
+        _quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK, overwrite=True,
+                           img_size=40, label_smoothing=1.5))
+    assert (tmp_path / "o" / "summary.json").is_file()
+    assert old_file in [str(p) for p in (tmp_path / "o" / "features").glob("*.feat")]
+    new = _quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK, overwrite=True,
+                             img_size=40))  # other features: another cache file
+    files = [str(p) for p in (tmp_path / "o" / "features").glob("*.feat")]
+    assert files == [new["feature_cache"]["path"]] and old_file not in files
