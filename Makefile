@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train \
-	export-coverage bench-export
+	bench-heads export-coverage bench-export
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ demo: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
+
+bench-heads: $(STAMP)
+	$(PY) benchmarks/head_study_speed.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow or smoke" $(PYTEST_ARGS)
