@@ -133,6 +133,17 @@ def _failure_lines(summary: dict[str, Any]) -> list[str]:
                                     "reason"], tablefmt="github"), ""]
 
 
+def _fallback_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Pairs the TorchScript exporter wrote, with the dynamo exporter's reason (a limitation
+    of torch.export / the dynamo exporter, named as such)."""
+    fell = [[r["model"], r["head"], str(r.get("fallback_reason") or "").replace("|", "/")]
+            for r in rows if r.get("exporter") == "torchscript"]
+    if not fell:
+        return ["None: the dynamo exporter wrote every exported pair.", ""]
+    return [tabulate(fell, headers=["architecture", "head", "why the dynamo exporter failed"],
+                     tablefmt="github"), ""]
+
+
 def _selection(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     selected = meta.get("selected") or []
     n = len(selected) or summary["architectures"]
@@ -203,6 +214,9 @@ def render_markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
         "",
         tabulate(fixed, headers=["reason", "pairs"], tablefmt="github") if fixed else "None.",
         "",
+        "## TorchScript fallbacks: where the dynamo exporter failed (exporter limitation)",
+        "",
+        *_fallback_lines(rows),
         "## Failures, and whose limitation each is",
         "",
         *_failure_lines(summary),

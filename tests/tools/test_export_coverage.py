@@ -37,6 +37,8 @@ def test_report_and_resume(tmp_path, capsys):
     md = (tmp_path / "export_coverage.md").read_text()
     assert "**4 of 4 pairs (100.0%) export and verify** (target 95%: met)" in md
     assert "| test_vit       | tokens   |" in md
+    fallbacks = md.split("## TorchScript fallbacks")[1].split("## Failures")[0]
+    assert fallbacks.count("it writes opsets 18-23, not 17") == 4  # opset 17: TorchScript only
     assert "4/4 pairs exported and verified" in capsys.readouterr().out
 
     assert tool.main([*ARGS, "--heads", "gap", "flatten", *out]) == 0  # all cached: nothing new
