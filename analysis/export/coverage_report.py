@@ -43,6 +43,13 @@ def fixed_reason_kind(reason: str | None) -> str | None:
     return "other: " + reason[:80]
 
 
+def _why_not_dynamic(row: dict[str, Any]) -> str:
+    """Why a verified pair does not count as dynamic in height and width."""
+    if "height" in row["dynamic_axes"]:  # the file is dynamic; no other size could be checked
+        return "H/W dynamic in the file, the other size checked refused by the model (unverified)"
+    return fixed_reason_kind(row["fixed_reason"]) or "other: no reason recorded"
+
+
 def _counts(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     applicable = [r for r in rows if r.get("limitation") != _NA]
     n = len(applicable)
@@ -74,7 +81,7 @@ def summarise(rows: Sequence[dict[str, Any]], heads: Sequence[str]) -> dict[str,
         "per_head": {h: _counts([r for r in rows if r["head"] == h]) for h in heads},
         "per_layout": {k: {**_counts(v), "architectures": len({r["model"] for r in v})}
                        for k, v in sorted(by_layout.items())},
-        "fixed_reasons": dict(Counter(fixed_reason_kind(r["fixed_reason"]) for r in rows
+        "fixed_reasons": dict(Counter(_why_not_dynamic(r) for r in rows
                                       if r["verified"] and not r["dynamic_hw"]).most_common()),
         "limitations": dict(Counter(f["limitation"] for f in failures).most_common()),
         "failures": failures,

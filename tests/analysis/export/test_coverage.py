@@ -81,5 +81,9 @@ def test_summarise_counts_and_leaves_out_not_applicable():
     assert s["per_head"]["flatten"]["verified"] == 1 and s["per_head"]["token"]["applicable"] == 0
     assert s["per_layout"]["lists"]["pairs"] == 2 and s["per_layout"]["tokens"]["pairs"] == 3
     assert s["fixed_reasons"] == {"Flatten head (by design)": 1}
+    # a dynamic file whose other size the model itself refuses (spp's grid minimum)
+    unchecked = {**_row("d", "spp"), "dynamic_hw": False}
+    assert summarise([unchecked], ["spp"])["fixed_reasons"] == {
+        "H/W dynamic in the file, the other size checked refused by the model (unverified)": 1}
     assert s["limitations"] == {"exporter": 1}
     assert s["not_applicable"] == [{"model": "c", "head": "token"}]
