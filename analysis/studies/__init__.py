@@ -4,18 +4,23 @@
 :func:`run_study` (runner) trains every pending run and writes the report (report, aggregate);
 :func:`collect` merges shard directories;
 robustness evaluates each trained model at other input sizes; a :class:`WorkerPool` (pool,
-worker) runs the jobs in reusable worker processes.
+worker) runs the jobs in reusable worker processes; on a cluster :func:`submit_study` and
+:func:`wait_study` (cluster) submit them as one job array through submitit and follows them (jobs).
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
+from .cluster import StudyTask, cancel_study, study_status, submit_study, wait_study
 from .collect import collect, load_records
+from .jobs import JOBS_FILE, RunState, read_jobs
 from .pool import Job, JobResult, WorkerPool
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
-from .runner import WORKER_TARGET, run_job, run_study
+from .runner import PLACEMENT_FILE, WORKER_TARGET, run_job, run_study
 from .spec import STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
 
-__all__ = ["STUDY_FILE", "WORKER_TARGET", "Combo", "Job", "JobResult", "StudySpec", "WorkerPool",
+__all__ = ["JOBS_FILE", "PLACEMENT_FILE", "STUDY_FILE", "WORKER_TARGET", "Combo", "Job",
+           "JobResult", "RunState", "StudySpec", "StudyTask", "WorkerPool", "cancel_study",
            "collect", "combinations", "default_sizes", "evaluate_run", "evaluate_sizes",
            "generalisation_gap", "group_rows", "load_records", "mean_std", "paired_differences",
-           "parse_shard", "run_job", "run_study", "select_shard", "write_report"]
+           "parse_shard", "read_jobs", "run_job", "run_study", "select_shard",
+           "study_status", "submit_study", "wait_study", "write_report"]
