@@ -9,8 +9,10 @@ array has ended. A run
 that failed is reported with its log and the study summarises the rest; running the command
 again submits the failed runs again and resumes them from their ``last.pt``. Each task runs one
 run (:class:`StudyTask`: the local launcher's :func:`run_job`) with its output in
-``logs/NAME.log``; submitit's own files (each task's stdout and stderr) go to ``logs/slurm/``. A
-task that Slurm preempts or times out is requeued by submitit and resumes its run.
+``logs/NAME.log``; submitit's own files (each task's stdout and stderr) go to
+``logs/submitit/``. A task that Slurm preempts or times out is requeued by submitit and resumes
+its run. ``submitit-local`` starts every run of the array at once (it has no queue): a dry run
+of a small grid, not a way to run a large one here.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def _submit(pending: list[Job], launcher: str, slurm: SlurmOptions, out: Path,
             threads: int | None) -> dict[str, Any]:
     """Submit the runs as one job array; record and return their jobs (run name -> job)."""
     ex = make_executor(launcher, out / "logs" / "submitit", slurm, name=f"study-{out.name}")
+    if launcher == "slurm" and not slurm.array_parallelism:
+        ex.update_parameters(array_parallelism=len(pending))  # submitit's own default caps at 256
     tasks = [StudyTask(j.name, j.payload, j.log, threads) for j in pending]
     with job_environment(threads):
         handles = ex.submit_array(tasks)
@@ -156,7 +160,7 @@ def submit_study(spec: StudySpec, out: str | Path, launcher: str, slurm: SlurmOp
     ``threads``: torch threads per run (default: the run's CPUs, ``slurm.cpus_per_task``)."""
     require_submitit(launcher)
     spec.check()
-    out = Path(out)
+    out = Path(out).absolute()  # the jobs may start in another directory (sbatch --chdir)
     open_study(spec, out, None)
     pending, done = pending_jobs(spec, out)
     before = run_states(out, [j.name for j in pending])
@@ -193,7 +197,8 @@ def wait_study(spec: StudySpec, out: str | Path, submission: dict[str, Any], *,
         else:
             result["busy" if s.state == "busy" else "failed"].append((s.name, s.message))
     result["timing"] = {"runs": len(final), "wall_s": time.perf_counter() - t0}
-    result["report"] = write_report(out, load_records([out], spec), spec)
+    missing = [name for name, _ in result["failed"] + result["busy"]]
+    result["report"] = write_report(out, load_records([out], spec), spec, missing=missing)
     return result
 
 

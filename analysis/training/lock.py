@@ -8,8 +8,9 @@ outlived its owner; a network file system still holding a dead node's lock) or, 
 system has no flock (some network file systems), merely recorded by an owner that is gone. An
 owner is gone when it was a process of this host that no longer exists, an earlier run of this
 very Slurm job (requeued after a preemption), or a Slurm job that is no longer in the queue
-(analysis.training.scheduler asks squeue; when squeue cannot answer, the owner counts as there). Locks are re-entrant within a process (a study
-job holds its run's lock and ``train`` takes it again). The file is removed on release, so a
+(analysis.training.scheduler asks squeue; when squeue cannot answer, the owner counts as
+there). Locks are re-entrant within a process (a study job holds its run's lock and ``train``
+takes it again). The file is removed on release, so a
 finished run directory holds no ``.lock``; a directory the lock created is removed again if the
 run left it empty.
 """
@@ -74,10 +75,10 @@ def lock_owner() -> dict[str, Any]:
 
 
 def run_owner(run_dir: str | Path) -> dict[str, Any]:
-    """Who holds ``run_dir`` now (its lock file's record), or ``{}``: no lock file, or its owner
-    is gone."""
-    owner = _read_owner(Path(run_dir) / LOCK_FILE)
-    return owner if owner and not _gone(owner) else {}
+    """What ``run_dir``'s lock file records about its holder (host, pid, Slurm job), or ``{}``
+    without one. It does not ask whether that holder still runs (which may take a call to
+    squeue): a caller that knows the run's job is running reads where it runs."""
+    return _read_owner(Path(run_dir) / LOCK_FILE)
 
 
 @contextmanager
@@ -180,15 +181,16 @@ def _user() -> str | None:
 def _gone(owner: dict[str, Any]) -> bool:
     """The recorded owner no longer runs: a process of this host that does not exist, an
     earlier run of our own Slurm job (requeued), or a Slurm job that has left the queue."""
+    job = owner.get("slurm_job_id")
+    here = lock_owner()
+    if job and job == here["slurm_job_id"] \
+            and int(owner.get("slurm_restart") or 0) < here["slurm_restart"]:
+        return True  # Slurm runs one incarnation of a job at a time (its pid may be reused)
     pid = owner.get("pid")
     if owner.get("host") == socket.gethostname() and isinstance(pid, int):
         return not process_alive(pid)
-    job = owner.get("slurm_job_id")
     if not job:
         return False  # another host without a job id: nothing to ask
-    here = lock_owner()
-    if job == here["slurm_job_id"] and int(owner.get("slurm_restart") or 0) < here["slurm_restart"]:
-        return True  # Slurm runs one incarnation of a job at a time
     queue = slurm_queue(owner.get("user"))
     return queue is not None and queue.get(str(job)) not in SLURM_LIVE
 
