@@ -167,3 +167,99 @@ def test_a_slurm_study_without_submitit_names_the_extra(tmp_path, monkeypatch, c
     argv = [*GRID, "--launcher", "slurm", "--out", str(tmp_path / "s")]
     assert run(lambda: compare_heads.main(argv)) == 2
     assert "pip install 'headswap[cluster]'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- submitit's local executor
+# the columns of runs.csv that depend on the machine and the moment, not on the training
+VOLATILE = {"epoch_time_s", "img_per_s", "peak_mem_mb", "time_s", "run_dir", "host", "job"}
+LOCAL = ["test_resnet", "--heads", "gap", "gmp", "--seeds", "0", "1", *SYNTH, "--epochs", "2",
+         "--robust-sizes", "16", "--threads", "1"]
+
+
+def _runs(out: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(out / "runs.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in VOLATILE} for row in csv.DictReader(f)]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_one_run_through_the_local_executor_is_waited_for_and_summarised(tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["test_resnet", "--heads", "gap", *SYNTH, "--robust-sizes", "16",
+            "--launcher", "submitit-local", "--slurm-cpus-per-run", "1", "--out", str(out)]
+    assert compare_heads.main(argv) == 0
+    said = capsys.readouterr().out
+    assert "submitted 1 runs (submitit-local job " in said and "ran 1, failed 0" in said
+    (run_dir,) = (out / "runs").iterdir()
+    job = read_jobs(out)["runs"][run_dir.name]["job"]
+    placement = json.loads((run_dir / "placement.json").read_text())
+    assert (placement["scheduler"], placement["job"]) == ("submitit-local", job)
+    log = (out / "logs" / f"{run_dir.name}.log").read_text()
+    assert log.startswith(f"== {run_dir.name}: job {job} on ")
+    assert (out / "logs" / "submitit" / f"{job}_0_log.out").is_file()
+    assert json.loads((out / "summary.json").read_text())["study"]["runs"] == 1
+
+
+@pytest.mark.slow
+def test_a_local_executor_study_survives_a_killed_run_and_equals_the_uninterrupted_one(
+        tmp_path, monkeypatch, capsys):
+    """2 heads x 2 seeds through --launcher submitit-local: submitted with --no-wait, one run
+    SIGKILLed mid-way (after 3 of its 4 steps); the same command again waits, reports the killed
+    run with its log and summarises the other three; once more it submits only the killed run,
+    which resumes, and the study equals one run here without a launcher."""
+    ref, out = tmp_path / "ref", tmp_path / "cluster"
+    assert compare_heads.main([*LOCAL, "--jobs", "0", "--out", str(ref)]) == 0
+    capsys.readouterr()
+    cmd = [*LOCAL, "--launcher", "submitit-local", "--out", str(out)]
+    victim = "test_resnet-gmp-synthetic-nall-s1"
+    pending_jobs = study_cluster.pending_jobs
+
+    def one_killed(spec, where, shard=None):
+        jobs, done = pending_jobs(spec, where, shard)
+        for job in jobs:
+            if job.name == victim:
+                job.payload["config"]["kill_after_steps"] = 3  # SIGKILL itself after step 3
+        return jobs, done
+
+    monkeypatch.setattr(study_cluster, "pending_jobs", one_killed)
+    assert compare_heads.main([*cmd, "--no-wait"]) == 0
+    monkeypatch.setattr(study_cluster, "pending_jobs", pending_jobs)
+    said = capsys.readouterr().out
+    assert "submitted 4 runs (submitit-local jobs" in said and "not waiting" in said
+    book = read_jobs(out)["runs"]
+    assert len(book) == 4 and {r["launcher"] for r in book.values()} == {"submitit-local"}
+
+    assert compare_heads.main(cmd) == 1  # the four are still running: nothing is resubmitted
+    io = capsys.readouterr()
+    assert "submitted 0 runs" in io.out and "4 already queued or running" in io.out
+    assert "ran 3, failed 1, busy 0" in io.out
+    assert f"failed: {victim}: the job ended without finishing the run" in io.err
+    assert str(out / "logs" / f"{victim}.log") in io.err
+    assert json.loads((out / "summary.json").read_text())["study"]["missing"] == [victim]
+    cut = out / "runs" / victim
+    assert (cut / "last.pt").is_file() and not (cut / "summary.json").exists()
+
+    assert compare_heads.main(["--status", "--out", str(out)]) == 1
+    states = _states(capsys.readouterr().out)
+    assert states.pop(victim) == "failed" and set(states.values()) == {"finished"}
+
+    assert compare_heads.main(cmd) == 0  # only the killed run again; it resumes
+    said = capsys.readouterr().out
+    assert "submitted 1 runs" in said and "3 finished before" in said
+    assert read_jobs(out)["runs"][victim]["job"] != book[victim]["job"]
+    assert (out / "logs" / f"{victim}.log").read_text().count(f"== {victim}: job ") == 2
+    assert _runs(out) == _runs(ref) and len(_runs(ref)) == 4
+    assert _metrics(cut) == _metrics(ref / "runs" / victim)
+    placement = json.loads((cut / "placement.json").read_text())
+    assert placement["scheduler"] == "submitit-local"
+    assert placement["job"] == read_jobs(out)["runs"][victim]["job"]
+    text = (out / "summary.md").read_text()
+    assert "## Where the runs ran" in text and "Missing runs" not in text
+    assert compare_heads.main(["--status", "--out", str(out)]) == 0
