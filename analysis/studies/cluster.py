@@ -48,6 +48,7 @@ from .spec import STUDY_FILE, StudySpec, combinations
 __all__ = ["StudyTask", "cancel_study", "study_status", "submit_study", "wait_study"]
 
 _POLL_S = {"slurm": 30.0, "submitit-local": 1.0}
+_MISSES = 10  # polls in a row squeue may fail (a busy controller) before the wait gives up
 
 
 @contextmanager
@@ -128,14 +129,17 @@ def _wait(out: Path, names: list[str], handles: dict[str, Any], poll_s: float,
     bar = progress_bar(len(names), "study runs", "run", per_update=True) \
         if progress and names else None
     ended: set[str] = set()
+    misses = 0
     while True:
         for handle in handles.values():
             handle.done()  # collects a local job's exit status
         states = run_states(out, names)
         unknown = [s.name for s in states.values() if s.state == "unknown"]
-        if unknown:
-            raise ValueError(f"cannot follow the study's jobs: squeue does not answer here "
-                             f"({len(unknown)} runs); check later with --status")
+        misses = misses + 1 if unknown else 0
+        if misses >= _MISSES:
+            raise ValueError(f"cannot follow the study's jobs: squeue did not answer {misses} "
+                             f"times in a row ({len(unknown)} runs); the jobs go on: run the "
+                             "same command again later, or check with --status")
         for s in states.values():
             if not s.live and s.name not in ended:
                 ended.add(s.name)

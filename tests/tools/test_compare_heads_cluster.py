@@ -140,6 +140,48 @@ def test_without_squeue_nothing_is_resubmitted_blindly(tmp_path, fake_slurm, cap
     assert set(_states(capsys.readouterr().out).values()) == {"unknown"}
 
 
+def test_the_wait_rides_out_a_busy_controller_for_a_while(tmp_path, fake_slurm, capsys,
+                                                          monkeypatch):
+    out = tmp_path / "study"
+    cmd = [*GRID, "--launcher", "slurm", "--out", str(out)]
+    submit = study_cluster.submit_study
+
+    def then_squeue_fails(*args, **kwargs):
+        submission = submit(*args, **kwargs)
+        (fake_slurm.state / "squeue_fails").touch()
+        return submission
+
+    monkeypatch.setattr(study_cluster, "submit_study", then_squeue_fails)
+    monkeypatch.setattr(compare_heads, "submit_study", then_squeue_fails)
+    polls = []
+
+    def recovers(seconds: float) -> None:  # squeue answers again at the 3rd poll: all done
+        polls.append(seconds)
+        if len(polls) == 2:
+            for job, name in {r["job"]: n for n, r in read_jobs(out)["runs"].items()}.items():
+                _finish(out, name, "node1", job)
+            (fake_slurm.state / "squeue_fails").unlink()
+
+    clock = SimpleNamespace(sleep=recovers, perf_counter=time.perf_counter, strftime=time.strftime)
+    monkeypatch.setattr(study_cluster, "time", clock)
+    assert compare_heads.main(cmd) == 0
+    assert "ran 4, failed 0" in capsys.readouterr().out and polls == [30.0, 30.0]
+
+    polls.clear()
+    (out / "summary.json").unlink()
+    for run_dir in (out / "runs").iterdir():
+        (run_dir / "summary.json").unlink()  # unfinished again, and squeue never answers
+    fake_slurm.set_queue({"1000_0": "RUNNING"})
+    monkeypatch.setattr(study_cluster, "time", SimpleNamespace(
+        sleep=polls.append, perf_counter=time.perf_counter, strftime=time.strftime))
+    capsys.readouterr()
+    assert run(lambda: compare_heads.main(cmd)) == 2
+    io = capsys.readouterr()
+    assert "submitted 3 runs (slurm job 1001;" in io.out  # 1000_0 is still running
+    assert "squeue did not answer 10 times in a row" in io.err
+    assert len(polls) == 9 and not (out / "summary.json").exists()
+
+
 @pytest.mark.parametrize("argv,message", [
     ([*GRID, "--slurm-partition", "gpu"], "--slurm-partition applies to --launcher slurm"),
     ([*GRID, "--no-wait"], "--no-wait applies to --launcher slurm or submitit-local"),
