@@ -146,8 +146,10 @@ def add_launcher_options(parser: argparse.ArgumentParser, *, study: bool) -> Non
                    help="local: here; slurm: submit to Slurm" + (" as one job array, a job per run"
                         if study else " as one (multi-node) DDP job") + "; submitit-local: the same "
                         "submission, as processes of this machine (a dry run)")
-    g.add_argument("--slurm-partition", default=None)
-    g.add_argument("--slurm-account", default=None)
+    g.add_argument("--slurm-partition", default=None, help="sbatch --partition (default: the "
+                   "cluster's default partition)")
+    g.add_argument("--slurm-account", default=None, help="sbatch --account (whom the time is "
+                   "charged to)")
     g.add_argument("--slurm-time", default=_DEFAULT_TIME, metavar="[D-]HH:MM:SS",
                    help=f"time limit of each job, or minutes (default {_DEFAULT_TIME})")
     g.add_argument("--slurm-mem", default=None, help="memory per node (e.g. 32G; default: the "
