@@ -5,7 +5,7 @@ held out from train, official test split); :class:`BatchTransform` resizes, crop
 normalises uint8 batches on the training device.
 """
 
-from .batches import BatchTransform, EpochSampler, iterate
+from .batches import BatchTransform, EpochSampler, crop_params, iterate
 from .images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from .readers import DEBIAN_FASHION_MNIST, read_idx  # importing registers the readers
 from .registry import DATASETS, RawData, register_dataset
@@ -13,5 +13,5 @@ from .splits import DataSplits, check_reader_options, load_dataset, stratified_i
 
 __all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "IMAGE_EXTENSIONS", "BadImageError",
            "BatchTransform", "DataSplits", "EpochSampler", "RawData", "check_reader_options",
-           "decode_image", "iterate", "load_dataset", "read_idx", "register_dataset",
+           "crop_params", "decode_image", "iterate", "load_dataset", "read_idx", "register_dataset",
            "stratified_indices"]
