@@ -11,8 +11,10 @@ again submits the failed runs again and resumes them from their ``last.pt``. Eac
 run (:class:`StudyTask`: the local launcher's :func:`run_job`) with its output in
 ``logs/NAME.log``; submitit's own files (each task's stdout and stderr) go to
 ``logs/submitit/``. A task that Slurm preempts or times out is requeued by submitit and resumes
-its run. ``submitit-local`` starts every run of the array at once (it has no queue): a dry run
-of a small grid, not a way to run a large one here.
+its run. Under a frozen backbone the tasks share one feature cache per backbone in
+``STUDY/features``, built by the first task that takes its lock (:func:`_warm_features`).
+``submitit-local`` starts every run of the array at once (it has no queue): a dry run of a
+small grid, not a way to run a large one here.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ from ..reporting import progress_bar
 from ..training import (
     RunInUseError,
     SlurmOptions,
+    TrainConfig,
     cancel_slurm_jobs,
     job_environment,
     make_executor,
     require_submitit,
     stop_process,
+    warm_feature_caches,
 )
-from .collect import load_records
+from .collect import is_done, load_records
 from .jobs import BUSY_PREFIX, LOCAL_MARKER, RunState, record_jobs, run_states
 from .pool import Job
 from .report import write_report
@@ -91,6 +95,7 @@ class StudyTask:
             print(f"== {self.name}: job {where['job']} on {where['host']} (pid {where['pid']}) "
                   f"at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
             try:
+                _warm_features(self.payload)
                 summary = run_job(self.payload)
             except RunInUseError as err:
                 print(BUSY_PREFIX + one_line(err, with_type=False), flush=True)
@@ -105,6 +110,25 @@ class StudyTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def _warm_features(payload: dict[str, Any]) -> None:
+    """Build the feature caches this run's frozen backbone shares with the study's unfinished
+    runs of the same model, once for the whole array: the first task to take a cache's lock
+    extracts it into ``STUDY/features``, the others wait and then read it (analysis.features),
+    as a local study warms them before its runs. Nothing when the backbone trains."""
+    cfg = TrainConfig.from_dict(payload["config"])
+    runs = Path(cfg.out)
+    if is_done(runs / str(cfg.name)):
+        return
+    spec = StudySpec.from_dict(read_json(runs.parent / STUDY_FILE))
+    same = [c.config(spec, runs) for c in combinations(spec) if c.model == cfg.model]
+    todo = [c for c in same if not is_done(runs / str(c.name))]
+    for info in warm_feature_caches(todo, directory=runs.parent / "features", shared=True,
+                                    progress=False):
+        how = f"extracted in {info['extract_s']:.1f} s" if info["built"] else "read"
+        print(f"features: {info['images']} images {how} ({info['mib']} MiB, {info['path']})",
+              flush=True)
 
 
 def _submit(pending: list[Job], launcher: str, slurm: SlurmOptions, out: Path,

@@ -305,3 +305,24 @@ def test_a_local_executor_study_survives_a_killed_run_and_equals_the_uninterrupt
     text = (out / "summary.md").read_text()
     assert "## Where the runs ran" in text and "Missing runs" not in text
     assert compare_heads.main(["--status", "--out", str(out)]) == 0
+
+
+@pytest.mark.slow
+def test_the_tasks_of_a_linear_probe_study_share_one_feature_cache(tmp_path, capsys):
+    """Two heads on one frozen backbone as two local jobs started at once: one extracts the
+    features into STUDY/features under the cache's lock, the other waits and reads them."""
+    out = tmp_path / "probe"
+    argv = ["test_resnet", "--heads", "gap", "gmp", *SYNTH, "--regime", "linear-probe",
+            "--robust-sizes", "16", "--launcher", "submitit-local", "--slurm-cpus-per-run", "1",
+            "--out", str(out)]
+    assert compare_heads.main(argv) == 0
+    assert "ran 2, failed 0" in capsys.readouterr().out
+    (cache,) = (out / "features").glob("*.feat")
+    logs = [p.read_text() for p in sorted((out / "logs").glob("*.log"))]
+    lines = [ln for log in logs for ln in log.splitlines() if ln.startswith("features: ")]
+    assert len(lines) == 2 and all(str(cache) in ln for ln in lines)
+    assert sum(" extracted in " in ln for ln in lines) == 1
+    assert sum(ln.startswith("features: 72 images read") for ln in lines) == 1  # 36+12+24
+    for run_dir in (out / "runs").iterdir():  # each run reads the study's file, builds nothing
+        info = json.loads((run_dir / "summary.json").read_text())["feature_cache"]
+        assert info["used"] and info["path"] == str(cache) and not info["built"], info
