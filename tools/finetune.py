@@ -120,9 +120,12 @@ def _submit(args: argparse.Namespace, given: dict | None) -> int:
           f"{slurm.tasks_per_node} process(es) for {run_dir}; logs in {finetune_logs(run_dir)}",
           flush=True)
     if args.no_wait:
+        layout = f"--slurm-nodes {slurm.nodes} --slurm-gpus-per-node {slurm.gpus_per_node}"
+        if slurm.tasks_per_node != max(1, slurm.gpus_per_node):
+            layout += f" --slurm-tasks-per-node {slurm.tasks_per_node}"
         print(f"not waiting: the run resumes by itself after a preemption; if the job fails, "
               f"continue it with: python tools/finetune.py --resume {run_dir} --launcher "
-              f"{args.launcher}")
+              f"{args.launcher} {layout}")
         return 0
     try:
         summary = wait_finetune(job)

@@ -24,7 +24,9 @@ def test_a_multi_node_fine_tune_is_one_job_of_nodes_by_gpus(tmp_path, fake_slurm
     assert finetune.main(argv) == 0
     said = capsys.readouterr().out
     assert f"submitted slurm job 1000: 2 node(s) x 4 process(es) for {tmp_path / 'r'}" in said
-    assert f"logs in {tmp_path / 'r.logs'}" in said and "--resume" in said
+    assert f"logs in {tmp_path / 'r.logs'}" in said
+    assert (f"--resume {tmp_path / 'r'} --launcher slurm --slurm-nodes 2 --slurm-gpus-per-node 4"
+            in said)  # the same number of processes
     (script,) = fake_slurm.scripts()
     lines = script.splitlines()
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4",
