@@ -5,16 +5,15 @@ the report.
 (analysis.studies.jobs) as one job array (``--launcher slurm``; ``submitit-local`` makes the
 same submission with processes of this machine) and records the job ids in ``jobs.json``;
 :func:`wait_study` waits with a progress bar over finished runs and writes the report when the
-array has ended. A run
-that failed is reported with its log and the study summarises the rest; running the command
-again submits the failed runs again and resumes them from their ``last.pt``. Each task runs one
-run (:class:`StudyTask`: the local launcher's :func:`run_job`) with its output in
-``logs/NAME.log``; submitit's own files (each task's stdout and stderr) go to
-``logs/submitit/``. A task that Slurm preempts or times out is requeued by submitit and resumes
-its run. Under a frozen backbone the tasks share one feature cache per backbone in
-``STUDY/features``, built by the first task that takes its lock (:func:`_warm_features`).
-``submitit-local`` starts every run of the array at once (it has no queue): a dry run of a
-small grid, not a way to run a large one here.
+array has ended. A run that failed is reported with its log and the study summarises the
+rest; running the command again submits the failed runs again and resumes them from their
+``last.pt``. Each task runs one run (:class:`StudyTask`: the local launcher's
+:func:`run_job`) with its output in ``logs/NAME.log``; submitit's own files (each task's stdout
+and stderr) go to ``logs/submitit/``. A task that Slurm preempts or times out is requeued by
+submitit and resumes its run. Under a frozen backbone the tasks share one feature cache per
+backbone in ``STUDY/features``, built by the first task that takes its lock
+(:func:`_warm_features`). ``submitit-local`` starts every run of the array at once (it has no
+queue): a dry run of a small grid, not a way to run a large one here.
 """
 
 from __future__ import annotations

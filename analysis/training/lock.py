@@ -10,9 +10,8 @@ owner is gone when it was a process of this host that no longer exists, an earli
 very Slurm job (requeued after a preemption), or a Slurm job that is no longer in the queue
 (analysis.training.scheduler asks squeue; when squeue cannot answer, the owner counts as
 there). Locks are re-entrant within a process (a study job holds its run's lock and ``train``
-takes it again). The file is removed on release, so a
-finished run directory holds no ``.lock``; a directory the lock created is removed again if the
-run left it empty.
+takes it again). The file is removed on release, so a finished run directory holds no
+``.lock``; a directory the lock created is removed again if the run left it empty.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -113,19 +114,29 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def stop_process(pid: int, marker: str | None = None) -> bool:
-    """Interrupt a local job: SIGINT to its process and every descendant (submitit's local
-    controller, or the shell that runs the job's set-up commands first, and its tasks); True if
-    it was alive."""
+def stop_process(pid: int, marker: str | None = None, grace_s: float = 5.0) -> bool:
+    """Stop a local job as scancel stops a Slurm one: SIGINT to its process and every
+    descendant (submitit's local controller, or the shell that runs the job's set-up commands
+    first, and its tasks), then SIGKILL to those still there after ``grace_s`` seconds (a
+    process started with SIGINT ignored, as under nohup-like launchers, ignores it too). True
+    if it was alive."""
     if not process_alive(pid, marker):
         return False
     family, i = [pid], 0
     while i < len(family):
         family += _children(family[i])
         i += 1
-    for member in family:
+    _signal(family, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(process_alive(p) for p in family):
+        time.sleep(0.1)
+    _signal([p for p in family if process_alive(p)], signal.SIGKILL)
+    return True
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for member in pids:
         try:
-            os.kill(member, signal.SIGINT)
+            os.kill(member, sig)
         except ProcessLookupError:
             pass
-    return True

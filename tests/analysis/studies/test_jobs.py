@@ -5,19 +5,23 @@ ours, cancelled with its children."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from analysis.studies import cancel_study, read_jobs, study_status
 from analysis.studies.jobs import record_jobs, run_states
 
 
-def _local_job(tag: str) -> subprocess.Popen:
+def _local_job(tag: str, sigint: object = signal.SIG_DFL) -> subprocess.Popen:
     """A stand-in for a local job's controller: a shell (its command line names ``tag``) with a
-    child process."""
-    return subprocess.Popen(["/bin/sh", "-c", f"sleep 60; true  # {tag}"])
+    child process, both with ``sigint`` as their SIGINT disposition."""
+    return subprocess.Popen(["/bin/sh", "-c", f"sleep 60; true  # {tag}"],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
 def test_local_jobs_are_running_while_their_process_is_ours(tmp_path):
@@ -41,10 +45,12 @@ def test_local_jobs_are_running_while_their_process_is_ours(tmp_path):
     assert run_states(tmp_path, ["a"])["a"].state == "failed"  # its process has ended
 
 
-def test_cancel_interrupts_a_local_job_and_its_children(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["interrupted",
+                                                                          "ignores-sigint"])
+def test_cancel_interrupts_a_local_job_and_its_children(tmp_path, monkeypatch, sigint):
     from analysis.studies import cluster
 
-    job = _local_job("submitit")
+    job = _local_job("submitit", sigint)
     try:
         record_jobs(tmp_path, "submitit-local", {"r": str(job.pid)}, {"r": "logs/r.log"})
         monkeypatch.setattr(cluster, "_study_names", lambda out: ["r"])
@@ -55,8 +61,13 @@ def test_cancel_interrupts_a_local_job_and_its_children(tmp_path, monkeypatch):
                 break
             time.sleep(0.05)
         (child,) = map(int, children.read_text().split())
+        t0 = time.monotonic()
         assert [s.name for s in cancel_study(tmp_path)] == ["r"]
-        assert job.wait(timeout=10) != 0
+        seconds = time.monotonic() - t0
+        if sigint == signal.SIG_DFL:  # SIGINT stops it at once
+            assert job.wait(timeout=10) == -signal.SIGINT and seconds < 4
+        else:  # killed after the grace period
+            assert job.wait(timeout=10) == -signal.SIGKILL and seconds >= 5
         for _ in range(100):
             if not Path(f"/proc/{child}").exists() or \
                     Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] == "Z":
