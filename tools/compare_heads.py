@@ -177,6 +177,10 @@ def _on_cluster(args: argparse.Namespace, spec: StudySpec) -> int:
     if args.shard:
         raise ValueError("--shard splits a study by hand; with a cluster launcher the scheduler "
                          "spreads the runs: drop --shard")
+    if args.jobs != 1 or args.runs_per_worker:
+        raise ValueError("--jobs and --runs-per-worker say how a local study runs; with a cluster "
+                         "launcher each run is its own array task: drop them (limit runs at once "
+                         "with --slurm-array-parallelism)")
     slurm = slurm_options_from_args(args)
     sub = submit_study(spec, args.out, args.launcher, slurm, threads=args.threads)
     jobs = sorted({j.split("_")[0] for j in sub["submitted"].values()})
