@@ -20,6 +20,7 @@ from .files import (
     check_writable,
     finite,
     read_json,
+    write_error,
     write_json,
 )
 from .heads import (
@@ -46,5 +47,5 @@ __all__ = [
     "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options", "check_writable",
     "closest_model_names", "head_label", "expand_model_names", "finite", "load", "load_backbone",
     "one_line", "parse_options", "parse_value", "probe_features", "read_json", "read_model_file",
-    "register_head", "save", "swap_head", "swap_report", "write_json",
+    "register_head", "save", "swap_head", "swap_report", "write_error", "write_json",
 ]

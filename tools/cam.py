@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.machine import resolve_device
     from analysis.reporting import figure_format
     from analysis.saliency import cam_support, class_activation_maps, draw_cams, flat_map_warning
-    from analysis.training import TrainConfig, load_run_data
+    from analysis.training import config_from_record, load_run_data
     from surgery import read_json
 
     args = build_parser().parse_args(argv)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         raise ValueError(f"{args.run_dir.name}: {reason}")
     meta = read_json(args.run_dir / "config.json")
-    cfg, res = TrainConfig.from_dict(meta["config"]), meta["resolved"]
+    cfg, res = config_from_record(meta["config"]), meta["resolved"]
     data = load_run_data(cfg)
     n = min(args.images, len(data.test_y))
     idx = stratified_indices(data.test_y, n, args.seed)

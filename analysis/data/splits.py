@@ -1,5 +1,7 @@
 """Splits: validation held out from the official train split, a stratified training subset,
-the official test split kept whole, all in memory as uint8.
+the official test split kept whole, all as uint8: tensors in memory, or ImageArrays whose rows
+stay in a memory-mapped file (a decoded image folder) until a batch is gathered. Selecting a
+split copies nothing from such a file (analysis.data.arrays.take).
 
 Resizing, augmentation and normalisation happen per batch on the training device
 (analysis.data.batches), never per image in PIL.
@@ -8,12 +10,14 @@ Resizing, augmentation and normalisation happen per batch on the training device
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .arrays import Images, take
 from .registry import DATASETS, RawData
 
 __all__ = ["DataSplits", "check_reader_options", "load_dataset", "stratified_indices"]
@@ -21,18 +25,21 @@ __all__ = ["DataSplits", "check_reader_options", "load_dataset", "stratified_ind
 
 @dataclass
 class DataSplits:
-    """Train subset, validation (held out from train) and official test split, in memory.
+    """Train subset, validation (held out from train) and official test split.
 
+    Images are uint8 ``(N, C, H, W)``: a tensor, or an ImageArray over a memory-mapped file
+    (index both with ``x[idx]`` or ``x[a:b]``; select subsets with analysis.data.take).
     ``mean`` and ``std`` are per-channel statistics of the training subset on the 0..1 scale,
-    used to normalise when the backbone is not pretrained.
+    used to normalise when the backbone is not pretrained. ``info["load_s"]`` is the time the
+    load took (s): reading, decoding or opening the cache, splitting and the statistics.
     """
 
     name: str
-    train_x: torch.Tensor
+    train_x: Images
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: Images
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: Images
     test_y: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...] = ()
@@ -109,9 +116,27 @@ def _check_classes(name: str, raw: RawData) -> None:
             "(synthetic: --data-option num_classes=2 or more; imagefolder: a folder per class)")
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    flat = x[: 10_000].transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
-    return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-3).tolist())
+def _channel_stats(x: Images, max_images: int = 10_000, max_values: int = 2**27,
+                   chunk_values: int = 2**23) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std on the 0..1 scale of an evenly spaced sample of ``x``:
+    at most ``max_images`` images and ``max_values`` pixel values, summed in float64 a chunk of
+    about ``chunk_values`` values at a time (bounded memory, whatever the image size)."""
+    n, c = len(x), int(x.shape[1])
+    per_image = max(1, int(torch.Size(x.shape[1:]).numel()))
+    k = max(1, min(n, max_images, max_values // per_image))
+    idx = torch.arange(n) if k == n else torch.linspace(0, n - 1, k).round().long()
+    step = max(1, chunk_values // per_image)
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for s in range(0, k, step):
+        block = x[idx[s:s + step]].transpose(0, 1).reshape(c, -1).to(torch.float64)
+        total += block.sum(1)
+        squares += (block * block).sum(1)
+    count = k * per_image // c
+    mean = total / count
+    var = (squares - count * mean * mean) / max(1, count - 1)
+    std = var.clamp_min(0).sqrt() / 255.0
+    return tuple((mean / 255.0).tolist()), tuple(std.clamp_min(1e-3).tolist())
 
 
 def load_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = False,
@@ -121,6 +146,7 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     (stratified, by ``seed``; an int count or a fraction), then a stratified ``train_size`` subset
     of the rest (all of it when None). The official test split is kept whole. ``options`` go to
     the reader (e.g. ``num_classes`` for ``synthetic``, ``image_size`` for ``imagefolder``)."""
+    t0 = time.perf_counter()
     check_reader_options(name, options)
     raw = DATASETS[name](data_dir, download, **options)
     _check_classes(name, raw)
@@ -141,10 +167,17 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
                              f"{n_all} training images, {len(pool)} after holding out "
                              f"{n_val} for validation; use --train-size {len(pool)} or less")
         pool = pool[stratified_indices(raw.train_y[pool], train_size, seed + 1)]
-    tx, ty = raw.train_x[pool].contiguous(), raw.train_y[pool].contiguous()
+    tx, ty = _whole(take(raw.train_x, pool)), raw.train_y[pool].contiguous()
     mean, std = _channel_stats(tx)
-    return DataSplits(name, tx, ty, raw.train_x[val_idx].contiguous(), raw.train_y[val_idx],
-                      raw.test_x.contiguous(), raw.test_y.contiguous(), list(raw.classes),
+    return DataSplits(name, tx, ty, _whole(take(raw.train_x, val_idx)), raw.train_y[val_idx],
+                      _whole(raw.test_x), raw.test_y.contiguous(), list(raw.classes),
                       mean, std, raw.source,
                       info={"train": len(ty), "val": n_val, "test": len(raw.test_y),
-                            "image_size": list(tx.shape[-2:]), "channels": int(tx.shape[1])})
+                            "image_size": list(tx.shape[-2:]), "channels": int(tx.shape[1]),
+                            "load_s": round(time.perf_counter() - t0, 3)})
+
+
+def _whole(x: Images) -> Images:
+    """A tensor made contiguous (a small copy at most); an ImageArray as it is (its rows stay
+    on disk)."""
+    return x.contiguous() if isinstance(x, torch.Tensor) else x

@@ -23,6 +23,7 @@ from typing import Any
 
 from surgery import read_json, write_json
 
+from ..data import decodes_files
 from ..training import TrainConfig, load_run_data, train
 from .collect import is_done, load_records, settings_mismatch
 from .report import write_report
@@ -66,6 +67,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _warm_decode_cache(job: dict[str, Any]) -> None:
+    """Decode an image folder here, once, with its progress bar, before child processes start:
+    they then open the cache instead of waiting for the first of them to decode it."""
+    cfg = TrainConfig.from_dict(job["config"])
+    if decodes_files(cfg.dataset):
+        load_run_data(cfg)
+
+
 def _spawn(job: dict[str, Any], log: Path, threads: int) -> tuple[int, str]:
     """Run one job in a child process (``python -m analysis.studies.runner JOB``); (exit code, last line)."""
     root = str(Path(__file__).resolve().parent.parent)
@@ -101,6 +110,8 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             result["skipped"].append(name)
         else:
             pending.append((name, job))
+    if pending and jobs > 0:
+        _warm_decode_cache(pending[0][1])
     bar = _bar(len(pending), progress)
     if jobs <= 0:
         for name, job in pending:

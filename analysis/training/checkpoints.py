@@ -18,7 +18,7 @@ import surgery
 from surgery import HeadSwapped, read_json
 
 from . import distributed
-from .config import TrainConfig
+from .config import TrainConfig, config_from_record
 from .distributed import DistInfo
 
 __all__ = ["epoch_aug_rng", "fresh_running", "gather_rank_states", "last_extra", "load_resume",
@@ -78,7 +78,7 @@ def load_resume(run_dir: Path) -> tuple[TrainConfig, dict[str, Any] | None,
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no config.json there (is it "
                                 "a run directory written by tools/finetune.py?)")
-    cfg = TrainConfig.from_dict(read_json(run_dir / "config.json")["config"])
+    cfg = config_from_record(read_json(run_dir / "config.json")["config"])
     cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
     if (run_dir / "summary.json").is_file():
         return cfg, dict(read_json(run_dir / "summary.json")), None

@@ -14,7 +14,7 @@ from typing import Any
 
 from surgery import HEADS, parse_options
 
-from ..data import DATASETS
+from ..data import DATASETS, RESIZE_POLICIES
 from .config import OPTIMIZERS, REGIMES, TrainConfig
 
 __all__ = ["add_training_options", "config_from_args", "config_values"]
@@ -71,13 +71,30 @@ def _add_data(p: argparse.ArgumentParser, per_run: bool) -> None:
                          "every run (default: all of it)")
     da.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                     help="reader option, repeatable (synthetic: num_classes, n_train, n_test, "
-                         "image_size, channels; imagefolder: image_size, gray, test_fraction)")
+                         "image_size, channels; imagefolder: gray, test_fraction, image_size "
+                         "(default: --img-size, else 64))")
     da.add_argument("--skip-bad-images", action="store_true",
                     help="imagefolder: leave out unreadable (corrupt, truncated) images with a "
                          "warning naming them, instead of stopping at the first")
-    da.add_argument("--img-size", type=int, default=None, help="resize to this (default: native)")
+    da.add_argument("--img-size", type=int, default=None,
+                    help="resize to this (default: native); image folders are decoded at it")
     da.add_argument("--no-augment", dest="augment", action="store_false",
                     help="no random crop / flip")
+    _add_decoding(p)
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    de = p.add_argument_group("image files (imagefolder): decoded once, cached on disk")
+    de.add_argument("--resize", default=d.resize, choices=RESIZE_POLICIES,
+                    help="how an image becomes a square: shorter-crop (shorter side to the size, "
+                         "centre crop, as timm's eval transform), squash (both sides to the "
+                         f"size), pad (letterbox, black) (default {d.resize})")
+    de.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                    help="decoding processes (default: every core)")
+    de.add_argument("--data-cache-dir", default=None, metavar="DIR",
+                    help="where decoded image folders are cached (default: $HEADSWAP_DATA_CACHE, "
+                         "else ~/.cache/headswap/data)")
 
 
 def _add_optimisation(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from surgery import HeadSwapped
 
-from ..data import BatchTransform, DataSplits, EpochSampler
+from ..data import BatchTransform, DataSplits, EpochSampler, ImageArray, Images, take, to_device
 from . import distributed
 from .config import TrainConfig, load_run_data
 from .distributed import DistInfo
@@ -52,9 +52,9 @@ class RunParts:
     step: TrainStep
     sampler: EpochSampler
     schedule: Schedule
-    train_x: torch.Tensor     # the training images, on the device when they fit
+    train_x: Images           # the training images: on the GPU when they fit, else on the host
     train_y: torch.Tensor
-    train_eval: tuple[torch.Tensor, torch.Tensor]  # fixed sample for eval-mode train metrics
+    train_eval: tuple[Images, torch.Tensor]  # fixed sample for eval-mode train metrics
     eval_batch_size: int
     costs: dict[str, Any]
 
@@ -99,20 +99,24 @@ def _schedule(cfg: TrainConfig, sampler: EpochSampler) -> Schedule:
     return Schedule(steps, cfg.epochs * steps, int(round(cfg.warmup_epochs * steps)))
 
 
-def _train_eval_sample(data: DataSplits, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed sample of the training set (as large as validation), evaluated like validation."""
+def _train_eval_sample(data: DataSplits, cfg: TrainConfig) -> tuple[Images, torch.Tensor]:
+    """A fixed sample of the training set (as large as validation), evaluated like validation
+    (a selection of rows: images on disk stay there)."""
     n = len(data.train_y)
     n_eval = min(n, cfg.train_eval_size or max(len(data.val_y), 1))
     g = torch.Generator().manual_seed(cfg.seed + 2)
     idx = torch.sort(torch.randperm(n, generator=g)[:n_eval]).values
-    return data.train_x[idx], data.train_y[idx]
+    return take(data.train_x, idx), data.train_y[idx]
 
 
-def _training_tensors(data: DataSplits, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training images and labels, moved to the GPU when they are small enough."""
-    if device.type == "cuda" and data.train_x.numel() < 2**31:
-        return data.train_x.to(device), data.train_y.to(device)
-    return data.train_x, data.train_y
+def _training_tensors(data: DataSplits, device: torch.device) -> tuple[Images, torch.Tensor]:
+    """The training images and labels, moved to the GPU when they are small enough (images on
+    disk are copied a chunk at a time); on the CPU they stay where they are."""
+    x = data.train_x
+    size = x.nbytes if isinstance(x, ImageArray) else x.numel()
+    if device.type == "cuda" and size < 2**31:
+        return to_device(x, device), data.train_y.to(device)
+    return x, data.train_y
 
 
 def assemble_run(cfg: TrainConfig, state: dict[str, Any] | None, data: DataSplits | None,

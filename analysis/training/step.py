@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import BatchTransform, iterate
+from ..data import BatchTransform, Images, iterate
 from .distributed import DistInfo
 
 __all__ = ["NonFiniteLossError", "RunningLoss", "TrainStep", "evaluate", "lr_factor",
@@ -111,7 +111,7 @@ class TrainStep:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: BatchTransform,
+def evaluate(model: nn.Module, x: Images, y: torch.Tensor, transform: BatchTransform,
              batch_size: int, amp_dtype: torch.dtype | None = None,
              dist: DistInfo | None = None) -> tuple[float, float]:
     """Mean cross-entropy (nats) and accuracy (fraction) of ``model`` in eval mode on ``(x, y)``.

@@ -1,0 +1,184 @@
+"""The decode cache: decoded once and reopened, keyed by files and settings, only changes decoded
+again, interrupted decodes resume and never read as complete, one build under two processes,
+unreadable images named or skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from analysis.data import (
+    BadImageError,
+    DecodeSpec,
+    ImageArray,
+    decode_folder,
+    decode_pixels,
+    load_dataset,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+SPEC = DecodeSpec(12, "shorter-crop")
+
+
+def _photo(seed: int, width: int = 30, height: int = 20) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def make_folder(root: Path, per_class: int = 6, corrupt: bool = False) -> Path:
+    """Two classes of JPEGs and PNGs of assorted shapes and kinds (EXIF-rotated, CMYK, palette,
+    16-bit, RGBA), and with ``corrupt`` a truncated JPEG."""
+    for k, cls in enumerate(("cat", "dog")):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            _photo(10 * k + i, 24 + 3 * i, 18 + 2 * k).save(root / cls / f"{i:02d}.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    _photo(90).save(root / "cat" / "rotated.jpg", exif=exif.tobytes())
+    _photo(91).convert("CMYK").save(root / "cat" / "cmyk.jpg")
+    _photo(92).convert("P").save(root / "dog" / "palette.png")
+    Image.fromarray((np.arange(400).reshape(20, 20) * 150).astype(np.uint16)).save(
+        root / "dog" / "deep.png")
+    _photo(93).convert("RGBA").save(root / "dog" / "alpha.png")
+    if corrupt:
+        data = (root / "cat" / "00.jpg").read_bytes()
+        (root / "dog" / "zz-cut.jpg").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_first_load_decodes_then_reopens_memory_mapped(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    first = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=2)
+    again = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=2)
+    n = len(_files(root))
+    assert first.decoded == n and again.decoded == 0
+    assert isinstance(again.images, ImageArray) and isinstance(again.images.base, np.memmap)
+    assert again.images.shape == (n, 3, 12, 12) and again.labels.tolist() == [0] * 8 + [1] * 9
+    # each row is the file decoded on its own, in the folder's order (class, then path)
+    order = sorted(_files(root), key=lambda p: (p.parent.name, p.name))
+    for i, path in enumerate(order):
+        assert np.array_equal(again.images[[i]][0].numpy(), decode_pixels(path, 12))
+
+
+def test_the_key_is_the_files_size_policy_and_colour_mode(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=2)
+    cache = tmp_path / "cache"
+    for spec in (SPEC, DecodeSpec(16, "shorter-crop"), DecodeSpec(12, "pad"),
+                 DecodeSpec(12, "shorter-crop", gray=True)):
+        assert decode_folder(root, ["cat", "dog"], spec, cache_dir=cache, workers=1).decoded == 9
+    assert len([d for d in cache.iterdir() if d.is_dir()]) == 4
+    gray = decode_folder(root, ["cat", "dog"], DecodeSpec(12, "shorter-crop", gray=True),
+                         cache_dir=cache)
+    assert gray.decoded == 0 and gray.images.shape[1] == 1
+
+
+def test_only_changed_files_are_decoded_again(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
+    _photo(1234).save(root / "cat" / "03.jpg")                  # edited
+    os.utime(root / "cat" / "03.jpg", ns=(1, 10**18))
+    _photo(999).save(root / "dog" / "new.jpg")                   # added
+    (root / "dog" / "alpha.png").unlink()                        # removed
+    got = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
+    assert got.decoded == 2 and len(got.labels) == 17
+    order = sorted(_files(root), key=lambda p: (p.parent.name, p.name))
+    for i, path in enumerate(order):                             # copied rows are right too
+        assert np.array_equal(got.images[[i]][0].numpy(), decode_pixels(path, 12)), path
+    assert len(list((cache).rglob("images-*.npy"))) == 1         # the old array is gone
+
+
+def test_a_decode_stopped_at_a_bad_image_resumes_and_never_reads_complete(tmp_path):
+    root = make_folder(tmp_path / "imgs", corrupt=True)
+    cache = tmp_path / "cache"
+    with pytest.raises(BadImageError, match="zz-cut.jpg"):
+        decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=2)
+    folder = next(cache.iterdir())
+    assert not (folder / "manifest.json").exists() and not list(folder.glob("images-*.npy"))
+    with pytest.raises(BadImageError, match="zz-cut.jpg"):        # still stops, decodes nothing new
+        decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=2)
+    got = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, stop_on_bad=False)
+    assert got.decoded == 0 and got.bad[0][0] == os.path.join("dog", "zz-cut.jpg")
+    assert len(got.labels) == len(_files(root)) - 1
+    # the complete cache remembers the bad file: without skipping it is named again
+    with pytest.raises(BadImageError, match="zz-cut.jpg"):
+        decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache)
+
+
+_KILLED_CHILD = """
+import os, signal, sys
+import analysis.data.decode_build as build
+from analysis.data import DecodeSpec, decode_folder
+
+real = build.decode_files
+def dying(jobs, *args, **kw):  # SIGKILL after 5 images: no cleanup, no finally
+    for k, item in enumerate(real(jobs, *args, **kw)):
+        if k == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield item
+build.decode_files = dying
+decode_folder(sys.argv[1], ["cat", "dog"], DecodeSpec(12, "shorter-crop"), cache_dir=sys.argv[2],
+              workers=1)
+"""
+
+
+def test_a_killed_decode_is_not_complete_and_resumes_from_its_done_rows(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _KILLED_CHILD, str(root), str(cache)], env=env)
+    assert proc.returncode == -9
+    folder = next(cache.iterdir())
+    assert not (folder / "manifest.json").exists()               # never reads as complete
+    got = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
+    assert got.decoded == len(_files(root)) - 5                  # the 5 done rows were kept
+    order = sorted(_files(root), key=lambda p: (p.parent.name, p.name))
+    for i, path in enumerate(order):
+        assert np.array_equal(got.images[[i]][0].numpy(), decode_pixels(path, 12)), path
+
+
+_BUILDER = """
+import sys
+from analysis.data import DecodeSpec, decode_folder
+got = decode_folder(sys.argv[1], ["cat", "dog"], DecodeSpec(12, "shorter-crop"),
+                    cache_dir=sys.argv[2], workers=1, progress=False)
+print(got.decoded)
+"""
+
+
+def test_two_processes_build_the_cache_once(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=20)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(root), str(cache)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    counts = sorted(int(p.communicate()[0].split()[-1]) for p in procs)
+    assert counts == [0, len(_files(root))]
+
+
+def test_imagefolder_decodes_at_the_size_asked_under_the_policy(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    d = load_dataset("imagefolder", data_dir=root, val_size=2, image_size=20, resize="pad",
+                     cache_dir=tmp_path / "cache")
+    assert d.train_x.shape[1:] == (3, 20, 20) and isinstance(d.train_x, ImageArray)
+    manifest = json.loads(next((tmp_path / "cache").rglob("manifest.json")).read_text())
+    assert (manifest["size"], manifest["resize"], manifest["mode"]) == (20, "pad", "RGB")
+
+
+def test_a_cache_dir_that_cannot_be_written_is_one_clear_error(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"--data-cache-dir .*file.* is a file"):
+        decode_folder(root, ["cat", "dog"], SPEC, cache_dir=tmp_path / "file")
