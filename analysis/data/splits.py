@@ -117,7 +117,7 @@ def _check_classes(name: str, raw: RawData) -> None:
 
 
 def _channel_stats(x: Images, max_images: int = 10_000, max_values: int = 2**27,
-                   chunk_values: int = 2**23) -> tuple[tuple[float, ...], tuple[float, ...]]:
+                   chunk_values: int = 2**20) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (unbiased) std on the 0..1 scale of an evenly spaced sample of ``x``:
     at most ``max_images`` images and ``max_values`` pixel values, summed in float64 a chunk of
     about ``chunk_values`` values at a time (bounded memory, whatever the image size)."""

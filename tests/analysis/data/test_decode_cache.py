@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from analysis.data import (
     BadImageError,
@@ -22,35 +21,10 @@ from analysis.data import (
     decode_pixels,
     load_dataset,
 )
+from tests.image_folders import make_folder, photo
 
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = DecodeSpec(12, "shorter-crop")
-
-
-def _photo(seed: int, width: int = 30, height: int = 20) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def make_folder(root: Path, per_class: int = 6, corrupt: bool = False) -> Path:
-    """Two classes of JPEGs and PNGs of assorted shapes and kinds (EXIF-rotated, CMYK, palette,
-    16-bit, RGBA), and with ``corrupt`` a truncated JPEG."""
-    for k, cls in enumerate(("cat", "dog")):
-        (root / cls).mkdir(parents=True)
-        for i in range(per_class):
-            _photo(10 * k + i, 24 + 3 * i, 18 + 2 * k).save(root / cls / f"{i:02d}.jpg")
-    exif = Image.Exif()
-    exif[0x0112] = 8
-    _photo(90).save(root / "cat" / "rotated.jpg", exif=exif.tobytes())
-    _photo(91).convert("CMYK").save(root / "cat" / "cmyk.jpg")
-    _photo(92).convert("P").save(root / "dog" / "palette.png")
-    Image.fromarray((np.arange(400).reshape(20, 20) * 150).astype(np.uint16)).save(
-        root / "dog" / "deep.png")
-    _photo(93).convert("RGBA").save(root / "dog" / "alpha.png")
-    if corrupt:
-        data = (root / "cat" / "00.jpg").read_bytes()
-        (root / "dog" / "zz-cut.jpg").write_bytes(data[: len(data) // 3])
-    return root
 
 
 def _files(root: Path) -> list[Path]:
@@ -88,9 +62,9 @@ def test_only_changed_files_are_decoded_again(tmp_path):
     root = make_folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
     decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
-    _photo(1234).save(root / "cat" / "03.jpg")                  # edited
+    photo(1234).save(root / "cat" / "03.jpg")                  # edited
     os.utime(root / "cat" / "03.jpg", ns=(1, 10**18))
-    _photo(999).save(root / "dog" / "new.jpg")                   # added
+    photo(999).save(root / "dog" / "new.jpg")                   # added
     (root / "dog" / "alpha.png").unlink()                        # removed
     got = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
     assert got.decoded == 2 and len(got.labels) == 17
