@@ -67,12 +67,14 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _warm_decode_cache(job: dict[str, Any]) -> None:
+def _warm_decode_cache(job: dict[str, Any]) -> float:
     """Decode an image folder here, once, with its progress bar, before child processes start:
-    they then open the cache instead of waiting for the first of them to decode it."""
+    they then open the cache instead of waiting for the first of them to decode it. Returns the
+    seconds it took (0 for data sets that decode no files)."""
     cfg = TrainConfig.from_dict(job["config"])
-    if decodes_files(cfg.dataset):
-        load_run_data(cfg)
+    if not decodes_files(cfg.dataset):
+        return 0.0
+    return float(load_run_data(cfg).info["load_s"])
 
 
 def _spawn(job: dict[str, Any], log: Path, threads: int) -> tuple[int, str]:
@@ -94,14 +96,15 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     """Run this shard's combinations not yet done, then write the report of the directory.
 
     Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "report": {...}}``
-    (run names). ``threads``: torch threads per child (default: cores / jobs; on a shared,
+    (run names), and ``data_load_s``: the seconds this process spent decoding (or opening) an
+    image folder's cache before starting child processes. ``threads``: torch threads per child (default: cores / jobs; on a shared,
     busy CPU 1 is faster). In-process (``jobs=0``) errors propagate; in child processes a failed run is
     recorded with the last line of its log (``logs/NAME.log``) and the others continue.
     """
     spec.check()
     out = Path(out)
     _open_study(spec, out, shard)
-    result: dict[str, Any] = {"ran": [], "skipped": [], "failed": []}
+    result: dict[str, Any] = {"ran": [], "skipped": [], "failed": [], "data_load_s": 0.0}
     pending = []
     for combo in select_shard(combinations(spec), shard):
         job = _job(combo, spec, out)
@@ -111,7 +114,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
         else:
             pending.append((name, job))
     if pending and jobs > 0:
-        _warm_decode_cache(pending[0][1])
+        result["data_load_s"] = _warm_decode_cache(pending[0][1])
     bar = _bar(len(pending), progress)
     if jobs <= 0:
         for name, job in pending:

@@ -120,3 +120,16 @@ def test_an_image_array_indexes_like_a_tensor():
     assert torch.equal(take(sub_t, [2, 3])[:], take(sub_a, [2, 3])[:])
     with pytest.raises(IndexError, match="out of range for 4 images"):
         sub_a[torch.tensor([4])]
+
+
+def test_channel_statistics_are_those_of_the_images_whatever_their_size():
+    from analysis.data.splits import _channel_stats
+
+    small = torch.randint(0, 256, (500, 3, 6, 6), dtype=torch.uint8)     # all of it is counted
+    flat = small.transpose(0, 1).reshape(3, -1).double() / 255
+    mean, std = _channel_stats(small)
+    assert mean == pytest.approx(flat.mean(1).tolist(), abs=1e-12)
+    assert std == pytest.approx(flat.std(1).tolist(), abs=1e-12)
+    big = ImageArray(np.broadcast_to(np.arange(3, dtype=np.uint8)[None, :, None, None] * 100,
+                                     (4000, 3, 96, 96)))              # a sample of it, in chunks
+    assert _channel_stats(big) == ((0.0, 100 / 255, 200 / 255), (1e-3, 1e-3, 1e-3))
