@@ -1,7 +1,8 @@
 """headswap.surgery: what a model becomes.
 
 Load any timm backbone, probe what its features look like, and replace its classifier with a
-head from one registry (gap, gmp, gapmp, flatten, nin, original), leaving its weights untouched.
+head from one registry (gap, gmp, gapmp, gem, attn, token, spp, flatten, nin, original), written
+as a spec with options (``gem:p=3:learn_p=0``), leaving the backbone's weights untouched.
 The small shared pieces every layer above uses live here too, at the bottom of the dependency
 order: the one-line text of an error, atomic file writes, ``KEY=VALUE`` options.
 """
@@ -13,7 +14,7 @@ from .backbone import (
     expand_model_names,
     load_backbone,
 )
-from .errors import one_line
+from .errors import one_line, one_line_warnings
 from .files import (
     atomic_write,
     atomic_write_bytes,
@@ -25,27 +26,38 @@ from .files import (
 )
 from .heads import (
     HEADS,
-    FeaturePool,
     HeadKind,
     NinHead,
     PoolHead,
+    add_head_kind,
     as_hidden,
     build_head,
     check_head_args,
-    head_label,
     register_head,
 )
 from .layout import FeatureInfo, probe_features
-from .options import parse_options, parse_value
+from .options import Option, format_value, parse_options, parse_value
+from .pooling import (
+    AttentionPool,
+    ClassTokenPool,
+    FeaturePool,
+    GeMPool,
+    PyramidPool,
+    feature_grid,
+)
 from .report import swap_report
 from .serialize import load, read_model_file, save
+from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spec_help
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 
 __all__ = [
-    "HEADS", "RESERVED_TIMM_OPTIONS", "FeatureInfo", "FeaturePool", "HeadKind", "HeadSwapped",
-    "NinHead", "OriginalHead", "PoolHead", "RemovedModule", "as_hidden", "atomic_write",
-    "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options", "check_writable",
-    "closest_model_names", "head_label", "expand_model_names", "finite", "load", "load_backbone",
-    "one_line", "parse_options", "parse_value", "probe_features", "read_json", "read_model_file",
-    "register_head", "save", "swap_head", "swap_report", "write_error", "write_json",
+    "HEADS", "RESERVED_TIMM_OPTIONS", "AttentionPool", "ClassTokenPool", "FeatureInfo",
+    "FeaturePool", "GeMPool", "HeadKind", "HeadSpec", "HeadSwapped", "NinHead", "Option",
+    "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "add_head_kind", "as_hidden",
+    "atomic_write", "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options",
+    "check_writable", "closest_model_names", "expand_model_names", "feature_grid", "finite",
+    "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
+    "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
+    "read_json", "read_model_file", "register_head", "resolve_head", "save", "spec_help",
+    "swap_head", "swap_report", "write_error", "write_json",
 ]

@@ -23,7 +23,7 @@ from .heads import HEADS
 from .layout import FeatureInfo, default_input_size, probe_features
 from .swap import swap_head
 
-__all__ = ["check_architecture", "check_timm_max", "summarize"]
+__all__ = ["check_architecture", "check_timm_max", "merge_records", "summarize"]
 
 BATCH = 2
 
@@ -46,12 +46,13 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
                  ) -> tuple[dict[str, Any], FeatureInfo | None]:
     """Swap each head kind onto a copy of ``backbone``; the features are computed once.
 
-    One probe serves every swap; the pooling heads share one backbone forward (their backbones
-    are pruned the same way); ``original`` changes the backbone (timm's reset_classifier) and
-    runs whole.
+    One probe serves every swap; the pooling heads share one backbone forward per feature source
+    (their backbones are pruned the same way); ``original`` changes the backbone (timm's
+    reset_classifier) and runs whole.
     """
     results: dict[str, Any] = {}
-    feats = info = None
+    info = None
+    feats: dict[str, torch.Tensor] = {}  # by feature source (the token head on PiT differs)
     try:
         probe = probe_features(backbone)  # once: every swap below reuses it
     except Exception as err:
@@ -69,10 +70,10 @@ def _check_heads(backbone: torch.nn.Module, heads: Sequence[str], num_classes: i
                 if head == "original":
                     out = _run(model, x)
                 else:
-                    if feats is None:
+                    if info.source not in feats:
                         with torch.no_grad():
-                            feats = model.eval().forward_features(x)
-                    out = _run(model.head, feats)
+                            feats[info.source] = model.eval().forward_features(x)
+                    out = _run(model.head, feats[info.source])
             results[head] = _shape_record(out, num_classes)
             notes = sorted({str(w.message).split(";")[0] for w in caught
                             if "1x1" in str(w.message)})
@@ -136,8 +137,25 @@ def check_architecture(name: str, heads: Sequence[str] | None = None,
     return record
 
 
+def merge_records(earlier: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """An earlier record of one architecture completed by a later check of more head kinds:
+    the head results side by side, the time added, built on the CPU if either check was."""
+    if earlier is None:
+        return new
+    merged = {**earlier, **{k: v for k, v in new.items() if k not in ("heads", "seconds")}}
+    merged["heads"] = {**earlier["heads"], **new["heads"]}
+    merged["seconds"] = round(earlier.get("seconds", 0.0) + new.get("seconds", 0.0), 3)
+    if "cpu" in (earlier.get("device"), new.get("device")):
+        merged["device"] = "cpu"
+    for key in ("build_errors", "meta_errors"):
+        if key in earlier or key in new:
+            merged[key] = {**earlier.get(key, {}), **new.get(key, {})}
+    return merged
+
+
 # a refusal that is the right answer: the head kind does not exist for that architecture
-NOT_APPLICABLE = ("has no classifier of its own",)
+# (``original`` on feature encoders without a classifier; ``token`` without a class token)
+NOT_APPLICABLE = ("has no classifier of its own", "has no class token")
 
 
 def _not_applicable(error: str) -> bool:
@@ -149,8 +167,9 @@ def summarize(records: Iterable[dict[str, Any]], heads: Sequence[str] | None = N
     """Per-head counts of working architectures, failures with reasons, layouts and devices.
 
     A head that does not exist for an architecture (``original`` on timm's feature encoders,
-    which have no classifier to reset) is counted as not applicable, with its reason, and left
-    out of the percentage.
+    which have no classifier to reset; ``token`` on models without a class token) is counted as
+    not applicable, with its reason, and left out of the percentage; so is a head an interrupted
+    sweep has not checked yet on an architecture (``not_checked``: rerun to resume).
     """
     records = sorted(records, key=lambda r: r["model"])
     heads = list(heads or HEADS)
@@ -158,17 +177,22 @@ def summarize(records: Iterable[dict[str, Any]], heads: Sequence[str] | None = N
     failures: dict[str, list[dict[str, str]]] = {h: [] for h in heads}
     not_applicable: dict[str, list[dict[str, str]]] = {h: [] for h in heads}
     for head in heads:
-        ok = 0
+        ok = unchecked = 0
         for r in records:
-            res = r["heads"].get(head, {"ok": False, "error": "not run"})
+            res = r["heads"].get(head)
+            if res is None:
+                unchecked += 1
+                continue
             if res["ok"]:
                 ok += 1
                 continue
             entry = {"model": r["model"], "error": res.get("error", "?")}
             (not_applicable if _not_applicable(entry["error"]) else failures)[head].append(entry)
-        applicable = len(records) - len(not_applicable[head])
+        applicable = len(records) - len(not_applicable[head]) - unchecked
         per_head[head] = {"ok": ok, "total": len(records), "not_applicable": len(not_applicable[head]),
                           "percent": round(100.0 * ok / max(1, applicable), 2)}
+        if unchecked:
+            per_head[head]["not_checked"] = unchecked
     layouts = Counter(r.get("features", {}).get("layout", "unknown") for r in records)
     devices = Counter(r.get("device", "?") for r in records)
     single = sorted(r["model"] for r in records

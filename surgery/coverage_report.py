@@ -17,10 +17,38 @@ def _group_failures(failures: list[dict[str, str]]) -> dict[str, list[str]]:
     return dict(sorted(groups.items(), key=lambda kv: -len(kv[1])))
 
 
+def _reason(error: str) -> str:
+    """A refusal without the model's name, so that one reason groups many architectures:
+    'ValueError: vit_x has no class token (...)' -> 'no class token (...)'."""
+    text = error.split(": ", 1)[-1]
+    for marker in (" has no ",):
+        if marker in text:
+            return "no " + text.split(marker, 1)[1]
+    return text
+
+
+def _not_applicable_lines(na: dict[str, list[dict[str, str]]]) -> list[str]:
+    """Per head, the architectures where it does not exist, grouped by the reason."""
+    na = {h: v for h, v in na.items() if v}
+    if not na:
+        return []
+    lines = ["## Not applicable", ""]
+    for head, entries in na.items():
+        lines.append(f"- {head}: {len(entries)} architectures")
+        groups: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            groups[_reason(e["error"])].append(e["model"])
+        for reason, models in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"  - {reason}: {len(models)} ({', '.join(models)})")
+    return [*lines, ""]
+
+
 def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     """The committed report: per-head totals, layouts seen, and every failure with its reason."""
-    rows = [[h, s["ok"], s.get("not_applicable", 0), s["total"] - s["ok"] - s.get("not_applicable", 0),
+    rows = [[h, s["ok"], s.get("not_applicable", 0),
+             s["total"] - s["ok"] - s.get("not_applicable", 0) - s.get("not_checked", 0),
              s["total"], f"{s['percent']:.2f}%"] for h, s in summary["per_head"].items()]
+    unchecked = {h: s["not_checked"] for h, s in summary["per_head"].items() if s.get("not_checked")}
     lines = [
         "# Zoo coverage: every head kind on every timm architecture",
         "",
@@ -37,6 +65,10 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         tabulate(rows, headers=["head", "working", "not applicable", "failing", "architectures",
                                 "coverage of applicable"], tablefmt="github"),
         "",
+        *(["**Sweep in progress**: not checked yet: " + ", ".join(
+            f"{h} on {n:,} architectures" for h, n in unchecked.items())
+           + " (their rows count only the architectures checked so far; rerun the command to "
+           "resume).", ""] if unchecked else []),
         "Feature layouts: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["layouts"].items()))
         + ". Built on: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["devices"].items()))
         + ".",
@@ -55,15 +87,7 @@ def render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [f"Final grid 1x1 at the default size (gap, gmp and flatten coincide there): "
                   f"{len(summary['single_position'])} architectures: "
                   + ", ".join(summary["single_position"]) + ".", ""]
-    na = {h: v for h, v in summary.get("not_applicable", {}).items() if v}
-    if na:
-        lines += ["## Not applicable", ""]
-        for head, entries in na.items():
-            names = ", ".join(e["model"] for e in entries)
-            lines.append(f"- {head}: {len(entries)} architectures that timm builds as feature "
-                         f"encoders, with no classifier of their own to reset ({names}). "
-                         "Every pooling head works on them.")
-        lines.append("")
+    lines += _not_applicable_lines(summary.get("not_applicable", {}))
     lines.append("## Failures")
     any_failure = False
     for head, failures in summary["failures"].items():

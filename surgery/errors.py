@@ -1,12 +1,20 @@
-"""The one-line text of an exception, for tables, reports and CLI error lines.
+"""The one-line text of an exception, for tables, reports and CLI error lines; and of a warning.
 
 Tracebacks and multi-line messages from torch or timm do not fit a table cell or a JSON field;
 every place that records an error records :func:`one_line` of it, cut at the same length.
+:func:`one_line_warnings` shows warnings the same way: ``warning: <message>``, one line each,
+without the source line Python echoes under it.
 """
 
 from __future__ import annotations
 
-__all__ = ["one_line", "MAX_ERROR_CHARS"]
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+__all__ = ["one_line", "one_line_warnings", "MAX_ERROR_CHARS"]
 
 MAX_ERROR_CHARS = 300
 
@@ -31,3 +39,22 @@ def one_line(err: BaseException | str, limit: int = MAX_ERROR_CHARS, with_type: 
         space = cut.rfind(" ")
         text = (cut[:space] if space > 3 * len(cut) // 4 else cut).rstrip(" ,;:") + "..."
     return text
+
+
+@contextmanager
+def one_line_warnings(ignore: tuple[type[Warning], ...] = (FutureWarning,),
+                      stream: TextIO | None = None) -> Iterator[None]:
+    """Inside the block, show each warning as one ``warning: <message>`` line on ``stream``
+    (default: stderr at the time) and ignore the ``ignore`` categories (timm's and torch's
+    deprecation notices). The warning filters are restored afterwards, and every warning is
+    shown again inside a new block (a worker process running many runs logs each run's own)."""
+    def show(message: Any, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        print(f"warning: {one_line(str(message), limit=2 * MAX_ERROR_CHARS)}",
+              file=stream or sys.stderr, flush=True)
+
+    with warnings.catch_warnings():  # entering it also forgets which warnings were shown
+        for category in ignore:
+            warnings.simplefilter("ignore", category)
+        warnings.showwarning = show
+        yield

@@ -1,104 +1,50 @@
-"""Head registry: one short name per kind of classifier, one factory per name.
+"""Head registry: one short name per kind of classifier, one factory per name, its options.
 
-A head is composition: a pooling (``avg``, ``max``, ``avgmax``, ``flatten``) over the backbone's
-feature positions, an optional MLP (``hidden`` sizes with ReLU and dropout), then the output
-Linear. ``nin`` (Network in Network: 1x1 convolution to the classes, then global average) is the
-one head with its own class, since its pooling comes last. ``original`` keeps timm's own head,
-reset to the new number of classes, as the baseline.
+A head is composition: a pooling (surgery.pooling: ``avg``, ``max``, ``avgmax``, ``flatten``,
+generalized mean, attention, class token, pyramid) over the backbone's feature positions, an
+optional MLP (``hidden`` sizes with ReLU and dropout), then the output Linear. ``nin`` (Network in
+Network: 1x1 convolution to the classes, then global average) is the one head with its own class,
+since its pooling comes last. ``original`` keeps timm's own head, reset to the new number of
+classes, as the baseline.
 
-Pooling is ours, not timm's ``global_pool``: several timm families accept ``'max'`` and silently
-do something else. It is written against ``x.mean`` / ``x.amax`` over the patch positions only,
-never over class, distillation or register tokens.
+Each kind declares its options (name, type, default, range) as :class:`surgery.options.Option`;
+every buildable kind takes ``hidden`` and ``dropout``. Users write a head with its options as a
+spec, ``gem:p=3:learn_p=0`` (surgery.spec parses it against these declarations).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from .layout import FeatureInfo
+from .options import Option
+from .pooling import (
+    POOLINGS,
+    AttentionPool,
+    ClassTokenPool,
+    FeaturePool,
+    GeMPool,
+    GridMismatchError,
+    PyramidPool,
+)
 
 __all__ = [
     "HEADS", "HeadKind", "add_head_kind", "register_head", "build_head", "check_head_args",
-    "head_label", "as_hidden",
-    "FeaturePool", "PoolHead", "NinHead", "GridMismatchError", "POOLINGS",
+    "PoolHead", "NinHead", "as_hidden",
+    "FeaturePool", "GridMismatchError", "POOLINGS", "MLP_OPTIONS",
 ]
 
-POOLINGS = ("avg", "max", "avgmax", "flatten")
-
-
-class GridMismatchError(ValueError):
-    """A Flatten head was fed a feature grid other than the one it was built for."""
-
-    def __init__(self, built: tuple[int, ...], got: tuple[int, ...], built_input: tuple[int, int]):
-        self.built, self.got, self.built_input = built, got, built_input
-        super().__init__(self.describe(None))
-
-    def describe(self, got_input: tuple[int, int] | None) -> str:
-        def grid(g: tuple[int, ...]) -> str:
-            return f"{g[0]}-token" if len(g) == 1 else "x".join(map(str, g))
-        seen = f" (input {got_input[0]}x{got_input[1]})" if got_input else ""
-        return (f"Flatten head was built for a {grid(self.built)} grid (input "
-                f"{self.built_input[0]}x{self.built_input[1]}) but got {grid(self.got)}{seen}; "
-                "pooling heads (gap, gmp, gapmp, nin) take any size")
-
-
-def _positions(x: torch.Tensor, info: FeatureInfo) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Features as (B, C, L) for NCHW / NCL or (B, L, C) otherwise, prefix tokens removed.
-
-    Returns the tensor and its spatial grid (for the Flatten size check).
-    """
-    if x.dim() == 2:  # backbone pooled already
-        x = x.unsqueeze(1)
-    if info.layout == "NCHW":
-        return x.flatten(2), tuple(x.shape[2:])
-    if info.layout == "NCL":
-        return x, (x.shape[2],)
-    if info.layout == "NHWC":
-        return x.flatten(1, 2), tuple(x.shape[1:3])
-    x = x[:, info.num_prefix_tokens:]
-    return x, (x.shape[1],)
-
-
-class FeaturePool(nn.Module):
-    """Collapse the feature positions to one vector per image.
-
-    ``avg``: mean over positions (C features); ``max``: maximum (C); ``avgmax``: both,
-    concatenated (2C); ``flatten``: every position kept (C * positions), fixed grid.
-    """
-
-    def __init__(self, pool: str, info: FeatureInfo):
-        super().__init__()
-        if pool not in POOLINGS:
-            raise ValueError(f"unknown pooling {pool!r}; choose from {', '.join(POOLINGS)}")
-        self.pool = pool
-        self.info = info
-        # positions as _positions() sees them: the patch-token count for token models
-        self.grid = info.grid if info.layout in ("NCHW", "NHWC") else (info.num_positions,)
-
-    @property
-    def out_features(self) -> int:
-        c = self.info.channels
-        return {"avg": c, "max": c, "avgmax": 2 * c, "flatten": c * self.info.num_positions}[self.pool]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid = _positions(x, self.info)
-        dim = 2 if self.info.layout in ("NCHW", "NCL") else 1
-        if self.pool == "avg":
-            return x.mean(dim)
-        if self.pool == "max":
-            return x.amax(dim)
-        if self.pool == "avgmax":
-            return torch.cat([x.mean(dim), x.amax(dim)], dim=1)
-        if tuple(grid) != tuple(self.grid):
-            raise GridMismatchError(self.info.grid, tuple(grid), self.info.input_size)
-        return x.flatten(1)
-
-    def extra_repr(self) -> str:
-        return f"pool={self.pool!r}, layout={self.info.layout}, grid={self.info.grid}"
+MLP_OPTIONS = (
+    Option("hidden", "ints", (), "widths of Linear-ReLU-Dropout layers before the output layer",
+           low=1, short="h"),
+    Option("dropout", "float", 0.0, "dropout before the output layer (and after each hidden)",
+           low=0.0, high=1.0, high_open=True, short="d"),
+)
 
 
 def _mlp(in_features: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
@@ -112,13 +58,17 @@ def _mlp(in_features: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Se
 
 
 class PoolHead(nn.Module):
-    """pooling -> [Linear-ReLU-Dropout]* -> Linear: the gap, gmp, gapmp and flatten heads."""
+    """pooling -> [Linear-ReLU-Dropout]* -> Linear: every head but ``nin`` and ``original``.
 
-    def __init__(self, pool: str, info: FeatureInfo, num_classes: int,
+    ``pool`` is a pooling name of :data:`POOLINGS` or a pooling module with ``out_features``.
+    """
+
+    def __init__(self, pool: str | nn.Module, info: FeatureInfo, num_classes: int,
                  hidden: Sequence[int] = (), dropout: float = 0.0):
         super().__init__()
-        self.pool = FeaturePool(pool, info)
-        self.pre_logits, width = _mlp(self.pool.out_features, hidden, dropout)
+        self.pool = FeaturePool(pool, info) if isinstance(pool, str) else pool
+        width: int = getattr(self.pool, "out_features")  # noqa: B009
+        self.pre_logits, width = _mlp(width, hidden, dropout)
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,17 +118,24 @@ class NinHead(nn.Module):
         return maps.mean((2, 3)) if maps.dim() == 4 else maps.mean(1)
 
 
-HeadBuilder = Callable[[FeatureInfo, int, Sequence[int], float], nn.Module]
+# (features, num_classes, hidden, dropout, **kind options) -> head module
+HeadBuilder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
 class HeadKind:
-    """One entry of the registry: the name users type, a one-line description, a factory."""
+    """One entry of the registry: the name users type, a one-line description, a factory, the
+    options it takes (the MLP options included) and when to choose it."""
 
     name: str
     description: str
     build: HeadBuilder | None  # None: built by swap_head from the backbone itself (``original``)
     any_input_size: bool = True
+    options: tuple[Option, ...] = ()
+    needs_class_token: bool = False
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
 
     def __str__(self) -> str:
         return self.name
@@ -195,12 +152,17 @@ def add_head_kind(kind: HeadKind) -> HeadKind:
     return kind
 
 
-def register_head(name: str, description: str, any_input_size: bool = True
+def register_head(name: str, description: str, any_input_size: bool = True,
+                  options: Sequence[Option] = (), needs_class_token: bool = False
                   ) -> Callable[[HeadBuilder], HeadBuilder]:
-    """Decorator adding a head factory ``(features, num_classes, hidden, dropout) -> Module``."""
+    """Decorator adding a head factory ``(features, num_classes, hidden, dropout, **options)``.
+
+    ``options`` are the kind's own; ``hidden`` and ``dropout`` are added to every kind.
+    """
 
     def add(fn: HeadBuilder) -> HeadBuilder:
-        add_head_kind(HeadKind(name, description, fn, any_input_size))
+        add_head_kind(HeadKind(name, description, fn, any_input_size, (*options, *MLP_OPTIONS),
+                               needs_class_token))
         return fn
 
     return add
@@ -220,6 +182,45 @@ register_head("flatten", "Flatten + Dense over the whole feature grid (fixed inp
               any_input_size=False)(_pool_head("flatten"))
 register_head("nin", "1x1 convolution to the classes, then global average (Network in Network)")(
     lambda info, k, hidden, dropout: NinHead(info, k, hidden, dropout))
+
+
+@register_head("gem", "generalized mean pooling (mean(clamp(x, eps)^p))^(1/p), learnable p",
+               options=(Option("p", "float", 3.0, "initial exponent: 1 is the mean, large is "
+                               "near the maximum", low=1.0),
+                        Option("learn_p", "bool", True, "learn p with the head (0: frozen)"),
+                        Option("eps", "float", 1e-6, "features below eps count as eps",
+                               low=0.0, low_open=True)))
+def _gem(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: float,
+         p: float = 3.0, learn_p: bool = True, eps: float = 1e-6) -> nn.Module:
+    return PoolHead(GeMPool(info, p, learn_p, eps), info, num_classes, hidden, dropout)
+
+
+@register_head("attn", "attention pooling: a learned query attends over all positions",
+               options=(Option("num_heads", "int", None, "attention heads (default: the "
+                               "largest divisor of the channels <= channels // 64)", low=1,
+                               short="heads"),))
+def _attn(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: float,
+          num_heads: int | None = None) -> nn.Module:
+    return PoolHead(AttentionPool(info, num_heads), info, num_classes, hidden, dropout)
+
+
+@register_head("token", "the class token (after the final norm), as a ViT's own head",
+               needs_class_token=True)
+def _token(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: float,
+           norm: nn.Module | None = None) -> nn.Module:
+    return PoolHead(ClassTokenPool(info, norm), info, num_classes, hidden, dropout)
+
+
+@register_head("spp", "spatial pyramid pooling: n x n bins per level, concatenated",
+               options=(Option("levels", "ints", (1, 2, 4), "bins per side at each level",
+                               low=1),
+                        Option("pool", "choice", "max", "pooling in each bin",
+                               choices=("max", "avg"), short="")))
+def _spp(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: float,
+         levels: Sequence[int] = (1, 2, 4), pool: str = "max") -> nn.Module:
+    return PoolHead(PyramidPool(info, levels, pool), info, num_classes, hidden, dropout)
+
+
 add_head_kind(HeadKind("original", "timm's own head, reset to num_classes (baseline)", None))
 
 
@@ -235,9 +236,13 @@ def as_hidden(hidden: int | Sequence[int] | None) -> tuple[int, ...]:
     return tuple(hidden)
 
 
-def check_head_args(head: str, num_classes: int, hidden: int | Sequence[int],
-                    dropout: float) -> None:
-    """Validate user-supplied head options with messages that say what to pass instead."""
+def check_head_args(head: str, num_classes: int, hidden: int | Sequence[int], dropout: float,
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validate a head kind and its options; returns the kind options, typed.
+
+    Messages say what to pass instead; the option values are checked against the kind's
+    declarations (surgery.options.Option). ``hidden=512`` is one layer.
+    """
     hidden = as_hidden(hidden)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
@@ -245,29 +250,42 @@ def check_head_args(head: str, num_classes: int, hidden: int | Sequence[int],
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
         raise ValueError(f"hidden sizes must be positive integers, got {tuple(hidden)!r}")
-    if not 0.0 <= float(dropout) < 1.0:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if head == "original" and (hidden or dropout):
-        raise ValueError("the original head is timm's own: hidden and dropout apply to the "
-                         "pooling heads (gap, gmp, gapmp, flatten, nin)")
-
-
-def head_label(head: str, hidden: Sequence[int] = (), dropout: float = 0.0) -> str:
-    """The name of a head with its options in tables, run names and study labels:
-    ``gap``, ``flatten-h256-d0.5``, ``nin-h64x32``."""
-    parts = [head]
-    if hidden:
-        parts.append("h" + "x".join(map(str, hidden)))
-    if dropout:
-        parts.append(f"d{dropout:g}")
-    return "-".join(parts)
+    kind = HEADS[head]
+    if head == "original" and (hidden or dropout or options):
+        raise ValueError("the original head is timm's own: it takes no options; hidden and "
+                         "dropout apply to the other heads (" + ", ".join(
+                             h for h in HEADS if h != "original") + ")")
+    typed: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        option = kind.option(key)
+        if option is None or key in ("hidden", "dropout"):
+            own = [o.name for o in kind.options if o.name not in ("hidden", "dropout")]
+            raise ValueError(f"head {head!r} has no option {key!r}; it takes "
+                             f"{', '.join(own) or 'none of its own'} (and hidden, dropout)")
+        typed[key] = value if value is None and option.default is None \
+            else option.coerce(value, f"{head}:{key}={value}")
+    return typed
 
 
 def build_head(head: str, info: FeatureInfo, num_classes: int,
-               hidden: int | Sequence[int] = (), dropout: float = 0.0) -> nn.Module:
-    """A new head of kind ``head`` for features described by ``info``."""
-    check_head_args(head, num_classes, hidden, dropout)
+               hidden: int | Sequence[int] = (), dropout: float = 0.0, **options: Any) -> nn.Module:
+    """A new head of kind ``head`` for features described by ``info``.
+
+    ``options`` are the kind's own (``p=3`` for gem, ``levels=(1, 2, 4)`` for spp, ...), as
+    declared in ``HEADS[head].options``; the token head also takes ``norm``, the model's
+    post-pooling norm (swap_head passes it). ``hidden=512`` is one layer.
+    """
+    hidden = as_hidden(hidden)
+    norm = options.pop("norm", None)
+    typed = check_head_args(head, num_classes, hidden, dropout, options)
     kind = HEADS[head]
     if kind.build is None:
         raise ValueError(f"head {head!r} is built from the backbone itself: use swap_head()")
-    return kind.build(info, num_classes, as_hidden(hidden), float(dropout))
+    if norm is not None:
+        if not kind.needs_class_token:
+            raise ValueError(f"norm= applies to the token head, not {head!r}")
+        typed["norm"] = norm
+    return kind.build(info, num_classes, hidden, float(dropout), **typed)

@@ -27,7 +27,7 @@ from .errors import one_line
 
 __all__ = [
     "FeatureInfo", "Probe", "probe_features", "extract_features", "raw_features", "select_features",
-    "default_input_size", "meta_twin", "model_in_chans",
+    "default_input_size", "has_class_token", "meta_twin", "model_in_chans",
 ]
 
 Layout = Literal["NCHW", "NHWC", "NLC", "NCL"]
@@ -42,6 +42,8 @@ class FeatureInfo:
 
     ``grid`` is the spatial grid of the patch tokens or maps, ``(H, W)``; for token models whose
     tokens form no rectangle it is ``(N,)``. ``shape`` is the full feature shape at batch 1.
+    ``class_token``: the first prefix token is the model's class token (timm's ``cls_token``,
+    which every timm family puts first); register and distillation tokens are not.
     """
 
     channels: int
@@ -52,6 +54,7 @@ class FeatureInfo:
     shape: tuple[int, ...]
     from_sequence: bool = False  # forward_features returned a list/tuple; the last item is used
     source: str = "forward_features"  # or "intermediates": see extract_features()
+    class_token: bool = False
 
     @property
     def num_positions(self) -> int:
@@ -70,6 +73,23 @@ class Probe:
 
     features: FeatureInfo
     used_params: set[str]
+
+
+def has_class_token(model: nn.Module, channels: int | None = None) -> bool:
+    """Whether the model holds a class token: timm's ``cls_token`` on the model or on its token
+    embedding (naflexvit keeps it in ``embeds``), or a per-stage one (``cls_token4`` in CoaT,
+    ``cls_token_1`` in CrossViT) as wide as the features (``channels``). Register tokens
+    (``reg_token``) and distillation tokens do not count."""
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if name.count(".") > 1 or p.dim() != 3 or not leaf.startswith("cls_token"):
+            continue
+        if leaf == "cls_token":
+            return True
+        numbered = leaf[len("cls_token"):].lstrip("_").isdigit()
+        if numbered and (channels is None or p.shape[-1] == channels):
+            return True
+    return False
 
 
 def _as_pair(value: Any) -> tuple[int, int] | None:
@@ -190,12 +210,15 @@ def _on_meta(model: nn.Module) -> bool:
 
 
 def probe_features(
-    model: nn.Module, input_size: tuple[int, int] | None = None, in_chans: int | None = None
+    model: nn.Module, input_size: tuple[int, int] | None = None, in_chans: int | None = None,
+    class_token: bool = False,
 ) -> Probe:
     """Run ``forward_features`` once at ``input_size`` and describe its output.
 
     Meta device first (a twin of the model without storage); a real batch of one as fallback.
-    Raises ``ValueError`` when the backbone rejects the input size.
+    Raises ``ValueError`` when the backbone rejects the input size. ``class_token=True`` keeps
+    an output that holds the class token but no patch tokens (PiT) instead of taking the last
+    feature map: what the token head needs.
     """
     if not hasattr(model, "forward_features"):
         raise ValueError(f"{type(model).__name__} has no forward_features(); headswap works on "
@@ -217,7 +240,8 @@ def probe_features(
             out, from_list, used = _run_recorded(twin, x, source)
             first = out.dim() == 3 and _channels_first(model, twin, tuple(out.shape), x, source)
             info = describe_features(model, tuple(out.shape), hw, from_list, source, first)
-            if info.num_positions == 0 and hasattr(model, "forward_intermediates"):
+            keep = class_token and info.class_token
+            if info.num_positions == 0 and not keep and hasattr(model, "forward_intermediates"):
                 # forward_features kept only class tokens (PiT): take the last feature map instead
                 source = "intermediates"
                 out, from_list, used = _run_recorded(twin, x, source)
@@ -225,7 +249,7 @@ def probe_features(
         except Exception as err:  # the backbone's own error; explained below
             errors.append(one_line(err))
             continue
-        if info.num_positions == 0:
+        if info.num_positions == 0 and not (class_token and info.class_token):
             raise ValueError(f"{_model_name(model)}: forward_features returns only prefix tokens "
                              f"{info.shape} and the model has no forward_intermediates()")
         return Probe(info, used)
@@ -325,7 +349,9 @@ def describe_features(model: nn.Module, shape: tuple[int, ...], hw: tuple[int, i
         prefix = _prefix_tokens(model, shape[1], hw)
         n_patch = shape[1] - prefix
         grid = _token_grid(n_patch, hw) or (n_patch,)
-        return FeatureInfo(shape[2], "NLC", tuple(grid), prefix, hw, shape, **extra)
+        cls = prefix >= 1 and has_class_token(model, shape[2])
+        return FeatureInfo(shape[2], "NLC", tuple(grid), prefix, hw, shape, class_token=cls,
+                           **extra)
     if len(shape) == 2:  # already pooled inside forward_features: one position, no grid
         warnings.warn(f"{_model_name(model)} pools inside forward_features (features {shape}); "
                       "every head sees a single position", stacklevel=3)

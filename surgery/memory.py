@@ -8,6 +8,7 @@ A Flatten head grows with the input (channels x grid positions x classes weights
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -35,14 +36,15 @@ def free_bytes(device: torch.device) -> int | None:
 
 
 def check_head_fits(head: str, info: FeatureInfo, num_classes: int, hidden: tuple[int, ...],
-                    dropout: float, device: torch.device) -> None:
+                    dropout: float, device: torch.device, **options: Any) -> None:
     """Refuse a head whose weights would not fit in memory, before allocating them (a Flatten
-    head grows with the input: C x H x W x classes). Sized by building it on the meta device."""
+    head grows with the input: C x H x W x classes). Sized by building it, with its kind
+    ``options``, on the meta device."""
     free = free_bytes(device)
     if free is None:
         return
     with torch.device("meta"):
-        twin = build_head(head, info, num_classes, hidden, dropout)
+        twin = build_head(head, info, num_classes, hidden, dropout, **options)
     params = sum(p.numel() for p in twin.parameters())
     need = sum(p.numel() * p.element_size() for p in twin.parameters())
     if need > free:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["parse_value", "parse_options"]
+__all__ = ["parse_value", "parse_options", "format_value", "Option"]
 
 
 def parse_value(text: str) -> Any:
@@ -43,3 +44,115 @@ def parse_options(items: Iterable[str], flag: str = "--option") -> dict[str, Any
                              f"got {item!r}")
         options[key] = parse_value(text)
     return options
+
+
+def _number_text(value: float) -> str:
+    """A float as short as it round-trips: 0.5, 3, 1e-06."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def format_value(value: Any) -> str:
+    """A value as it is written in a head spec: ``(512, 256)`` -> ``512x256``, True -> ``1``."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return _number_text(value)
+    if isinstance(value, (tuple, list)):
+        return "x".join(format_value(v) for v in value)
+    return str(value)
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "0 or 1 (or true / false)",
+               "ints": "integers separated by x (e.g. 512x256)", "choice": "one of"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a head kind declares: its name, type, default and allowed range.
+
+    ``type`` is ``int``, ``float``, ``bool``, ``ints`` (a tuple of integers, written ``512x256``)
+    or ``choice`` (one of ``choices``). ``low`` / ``high`` bound numbers (and each item of
+    ``ints``); ``high_open`` / ``low_open`` exclude the bound itself (dropout < 1, eps > 0). ``default`` None means
+    "chosen from the features" (the help says how). ``short`` is the option's prefix in run
+    names (``h`` for hidden: ``gap-h512``); empty for a choice, whose value alone is written.
+    """
+
+    name: str
+    type: str
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False
+    low_open: bool = False
+    choices: tuple[str, ...] = ()
+    short: str | None = None
+
+    def expected(self) -> str:
+        """What a valid value looks like, for error messages and --help."""
+        if self.type == "choice":
+            return "one of " + ", ".join(self.choices)
+        words = _TYPE_WORDS[self.type]
+        if self.low is not None and self.high is not None:
+            open_, close = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{words} in {open_}{format_value(self.low)}, {format_value(self.high)}{close}"
+        if self.low is not None:
+            return f"{words} {'>' if self.low_open else '>='} {format_value(self.low)}"
+        return words
+
+    def coerce(self, value: Any, where: str = "") -> Any:
+        """``value`` (text as typed, or a Python value) as this option's type; ValueError if not."""
+        raw = value
+        if isinstance(value, str) and self.type != "choice":
+            value = _parse_typed(value, self.type)
+        checked = _check_type(value, self.type, self.choices)
+        if checked is None or not self._in_range(checked):
+            at = f" in {where!r}" if where else ""
+            raise ValueError(f"option {self.name}={format_value(raw)}{at} is not valid; expected "
+                             f"{self.expected()}")
+        return checked
+
+    def _in_range(self, value: Any) -> bool:
+        if self.type not in ("int", "float", "ints"):
+            return True
+        items = value if self.type == "ints" else (value,)
+        if self.type == "ints" and not items:
+            return True
+        lo = self.low
+        lo_ok = lo is None or all((v > lo) if self.low_open else (v >= lo) for v in items)
+        if self.high is None:
+            return lo_ok
+        hi_ok = all((v < self.high) if self.high_open else (v <= self.high) for v in items)
+        return lo_ok and hi_ok
+
+
+def _parse_typed(text: str, type_: str) -> Any:
+    """Text to a candidate value: ``ints`` split on ``x``; everything else via parse_value."""
+    if type_ == "ints":
+        text = text.strip()
+        if not text:
+            return ()
+        return tuple(parse_value(t) for t in text.split("x"))
+    return parse_value(text)
+
+
+def _check_type(value: Any, type_: str, choices: tuple[str, ...]) -> Any:
+    """``value`` converted to ``type_`` if it is one (bool 0/1, int -> float), else None."""
+    if type_ == "bool":
+        if isinstance(value, bool):
+            return value
+        return bool(value) if isinstance(value, int) and value in (0, 1) else None
+    if isinstance(value, bool):
+        return None
+    if type_ == "int":
+        return value if isinstance(value, int) else None
+    if type_ == "float":
+        return float(value) if isinstance(value, (int, float)) else None
+    if type_ == "ints":
+        items = (value,) if isinstance(value, int) else value
+        if not isinstance(items, (tuple, list)):
+            return None
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in items)
+        return tuple(int(v) for v in items) if ok else None
+    return value if isinstance(value, str) and value in choices else None

@@ -52,6 +52,17 @@ def _count(params) -> int:  # noqa: ANN001
     return sum(p.numel() for p in params)
 
 
+def _size_note(model: HeadSwapped, kind: str, h: int, w: int) -> str:
+    """Which input sizes the head takes: any, one, or any with a large enough grid (spp)."""
+    if not HEADS[kind].any_input_size:
+        return f"the head is built for {h}x{w} inputs only"
+    finest = max(getattr(model.head.pool, "levels", (0,)))  # pyramid pooling: its finest level
+    if finest > 1:
+        return (f"the head takes any input size whose feature grid has at least {finest}x"
+                f"{finest} cells")
+    return "the head takes any input size"
+
+
 def swap_report(model: HeadSwapped, sizes: Sequence[int] | None = None) -> dict[str, Any]:
     """Everything ``tools/swap_head.py`` prints, as a dict (also its ``--format json``)."""
     h, w = model.features.input_size
@@ -69,8 +80,7 @@ def swap_report(model: HeadSwapped, sizes: Sequence[int] | None = None) -> dict[
     checks = [try_input_size(model, (s, round(s * w / h))) for s in sizes]
     note = (f"removed {removed_params:,} parameters of the old classifier and added {head:,} "
             f"({100.0 * head / max(1, backbone + head):.2f}% of the model); ")
-    note += ("the head takes any input size" if HEADS[kind].any_input_size
-             else f"the head is built for {h}x{w} inputs only")
+    note += _size_note(model, kind, h, w)
     if any(not c["ok"] and c["error"].startswith("the backbone refuses") for c in checks):
         note += "; the backbone itself refuses some sizes (timm options such as "
         note += "dynamic_img_size=True lift that for ViT-style models)"
@@ -78,6 +88,7 @@ def swap_report(model: HeadSwapped, sizes: Sequence[int] | None = None) -> dict[
     return {
         "model": model.recipe["backbone"],
         "head": kind,
+        "head_spec": model.recipe.get("head_spec", kind),
         "num_classes": model.num_classes,
         "hidden": list(model.recipe["hidden"]),
         "dropout": model.recipe["dropout"],

@@ -1,11 +1,12 @@
 """Save and load swapped models as a recipe plus weights.
 
-A file holds the recipe (backbone name, timm options, head kind, classes, hidden sizes, dropout,
-input size), the state dict and a checksum of the state dict; :func:`load` verifies the checksum
-(a file damaged after writing is an error naming it, never absurd weights), rebuilds the
-architecture from the recipe, without downloading anything, and loads the weights strictly, so
-outputs are equal after reload. Files written before the checksum existed load as before: the
-checksum is an extra key, and the format version is unchanged.
+A file holds the recipe (backbone name, timm options, head kind and its spec with every option,
+classes, hidden sizes, dropout, input size), the state dict and a checksum of the state dict;
+:func:`load` verifies the checksum (a file damaged after writing is an error naming it, never
+absurd weights), rebuilds the architecture from the recipe, without downloading anything, and
+loads the weights strictly, so outputs are equal after reload (a learned GeM exponent included:
+it is in the state dict). Files written before the checksum existed load as before: the checksum
+is an extra key, and the format version is unchanged.
 """
 
 from __future__ import annotations
@@ -113,10 +114,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> HeadSwap
     """Rebuild a model saved by :func:`save` and load its weights."""
     payload = read_model_file(path)
     r = payload["recipe"]
+    # the spec holds the head's options (hidden and dropout included); older files: kind + MLP
+    head = {"head": r["head_spec"]} if "head_spec" in r else {
+        "head": r["head"], "hidden": tuple(r["hidden"]), "dropout": r["dropout"]}
     model = swap_head(
-        r["backbone"], head=r["head"], num_classes=r["num_classes"], hidden=tuple(r["hidden"]),
-        dropout=r["dropout"], input_size=tuple(r["input_size"]), in_chans=r.get("in_chans", 3),
-        **r.get("timm_kwargs", {}),
+        r["backbone"], num_classes=r["num_classes"], input_size=tuple(r["input_size"]),
+        in_chans=r.get("in_chans", 3), **head, **r.get("timm_kwargs", {}),
     )
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

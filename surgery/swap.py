@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .backbone import load_backbone
-from .heads import GridMismatchError, as_hidden, build_head, check_head_args
+from .heads import HEADS, as_hidden, build_head, check_head_args
 from .layout import (
     FeatureInfo,
     Probe,
@@ -29,6 +29,8 @@ from .layout import (
     raw_features,
 )
 from .memory import check_head_fits
+from .pooling import GridMismatchError, GridTooSmallError, no_class_token_reason
+from .spec import HeadSpec, resolve_head
 
 __all__ = ["HeadSwapped", "OriginalHead", "swap_head", "RemovedModule"]
 
@@ -123,7 +125,7 @@ class HeadSwapped(nn.Module):
         feats = self.forward_features(x)
         try:
             return self.head(feats)
-        except GridMismatchError as err:
+        except (GridMismatchError, GridTooSmallError) as err:
             raise ValueError(err.describe((x.shape[-2], x.shape[-1]))) from None
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
@@ -162,7 +164,33 @@ def _warn_single_position(info: FeatureInfo, name: str) -> None:
         warnings.warn(
             f"{name}: the final feature grid is 1x1 at input {info.input_size[0]}x"
             f"{info.input_size[1]}, so gap, gmp and flatten are the same operation; use a "
-            "larger input size to compare them", stacklevel=3)
+            "larger input size to compare them", stacklevel=4)
+
+
+def _warn_gem_on_tokens(info: FeatureInfo, kind: str) -> None:
+    if kind == "gem" and info.layout == "NLC":
+        warnings.warn(
+            "gem clamps features below eps to eps before the power, and token models' features "
+            "(normalised per token) are often about half negative: those count as eps and pass "
+            "no gradient; fine-tuning can shift them (the final norm's bias), or choose gap, "
+            "attn or token for token models",
+            stacklevel=4)
+
+
+def _post_pool_norm(model: nn.Module, unused: Sequence[str]) -> str | None:
+    """timm's ``fc_norm`` (the norm applied after pooling) when the swap removes it, else None."""
+    if "fc_norm" not in unused:
+        return None
+    return None if isinstance(model.get_submodule("fc_norm"), nn.Identity) else "fc_norm"
+
+
+def _class_token_probe(model: nn.Module, probe: Probe, hw: tuple[int, int], name: str) -> Probe:
+    """The probe the token head needs: one whose features hold the class token."""
+    if not probe.features.class_token and probe.features.source == "intermediates":
+        probe = probe_features(model, hw, class_token=True)  # PiT: tokens from forward_features
+    if not probe.features.class_token:
+        raise ValueError(no_class_token_reason(probe.features, name))
+    return probe
 
 
 def _fresh_backbone(swapped: HeadSwapped) -> nn.Module:
@@ -210,10 +238,10 @@ def _reset_own_classifier(model: nn.Module, num_classes: int, name: str) -> None
 
 def swap_head(
     model_or_name: nn.Module | str,
-    head: str = "gap",
+    head: str | HeadSpec = "gap",
     num_classes: int | None = None,
-    hidden: int | Sequence[int] = (),
-    dropout: float = 0.0,
+    hidden: int | Sequence[int] | None = None,
+    dropout: float | None = None,
     input_size: int | Sequence[int] | None = None,
     *,
     probe: Probe | None = None,
@@ -224,46 +252,62 @@ def swap_head(
     ``model_or_name`` is a timm model or a name for :func:`load_backbone` (which receives
     ``load_kwargs``: ``pretrained``, ``checkpoint``, ``in_chans``, timm options). A timm model
     passed in is modified in place and becomes ``.backbone``; a :class:`HeadSwapped` is left
-    unchanged and re-swapped onto a new backbone of the same architecture and weights.
-    ``num_classes`` defaults to the backbone's (a HeadSwapped's own). ``input_size`` ((H, W) or
-    an int) is the size the head is built for, the model's default if None; only ``flatten``
-    depends on it. ``probe``: a :func:`probe_features` result for this model at ``input_size``,
-    to skip probing again (zoo sweeps build many heads on one backbone).
+    unchanged and re-swapped onto a new backbone of the same architecture and weights. ``head``
+    is a head spec (``'gem:p=3:learn_p=0'``, surgery.spec); ``hidden`` (``512`` is one layer) /
+    ``dropout`` may be given here instead of in the spec, not in both. ``num_classes`` defaults to
+    the backbone's (a HeadSwapped's own). ``input_size`` ((H, W) or an int) is the size the head
+    is built for, the model's default if None (``flatten`` depends on it; ``spp`` checks its
+    grid). ``probe``: a :func:`probe_features` result for this model at ``input_size``, to skip
+    probing again (zoo sweeps build many heads on one backbone).
     """
-    hidden = as_hidden(hidden)  # an int is one layer
+    spec = resolve_head(head, None if hidden is None else as_hidden(hidden), dropout)
     if isinstance(model_or_name, HeadSwapped):  # a re-swap keeps the size and classes by default
         input_size = model_or_name.recipe["input_size"] if input_size is None else input_size
         num_classes = model_or_name.num_classes if num_classes is None else num_classes
     model = _backbone_of(model_or_name, load_kwargs)
+    return _swap(model, spec, num_classes, input_size, probe)
+
+
+def _swap(model: nn.Module, spec: HeadSpec, num_classes: int | None,
+          input_size: int | Sequence[int] | None, probe: Probe | None) -> HeadSwapped:
+    kind, hidden, dropout = spec.kind, spec.hidden, spec.dropout
     if num_classes is None:
         num_classes = int(getattr(model, "num_classes", 0) or 1000)
-    check_head_args(head, num_classes, hidden, dropout)
+    check_head_args(kind, num_classes, hidden, dropout, spec.kind_options)
     hw = _as_hw(input_size, model)
     origin = _origin(model)
     name = origin.get("name") or type(model).__name__
-    if head == "original":
+    if kind == "original":
         _reset_own_classifier(model, num_classes, name)
     if probe is None or probe.features.input_size != hw:
         probe = probe_features(model, hw)
+    if HEADS[kind].needs_class_token:
+        probe = _class_token_probe(model, probe, hw, name)
     info = probe.features
     _warn_single_position(info, name)
+    _warn_gem_on_tokens(info, kind)
     unused = _unused_modules(model, probe.used_params)
+    norm = _post_pool_norm(model, unused) if HEADS[kind].needs_class_token else None
     removed = [RemovedModule(n, _describe_module(model.get_submodule(n)),
                              sum(p.numel() for p in model.get_submodule(n).parameters()))
-               for n in unused]
-    if head == "original":
+               for n in unused if n != norm]
+    if kind == "original":
         new_head: nn.Module = OriginalHead(model, unused)
     else:
+        extra = {"norm": model.get_submodule(norm)} if norm else {}
         device = next(iter(model.parameters()), torch.empty(0)).device
-        check_head_fits(head, info, num_classes, hidden, dropout, device)  # before any change
+        check_head_fits(kind, info, num_classes, hidden, dropout, device,
+                        **spec.kind_options)  # before any change to the model
         for n in unused:
             _replace(model, n, nn.Identity())
-        new_head = build_head(head, info, num_classes, hidden, dropout).to(device)
+        new_head = build_head(kind, info, num_classes, hidden, dropout, **spec.kind_options,
+                              **extra).to(device)
     recipe = {
         "backbone": origin.get("name"),
         "in_chans": origin.get("in_chans", 3),
         "timm_kwargs": origin.get("timm_kwargs", {}),
-        "head": head,
+        "head": kind,
+        "head_spec": str(spec),
         "num_classes": num_classes,
         "hidden": list(hidden),
         "dropout": float(dropout),

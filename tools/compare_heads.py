@@ -9,7 +9,9 @@
     python tools/compare_heads.py --collect studies/NAME-0 studies/NAME-1 --out studies/NAME
 
 Runs already finished in --out are skipped, interrupted ones resume, so re-running the same
-command continues a study. The study directory gets summary.md/.csv/.json (mean +- std over seeds:
+command continues a study; a run another process is still running is left alone (reported
+busy, exit 1). Killing this command (Ctrl-C, SIGKILL) stops its worker processes too.
+The study directory gets summary.md/.csv/.json (mean +- std over seeds:
 params, GMACs, test accuracy, train-test gap, epoch time, peak memory), comparisons.csv
 (paired differences against the first head), robustness.csv/.json (each trained model at other
 input sizes; Flatten refuses), runs.csv, and the plots acc_vs_head_params.png,
@@ -21,15 +23,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import warnings
 from pathlib import Path
 
 from _cli import CliParser, run
 
 from analysis.reporting import format_table
-from analysis.studies import StudySpec, collect, parse_head, parse_shard, run_study
+from analysis.studies import StudySpec, collect, parse_shard, run_study
 from analysis.training import add_training_options, config_values
-from surgery import HEADS, check_writable
+from surgery import check_writable, one_line_warnings, parse_head, spec_help
 
 
 def _train_size(text: str) -> int | None:
@@ -60,10 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*", help="timm model names (e.g. resnet18 mobilenetv3_small_100)")
     g = p.add_argument_group("the grid")
     g.add_argument("--heads", nargs="+", type=_head, default=None, metavar="HEAD",
-                   help=f"head kinds ({', '.join(HEADS)}), each optionally with options: "
-                        "KIND:hidden=256:dropout=0.5 (hidden=512x256 for two layers); "
-                        "the first head is the baseline of the paired comparisons "
-                        "(default: gap gmp)")
+                   help=f"heads to compare, each {spec_help()}. The first head is the "
+                        "baseline of the paired comparisons (default: gap gmp)")
     g.add_argument("--seeds", nargs="+", type=int, default=[0], help="(default 0)")
     g.add_argument("--train-sizes", nargs="+", type=_train_size, default=[None],
                    help="stratified training subsets, or 'all' (default all)")
@@ -77,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("running")
     s.add_argument("--out", type=Path, help="study directory (required)")
     s.add_argument("--jobs", type=int, default=1,
-                   help="runs at once, each in its own process (0: one after another in this "
-                        "process; default 1)")
+                   help="runs at once, in that many worker processes that each run many (0: one "
+                        "after another in this process; default 1)")
+    s.add_argument("--runs-per-worker", type=int, default=0, metavar="N",
+                   help="replace a worker process after N runs (1: a fresh process for each run, "
+                        "paying the imports each time; default 0: never)")
     s.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: cores / jobs; 1 is faster on a busy CPU)")
     s.add_argument("--shard", type=_shard, default=None, metavar="I/N",
@@ -113,6 +115,20 @@ def _print_summary(report: dict, out: Path) -> None:
     print(f"study report: {out / 'summary.md'}")
 
 
+def _print_timing(t: dict) -> None:
+    """Wall time of the runs against their own times: what the study machinery cost."""
+    if not t["runs"]:
+        return
+    share = 100 * t["overhead_s"] / t["wall_s"] if t["wall_s"] > 0 else 0.0
+    workers = t["workers_started"]
+    print(f"time: {t['runs']} runs in {t['wall_s']:.1f} s wall; the runs themselves "
+          f"{t['jobs_s']:.1f} s ({t['jobs']} at a time); overhead {t['overhead_s']:.1f} s "
+          f"({share:.0f}%; {workers} worker process{'' if workers == 1 else 'es'} started)")
+    if t.get("data_load_s"):
+        print(f"  of which {t['data_load_s']:.1f} s decoding or opening the image folder's cache "
+              "before the runs")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.out is None:
@@ -134,17 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     argv_text = sys.argv[1:] if argv is None else list(argv)
     command = "python tools/compare_heads.py " + shlex.join(argv_text)
     spec = spec_from_args(args, command)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
+    with one_line_warnings():
         result = run_study(spec, args.out, jobs=args.jobs, shard=args.shard,
-                           progress=args.progress, threads=args.threads)
+                           progress=args.progress, threads=args.threads,
+                           runs_per_worker=args.runs_per_worker)
     print(f"ran {len(result['ran'])}, skipped {len(result['skipped'])} (already done), "
-          f"failed {len(result['failed'])}")
+          f"failed {len(result['failed'])}, busy {len(result['busy'])} (running elsewhere)")
+    _print_timing(result["timing"])
     _print_summary(result["report"], args.out)
     for name, msg in result["failed"]:
         print(f"failed: {name}: {msg} (log: {args.out / 'logs' / (name + '.log')})",
               file=sys.stderr)
-    return 1 if result["failed"] else 0
+    for name, msg in result["busy"]:
+        print(f"busy: {name}: left alone: {msg}; rerun this command when it is done to include "
+              "it", file=sys.stderr)
+    return 1 if result["failed"] or result["busy"] else 0
 
 
 if __name__ == "__main__":

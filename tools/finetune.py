@@ -11,6 +11,9 @@ best.pt, last.pt (both loadable with surgery.load) and curves.png. Exit codes: 0
 error (one line on stderr), 3 the loss became NaN/inf (last.pt keeps the last good state).
 The options are those of analysis.training.options, shared with tools/compare_heads.py.
 Under torchrun every process trains its shard of each epoch; only rank 0 prints and writes.
+A run directory belongs to one process at a time (RUN/.lock names it); --overwrite replaces an
+old run only once the new one has made its first step; --resume refuses options that differ
+from the run's config.json and says where it continues.
 """
 
 from __future__ import annotations
@@ -18,21 +21,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from _cli import CliParser, run
 
-from analysis.training import add_training_options, config_from_args, run_name, train
-from surgery import check_writable
+from analysis.training import (
+    add_training_options,
+    config_from_args,
+    given_config_values,
+    run_name,
+    run_path,
+    train,
+)
+from surgery import check_writable, one_line_warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", nargs="?", help="any name of timm.list_models() (e.g. resnet18)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from its last checkpoint (other options "
-                        "are read from RUN_DIR/config.json)")
+                   help="continue an interrupted run from its last checkpoint (its options are "
+                        "read from RUN_DIR/config.json; options given that differ are refused, "
+                        "except --no-progress, --ckpt-steps and --ckpt-minutes)")
     add_training_options(p)
     return p
 
@@ -50,23 +60,39 @@ def _epoch_line(row: dict) -> None:
           f" | {row['epoch_time_s']:.1f}s {row['img_per_s']:.0f} img/s", flush=True)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings (e.g. a 1x1 feature grid) as one ``warning:`` line, without source lines."""
-    print(f"warning: {message}", file=sys.stderr)
+def _start_line(info: dict) -> None:
+    """Where a resumed run continues (printed by rank 0)."""
+    if not _is_main() or info["status"] == "new":
+        return
+    run_dir = info["run_dir"]
+    if info["status"] == "finished":
+        print(f"{run_dir} already finished: nothing to resume (its summary follows)", flush=True)
+    elif info["status"] == "restarted":
+        print(f"resuming {run_dir}: it stopped before its first checkpoint, so it starts over "
+              f"from epoch 1/{info['epochs']}", flush=True)
+    elif info["step"]:
+        print(f"resuming {run_dir} in epoch {info['epoch'] + 1}/{info['epochs']} after step "
+              f"{info['step']}/{info['steps_per_epoch']} (last.pt)", flush=True)
+    else:
+        print(f"resuming {run_dir} after epoch {info['epoch']}/{info['epochs']} (last.pt)",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.resume is None and not args.model:
         raise ValueError("give a model name (e.g. resnet18) or --resume RUN_DIR")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.showwarning = _show_warning
+    with one_line_warnings():
         if args.resume is not None:
-            summary = train(resume=args.resume, on_epoch=_epoch_line)
+            given = given_config_values(parser, sys.argv[1:] if argv is None else argv)
+            if args.model:
+                given["model"] = args.model
+            summary = train(resume=args.resume, options=given, on_epoch=_epoch_line,
+                            on_start=_start_line)
         else:
             cfg = config_from_args(args)
-            check_writable(Path(cfg.out) / (cfg.name or run_name(cfg)), "--out/--name",
+            check_writable(run_path(cfg.out, cfg.name or run_name(cfg)), "--out/--name",
                            directory=True)
             summary = train(cfg, on_epoch=_epoch_line)
     if not _is_main():

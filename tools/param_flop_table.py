@@ -1,13 +1,15 @@
 """What each head costs: one row per model x head with params, GMACs and the sizes it runs at.
 
     python tools/param_flop_table.py resnet18 mobilenetv3_large_100 vit_small_patch16_224 \\
-        --heads gap gmp flatten --num-classes 10 --sizes 224 288 [--measure] \\
+        --heads gap gmp flatten gem:p=3 attn:num_heads=4 spp:levels=1x2x4 --num-classes 10 \\
+        --sizes 224 288 [--measure] \\
         [--format github|latex|csv|json|...] [--out FILE]
 
 MACs follow fvcore's convention (one fused multiply-add = one; tables say GMACs), per image, at
 the first ``--sizes`` entry (the model's default input size without ``--sizes``); the flatten
-head is built for that size. Models accept timm wildcards ('resnet*'). A row that fails says why
-in its ``error`` column and does not stop the others.
+head is built for that size. Heads are specs with options (``gem:p=3:learn_p=0``); models accept
+timm wildcards ('resnet*'). A row that fails (or a head that does not apply, such as token on a
+model without a class token) says why in its ``error`` column and does not stop the others.
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CliParser(prog="param_flop_table.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="timm model names or wildcards ('resnet*')")
     what = parser.add_argument_group("what to compare")
-    what.add_argument("--heads", nargs="+", default=["gap", "gmp", "flatten"],
-                      choices=list(surgery.HEADS), metavar="HEAD",
-                      help=f"head kinds, from: {', '.join(surgery.HEADS)} (default: gap gmp flatten)")
+    what.add_argument("--heads", nargs="+", default=["gap", "gmp", "flatten"], metavar="SPEC",
+                      help=f"heads, each {surgery.spec_help()} (default: gap gmp flatten)")
     what.add_argument("--num-classes", type=positive_int, default=1000,
                       help="classes of the new head (default: 1000)")
     what.add_argument("--sizes", nargs="+", type=positive_int, default=None, metavar="PX",
@@ -94,9 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         surgery.check_writable(args.out, "--out")
     names = surgery.expand_model_names(args.models)
+    try:
+        heads = [str(surgery.parse_head(h)) for h in args.heads]  # canonical: gem:learn_p=0
+    except ValueError as err:
+        raise ValueError(f"--heads: {err}") from None
     # a device that cannot work is one error up front, not the same error in every row
     device = str(resolve_device(args.device)) if args.measure else args.device
-    jobs = [(n, h) for n in names for h in args.heads]
+    jobs = [(n, h) for n in names for h in heads]
     rows = [cost_row(n, h, args.num_classes, args.sizes, args.counter, args.measure,
                       args.batch_size, device)
             for n, h in tqdm(jobs, desc="rows", unit="row", disable=args.no_progress,

@@ -2,7 +2,8 @@
 """Replace the classifier of a timm backbone and show what changed.
 
     python tools/swap_head.py resnet18 --head gmp
-    python tools/swap_head.py vit_small_patch16_224 --head flatten --num-classes 10 --format json
+    python tools/swap_head.py resnet18 --head gem:p=3:learn_p=0
+    python tools/swap_head.py vit_small_patch16_224 --head token --num-classes 10 --format json
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from surgery import (
     check_writable,
     parse_options,
     save,
+    spec_help,
     swap_head,
     swap_report,
 )
@@ -30,13 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", help="any name of timm.list_models() (e.g. resnet18, vit_small_patch16_224)")
     g = p.add_argument_group("head")
-    g.add_argument("--head", default="gap", choices=list(HEADS),
-                   help="; ".join(f"{k}: {v.description}" for k, v in HEADS.items()))
+    g.add_argument("--head", default="gap", metavar="SPEC",
+                   help=spec_help() + ". " + "; ".join(f"{k}: {v.description}"
+                                                       for k, v in HEADS.items()))
     g.add_argument("--num-classes", type=positive_int, default=10,
                    help="output classes (default 10)")
-    g.add_argument("--hidden", type=positive_int, nargs="*", default=[],
-                   help="hidden Linear-ReLU-Dropout widths before the output layer")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout before each Linear")
+    g.add_argument("--hidden", type=positive_int, nargs="*", default=None,
+                   help="hidden Linear-ReLU-Dropout widths before the output layer (or hidden= "
+                        "in the head spec, not both)")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout before each Linear (or dropout= in the head spec, not both)")
     g.add_argument("--input-size", type=positive_int, default=None,
                    help="square input size the head is built for (default: the model's)")
     b = p.add_argument_group("backbone")
@@ -62,7 +67,7 @@ def _text(report: dict) -> str:
         f"{'x'.join(map(str, f['grid']))}"
         + (f", {f['num_prefix_tokens']} prefix tokens" if f["num_prefix_tokens"] else "") + ")",
         f"removed    {report['removed']}",
-        f"head       {report['head']}: " + report["head_module"].replace("\n", "\n           "),
+        f"head       {report['head_spec']}: " + report["head_module"].replace("\n", "\n           "),
         f"params     backbone {p['backbone']:,} | head {p['head']:,} | total {p['total']:,}",
         "sizes",
     ]
@@ -83,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         model = swap_head(args.model, head=args.head, num_classes=args.num_classes,
-                          hidden=tuple(args.hidden), dropout=args.dropout,
-                          input_size=args.input_size, pretrained=args.pretrained,
-                          checkpoint=args.checkpoint, in_chans=args.in_chans,
-                          **timm_options)
+                          hidden=None if args.hidden is None else tuple(args.hidden),
+                          dropout=args.dropout, input_size=args.input_size,
+                          pretrained=args.pretrained, checkpoint=args.checkpoint,
+                          in_chans=args.in_chans, **timm_options)
     report = swap_report(model, args.sizes)
-    report["warnings"] = sorted({str(w.message) for w in caught if "1x1" in str(w.message)})
+    report["warnings"] = sorted({str(w.message) for w in caught
+                                 if "1x1" in str(w.message) or "gem clamps" in str(w.message)})
     if args.save:
         report["saved"] = str(save(model, args.save))
     if args.format == "json":

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from analysis.machine import describe_machine
 from surgery import HEADS, check_writable, expand_model_names
-from surgery.coverage import check_architecture, check_timm_max, summarize
+from surgery.coverage import check_architecture, check_timm_max, merge_records, summarize
 from surgery.coverage_report import render_markdown
 
 
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timm-max", action="store_true",
                    help="instead: check timm's own reset_classifier(global_pool='max') on every "
                         "architecture, for comparison (writes zoo_timm_max.json)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write zoo_coverage.md/.json from the records so far, checking nothing "
+                        "(an interrupted sweep: heads not checked yet are reported as such)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the architectures where some head failed in an earlier run")
     return p
@@ -84,6 +87,26 @@ def _timm_max(names: list[str], args: argparse.Namespace) -> int:
     return 0
 
 
+def _earlier(partial: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """Records of earlier runs (the last line per model wins), minus those to run again."""
+    done: dict[str, dict] = {}
+    for line in partial.read_text().splitlines():
+        rec = json.loads(line)
+        failed = not all(r["ok"] for r in rec["heads"].values())
+        redo = any(fnmatch.fnmatch(rec["model"], pat) for pat in args.redo)
+        if redo or (failed and args.retry_failed):
+            done.pop(rec["model"], None)
+        else:
+            done[rec["model"]] = rec
+    return done
+
+
+def _missing(record: dict | None, heads: list[str]) -> list[str]:
+    """The heads an earlier record lacks (all of them without one): a new head kind is checked
+    on its own, not with every head again."""
+    return list(heads) if record is None else [h for h in heads if h not in record["heads"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = _select(args.models)
@@ -92,23 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.timm_max:
         return _timm_max(names, args)
     partial = args.out_dir / "zoo_coverage.jsonl"
-    done: dict[str, dict] = {}
-    if partial.exists() and not args.fresh:
-        for line in partial.read_text().splitlines():
-            rec = json.loads(line)
-            complete = set(args.heads) <= set(rec["heads"])
-            failed = not all(r["ok"] for r in rec["heads"].values())
-            redo = any(fnmatch.fnmatch(rec["model"], pat) for pat in args.redo)
-            if complete and not (failed and args.retry_failed) and not redo:
-                done[rec["model"]] = rec
-    todo = [n for n in names if n not in done]
+    done = _earlier(partial, args) if partial.exists() and not args.fresh else {}
+    tasks = [(n, _missing(done.get(n), args.heads), args.num_classes) for n in names]
+    tasks = [t for t in tasks if t[1] and not args.report_only]
     start = time.perf_counter()
     with partial.open("a" if not args.fresh else "w") as sink:
-        tasks = [(n, args.heads, args.num_classes) for n in todo]
         ctx = mp.get_context("spawn")
         with ctx.Pool(args.jobs, maxtasksperchild=20) as pool:
             for rec in tqdm(pool.imap_unordered(_worker, tasks), total=len(tasks),
                             desc="architectures", unit="arch"):
+                rec = merge_records(done.get(rec["model"]), rec)
                 done[rec["model"]] = rec
                 sink.write(json.dumps(rec) + "\n")
                 sink.flush()

@@ -1,4 +1,5 @@
-"""Params and GMACs of every timm architecture with the gap, gmp and flatten heads.
+"""Params and GMACs of every timm architecture with the gap, gmp, flatten, gem, attn, token
+and spp heads.
 
     python tools/zoo_table.py [--models 'vit_*' ...] [--jobs 2] [--cache runs/zoo_table.jsonl]
                               [--out-dir docs]
@@ -6,7 +7,9 @@
 Each architecture is built on the meta device (no memory for weights, nothing computed) at its
 default input size, its backbone counted once with the torch counter (fvcore's MAC convention:
 one multiply-add = 1), and each head built on the backbone's features and counted on its own;
-a head's total is backbone + head. Rows are appended to the ``--cache`` JSONL as they finish, so
+a head's total is backbone + head. Heads are specs with options (``gem:p=2``, column
+``gmacs_gem-p2``); a head that does not apply (token without a class token) leaves its cells
+empty. Rows are appended to the ``--cache`` JSONL as they finish, so
 an interrupted run resumes where it stopped. Writes ``zoo_table.md`` and ``zoo_table.csv``.
 """
 
@@ -37,14 +40,15 @@ from analysis.reporting import format_table
 
 __all__ = ["build_parser", "main", "zoo_row", "COLUMNS"]
 
-DEFAULT_HEADS = ("gap", "gmp", "flatten")
+DEFAULT_HEADS = ("gap", "gmp", "flatten", "gem", "attn", "token", "spp")
 
 
 def columns(heads: Sequence[str]) -> list[str]:
-    """Column order of the table for ``heads``."""
+    """Column order of the table for ``heads`` (specs; columns named by their labels)."""
+    labels = [surgery.head_label(h) for h in heads]
     return (["model", "input", "features", "params_backbone"]
-            + [f"params_{h}" for h in heads] + ["gmacs_backbone"]
-            + [f"gmacs_{h}" for h in heads] + ["error"])
+            + [f"params_{h}" for h in labels] + ["gmacs_backbone"]
+            + [f"gmacs_{h}" for h in labels] + ["error"])
 
 
 COLUMNS = columns(DEFAULT_HEADS)
@@ -55,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_argument_group("what to count")
     what.add_argument("--models", nargs="+", default=["*"],
                       help="timm names or wildcards (default: the whole zoo)")
-    what.add_argument("--heads", nargs="+", default=list(DEFAULT_HEADS),
-                      choices=[h for h in surgery.HEADS if h != "original"], metavar="HEAD",
-                      help="head kinds (default: gap gmp flatten)")
+    what.add_argument("--heads", nargs="+", default=list(DEFAULT_HEADS), metavar="SPEC",
+                      help=f"heads, each {surgery.spec_help()} (not original; default: "
+                           f"{' '.join(DEFAULT_HEADS)})")
     what.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
     what.add_argument("--counter", choices=list(FLOP_COUNTERS), default="torch",
                       help="torch (meta device, default) or fvcore (real tensors: slow)")
@@ -123,6 +127,34 @@ def _swap_and_count(backbone: torch.nn.Module, head: str, num_classes: int, coun
     return model, int(macs["backbone"])
 
 
+def _head_costs(name: str, head: str, info: surgery.FeatureInfo, backbone_macs: int,
+                num_classes: int, counter: str) -> tuple[int, int] | None:
+    """Head parameters and backbone + head MACs; None where the head does not apply.
+
+    The token head is swapped onto a fresh backbone, as swap_head builds it: it takes the
+    model's post-pooling norm along (fc_norm), and on PiT reads another output of the backbone
+    (forward_features' class tokens, not the last feature map), counted on its own.
+    """
+    spec = surgery.parse_head(head)
+    if not surgery.HEADS[spec.kind].needs_class_token:
+        module = surgery.build_head(spec.kind, info, num_classes, spec.hidden, spec.dropout,
+                                    **spec.kind_options)
+        macs = FLOP_COUNTERS[counter](module, tuple(info.shape))["total"]
+        return sum(p.numel() for p in module.parameters()), backbone_macs + macs
+    if not info.class_token and info.source != "intermediates":
+        return None  # no class token: the token head does not apply
+    try:
+        model = surgery.swap_head(surgery.load_backbone(name), head=spec, num_classes=num_classes)
+    except ValueError:
+        return None
+    chans = int(model.recipe.get("in_chans", 3))
+    if model.features.source == info.source:
+        macs = backbone_macs + FLOP_COUNTERS[counter](model.head, tuple(model.features.shape))["total"]
+    else:
+        macs = count_flops(model, (chans, *model.features.input_size), counter=counter)["total"]
+    return count_params(model)["head"], macs
+
+
 def zoo_row(name: str, heads: Sequence[str] = DEFAULT_HEADS, num_classes: int = 1000,
             counter: str = "torch") -> dict[str, Any]:
     """One row: params and MACs of ``name`` with each head, at its default input size.
@@ -144,11 +176,11 @@ def zoo_row(name: str, heads: Sequence[str] = DEFAULT_HEADS, num_classes: int = 
                        params_backbone=count_params(model)["backbone"],
                        gmacs_backbone=backbone_macs / 1e9)
             for head in heads:
-                module = surgery.build_head(head, info, num_classes).to(device)
-                head_macs = FLOP_COUNTERS[counter](module, tuple(info.shape))["total"]
-                head_params = sum(p.numel() for p in module.parameters())
-                row[f"params_{head}"] = row["params_backbone"] + head_params
-                row[f"gmacs_{head}"] = (backbone_macs + head_macs) / 1e9
+                label = surgery.head_label(head)
+                counted = _head_costs(name, head, info, backbone_macs, num_classes, counter)
+                params, macs = counted if counted else (None, None)
+                row[f"params_{label}"] = None if params is None else row["params_backbone"] + params
+                row[f"gmacs_{label}"] = None if macs is None else macs / 1e9
     except _Timeout:
         row["error"] = "timeout"
     except Exception as err:  # noqa: BLE001 - a failing architecture is a row, not a crash
@@ -203,7 +235,12 @@ def _run(tasks: list[tuple[str, tuple[str, ...], int, str, int]], jobs: int
 def _report(rows: list[dict[str, Any]], heads: Sequence[str], command: str, counter: str,
             seconds: float | None) -> str:
     failed = [r for r in rows if r.get("error")]
-    head_cols = ", ".join(f"`params_{h}`/`gmacs_{h}`" for h in heads)
+    labels = [surgery.head_label(h) for h in heads]
+    head_cols = ", ".join(f"`params_{h}`/`gmacs_{h}`" for h in labels)
+    token = [surgery.head_label(h) for h in heads if surgery.parse_head(h).kind == "token"]
+    na = (f" `params_{token[0]}`/`gmacs_{token[0]}` are empty where the model has no class token "
+          f"({sum(1 for r in rows if r.get(f'gmacs_{token[0]}') is None)} architectures): the "
+          "token head does not apply there." if token else "")
     lines = [
         "# Zoo table: params and GMACs per head",
         "",
@@ -216,7 +253,7 @@ def _report(rows: list[dict[str, Any]], heads: Sequence[str], command: str, coun
         "image at the model's default input size; normalisation and pooling count as fvcore "
         "counts them (pooling: one per input element). "
         f"{head_cols}: the whole model with that head (backbone + head), "
-        "`features`: channels x final grid the heads see. Params are exact.",
+        "`features`: channels x final grid the heads see. Params are exact." + na,
         "",
     ]
     return "\n".join(lines) + format_table(rows, "github", columns(heads), floatfmt=".4f") + "\n"
@@ -229,9 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     surgery.check_writable(args.out_dir, "--out-dir", directory=True)
     names = surgery.expand_model_names(args.models)
     heads = tuple(args.heads)
+    for head in heads:
+        if surgery.parse_head(head).kind == "original":
+            raise ValueError("--heads: the original head has no features-only cost; choose "
+                             "from " + ", ".join(h for h in surgery.HEADS if h != "original"))
+    labels = [surgery.head_label(h) for h in heads]
     cache = read_cache(args.cache)
     todo = [n for n in names if n not in cache or (args.retry_errors and cache[n].get("error"))
-            or any(f"gmacs_{h}" not in cache[n] for h in heads if not cache[n].get("error"))]
+            or any(f"gmacs_{h}" not in cache[n] for h in labels if not cache[n].get("error"))]
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tasks = [(n, heads, args.num_classes, args.counter, args.timeout) for n in todo]

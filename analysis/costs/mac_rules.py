@@ -3,7 +3,8 @@
 :data:`FVCORE_EXTRA_HANDLES` maps a traced operator name to a handle (jit inputs, outputs ->
 MACs); :data:`TORCH_EXTRA_FORMULAS` gives torch's flop counter the same rules (as FLOPs, 2 x
 MACs, which analysis.costs.macs converts back). Each handle's docstring states its formula. Pooling
-and reductions count one MAC per input element, so GAP and GMP heads cost the same.
+and reductions count one MAC per input element, so GAP and GMP heads cost the same; a power
+(GeM) one per output element.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def _max_jit(inputs: list[Any], outputs: list[Any]) -> int:
     if len(inputs) > 1 and _shape(inputs[1]) is not None:
         return 0
     return _per_input_element_jit(inputs, outputs)
+
+
+def _pow_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """aten::pow: one MAC per output element (GeM's power and its root: x^p, then m^(1/p)).
+
+    A power is not a multiply-add, but it is the work GeM adds over an average; element-wise
+    ops such as relu or add stay uncounted, as in fvcore.
+    """
+    shape = _shape(outputs[0])
+    return prod(shape) if shape is not None else 0
 
 
 def _baddbmm_jit(inputs: list[Any], outputs: list[Any]) -> int:
@@ -148,6 +159,7 @@ FVCORE_EXTRA_HANDLES: dict[str, Callable[[list[Any], list[Any]], int]] = {
     "aten::linalg_vector_norm": _per_input_element_jit,
     "aten::rms_norm": _rms_norm_jit,
     "aten::sum": _per_input_element_jit,
+    "aten::pow": _pow_jit,
     "aten::lstm": _lstm_jit,
     "aten::upsample_bicubic2d": _resample_jit(16),
     "aten::_upsample_bilinear2d_aa": _resample_jit(4),
@@ -161,6 +173,11 @@ FVCORE_EXTRA_HANDLES: dict[str, Callable[[list[Any], list[Any]], int]] = {
 def _numel2(x_shape: Any, *args: Any, **kwargs: Any) -> int:
     """Pooling / reductions: one MAC (two FLOPs) per input element."""
     return 2 * prod(x_shape)
+
+
+def _pow(*args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """aten.pow: one MAC (two FLOPs) per output element, as the fvcore handle."""
+    return 2 * prod(out_shape) if out_shape is not None else 0
 
 
 def _max_reduce(x_shape: Any, *args: Any, **kwargs: Any) -> int:
@@ -221,7 +238,7 @@ def _torch_extra_formulas() -> dict[Any, Callable[..., int]]:
     aten = torch.ops.aten
     table: dict[str, Callable[..., int]] = {
         "_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu,
-        "mean": _numel2, "sum": _numel2, "amax": _numel2, "max": _max_reduce,
+        "mean": _numel2, "sum": _numel2, "amax": _numel2, "max": _max_reduce, "pow": _pow,
         "linalg_vector_norm": _numel2,
         "max_pool1d": _numel2, "max_pool2d": _numel2, "max_pool3d": _numel2,
         "max_pool2d_with_indices": _numel2, "max_pool3d_with_indices": _numel2,

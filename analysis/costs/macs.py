@@ -36,7 +36,8 @@ __all__ = [
     "MacCounterMode", "op_category",
 ]
 
-# ops that move, view or create data: never reported as uncounted (fvcore ignores them too)
+# ops that move, view or create data, and a few element-wise ones: never reported as uncounted,
+# by either counter (fvcore ignores most of them too)
 _NO_MACS = {
     "Int", "ScalarImplicit", "alias", "arange", "as_strided", "cat", "chunk", "clone",
     "constant_pad_nd", "contiguous", "copy", "copy_", "detach", "dropout", "empty", "empty_like",
@@ -49,6 +50,7 @@ _NO_MACS = {
     "pad", "eye", "_reshape_alias", "unfold", "im2col", "tile", "meshgrid", "dropout_",
     "feature_dropout", "unsafe_split", "unsafe_chunk", "device", "relu", "relu_", "clamp",
     "clamp_", "floor", "floor_divide", "remainder", "eq", "ge", "gt", "bitwise_not", "__and__",
+    "reciprocal",
 }
 
 _CATEGORIES = (
@@ -120,7 +122,8 @@ def _fvcore(model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
         total = int(analysis.total())
         by_module = analysis.by_module()
         by_op = {_bare(k): int(v) for k, v in analysis.by_operator().items()}
-        uncounted = {_bare(k): n for k, n in sorted(analysis.unsupported_ops().items())}
+        uncounted = {_bare(k): n for k, n in sorted(analysis.unsupported_ops().items())
+                     if _bare(k) not in _NO_MACS}  # the same list as the torch counter's
     head = int(by_module.get("head", 0)) if isinstance(model, HeadSwapped) else None
     return {"total": total, "head": head, "by_operator": by_op, "uncounted": uncounted}
 

@@ -11,6 +11,8 @@ Python interpreter, other models), so compare them within one run.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import re
 import statistics
 import time
@@ -24,14 +26,14 @@ from torch import nn
 
 from ..machine import resolve_device
 
-__all__ = ["measure"]
+__all__ = ["measure", "reset_rss_peak", "rss_peak_bytes"]
 
 _MIB = 1024 * 1024
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _rss_peak_bytes() -> int | None:
+def rss_peak_bytes() -> int | None:
     """Peak resident set size of this process (VmHWM), bytes; None off Linux."""
     try:
         match = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
@@ -40,8 +42,22 @@ def _rss_peak_bytes() -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def _reset_rss_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc's ``malloc_trim``):
+    memory a process freed but still holds would otherwise count in the next peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def reset_rss_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), after handing freed memory back, so that
+    the new peak starts from what the process really holds; False when not possible."""
+    if not _CLEAR_REFS.exists():
+        return False
+    _release_freed_memory()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
@@ -60,14 +76,14 @@ class _Memory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        elif not _reset_rss_peak():
+        elif not reset_rss_peak():
             self.kind = "process peak RSS (VmHWM) over the process lifetime: reset not possible"
 
     def peak(self) -> int | None:
         if self.cuda:
             torch.cuda.synchronize()
             return int(torch.cuda.max_memory_allocated())
-        return _rss_peak_bytes()
+        return rss_peak_bytes()
 
 
 def _sync(device: torch.device) -> None:

@@ -1,5 +1,20 @@
-"""Where a head looks: class activation maps of a trained model, drawn over its input images."""
+"""Where a head looks: class activation maps of a trained model, drawn over its input images.
 
-from .cam import CamResult, cam_support, class_activation_maps, draw_cams, flat_map_warning
+Exact CAM for gap and nin heads (cam), Grad-CAM through captum for every head (gradcam), one
+entry choosing between them (maps), and the figures (cam.draw_cams, cam.draw_runs).
+"""
 
-__all__ = ["CamResult", "cam_support", "class_activation_maps", "draw_cams", "flat_map_warning"]
+from .cam import (
+    CamResult,
+    cam_support,
+    class_activation_maps,
+    draw_cams,
+    draw_runs,
+    flat_map_warning,
+)
+from .gradcam import grad_cam, has_captum
+from .maps import METHODS, HeadMaps, choose_method, head_maps
+
+__all__ = ["METHODS", "CamResult", "HeadMaps", "cam_support", "choose_method",
+           "class_activation_maps", "draw_cams", "draw_runs", "flat_map_warning", "grad_cam",
+           "has_captum", "head_maps"]

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..reporting import pyplot, save_figure
 
-__all__ = ["CamResult", "class_activation_maps", "cam_support", "draw_cams", "flat_map_warning"]
+__all__ = ["CamResult", "class_activation_maps", "cam_support", "draw_cams", "draw_runs",
+           "flat_map_warning"]
 
 
 @dataclass
@@ -43,7 +44,7 @@ class CamResult:
 
 def cam_support(model: nn.Module) -> str | None:
     """None when ``model`` (a surgery.HeadSwapped) supports CAM, else the reason it does not."""
-    from surgery import NinHead, PoolHead
+    from surgery import FeaturePool, NinHead, PoolHead
 
     head = getattr(model, "head", None)
     info = getattr(model, "features", None)
@@ -53,24 +54,17 @@ def cam_support(model: nn.Module) -> str | None:
         return f"the features are {info.grid[0]} tokens without a 2-D grid: no map to draw"
     if isinstance(head, NinHead):
         return None
-    if not isinstance(head, PoolHead) or head.pool.pool != "avg":
-        kind = getattr(getattr(head, "pool", None), "pool", type(head).__name__)
+    if not isinstance(head, PoolHead) or not isinstance(head.pool, FeaturePool) \
+            or head.pool.pool != "avg":
+        recipe: dict[str, Any] = getattr(model, "recipe", {})
+        kind = recipe.get("head_spec", type(head).__name__)
         return (f"CAM needs global average pooling right before the output layer (Zhou et al. "
-                f"2016); this head pools with {kind!r}: use a gap or nin head")
+                f"2016); this head is {kind!r}: use a gap or nin head, or Grad-CAM")
     if any(isinstance(m, nn.Linear) for m in head.pre_logits):
         return ("CAM needs global average pooling right before the output layer (Zhou et al. "
                 "2016); this gap head has hidden layers, so the class score is not linear in the "
                 "features: use a gap head without --hidden, or nin")
     return None
-
-
-def _as_nchw(feats: torch.Tensor, info: Any) -> torch.Tensor:
-    """Backbone features as (B, C, h, w), prefix tokens dropped."""
-    if info.layout == "NHWC":
-        return feats.permute(0, 3, 1, 2)
-    if info.layout == "NLC":
-        return _tokens_to_grid(feats[:, info.num_prefix_tokens:], info)
-    return feats
 
 
 def _tokens_to_grid(x: torch.Tensor, info: Any) -> torch.Tensor:
@@ -88,7 +82,7 @@ def class_activation_maps(model: nn.Module, x: torch.Tensor) -> CamResult:
 
     Raises ValueError (with the reason) for heads that have no CAM; see :func:`cam_support`.
     """
-    from surgery import NinHead
+    from surgery import NinHead, feature_grid
 
     reason = cam_support(model)
     if reason is not None:
@@ -100,14 +94,14 @@ def class_activation_maps(model: nn.Module, x: torch.Tensor) -> CamResult:
         feats = swapped.forward_features(x)
         logits = swapped.forward_head(feats)
         head: Any = model.head
-        info = model.features
+        info: Any = model.features
         if isinstance(head, NinHead):
             maps = head.class_maps(feats)
             if maps.dim() == 3:  # (B, L, K) patch tokens
                 maps = _tokens_to_grid(maps, info)
             offset = torch.zeros(maps.shape[1], device=maps.device)
         else:
-            f = _as_nchw(feats, info)
+            f = feature_grid(feats, info)
             maps = torch.einsum("kc,bchw->bkhw", head.fc.weight, f)
             offset = head.fc.bias.detach().clone()
     finally:
@@ -144,13 +138,40 @@ def draw_cams(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str],
         ax.axis("off")
         if i >= n:
             continue
-        img = imgs[i].permute(1, 2, 0)
-        m = maps[i].detach().float().cpu()
-        if tuple(m.shape) != tuple(img.shape[:2]):
-            m = F.interpolate(m[None, None], size=img.shape[:2], mode="bilinear",
-                              align_corners=False)[0, 0]
-        m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        ax.imshow(m, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        _overlay(ax, imgs[i], maps[i], alpha)
         ax.set_title(titles[i] if i < len(titles) else "", fontsize=7)
+    return save_figure(fig, path)
+
+
+def _overlay(ax: Any, img: torch.Tensor, m: torch.Tensor, alpha: float) -> None:
+    """One image (C, H, W in 0..1) with its map scaled to its own range, jet colours."""
+    m = m.detach().float().cpu()
+    img = img.permute(1, 2, 0)
+    if tuple(m.shape) != tuple(img.shape[:2]):
+        m = F.interpolate(m[None, None], size=img.shape[:2], mode="bilinear",
+                          align_corners=False)[0, 0]
+    m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+    ax.imshow(m, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+
+
+def draw_runs(images: torch.Tensor, rows: Sequence[tuple[str, torch.Tensor, Sequence[str]]],
+              path: str | Path, alpha: float = 0.5) -> Path:
+    """Several models on the same images, side by side: one row per model (its label, maps
+    (B, H, W), one title per image), one column per image, as a PNG."""
+    plt = pyplot()
+    imgs = images.detach().float().cpu()
+    if imgs.max() > 1.5:
+        imgs = imgs / 255.0
+    n = len(imgs)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n + 1.2, 2.2 * len(rows)),
+                             squeeze=False)
+    for r, (label, maps, titles) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            _overlay(ax, imgs[i], maps[i], alpha)
+            ax.set_title(titles[i] if i < len(titles) else "", fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=8)
     return save_figure(fig, path)

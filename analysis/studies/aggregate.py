@@ -197,6 +197,17 @@ def _fmt(value: Any, digits: int = 3) -> Any:
     return "" if value is None else (f"{value:.{digits}g}" if isinstance(value, float) else value)
 
 
+def _session_lines(session: Mapping[str, Any] | None) -> list[str]:
+    """The last invocation's wall time against its runs' own times, if it ran any."""
+    if not session or not session.get("runs"):
+        return []
+    workers = session["workers_started"]
+    return [f"Last invocation: {session['runs']} runs in {session['wall_s']:.1f} s wall, the "
+            f"runs themselves {session['jobs_s']:.1f} s ({session['jobs']} at a time); overhead "
+            f"{session['overhead_s']:.1f} s ({workers} worker "
+            f"process{'' if workers == 1 else 'es'} started).", ""]
+
+
 def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]],
                      robustness: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     """The study's ``summary.md``: settings, machine, the summary table (mean ± std over seeds),
@@ -209,6 +220,7 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
         f"Machine: {describe_machine(mach)}. Training + evaluation time of all runs: "
         f"{float(meta.get('train_time_s', 0)) / 60:.1f} min.",
         "",
+        *_session_lines(meta.get("session")),
         f"Data: {base.get('dataset')}, input {base.get('img_size') or 'native'} px, "
         f"{base.get('epochs')} epochs, batch {base.get('batch_size')}, {base.get('optimizer')} "
         f"lr {base.get('lr')}, weight decay {base.get('weight_decay')}, "

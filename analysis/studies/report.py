@@ -29,9 +29,11 @@ __all__ = ["write_report"]
 
 
 def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec,
-                 missing: Sequence[str] = ()) -> dict[str, Any]:
+                 missing: Sequence[str] = (), session: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Write ``summary.md/.csv/.json``, ``runs.csv``, ``comparisons.csv``,
-    ``robustness.csv/.json`` and the three plots into ``out``; returns the summary rows."""
+    ``robustness.csv/.json`` and the three plots into ``out``; returns the summary rows.
+    ``session``: the timing of the invocation that ran runs (wall time against run times)."""
     out = Path(out)
     rows = agg.group_rows(records)
     baseline = spec.heads[0].label
@@ -46,7 +48,8 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
     meta = dict(spec.to_dict(), machine=machine_info(), runs=len(records),
                 expected=len(combinations(spec)), missing=list(missing),
                 train_time_s=sum(float(r.get("time_s") or 0.0) for r in records),
-                figures=[k for k, v in figures.items() if v is not None])
+                figures=[k for k, v in figures.items() if v is not None],
+                **({"session": session} if session else {}))
     texts = {
         "summary.md": agg.summary_markdown(rows, comps, robust, meta),
         "summary.csv": to_csv(rows),

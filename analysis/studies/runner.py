@@ -5,32 +5,38 @@ Resuming is the default: a combination whose run directory has ``summary.json`` 
 ``robustness.json``) is skipped, an interrupted one continues from its ``last.pt``.
 ``shard=(i, n)`` runs only combinations ``i, i + n, i + 2n, ...`` (0-based) of the fixed order, so
 n machines split one study; analysis.studies.collect merges their directories into one report.
-With ``jobs >= 1`` each run is its own child process (its peak memory is then its own, and a
-crash loses one run); ``jobs=0`` runs in this process (tests; memory figures are then the
-process's peak so far).
+With ``jobs >= 1`` the runs go to that many worker processes (analysis.studies.pool), each
+importing torch and timm once and running many of them; a crash loses one run (the worker is
+replaced). ``jobs=0`` runs them in this process (tests). Either way each run's peak memory is its
+own (analysis.training resets the peak at the start of a run), and each run directory is locked
+while a job runs it: a run that another process (an earlier invocation, or its orphaned worker)
+is running is left alone and reported busy.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from surgery import read_json, write_json
+from surgery import one_line, one_line_warnings, read_json, write_json
 
 from ..data import decodes_files
-from ..training import TrainConfig, load_run_data, train
+from ..reporting import progress_bar, pyplot
+from ..training import RunInUseError, TrainConfig, load_run_data, lock_run_dir, train
 from .collect import is_done, load_records, settings_mismatch
+from .pool import Job, WorkerPool
 from .report import write_report
 from .robustness import evaluate_run
 from .spec import STUDY_FILE, Combo, StudySpec, combinations, select_shard
 
-__all__ = ["run_job", "run_study"]
+__all__ = ["WORKER_TARGET", "run_job", "run_study"]
+
+WORKER_TARGET = "analysis.studies.runner:run_job"  # what study workers call on each job
 
 
 def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> None:
@@ -51,25 +57,41 @@ def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume, or skip) one run and evaluate it at the robustness sizes."""
+    """Train (or resume, or skip) one run and evaluate it at the robustness sizes, holding the
+    run directory's lock throughout (:class:`RunInUseError` if another process holds it)."""
     cfg = TrainConfig.from_dict(job["config"])
     run_dir = Path(cfg.out) / str(cfg.name)
-    data = load_run_data(cfg)  # once, for training and the robustness evaluation
-    if (run_dir / "config.json").is_file():
-        summary = train(resume=run_dir, data=data)
-    else:
-        cfg.overwrite = True
-        summary = train(cfg, data=data)
-    if not (run_dir / "robustness.json").is_file():
-        rows = evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
-                            data=data, device=cfg.device)
-        write_json(run_dir / "robustness.json", rows)
+    with one_line_warnings(), lock_run_dir(run_dir):
+        _preload()
+        data = load_run_data(cfg)  # once, for training and the robustness evaluation
+        if (run_dir / "config.json").is_file():
+            summary = train(resume=run_dir, data=data)
+        else:
+            cfg.overwrite = True
+            summary = train(cfg, data=data)
+        if not (run_dir / "robustness.json").is_file():
+            rows = evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
+                                data=data, device=cfg.device)
+            write_json(run_dir / "robustness.json", rows)
     return summary
 
 
+def _preload() -> None:
+    """Import what a run imports on its way (matplotlib for its curves, fvcore for its MACs)
+    before the run resets its peak memory, so that every run of a process starts from the same
+    resident set: the first one is not lighter by those modules."""
+    import importlib
+
+    pyplot()
+    try:
+        importlib.import_module("fvcore.nn")
+    except ImportError:  # the torch counter is used then
+        pass
+
+
 def _warm_decode_cache(job: dict[str, Any]) -> float:
-    """Decode an image folder here, once, with its progress bar, before child processes start:
-    they then open the cache instead of waiting for the first of them to decode it. Returns the
+    """Decode an image folder here, once, with its progress bar, before the workers start: they
+    then open the cache instead of waiting for the first of them to decode it. Returns the
     seconds it took (0 for data sets that decode no files)."""
     cfg = TrainConfig.from_dict(job["config"])
     if not decodes_files(cfg.dataset):
@@ -77,34 +99,35 @@ def _warm_decode_cache(job: dict[str, Any]) -> float:
     return float(load_run_data(cfg).info["load_s"])
 
 
-def _spawn(job: dict[str, Any], log: Path, threads: int) -> tuple[int, str]:
-    """Run one job in a child process (``python -m analysis.studies.runner JOB``); (exit code, last line)."""
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w", encoding="utf-8") as f:
-        code = subprocess.call([sys.executable, "-m", "analysis.studies.runner", json.dumps(job)],
-                               stdout=f, stderr=subprocess.STDOUT, env=env)
-    lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln]
-    return code, (lines[-1] if lines else "")
+def _worker_env(threads: int) -> dict[str, str]:
+    """The environment of a worker process: our packages importable, ``threads`` torch threads."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
 def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
               shard: tuple[int, int] | None = None, progress: bool = True,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, runs_per_worker: int = 0) -> dict[str, Any]:
     """Run this shard's combinations not yet done, then write the report of the directory.
 
-    Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "report": {...}}``
-    (run names), and ``data_load_s``: the seconds this process spent decoding (or opening) an
-    image folder's cache before starting child processes. ``threads``: torch threads per child (default: cores / jobs; on a shared,
-    busy CPU 1 is faster). In-process (``jobs=0``) errors propagate; in child processes a failed run is
-    recorded with the last line of its log (``logs/NAME.log``) and the others continue.
+    Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "busy": [(name,
+    message), ...], "timing": {...}, "report": {...}}`` (run names; ``busy``: runs another
+    process is running, left alone). ``jobs`` worker processes run the jobs, each many of them
+    (its imports paid once; ``runs_per_worker`` > 0 replaces a worker after that many);
+    ``threads``: torch threads per worker (default: cores / jobs; on a shared, busy CPU 1 is
+    faster). A failed run is recorded with the last line of its error
+    (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process
+    (tests), where errors propagate. ``timing``: the wall time of the runs, the sum of the jobs'
+    own times and the difference (``overhead_s``: process starts, imports, waiting), and
+    ``data_load_s``: the seconds this process spent decoding (or opening) an image folder's cache
+    before the workers started (part of the overhead).
     """
+    t0 = time.perf_counter()
     spec.check()
     out = Path(out)
     _open_study(spec, out, shard)
-    result: dict[str, Any] = {"ran": [], "skipped": [], "failed": [], "data_load_s": 0.0}
+    result: dict[str, Any] = {"ran": [], "skipped": [], "failed": [], "busy": []}
     pending = []
     for combo in select_shard(combinations(spec), shard):
         job = _job(combo, spec, out)
@@ -112,52 +135,59 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
         if is_done(out / "runs" / name):
             result["skipped"].append(name)
         else:
-            pending.append((name, job))
-    if pending and jobs > 0:
-        result["data_load_s"] = _warm_decode_cache(pending[0][1])
-    bar = _bar(len(pending), progress)
-    if jobs <= 0:
-        for name, job in pending:
-            run_job(job)
+            pending.append(Job(name, job, out / "logs" / f"{name}.log"))
+    bar = progress_bar(len(pending), "study runs", "run", per_update=True) \
+        if progress and pending else None
+    seconds: list[float] = []
+
+    def record(name: str, status: str, message: str, secs: float) -> None:
+        seconds.append(secs)
+        if status == "ok" and not is_done(out / "runs" / name):
+            status, message = "failed", "the job ended without finishing the run"
+        if status == "ok":
             result["ran"].append(name)
+        else:
+            result["busy" if status == "busy" else "failed"].append((name, one_line(message)))
+        if bar is not None:
+            bar.set_postfix(last=f"{name} {status}")
             bar.update(1)
-    else:
-        threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_spawn, job, out / "logs" / f"{name}.log", threads): name
-                       for name, job in pending}
-            for fut in as_completed(futures):
-                code, last = fut.result()
-                name = futures[fut]
-                if code == 0 and not is_done(out / "runs" / name):
-                    code, last = -1, "the child process exited without finishing the run"
-                if code == 0:
-                    result["ran"].append(name)
-                else:
-                    result["failed"].append((name, f"exit {code}: {last}"))
-                bar.update(1)
-    bar.close()
-    result["report"] = write_report(out, load_records([out], spec), spec)
+
+    warm = _warm_decode_cache(pending[0].payload) if pending and jobs > 0 else 0.0
+    started = _run_pending(pending, jobs, threads, runs_per_worker, out, record)
+    if bar is not None:
+        bar.close()
+    result["timing"] = dict(_timing(time.perf_counter() - t0, seconds, jobs, started),
+                            data_load_s=warm)
+    result["report"] = write_report(out, load_records([out], spec), spec,
+                                    session=result["timing"])
     return result
 
 
-def _bar(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_worker: int,
+                 out: Path, record: Callable[[str, str, str, float], None]) -> int:
+    """Run the jobs (in this process for ``jobs`` <= 0); returns the worker processes started."""
+    if jobs <= 0:
+        for job in pending:
+            t = time.perf_counter()
+            try:
+                run_job(job.payload)
+                status, message = "ok", ""
+            except RunInUseError as err:
+                status, message = "busy", str(err)
+            record(job.name, status, message, time.perf_counter() - t)
+        return 0
+    if not pending:
+        return 0
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    with WorkerPool(jobs, WORKER_TARGET, _worker_env(threads), log=out / "logs" / "workers.log",
+                    max_jobs=runs_per_worker) as pool:
+        pool.run(pending, lambda r: record(r.name, r.status, r.message, r.seconds))
+    return pool.started
 
-    return tqdm(total=total, desc="study runs", unit="run", disable=not enabled or total == 0,
-                dynamic_ncols=True)
 
-
-def _child_main(argv: list[str]) -> int:
-    """Entry point of a child process: one job, given as JSON on the command line."""
-    import torch
-
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads:
-        torch.set_num_threads(threads)
-    run_job(json.loads(argv[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+def _timing(wall: float, seconds: list[float], jobs: int, workers: int) -> dict[str, Any]:
+    """Wall time of this invocation's runs against the sum of the jobs' own times."""
+    busy = sum(seconds)
+    return {"runs": len(seconds), "jobs": max(1, jobs), "workers_started": workers,
+            "wall_s": wall, "jobs_s": busy, "overhead_s": wall - busy / max(1, jobs)}

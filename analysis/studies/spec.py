@@ -1,5 +1,6 @@
 """What a head comparison study is: its grid (models x heads x train sizes x seeds) and the
-settings every run shares, and the head specs it compares.
+settings every run shares. The heads are surgery head specs (``gem:p=3``, ``flatten:hidden=256``),
+parsed by the one parser (surgery.parse_head) and named by surgery.head_label.
 
 :class:`StudySpec` is stored as ``study.json`` in the study directory; each :class:`Combo` of its
 grid becomes one fine-tuning run (analysis.training) named by ``run_name``.
@@ -12,56 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from surgery import HEADS, check_head_args, head_label
+from surgery import HeadSpec, make_spec, parse_head
 
 from ..training import TrainConfig, run_name
 
-__all__ = ["STUDY_FILE", "Combo", "HeadSpec", "StudySpec", "combinations", "parse_head",
-           "parse_shard", "select_shard"]
+__all__ = ["STUDY_FILE", "Combo", "StudySpec", "combinations", "parse_shard", "select_shard"]
 
 STUDY_FILE = "study.json"
-_OPTION_KEYS = {"hidden": "hidden", "h": "hidden", "dropout": "dropout", "d": "dropout"}
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """A head as a study compares it: a kind from ``surgery.HEADS`` plus its MLP options."""
-
-    head: str
-    hidden: tuple[int, ...] = ()
-    dropout: float = 0.0
-
-    @property
-    def label(self) -> str:
-        """The name in tables and run directories: ``flatten-h256-d0.5`` (as in run names)."""
-        return head_label(self.head, self.hidden, self.dropout)
-
-    def __str__(self) -> str:
-        return self.label
-
-
-def parse_head(text: str) -> HeadSpec:
-    """``gap``, ``flatten:hidden=256:dropout=0.5``, ``flatten:hidden=512x256``, ``gap:d=0.2``."""
-    kind, *opts = text.split(":")
-    if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r} in {text!r}; choose from {', '.join(HEADS)} "
-                         "(options: KIND:hidden=256:dropout=0.5)")
-    values: dict[str, Any] = {}
-    for opt in opts:
-        key, sep, val = opt.partition("=")
-        if not sep or key not in _OPTION_KEYS:
-            raise ValueError(f"bad head option {opt!r} in {text!r}; expected hidden=W[xW...] or "
-                             "dropout=P, e.g. flatten:hidden=256:dropout=0.5")
-        try:
-            if _OPTION_KEYS[key] == "hidden":
-                values["hidden"] = tuple(int(w) for w in val.split("x"))
-            else:
-                values["dropout"] = float(val)
-        except ValueError:
-            raise ValueError(f"bad value in head option {opt!r} of {text!r}") from None
-    spec = HeadSpec(kind, **values)
-    check_head_args(spec.head, 2, spec.hidden, spec.dropout)
-    return spec
 
 
 @dataclass
@@ -114,16 +72,23 @@ class StudySpec:
         d = asdict(self)
         d["base"].setdefault("resize", TrainConfig.resize)  # what its runs use, said explicitly
         d["heads"] = [h.label for h in self.heads]
-        d["head_specs"] = [asdict(h) for h in self.heads]
+        d["head_specs"] = [str(h) for h in self.heads]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySpec:
-        heads = tuple(HeadSpec(h["head"], tuple(h["hidden"]), float(h["dropout"]))
-                      for h in d["head_specs"])
+        heads = tuple(_stored_head(h) for h in d["head_specs"])
         return cls(tuple(d["models"]), heads, tuple(d["seeds"]), tuple(d["train_sizes"]),
                    dict(d["base"]), tuple(d.get("robust_sizes") or ()), d.get("robust_images"),
                    d.get("test_size"), d.get("command", ""))
+
+
+def _stored_head(stored: str | dict[str, Any]) -> HeadSpec:
+    """A head as study.json stores it: a spec string, or (older studies) kind, hidden, dropout."""
+    if isinstance(stored, str):
+        return parse_head(stored)
+    return make_spec(stored["head"], hidden=tuple(stored["hidden"]),
+                     dropout=float(stored["dropout"]))
 
 
 @dataclass(frozen=True)
@@ -137,8 +102,8 @@ class Combo:
 
     def config(self, spec: StudySpec, runs_dir: Path) -> TrainConfig:
         """The TrainConfig of this run, named by ``run_name``."""
-        cfg = TrainConfig.from_dict({**spec.base, "model": self.model, "head": self.head.head,
-                                     "hidden": self.head.hidden, "dropout": self.head.dropout,
+        cfg = TrainConfig.from_dict({**spec.base, "model": self.model, "head": str(self.head),
+                                     "hidden": (), "dropout": 0.0,
                                      "train_size": self.train_size, "seed": self.seed,
                                      "out": str(runs_dir), "progress": False,
                                      "test_size": spec.test_size})

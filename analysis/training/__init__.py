@@ -1,23 +1,36 @@
 """Fine-tuning: a swapped model trained on in-memory data, with a run directory to resume from.
 
-Reading order for one run: :class:`TrainConfig` (config) -> :func:`train` (loop: epochs, steps,
-checkpoints, the final test) -> the pieces it assembles (parts: data, model, optimiser, sampler)
--> one optimiser step and evaluation (step) -> what is written (rundir, checkpoints) -> DDP under
-torchrun (distributed).
+Reading order for one run: :class:`TrainConfig` (config) -> :func:`train` (launch: the run
+directory claimed under a lock, a resume checked against the run's config) -> the loop (loop:
+epochs, steps, checkpoints, the final test) -> the pieces it assembles (parts: data, model,
+optimiser, sampler) -> one optimiser step and evaluation (step) -> what is written (rundir,
+checkpoints) -> DDP under torchrun (distributed).
 """
 
 from .checkpoints import read_checkpoint, save_checkpoint
 from .config import OPTIMIZERS, REGIMES, TrainConfig, config_from_record, load_run_data, run_name
 from .distributed import DistInfo
-from .loop import train
+from .launch import train
+from .lock import RunInUseError, lock_run_dir
 from .model import build_model, build_optimizer, model_costs, resolve_system, set_regime
-from .options import add_training_options, config_from_args, config_values
-from .rundir import METRIC_COLUMNS, RUN_FILES
-from .step import NonFiniteLossError, RunningLoss, TrainStep, evaluate, lr_factor, peak_mem_mb
+from .options import add_training_options, config_from_args, config_values, given_config_values
+from .resume import RESUME_FREE, read_run_config
+from .rundir import METRIC_COLUMNS, RUN_FILES, run_path
+from .step import (
+    NonFiniteLossError,
+    RunningLoss,
+    TrainStep,
+    evaluate,
+    lr_factor,
+    peak_mem_mb,
+    reset_peak_mem,
+)
 
-__all__ = ["METRIC_COLUMNS", "OPTIMIZERS", "REGIMES", "RUN_FILES", "DistInfo",
-           "NonFiniteLossError", "RunningLoss", "TrainConfig", "TrainStep", "add_training_options",
-           "build_model", "config_from_args", "config_from_record", "config_values",
-           "build_optimizer", "evaluate", "load_run_data", "lr_factor", "model_costs",
-           "peak_mem_mb", "read_checkpoint", "resolve_system", "run_name", "save_checkpoint",
+__all__ = ["METRIC_COLUMNS", "OPTIMIZERS", "REGIMES", "RESUME_FREE", "RUN_FILES", "DistInfo",
+           "NonFiniteLossError", "RunInUseError", "RunningLoss", "TrainConfig", "TrainStep",
+           "add_training_options", "build_model", "build_optimizer", "config_from_args",
+           "config_from_record", "config_values", "evaluate", "given_config_values",
+           "load_run_data", "lock_run_dir",
+           "lr_factor", "model_costs", "peak_mem_mb", "read_checkpoint", "read_run_config",
+           "reset_peak_mem", "resolve_system", "run_name", "run_path", "save_checkpoint",
            "set_regime", "train"]

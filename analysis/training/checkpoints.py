@@ -15,13 +15,12 @@ from typing import Any
 import torch
 
 import surgery
-from surgery import HeadSwapped, read_json
+from surgery import HeadSwapped
 
 from . import distributed
-from .config import TrainConfig, config_from_record
 from .distributed import DistInfo
 
-__all__ = ["epoch_aug_rng", "fresh_running", "gather_rank_states", "last_extra", "load_resume",
+__all__ = ["epoch_aug_rng", "fresh_running", "gather_rank_states", "last_extra",
            "read_checkpoint", "restore_rank_state", "restore_training", "resumed_progress",
            "rng_state", "save_checkpoint", "seed_rank", "set_rng_state"]
 
@@ -66,24 +65,6 @@ def epoch_aug_rng(seed: int, epoch: int, rank: int) -> torch.Generator:
 def fresh_running() -> dict[str, Any]:
     """The running sums of an epoch before its first step (seconds, images, summed loss)."""
     return {"loss_sum": 0.0, "seen": 0, "train_time_s": 0.0, "epoch_time_s": 0.0}
-
-
-def load_resume(run_dir: Path) -> tuple[TrainConfig, dict[str, Any] | None,
-                                        dict[str, Any] | None]:
-    """``(config, summary, last.pt)`` of a run directory; summary is None until it finished.
-
-    The checkpoint is None when the run stopped before writing ``last.pt`` (it starts over) or
-    when it finished (the summary is all a caller needs).
-    """
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no config.json there (is it "
-                                "a run directory written by tools/finetune.py?)")
-    cfg = config_from_record(read_json(run_dir / "config.json")["config"])
-    cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
-    if (run_dir / "summary.json").is_file():
-        return cfg, dict(read_json(run_dir / "summary.json")), None
-    state = read_checkpoint(run_dir / "last.pt") if (run_dir / "last.pt").is_file() else None
-    return cfg, None, state
 
 
 def resumed_progress(ex: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any],

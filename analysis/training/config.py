@@ -9,7 +9,8 @@ import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from surgery import as_hidden, check_timm_options, head_label
+import surgery
+from surgery import HeadSpec, as_hidden, check_timm_options
 
 from ..data import (
     DEFAULT_RESIZE,
@@ -36,9 +37,9 @@ class TrainConfig:
 
     # model (surgery.swap_head)
     model: str = "resnet18"
-    head: str = "gap"
-    hidden: tuple[int, ...] = ()
-    dropout: float = 0.0
+    head: str = "gap"                 # a head spec: gap, gem:p=3:learn_p=0, spp:levels=1x2, ...
+    hidden: tuple[int, ...] = ()      # or in the spec (hidden=512x256), not both
+    dropout: float = 0.0              # or in the spec (dropout=0.5), not both
     pretrained: bool = False
     checkpoint: str | None = None     # local backbone weights
     in_chans: int | None = None       # None: the data's channels from scratch, 3 when pretrained
@@ -133,13 +134,15 @@ class TrainConfig:
         """Model and head names, before any data is read."""
         import timm
 
-        import surgery
-
-        if self.head not in surgery.HEADS:
-            raise ValueError(f"unknown head {self.head!r}; choose from: {', '.join(surgery.HEADS)}")
+        self.head_spec()  # the head spec parses and is not ambiguous
         if not timm.is_model(self.model.split(".", 1)[0]):
             close = ", ".join(surgery.closest_model_names(self.model.split(".", 1)[0])) or "none"
             raise ValueError(f"unknown model {self.model!r}; closest: {close}")
+
+    def head_spec(self) -> HeadSpec:
+        """The head with every option: ``head`` parsed, ``hidden`` / ``dropout`` merged in when
+        set here rather than in the spec (setting one in both is refused as ambiguous)."""
+        return surgery.resolve_head(self.head, tuple(self.hidden) or None, self.dropout or None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -167,9 +170,10 @@ def config_from_record(record: dict[str, Any]) -> TrainConfig:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """Default run directory name: model, head, data, subset size, regime and seed."""
-    parts = [cfg.model, head_label(cfg.head, cfg.hidden, cfg.dropout), cfg.dataset,
-             f"n{cfg.train_size or 'all'}"]
+    """Default run directory name: model, head with its options (surgery.head_label, e.g.
+    ``gem-p2-h256``), data, subset size, regime and seed."""
+    parts = [cfg.model, surgery.head_label(cfg.head_spec())]
+    parts += [cfg.dataset, f"n{cfg.train_size or 'all'}"]
     if cfg.regime != "full":
         parts.append(cfg.regime)
     parts.append(f"s{cfg.seed}")

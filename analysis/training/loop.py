@@ -1,8 +1,9 @@
-"""Fine-tuning harness: train a swapped model and measure how its head generalises.
+"""The loop of one fine-tuning run: epochs of steps, metrics, checkpoints and the final test.
 
-:func:`train` takes a :class:`TrainConfig` (or a run directory to resume), builds the model with
-``surgery.swap_head``, trains it on an in-memory data set (analysis.data) and
-writes a run directory (analysis.training.rundir). Each epoch records train loss/accuracy measured in eval
+:class:`RunLoop` is what :func:`analysis.training.train` (analysis.training.launch) runs once it
+holds the run directory: it assembles the run (analysis.training.parts: the model from
+``surgery.swap_head``, in-memory data from analysis.data), trains it and writes the run
+directory (analysis.training.rundir). Each epoch records train loss/accuracy measured in eval
 mode on a fixed train sample, validation loss/accuracy, their gap, time, img/s and peak memory.
 
 Resume is exact: checkpoints (analysis.training.checkpoints) hold the model, optimiser, RNG states and the
@@ -30,73 +31,32 @@ import torch
 
 from surgery import write_json
 
-from ..reporting import plot_curves
+from ..reporting import plot_curves, progress_bar
 from . import checkpoints as ckpt
 from . import distributed
-from .config import TrainConfig, run_name
+from .config import TrainConfig
 from .distributed import DistInfo
-from .model import resolve_system, set_regime
+from .model import set_regime
 from .parts import RunParts, assemble_run, run_config_record
-from .rundir import prepare_run_dir, write_metrics
+from .rundir import remove_run_files, write_metrics
 from .step import NonFiniteLossError, RunningLoss, evaluate, lr_factor, peak_mem_mb
 
-__all__ = ["train"]
+__all__ = ["RunLoop", "StepHook"]
 
 StepHook = Callable[[dict[str, Any]], None]
 
 
-def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
-          data: Any = None, dist: DistInfo | None = None,
-          on_step: StepHook | None = None, on_epoch: StepHook | None = None) -> dict[str, Any]:
-    """Run (or resume) one fine-tuning run and return its summary (also in ``summary.json``).
-
-    ``data`` (a DataSplits) skips loading when the caller (a study) already holds the splits.
-    ``on_step`` receives ``{epoch, step, global_step, loss, model, optimizer}`` after every
-    optimiser step (a hook may raise to stop the run); ``on_epoch`` receives each epoch's metrics
-    row. Resuming a finished run returns its summary. Raises :class:`NonFiniteLossError` when the
-    loss or the weights become NaN or inf; ``last.pt`` then still holds the last good state.
-
-    Started by torchrun (``WORLD_SIZE`` > 1) and without ``dist``, it joins the process group
-    itself (gloo on CPU, nccl on CUDA, one GPU per ``LOCAL_RANK``) and leaves it at the end.
-    """
-    state: dict[str, Any] | None = None
-    if resume is not None:
-        run_dir = Path(resume)
-        cfg, summary, state = ckpt.load_resume(run_dir)
-        if summary is not None:
-            return summary
-    elif config is None:
-        raise ValueError("train() needs a TrainConfig or resume=RUN_DIR")
-    else:
-        cfg = config
-        cfg.check()
-        run_dir = Path(cfg.out) / (cfg.name or run_name(cfg))
-    system = resolve_system(cfg)
-    owned = dist is None and distributed.launched()
-    if dist is None:
-        dist, system["device"] = distributed.setup(system["device"])
-    try:
-        if resume is None:
-            # every rank checks before rank 0 clears or writes anything
-            prepare_run_dir(run_dir, cfg.overwrite, write=False)
-            dist.wait()
-            if dist.is_main:
-                prepare_run_dir(run_dir, cfg.overwrite)
-        dist.wait()
-        return _Run(cfg, run_dir, state, data, dist, system, on_step, on_epoch).fit()
-    finally:
-        if owned:
-            distributed.shutdown()
-
-
-class _Run:
+class RunLoop:
     """One run's loop: epochs of steps, metrics, checkpoints, and the final test."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
                  data: Any, dist: DistInfo, system: dict[str, Any],
-                 on_step: StepHook | None, on_epoch: StepHook | None):
+                 hooks: dict[str, StepHook | None], fresh: bool):
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
-        self.on_step, self.on_epoch = on_step, on_epoch
+        self.on_step, self.on_epoch = hooks["step"], hooks["epoch"]
+        # a new run takes the directory over after its first step and, until its first
+        # checkpoint, removes what it wrote if it fails
+        self.fresh, self.started, self.wrote_last = fresh, not fresh, False
         self.device, self.amp = system["device"], system["amp_dtype"]
         self.resume_state: dict[str, Any] = state["extra"] if state is not None else {}
         self.first_epoch = int(self.resume_state.get("epoch", 0))
@@ -111,9 +71,22 @@ class _Run:
                                     path=run_dir / "last.pt")
         elif dist.rank > 0:  # different dropout masks per rank (rank 0 draws as one process does)
             ckpt.seed_rank(cfg.seed, dist.rank)
-        if state is None and dist.is_main:
-            write_json(run_dir / "config.json", run_config_record(cfg, self.parts, system, dist))
+        self.config_record = run_config_record(cfg, self.parts, system, dist)
         self._tick_at = time.perf_counter()
+
+    def position(self) -> dict[str, Any]:
+        """Where this run starts: ``epoch`` epochs and ``step`` steps of the next one done."""
+        status = "new" if self.fresh else ("resumed" if self.resume_state else "restarted")
+        return {"status": status, "run_dir": self.run_dir, "epoch": self.first_epoch,
+                "step": self.first_step, "epochs": self.cfg.epochs,
+                "steps_per_epoch": self.parts.schedule.steps_per_epoch}
+
+    def _take_over(self) -> None:
+        """After the first good step of a new run: replace an old run there, write config.json."""
+        if self.dist.is_main:
+            remove_run_files(self.run_dir)
+            write_json(self.run_dir / "config.json", self.config_record)
+        self.started = True
 
     def _tick(self) -> None:
         """Add the wall time since the last tick to ``time_s`` (kept across resumed segments)."""
@@ -123,9 +96,14 @@ class _Run:
 
     def fit(self) -> dict[str, Any]:
         self._tick_at = time.perf_counter()
-        for epoch in range(self.first_epoch, self.cfg.epochs):
-            row = self._epoch(epoch)
-            self._end_epoch(row)
+        try:
+            for epoch in range(self.first_epoch, self.cfg.epochs):
+                row = self._epoch(epoch)
+                self._end_epoch(row)
+        except BaseException:
+            if self.fresh and self.started and not self.wrote_last and self.dist.is_main:
+                remove_run_files(self.run_dir)  # nothing to resume: leave nothing behind
+            raise
         return self._finish()
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
@@ -162,6 +140,8 @@ class _Run:
             running["seen"] += len(idx)
             if loss_sum.free_to_read or step % 20 == 0 or step == steps - 1:
                 self._check_finite(loss_sum, epoch, step)
+            if not self.started:
+                self._take_over()
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
@@ -248,6 +228,7 @@ class _Run:
                 epoch=epoch, step=step, optimizer=self.parts.optimizer, scaler=self.parts.scaler,
                 mine=mine, ranks=ranks, history=self.history, best=self.best,
                 totals=self.totals, world_size=self.dist.world_size))
+        self.wrote_last = True
         self.dist.wait()
 
     def _finish(self) -> dict[str, Any]:
@@ -269,9 +250,11 @@ class _Run:
         cfg, history, totals = self.cfg, self.history, self.totals
         b = history[self.best["epoch"] - 1] if self.best.get("epoch") else history[-1]
         last = history[-1]
+        head = cfg.head_spec()
         return {
-            "model": cfg.model, "head": cfg.head, "hidden": list(cfg.hidden),
-            "dropout": cfg.dropout, "dataset": cfg.dataset, "regime": cfg.regime,
+            "model": cfg.model, "head": head.kind, "head_spec": str(head),
+            "head_label": head.label, "hidden": list(head.hidden), "dropout": head.dropout,
+            "dataset": cfg.dataset, "regime": cfg.regime,
             "train_size": len(self.parts.data.train_y), "img_size": self.parts.img_size,
             "seed": cfg.seed, "epochs": len(history), "test_acc": test_acc,
             "test_loss": test_loss, "best_val_acc": self.best["val_acc"],
@@ -294,8 +277,9 @@ class _Run:
     def _check_finite(self, loss_sum: RunningLoss, epoch: int, step: int) -> None:
         if not math.isfinite(loss_sum.total):
             last = self.run_dir / "last.pt"
-            keep = (f"the last good checkpoint is {last}" if last.exists()
-                    else "no checkpoint had been written yet")
+            kept = last.exists() and (self.wrote_last or not self.fresh)
+            keep = (f"the last good checkpoint is {last}" if kept
+                    else "no checkpoint had been written yet: nothing is kept")
             raise NonFiniteLossError(
                 f"training loss became NaN or inf at epoch {epoch + 1}, step {step + 1}; stopped "
                 f"({keep}); try a lower --lr, --clip-grad 1.0, or --amp off")
@@ -310,10 +294,8 @@ class _Run:
                 "a lower --lr, --clip-grad 1.0, or --amp off")
 
     def _progress(self, initial: int, epoch: int) -> Any:
+        """tqdm on a terminal; one line per epoch in a file or pipe."""
         if not (self.cfg.progress and self.dist.is_main):
             return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.parts.schedule.steps_per_epoch, initial=initial,
-                    desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="step", leave=False,
-                    dynamic_ncols=True)
+        return progress_bar(self.parts.schedule.steps_per_epoch,
+                            f"epoch {epoch + 1}/{self.cfg.epochs}", "step", initial=initial)

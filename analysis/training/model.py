@@ -60,8 +60,8 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
         kwargs.setdefault("img_size", img_size)  # ViT-style models: position embeddings for it
     try:
         model = surgery.swap_head(
-            cfg.model, head=cfg.head, num_classes=data.num_classes, hidden=cfg.hidden,
-            dropout=cfg.dropout, input_size=img_size, in_chans=in_chans,
+            cfg.model, head=cfg.head_spec(), num_classes=data.num_classes,
+            input_size=img_size, in_chans=in_chans,
             pretrained=cfg.pretrained and fresh, checkpoint=cfg.checkpoint if fresh else None,
             **kwargs)
     except ValueError as err:

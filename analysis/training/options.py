@@ -9,15 +9,16 @@ seed, the run directory), and adds its own grid options instead.
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import fields
 from typing import Any
 
-from surgery import HEADS, parse_options
+from surgery import parse_options, resolve_head, spec_help
 
 from ..data import DATASETS, RESIZE_POLICIES
 from .config import OPTIMIZERS, REGIMES, TrainConfig
 
-__all__ = ["add_training_options", "config_from_args", "config_values"]
+__all__ = ["add_training_options", "config_from_args", "config_values", "given_config_values"]
 
 _DEFAULTS = TrainConfig()
 
@@ -34,11 +35,12 @@ def _size(text: str) -> int | float:
 def _add_model(p: argparse.ArgumentParser, per_run: bool) -> None:
     m = p.add_argument_group("model")
     if per_run:
-        m.add_argument("--head", default=_DEFAULTS.head, choices=list(HEADS),
-                       help="head kind (surgery.HEADS)")
-        m.add_argument("--hidden", type=int, nargs="*", default=[],
-                       help="hidden Linear-ReLU-Dropout widths before the output layer")
-        m.add_argument("--dropout", type=float, default=_DEFAULTS.dropout, help="dropout in the head")
+        m.add_argument("--head", default=_DEFAULTS.head, metavar="SPEC", help=spec_help())
+        m.add_argument("--hidden", type=int, nargs="*", default=None,
+                       help="hidden Linear-ReLU-Dropout widths before the output layer (or "
+                            "hidden= in the head spec, not both)")
+        m.add_argument("--dropout", type=float, default=None,
+                       help="dropout in the head (or dropout= in the head spec, not both)")
     m.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights")
     m.add_argument("--checkpoint", default=None,
                    help="start from a local backbone weights file")
@@ -170,10 +172,25 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "hidden" in values:
         values["hidden"] = tuple(values["hidden"])
+    if "head" in values:  # --hidden / --dropout and the same option in the spec: refused
+        resolve_head(values["head"], values.get("hidden"), values.get("dropout"))
     values["data_options"] = parse_options(getattr(args, "data_option", []), "--data-option")
     if getattr(args, "skip_bad_images", False):  # a reader option with its own flag
         values["data_options"]["skip_bad_images"] = True
     values["timm_options"] = parse_options(getattr(args, "timm_option", []), "--timm-option")
+    return values
+
+
+def given_config_values(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields set by options given explicitly in ``argv`` (not by
+    defaults), as :func:`config_values` reads them: what a resume checks against the run."""
+    shadow = copy.deepcopy(parser)
+    shadow.set_defaults(**dict.fromkeys(vars(parser.parse_args(argv))))  # None: not given
+    given = {k: v for k, v in vars(shadow.parse_args(argv)).items() if v is not None}
+    values = config_values(argparse.Namespace(**given))
+    for key in ("data_option", "timm_option"):
+        if key not in given:
+            values.pop(key + "s")
     return values
 
 

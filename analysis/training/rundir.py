@@ -4,6 +4,11 @@ A run killed at any moment leaves each file either at its previous or at its new
 half-written: ``config.json``, ``metrics.csv``, ``metrics.jsonl``, ``summary.json``, ``best.pt``,
 ``last.pt`` and ``curves.png``. The checkpoints ``best.pt`` and ``last.pt`` are written by
 analysis.training.checkpoints.
+
+A new run writes nothing until its first optimiser step has succeeded: only then does it
+replace a run it overwrites (``--overwrite``) and write ``config.json``; a run that fails before
+its first ``last.pt`` removes what it wrote. One process at a time holds a run directory
+(analysis.training.lock).
 """
 
 from __future__ import annotations
@@ -11,16 +16,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from surgery import atomic_write_bytes, finite
 
-__all__ = ["METRIC_COLUMNS", "RUN_FILES", "prepare_run_dir", "write_metrics"]
+__all__ = ["DERIVED_FILES", "METRIC_COLUMNS", "RUN_FILES", "refuse_taken", "remove_run_files",
+           "run_path", "write_metrics"]
 
 RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "best.pt", "last.pt",
              "curves.png")
+# written beside a run from its model (a study's robustness evaluation): stale once it is replaced
+DERIVED_FILES = ("robustness.json",)
 
 # one row per epoch; accuracies are fractions in [0, 1], losses are mean cross-entropy (nats)
 METRIC_COLUMNS = (
@@ -43,20 +52,33 @@ def write_metrics(run_dir: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_bytes(run_dir / "metrics.jsonl", lines.encode())
 
 
-def prepare_run_dir(run_dir: str | Path, overwrite: bool = False, write: bool = True) -> Path:
-    """Create ``run_dir``; refuse (ValueError) to start over a run already there unless told to.
+def run_path(out: str | Path, name: str) -> Path:
+    """``out / name``, refusing names that are not one directory name (ValueError)."""
+    bad = (not name or name in (".", "..") or "/" in name
+           or (os.altsep is not None and os.altsep in name) or os.sep in name)
+    if bad:
+        raise ValueError(f"--name {name!r} must be a single directory name (no '/', '.' or '..'); "
+                         "give the parent directory with --out")
+    return Path(out) / name
 
-    ``write=False`` (ranks other than 0) only checks.
-    """
+
+def refuse_taken(run_dir: str | Path, overwrite: bool) -> None:
+    """Refuse (ValueError) to start a run over one already in ``run_dir`` unless told to."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{str(run_dir)!r} is a file, not a run directory; choose another "
+                         "--name or --out")
     taken = [f for f in RUN_FILES if (run_dir / f).exists()]
     if taken and not overwrite:
         raise ValueError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(taken)}); "
                          f"continue it with --resume {run_dir}, start over with --overwrite, or "
                          "choose another --name")
-    if write:
-        for f in taken:
-            (run_dir / f).unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
+
+def remove_run_files(run_dir: str | Path) -> None:
+    """Delete what a run wrote into ``run_dir`` (and what was derived from it), nothing else."""
+    for f in (*RUN_FILES, *DERIVED_FILES):
+        try:
+            (Path(run_dir) / f).unlink()
+        except FileNotFoundError:
+            pass

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..costs import reset_rss_peak, rss_peak_bytes
 from ..data import BatchTransform, Images, iterate
 from .distributed import DistInfo
 
 __all__ = ["NonFiniteLossError", "RunningLoss", "TrainStep", "evaluate", "lr_factor",
-           "peak_mem_mb"]
+           "peak_mem_mb", "reset_peak_mem"]
 
 
 class NonFiniteLossError(ValueError):
@@ -142,8 +143,21 @@ def evaluate(model: nn.Module, x: Images, y: torch.Tensor, transform: BatchTrans
     return loss / n, correct / n
 
 
+def reset_peak_mem(device: torch.device) -> None:
+    """Start a new peak for :func:`peak_mem_mb` (each run's peak is its own, even when one
+    process runs many): the CUDA allocator's peak, or on Linux the process's peak RSS (VmHWM)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_rss_peak()
+
+
 def peak_mem_mb(device: torch.device) -> float:
-    """Peak memory in MiB: CUDA allocator peak on GPU, the process's peak RSS on CPU."""
+    """Peak memory in MiB since :func:`reset_peak_mem`: the CUDA allocator's peak on GPU, the
+    process's peak RSS on CPU (where it cannot be reset, the peak of the process's lifetime)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = rss_peak_bytes()
+    if peak is not None:
+        return peak / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB

@@ -24,7 +24,8 @@ SYNTH = ["--dataset", "synthetic", "--data-option", "num_classes=3", "--data-opt
 
 
 # spelled out, not read from the registries the parser is built from
-KNOWN_HEADS = ("gap", "gmp", "gapmp", "flatten", "nin", "original")
+KNOWN_HEADS = ("gap", "gmp", "gapmp", "flatten", "nin", "gem", "attn", "token", "spp",
+               "original")
 KNOWN_DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "synthetic")
 
 
@@ -36,7 +37,7 @@ def test_help_lists_every_head_kind(capsys):
     for flag in ("--heads", "--seeds", "--train-sizes", "--jobs", "--shard", "--collect",
                  "--robust-sizes", "--test-size", "--out"):
         assert flag in out
-    listed = re.search(r"head kinds \(([^)]*)\)", out)
+    listed = re.search(r"Kinds: ([^.]*)\.", out)
     assert listed is not None and set(KNOWN_HEADS) <= set(listed.group(1).split(", "))
 
 
@@ -62,6 +63,11 @@ def test_flags_become_the_study():
     spec = compare_heads.spec_from_args(args, "cmd")
     assert spec.models == ("resnet18", "mobilenetv3_small_100")
     assert [h.label for h in spec.heads] == ["gap", "flatten-h256-d0.5"]
+    args = compare_heads.build_parser().parse_args(
+        ["resnet18", "--heads", "gap", "gem:p=3:learn_p=0", "spp:levels=1x2x4:pool=avg",
+         "attn:num_heads=4", "--out", "x"])
+    labels = [h.label for h in compare_heads.spec_from_args(args).heads]
+    assert labels == ["gap", "gem-learn_p0", "spp-avg", "attn-heads4"]
     assert spec.seeds == (0, 1, 2) and spec.train_sizes == (1000, None)
     assert spec.base["img_size"] == 64 and spec.base["epochs"] == 3
     assert spec.base["val_size"] == 500 and isinstance(spec.base["val_size"], int)
@@ -74,6 +80,8 @@ def test_flags_become_the_study():
 
 @pytest.mark.parametrize("argv,message", [
     (["resnet18", "--heads", "avgpool", "--out", "x"], "unknown head 'avgpool'"),
+    (["resnet18", "--heads", "gem:q=2", "--out", "x"], "head 'gem' has no option 'q'"),
+    (["resnet18", "--heads", "spp:pool=min", "--out", "x"], "pool=min"),
     (["resnet18", "--shard", "2/2", "--out", "x"], "0 <= I < N"),
     (["resnet18", "--train-sizes", "0", "--out", "x"], "train sizes"),
 ])
@@ -140,7 +148,7 @@ def test_child_processes_run_and_failures_are_reported(tmp_path, capsys):
     capsys.readouterr()
     bad = ["test_resnet", "--heads", "gap", *SYNTH, "--data-option", "n_train=5", "--jobs", "1",
            "--out", str(tmp_path / "bad")]  # 5 images, 12 for validation: fails in the child
-    assert compare_heads.main(bad) == 1  # the child fails: the study reports it and goes on
+    assert compare_heads.main(bad) == 1  # the run fails: the study reports it and goes on
     err = capsys.readouterr().err
-    assert "failed: test_resnet-gap-synthetic" in err and "exit 1" in err
-    assert "leaves no training data" in err  # the last line of the child's log
+    assert "failed: test_resnet-gap-synthetic" in err and "ValueError" in err
+    assert "leaves no training data" in err  # the error, as its log ends

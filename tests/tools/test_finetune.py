@@ -19,6 +19,7 @@ import finetune  # noqa: E402
 from _cli import run  # noqa: E402
 
 from analysis.data import readers as data_mod  # noqa: E402
+from analysis.training import run_name  # noqa: E402
 
 TINY = ["test_resnet", "--dataset", "synthetic", "--data-option", "num_classes=4",
         "--data-option", "n_train=96", "--data-option", "n_test=32", "--data-option",
@@ -41,23 +42,32 @@ def test_help_documents_every_option(capsys):
 
 # the kinds and data sets users are promised (README), spelled out rather than read from the
 # registries the parser is built from
-KNOWN_HEADS = ("gap", "gmp", "gapmp", "flatten", "nin", "original")
+KNOWN_HEADS = ("gap", "gmp", "gapmp", "flatten", "nin", "gem", "attn", "token", "spp", "original")
 KNOWN_DATASETS = ("fashion-mnist", "cifar10", "imagefolder", "synthetic")
 
 
-@pytest.mark.parametrize("flag, known", [("--head", KNOWN_HEADS), ("--dataset", KNOWN_DATASETS)])
-def test_every_known_choice_parses_and_a_wrong_one_lists_them(flag, known, capsys):
+def test_every_known_data_set_parses_and_a_wrong_one_lists_them(capsys):
     parser = finetune.build_parser()
-    dest = flag[2:]
-    for value in known:
-        assert getattr(parser.parse_args(["resnet18", flag, value]), dest) == value
+    for value in KNOWN_DATASETS:
+        assert parser.parse_args(["resnet18", "--dataset", value]).dataset == value
     with pytest.raises(SystemExit) as exit_:
-        parser.parse_args(["resnet18", flag, "nosuch"])
+        parser.parse_args(["resnet18", "--dataset", "nosuch"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument {flag}: invalid choice: 'nosuch'" in err
-    for value in known:
+    assert "argument --dataset: invalid choice: 'nosuch'" in err
+    for value in KNOWN_DATASETS:
         assert repr(value) in err
+
+
+def test_every_known_head_parses_and_a_wrong_one_lists_them(capsys):
+    parser = finetune.build_parser()
+    for value in KNOWN_HEADS:  # a head spec, parsed when the config is built
+        cfg = finetune.config_from_args(parser.parse_args(["resnet18", "--head", value]))
+        assert cfg.head_spec().kind == value
+    assert run(lambda: finetune.main(["resnet18", "--head", "nosuch"])) == 2
+    err = capsys.readouterr().err
+    assert "unknown head 'nosuch'" in err and len(err.strip().splitlines()) == 1
+    assert ", ".join(KNOWN_HEADS[:5]) in err
 
 
 def test_flags_become_the_config():
@@ -82,6 +92,21 @@ def test_decoding_flags_become_the_config_and_bad_ones_list_the_choices(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["resnet18", "--resize", "crop"])
     assert "choose from 'shorter-crop', 'squash', 'pad'" in capsys.readouterr().err
+
+
+def test_head_spec_options_reach_the_config_and_the_run_name():
+    args = finetune.build_parser().parse_args(["resnet18", "--head", "gem:p=2:learn_p=0",
+                                               "--dropout", "0.5", "--train-size", "100"])
+    cfg = finetune.config_from_args(args)
+    assert str(cfg.head_spec()) == "gem:p=2:learn_p=0:dropout=0.5"
+    assert run_name(cfg) == "resnet18-gem-p2-learn_p0-d0.5-fashion-mnist-n100-s0"
+
+
+@pytest.mark.parametrize("argv", [["--head", "gap:hidden=16", "--hidden", "16"],
+                                  ["--head", "spp:dropout=0.2", "--dropout", "0"]])
+def test_a_spec_and_a_flag_setting_the_same_option_are_refused(argv, capsys):
+    assert run(lambda: finetune.main(["resnet18", *argv])) == 2
+    assert "ambiguous" in capsys.readouterr().err
 
 
 def test_tiny_run_in_process(tmp_path, capsys):

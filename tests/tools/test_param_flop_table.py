@@ -66,6 +66,20 @@ def test_json_rows_by_hand(json_rows: list[dict]) -> None:
     assert "built for a 2x2 grid" in flat["size_errors"]["96"]
 
 
+def test_heads_with_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "resnet18", "--heads", "gem:p=3:learn_p=0", "spp:levels=1x2",
+                        "attn:num_heads=4", "token", "--num-classes", "10", "--sizes", "64",
+                        "--format", "json", "--counter", "torch")
+    gem, spp, attn, token = json.loads(out)
+    assert code == 0 and [r["head"] for r in (gem, spp, attn)] == [
+        "gem:learn_p=0", "spp:levels=1x2", "attn:num_heads=4"]
+    assert gem["params_head"] == GAP_HEAD  # a frozen p is a buffer, not a parameter
+    assert gem["gmacs_head"] == pytest.approx((2 * 512 * 4 + 512 + 5120) / 1e9)
+    assert spp["params_head"] == 5 * 512 * 10 + 10  # levels 1 and 2: 5 bins
+    assert attn["params_head"] == 4 * 512 * 512 + 5 * 512 + GAP_HEAD
+    assert "resnet18 has no class token" in token["error"]  # a row that says why
+
+
 def test_csv_matches_json(capsys: pytest.CaptureFixture[str], json_rows: list[dict]) -> None:
     code, out, _ = _run(capsys, "resnet18", "--heads", "gap", "gmp", "flatten", "--num-classes",
                         "10", "--sizes", "64", "96", "--format", "csv", "--counter", "torch")
@@ -143,7 +157,8 @@ def test_wildcards_expand_in_order() -> None:
     (["resnet81"], "unknown model 'resnet81'; closest: resnet18"),
     (["nosuchnet*"], "no timm model matches 'nosuchnet*'"),
     (["resnet18", "--format", "docx"], "invalid choice: 'docx'"),
-    (["resnet18", "--heads", "mlp"], "invalid choice: 'mlp'"),
+    (["resnet18", "--heads", "mlp"], "--heads: unknown head 'mlp'"),
+    (["resnet18", "--heads", "gem:q=1"], "head 'gem' has no option 'q'"),
     (["resnet18", "--num-classes", "0"], "expected a positive integer, got '0'"),
     (["resnet18", "--sizes", "-4"], "expected a positive integer"),
 ])

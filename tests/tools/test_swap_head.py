@@ -84,8 +84,35 @@ def test_timm_options_reach_the_backbone(capsys):
 
 
 def test_bad_timm_option_is_a_user_error():
-    with pytest.raises(ValueError, match="KEY=VALUE"):
+    with pytest.raises(ValueError, match="--timm-option expects KEY=VALUE"):
         tool.main(["resnet18", "--timm-option", "depth"])
+
+
+@pytest.mark.parametrize("head, spec, head_params", [
+    ("gem:p=3:learn_p=0", "gem:learn_p=0", 512 * 10 + 10),
+    ("gem", "gem", 512 * 10 + 10 + 1),  # the learned exponent
+    ("attn:num_heads=4", "attn:num_heads=4", 4 * 512 * 512 + 5 * 512 + 512 * 10 + 10),
+    ("spp", "spp", 21 * 512 * 10 + 10),
+])
+def test_every_new_head_gets_the_usual_report(capsys, head, spec, head_params):
+    assert tool.main(["resnet18", "--head", head, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["head_spec"] == spec and report["params"]["head"] == head_params
+    assert all(s["ok"] for s in report["sizes"])  # 224, 160 and 288: grids of 4x4 and more
+
+
+def test_token_head_report_and_refusal(capsys):
+    argv = ["vit_tiny_patch16_224", "--head", "token", "--timm-option", "depth=1"]
+    assert tool.main([*argv, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["params"]["head"] == 192 * 10 + 10 and report["features"]["num_prefix_tokens"] == 1
+    with pytest.raises(ValueError, match="resnet18 has no class token"):
+        tool.main(["resnet18", "--head", "token"])
+
+
+def test_a_spec_and_a_flag_for_the_same_option_are_refused():
+    with pytest.raises(ValueError, match="ambiguous"):
+        tool.main(["resnet18", "--head", "gap:dropout=0.5", "--dropout", "0.2"])
 
 
 def _error_of(argv: list[str], capsys) -> tuple[int, str]:

@@ -33,6 +33,33 @@ def test_row_by_hand() -> None:
     assert row["gmacs_gap"] - row["gmacs_backbone"] == pytest.approx((512 * 49 + 512_000) / 1e9)
     assert row["gmacs_flatten"] - row["gmacs_backbone"] == pytest.approx(512 * 49 * 1000 / 1e9)
     assert row["gmacs_gap"] == pytest.approx(1.82, rel=0.01)
+    c, p, k = 512, 49, 1000
+    assert row["params_gem"] == backbone + c * k + k + 1  # + the exponent p
+    assert row["gmacs_gem"] - row["gmacs_backbone"] == pytest.approx((2 * c * p + c + c * k) / 1e9)
+    assert row["params_attn"] == backbone + 4 * c * c + 5 * c + c * k + k
+    assert row["gmacs_attn"] - row["gmacs_backbone"] == pytest.approx(
+        ((2 * p + 2) * c * c + 2 * p * c + c * k) / 1e9)
+    assert row["params_spp"] == backbone + 21 * c * k + k
+    assert row["gmacs_spp"] - row["gmacs_backbone"] == pytest.approx((213 * c + 21 * c * k) / 1e9)
+    assert row["params_token"] is None and row["gmacs_token"] is None  # no class token
+
+
+def test_token_row_takes_the_class_token_and_the_models_own_post_pool_norm() -> None:
+    row = zoo.zoo_row("beit_base_patch16_224", heads=("gap", "token"))
+    c, k = 768, 1000
+    assert row["params_token"] - row["params_backbone"] == c * k + k + 2 * c  # fc + fc_norm
+    # the class token costs nothing to select; fc_norm over C features: 5 MACs each
+    assert row["gmacs_token"] - row["gmacs_backbone"] == pytest.approx((c * k + 5 * c) / 1e9)
+
+
+def test_heads_with_options_get_their_own_columns(tmp_path: Path) -> None:
+    argv = ["--models", "resnet18", "--heads", "gap", "gem:p=2", "spp:levels=1x2",
+            "--jobs", "1", "--cache", str(tmp_path / "c.jsonl"), "--out-dir", str(tmp_path),
+            "--no-progress"]
+    assert zoo.main(argv) == 0
+    row = next(csv.DictReader((tmp_path / "zoo_table.csv").open()))
+    assert {"gmacs_gem-p2", "params_spp-levels1x2"} <= set(row)
+    assert int(row["params_spp-levels1x2"]) == 11_689_512 - 513_000 + 5 * 512 * 1000 + 1000
 
 
 def test_run_resume_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,9 +82,10 @@ def test_run_resume_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(lambda: zoo.main(["--models", "nosuchnet*", "--out-dir", str(tmp_path)])) == 2
     assert "no timm model matches 'nosuchnet*'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        zoo.main(["--heads", "mlp"])
-    assert exit_.value.code == 2
+    assert run(lambda: zoo.main(["--heads", "mlp", "--models", "resnet18"])) == 2
+    assert "unknown head 'mlp'" in capsys.readouterr().err
+    assert run(lambda: zoo.main(["--heads", "original", "--models", "resnet18"])) == 2
+    assert "the original head has no features-only cost" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "pit_ti_224", "mobilenetv3_small_050"])

@@ -117,6 +117,47 @@ def test_head_by_hand_and_backbone_counted_alone(head: str, counter: str) -> Non
     assert macs["total"] == backbone + HEAD_MACS[head]
 
 
+# resnet18 at 128 px: a 4x4 grid (16 positions), the finest pyramid level fits
+P16 = 16
+NEW_HEAD_MACS = {
+    # x^p at every position, the mean, the root of each channel, then the Linear
+    "gem": C * P16 + C * P16 + C + C * K,
+    "gem:hidden=64": 2 * C * P16 + C + C * 64 + 64 * K,
+    # q on the one query, k and v at every position, proj: (2 P + 2) C^2; scores and the
+    # weighted sum: 2 P C (whatever the number of heads)
+    "attn": (2 * P16 + 2) * C * C + 2 * P16 * C + C * K,
+    "attn:num_heads=2": (2 * P16 + 2) * C * C + 2 * P16 * C + C * K,
+    # levels 1, 2, 4 on 4x4: every level reads the 16 cells once; 21 bins of C features
+    "spp": 3 * P16 * C + 21 * C * K,
+    "spp:pool=avg": 3 * P16 * C + 21 * C * K,
+}
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+@pytest.mark.parametrize("head", sorted(NEW_HEAD_MACS))
+def test_new_head_macs_by_hand(head: str, counter: str) -> None:
+    model = _swapped("resnet18", head, counter, input_size=128)
+    macs = count_flops(model, (3, 128, 128), counter=counter)
+    assert macs["head"] == NEW_HEAD_MACS[head]
+    assert macs["backbone"] + macs["head"] == macs["total"]
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_spp_macs_on_overlapping_bins_by_hand(counter: str) -> None:
+    """7x7 grid (224 px): level 2 bins [0, 4) and [3, 7) a side (4 + 4 rows and columns, 64
+    cells read), level 4 bins of 2, 3, 3, 2 (10 x 10 = 100 cells), level 1 the 49 cells."""
+    model = _swapped("resnet18", "spp", counter)
+    macs = count_flops(model, (3, 224, 224), counter=counter)
+    assert macs["head"] == (49 + 64 + 100) * C + 21 * C * K
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_token_head_macs_are_the_linear_layers_only(counter: str) -> None:
+    for head, expected in (("token", 192 * K), ("token:hidden=64", 192 * 64 + 64 * K)):
+        model = _swapped("vit_tiny_patch16_224", head, counter, img_size=64, depth=1)
+        assert count_flops(model, (3, 64, 64), counter=counter)["head"] == expected
+
+
 @pytest.mark.parametrize("counter", COUNTERS)
 def test_total_equals_one_pass_over_the_whole_model(counter: str) -> None:
     """The split count's total equals the whole forward counted in one pass as a plain module."""

@@ -61,8 +61,10 @@ def test_nin_offset_is_zero_since_the_bias_is_in_the_map():
 
 
 @pytest.mark.parametrize("head,kw,why", [
-    ("gmp", {}, "pools with 'max'"), ("flatten", {}, "pools with 'flatten'"),
-    ("gapmp", {}, "pools with 'avgmax'"), ("gap", {"hidden": (8,)}, "hidden layers")])
+    ("gmp", {}, "this head is 'gmp'"), ("flatten", {}, "this head is 'flatten'"),
+    ("spp:levels=1x2:pool=avg", {}, "this head is 'spp:levels=1x2:pool=avg'"),
+    ("gem:p=1", {}, "this head is 'gem:p=1'"),
+    ("gapmp", {}, "this head is 'gapmp'"), ("gap", {"hidden": (8,)}, "hidden layers")])
 def test_heads_without_a_cam_are_refused_with_the_reason(head, kw, why):
     model = _model(head, **kw)
     assert why in cam_support(model)
@@ -141,9 +143,15 @@ def test_cam_tool_on_a_trained_run(tmp_path, capsys):
     out = tmp_path / "cam.png"
     assert cam_tool.main([str(tmp_path / "gap64"), "--images", "6", "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "feature grid 2x2" in captured.out and "warning" not in captured.err
+    assert "gap64: cam maps" in captured.out and "warning" not in captured.err
     _, grid = _panels(out)
     assert len(grid) == 1 and len(grid[0]) == 6 and None not in grid[0]  # 6 images, one row
+    both = [str(tmp_path / "gap64"), str(tmp_path / "flatten64")]
+    assert cam_tool.main([*both, "--images", "4", "--out", str(out)]) == 0  # side by side
+    text = capsys.readouterr().out
+    assert "4 images x 2 run(s)" in text and "flatten64: gradcam maps from the features" in text
+    _, grid = _panels(out)
+    assert len(grid) == 2 and all(len(row) == 4 and None not in row for row in grid)  # 2 runs
     # the format the suffix names, or a refusal before any work
     jpg = tmp_path / "cam.jpg"
     assert cam_tool.main([str(tmp_path / "gap64"), "--images", "2", "--out", str(jpg)]) == 0
@@ -153,9 +161,16 @@ def test_cam_tool_on_a_trained_run(tmp_path, capsys):
     # a 1x1 grid: flat tiles, said in one warning line
     assert cam_tool.main([str(tmp_path / "gap16"), "--images", "2", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("warning: the feature grid is 1x1 at input 16x16")
+    assert err.startswith("warning: gap16: the feature grid is 1x1 at input 16 px")
     assert err.count("\n") == 1
-    code = run(lambda: cam_tool.main([str(tmp_path / "flatten64"), "--out", str(out)]))
+    code = run(lambda: cam_tool.main([str(tmp_path / "flatten64"), "--method", "cam",
+                                      "--out", str(out)]))
     assert code == 2 and "global average pooling" in capsys.readouterr().err
+    train(TrainConfig(model="test_resnet", head="gap", dataset="synthetic", data_options=opts,
+                      val_size=12, epochs=1, batch_size=16, img_size=96, out=str(tmp_path),
+                      name="big", progress=False))
+    code = run(lambda: cam_tool.main([str(tmp_path / "gap64"), str(tmp_path / "big"),
+                                      "--out", str(out)]))
+    assert code == 2 and "take different inputs (img_size 96 vs 64)" in capsys.readouterr().err
     code = run(lambda: cam_tool.main([str(tmp_path / "nothing"), "--out", str(out)]))
     assert code == 2 and "not a finished run directory" in capsys.readouterr().err

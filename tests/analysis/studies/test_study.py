@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import analysis.studies as study
-from analysis.studies import HeadSpec, StudySpec, parse_head, parse_shard, runner, select_shard
+from analysis.studies import StudySpec, parse_shard, runner, select_shard
+from surgery import parse_head
 
 BASE = {"dataset": "synthetic", "epochs": 1, "batch_size": 16}
 
@@ -54,18 +55,29 @@ def fake_runs(monkeypatch):
     return calls
 
 
-def test_parse_head_gives_kind_options_and_label():
-    assert parse_head("gap") == HeadSpec("gap")
-    spec = parse_head("flatten:hidden=256:dropout=0.5")
-    assert (spec.head, spec.hidden, spec.dropout) == ("flatten", (256,), 0.5)
-    assert spec.label == "flatten-h256-d0.5"
-    assert parse_head("nin:h=64x32").label == "nin-h64x32"
-    with pytest.raises(ValueError, match="choose from gap, gmp"):
-        parse_head("avgpool")
-    with pytest.raises(ValueError, match="bad head option"):
-        parse_head("flatten:width=3")
-    with pytest.raises(ValueError, match="dropout"):
-        parse_head("flatten:dropout=1.5")
+def test_heads_are_surgery_specs_whose_options_reach_runs_and_labels():
+    spec = _spec(heads=(parse_head("gem:p=2:learn_p=0"), parse_head("spp:levels=1x2"),
+                        parse_head("flatten:hidden=256:dropout=0.5")))
+    combos = study.combinations(spec)[:3]
+    assert [c.head.label for c in combos] == ["gem-p2-learn_p0", "spp-levels1x2",
+                                              "flatten-h256-d0.5"]
+    configs = [c.config(spec, Path("runs")) for c in combos]
+    assert [c.head for c in configs] == ["gem:p=2:learn_p=0", "spp:levels=1x2",
+                                         "flatten:hidden=256:dropout=0.5"]
+    assert [c.name for c in configs] == [
+        "test_resnet-gem-p2-learn_p0-synthetic-nall-s0", "test_resnet-spp-levels1x2-synthetic-nall-s0",
+        "test_resnet-flatten-h256-d0.5-synthetic-nall-s0"]  # the names runs had before specs
+    stored = spec.to_dict()
+    assert stored["head_specs"] == ["gem:p=2:learn_p=0", "spp:levels=1x2",
+                                    "flatten:hidden=256:dropout=0.5"]
+    assert StudySpec.from_dict(stored).heads == spec.heads
+
+
+def test_study_files_written_before_head_options_still_load():
+    old = _spec().to_dict() | {"head_specs": [{"head": "gap", "hidden": [], "dropout": 0.0},
+                                              {"head": "flatten", "hidden": [256], "dropout": 0.5}]}
+    heads = StudySpec.from_dict(old).heads
+    assert [str(h) for h in heads] == ["gap", "flatten:hidden=256:dropout=0.5"]
 
 
 def test_grid_order_and_every_shard_split_is_a_partition():
