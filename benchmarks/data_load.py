@@ -4,16 +4,19 @@
     python benchmarks/data_load.py --images 20000 --img-size 224 --study-runs 6
 
 Generates a photo-like folder (``--images`` JPEGs of 500x375, 10 classes, Fashion-MNIST items
-tinted and laid on textured backgrounds, or synthetic shapes without Fashion-MNIST) in a temporary
-directory (or ``--folder``), then measures in one process:
+tinted and laid on textured backgrounds, or random shapes without Fashion-MNIST; written by
+analysis.data.write_photo_folder) in a temporary directory (or ``--folder``), then measures in
+one process:
   today     the single-process decode image folders had before the decode cache (PIL: open,
             convert, squash to --img-size, one tensor in memory), as the reader did it;
   first     the first load through the decode cache: every core decodes into the memory-mapped
             array (a fresh cache directory), then the splits are drawn;
   reopen    the same load again, the cache complete and the page cache warm (median of 3);
-  study     ``--study-runs`` runs of a head comparison study (analysis.studies, one child
-            process per run, as tools/compare_heads.py) on the folder; each run records the
-            seconds its data load took (``config.json``: resolved.data.load_s).
+  study     ``--study-runs`` runs of a head comparison study (analysis.studies, one worker
+            process running them in turn, as tools/compare_heads.py --jobs 1) on the folder; the
+            study process opens (here: finds complete) the cache before its worker starts, and
+            each run records the seconds its own data load took (``config.json``:
+            resolved.data.load_s).
 Wall and CPU seconds (this process and its children) are recorded for each phase, with the load
 average, since other jobs may share the machine. Figures go to docs/benchmarks/.
 """
@@ -32,16 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.data import DEBIAN_FASHION_MNIST, load_dataset, read_idx  # noqa: E402
+from analysis.data import load_dataset, write_photo_folder  # noqa: E402
 from analysis.machine import describe_machine  # noqa: E402
-
-_FASHION = DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz"
-_ITEMS: dict[str, Any] = {}  # the generator's source items, set before forking
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,56 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-epochs", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "data_load.md")
     return p
-
-
-# ---------------------------------------------------------------- the folder
-def _picture(i: int) -> tuple[int, Any]:
-    """Image ``i``: (class, a 500x375 RGB PIL image) with a textured, photo-like background."""
-    from PIL import Image
-
-    rng = np.random.default_rng(i)
-    items, labels = _ITEMS["x"], _ITEMS["y"]
-    k = int(labels[i % len(labels)])
-    item = Image.fromarray(items[i % len(items)]).resize((260, 260), Image.Resampling.BICUBIC)
-    mask = np.zeros((375, 500), dtype=np.float32)
-    top, left = rng.integers(0, 115), rng.integers(0, 240)
-    mask[top:top + 260, left:left + 260] = np.asarray(item, dtype=np.float32) / 255.0
-    field = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    bg = np.asarray(Image.fromarray(field).resize((500, 375), Image.Resampling.BICUBIC), np.float32)
-    tint = np.array([(k * 37) % 256, (k * 91) % 256, (k * 53 + 80) % 256], dtype=np.float32)
-    img = bg * (1 - mask[..., None]) + tint * mask[..., None] + rng.normal(0, 10, bg.shape)
-    return k, Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-
-
-def _write_some(span: tuple[int, int, str]) -> int:
-    start, stop, folder = span
-    for i in range(start, stop):
-        k, im = _picture(i)
-        im.save(os.path.join(folder, f"class{k}", f"{i:06d}.jpg"), quality=90)
-    return stop - start
-
-
-def make_folder(folder: Path, n: int) -> str:
-    """``n`` JPEGs of 500x375 in ``folder/classK/``, written by every core; what they show."""
-    import multiprocessing as mp
-
-    if _FASHION.is_file():
-        _ITEMS.update(x=read_idx(_FASHION).numpy(), y=read_idx(
-            DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz").numpy())
-        what = "Fashion-MNIST items, tinted by class, on textured backgrounds"
-    else:
-        rng = np.random.default_rng(0)
-        _ITEMS.update(x=(rng.random((100, 28, 28)) > 0.5).astype(np.uint8) * 255,
-                      y=np.arange(100) % 10)
-        what = "random blocky shapes, tinted by class, on textured backgrounds"
-    for k in range(10):
-        (folder / f"class{k}").mkdir(parents=True, exist_ok=True)
-    if len(list(folder.rglob("*.jpg"))) == n:
-        return what
-    spans = [(s, min(n, s + 250), str(folder)) for s in range(0, n, 250)]
-    with mp.get_context("fork").Pool() as pool:
-        sum(pool.imap_unordered(_write_some, spans))
-    return what
 
 
 # ---------------------------------------------------------------- the phases
@@ -193,9 +141,10 @@ def measure_cache(folder: Path, size: int, cache: Path) -> tuple[dict[str, Any],
 
 def measure_study(folder: Path, size: int, cache: Path, work: Path, images: int,
                   args: argparse.Namespace) -> dict[str, Any]:
-    """A head comparison study of ``--study-runs`` runs on the folder, one child process per run
-    (as tools/compare_heads.py); each run's data load is read from its config.json."""
-    from analysis.studies import StudySpec, parse_head, run_study
+    """A head comparison study of ``--study-runs`` runs on the folder, in one worker process (as
+    tools/compare_heads.py --jobs 1); each run's data load is read from its config.json."""
+    from analysis.studies import StudySpec, run_study
+    from surgery import parse_head
 
     heads = tuple(parse_head(h) for h in ("gap", "gmp", "gapmp"))[:args.study_runs]
     seeds = tuple(range(-(-args.study_runs // len(heads))))
@@ -210,11 +159,12 @@ def measure_study(folder: Path, size: int, cache: Path, work: Path, images: int,
     for name in result["ran"]:
         record = json.loads((work / "study" / "runs" / name / "config.json").read_text())
         loads.append(float(record["resolved"]["data"]["load_s"]))
-    total = sum(loads) + result["data_load_s"]
+    parent = result["timing"]["data_load_s"]
+    total = sum(loads) + parent
     return c.row(runs=len(result["ran"]), failed=[f for f, _ in result["failed"]],
                  model=args.study_model, train_size=args.study_train_size,
                  epochs=args.study_epochs, data_load_s=round(total, 2),
-                 parent_load_s=round(result["data_load_s"], 2),
+                 parent_load_s=round(parent, 2), overhead_s=round(result["timing"]["overhead_s"], 2),
                  run_load_s=[round(x, 2) for x in loads], share=round(total / c.wall, 4))
 
 
@@ -258,8 +208,8 @@ def markdown(r: dict[str, Any]) -> str:
     if r.get("study"):
         s = r["study"]
         text += (f"\nStudy: {s['runs']} runs ({s['model']}, gap / gmp / gapmp x seeds, "
-                 f"{s['train_size']} training images, {s['epochs']} epoch(s), one child process "
-                 f"per run) in {s['wall_s']:.0f} s; data loading {s['data_load_s']:.1f} s in all "
+                 f"{s['train_size']} training images, {s['epochs']} epoch(s), one worker process) "
+                 f"in {s['wall_s']:.0f} s; data loading {s['data_load_s']:.1f} s in all "
                  f"({s['parent_load_s']:.1f} s in the study process before the runs, then per "
                  f"run: {', '.join(map(str, s['run_load_s']))} s). With today's decode every run "
                  f"would decode the folder itself: about {r['study_today_share']:.0%} of the "
@@ -276,9 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     r: dict[str, Any] = {"command": command.strip(), "img_size": args.img_size,
                          "machine_start": describe_machine(with_load=True)}
     try:
-        r["what"] = make_folder(folder, args.images)
-        r["images"] = len(list(folder.rglob("*.jpg")))
-        r["folder_mib"] = sum(p.stat().st_size for p in folder.rglob("*.jpg")) / 2**20
+        made = write_photo_folder(folder, args.images)
+        r["what"], r["images"], r["folder_mib"] = made.what, made.images, made.bytes / 2**20
         r["today"] = measure_today(folder, args.img_size, args.baseline_images)
         r["first"], r["reopen"] = measure_cache(folder, args.img_size, work / "cache")
         if args.study_runs:

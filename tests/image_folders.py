@@ -1,4 +1,5 @@
-"""Small generated image folders for tests: a class per folder, assorted shapes and file kinds."""
+"""Small generated image folders for tests: photo-like JPEGs of assorted sizes (the generator the
+benchmarks use, analysis.data.write_photo_folder) plus the file kinds decoding must convert."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from analysis.data import write_photo_folder
+
+CLASSES = ("cat", "dog")
 
 
 def photo(seed: int, width: int = 30, height: int = 20) -> Image.Image:
@@ -15,12 +20,11 @@ def photo(seed: int, width: int = 30, height: int = 20) -> Image.Image:
 
 
 def make_folder(root: Path, per_class: int = 6, corrupt: bool = False) -> Path:
-    """Two classes of JPEGs and PNGs of assorted shapes and kinds (EXIF-rotated, CMYK, palette,
-    16-bit, RGBA), and with ``corrupt`` a truncated JPEG."""
-    for k, cls in enumerate(("cat", "dog")):
-        (root / cls).mkdir(parents=True)
-        for i in range(per_class):
-            photo(10 * k + i, 24 + 3 * i, 18 + 2 * k).save(root / cls / f"{i:02d}.jpg")
+    """Two classes (``cat/00000.jpg``, ...) of ``per_class`` photo-like JPEGs of 24x18 to 33x27
+    px, then JPEGs and PNGs of the kinds decoding converts (EXIF-rotated, CMYK, palette, 16-bit,
+    RGBA), and with ``corrupt`` a truncated JPEG (``dog/zz-cut.jpg``)."""
+    write_photo_folder(root, 2 * per_class, classes=CLASSES, size=(24, 18), jitter=9,
+                       source="shapes", workers=1)
     exif = Image.Exif()
     exif[0x0112] = 8
     photo(90).save(root / "cat" / "rotated.jpg", exif=exif.tobytes())
@@ -30,6 +34,6 @@ def make_folder(root: Path, per_class: int = 6, corrupt: bool = False) -> Path:
         root / "dog" / "deep.png")
     photo(93).convert("RGBA").save(root / "dog" / "alpha.png")
     if corrupt:
-        data = (root / "cat" / "00.jpg").read_bytes()
+        data = (root / "cat" / "00000.jpg").read_bytes()
         (root / "dog" / "zz-cut.jpg").write_bytes(data[: len(data) // 3])
     return root
