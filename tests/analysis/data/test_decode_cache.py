@@ -62,8 +62,8 @@ def test_only_changed_files_are_decoded_again(tmp_path):
     root = make_folder(tmp_path / "imgs")
     cache = tmp_path / "cache"
     decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
-    photo(1234).save(root / "cat" / "03.jpg")                  # edited
-    os.utime(root / "cat" / "03.jpg", ns=(1, 10**18))
+    photo(1234).save(root / "cat" / "00003.jpg")               # edited
+    os.utime(root / "cat" / "00003.jpg", ns=(1, 10**18))
     photo(999).save(root / "dog" / "new.jpg")                   # added
     (root / "dog" / "alpha.png").unlink()                        # removed
     got = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
@@ -156,3 +156,79 @@ def test_a_cache_dir_that_cannot_be_written_is_one_clear_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"--data-cache-dir .*file.* is a file"):
         decode_folder(root, ["cat", "dog"], SPEC, cache_dir=tmp_path / "file")
+
+
+def test_the_first_bad_file_in_the_folder_is_named_whichever_worker_finds_one_first(tmp_path,
+                                                                                    monkeypatch):
+    import analysis.data.decode_build as build
+
+    root = make_folder(tmp_path / "imgs", corrupt=True)
+    data = (root / "cat" / "00001.jpg").read_bytes()
+    (root / "cat" / "00001.jpg").write_bytes(data[:len(data) // 3])   # first in the folder's order
+    real = build.decode_files
+
+    def last_first(jobs, *args, **kw):  # workers that happen to finish the last files first
+        yield from reversed(list(real(jobs, *args, **kw)))
+
+    monkeypatch.setattr(build, "decode_files", last_first)
+    with pytest.raises(BadImageError, match=r"cat/00001\.jpg"):
+        decode_folder(root, ["cat", "dog"], SPEC, cache_dir=tmp_path / "cache", workers=2)
+    monkeypatch.setattr(build, "decode_files", real)
+    got = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=tmp_path / "cache",
+                        stop_on_bad=False)
+    assert sorted(rel for rel, _ in got.bad) == [os.path.join("cat", "00001.jpg"),
+                                                os.path.join("dog", "zz-cut.jpg")]
+
+
+def test_ctrl_c_during_a_parallel_decode_stops_the_workers_and_resumes_later(tmp_path,
+                                                                             monkeypatch):
+    import multiprocessing as mp
+
+    import analysis.data.decode_build as build
+
+    root = make_folder(tmp_path / "imgs", per_class=20)
+    real = build.decode_files
+
+    def interrupted(jobs, *args, **kw):  # Ctrl-C reaches the parent after 7 images
+        for k, item in enumerate(real(jobs, *args, **kw)):
+            if k == 7:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(build, "decode_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        decode_folder(root, ["cat", "dog"], SPEC, cache_dir=tmp_path / "cache", workers=2)
+    assert mp.active_children() == []                            # the pool is gone
+    assert not list((tmp_path / "cache").rglob("manifest.json"))
+    monkeypatch.setattr(build, "decode_files", real)
+    got = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=tmp_path / "cache", workers=2)
+    assert got.decoded == len(_files(root)) - 7
+    order = sorted(_files(root), key=lambda p: (p.parent.name, p.name))
+    for i, path in enumerate(order):
+        assert np.array_equal(got.images[[i]][0].numpy(), decode_pixels(path, 12)), path
+
+
+def test_a_cache_that_would_not_fit_on_disk_is_refused_before_decoding(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    root = make_folder(tmp_path / "imgs", per_class=2)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100, 100))
+    with pytest.raises(ValueError, match=r"needs 0\.00 GiB .* but 0\.00 GiB are free; free space "
+                                         r"or choose another --data-cache-dir"):
+        decode_folder(root, ["cat", "dog"], SPEC, cache_dir=tmp_path / "cache", workers=1)
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+
+
+def test_the_cache_goes_where_the_environment_says_else_under_home(tmp_path, monkeypatch):
+    from analysis.data import CACHE_ENV, default_cache_dir
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    root = make_folder(tmp_path / "imgs", per_class=2)
+    decode_folder(root, ["cat", "dog"], SPEC, workers=1)
+    assert len(list((tmp_path / "c").rglob("manifest.json"))) == 1
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "headswap" / "data"
