@@ -20,8 +20,10 @@ from .config import TrainConfig, config_from_record
 
 __all__ = ["RESUME_FREE", "read_resume_state", "read_run_config", "resume_options"]
 
-# options a resume may change: they do not change what the run computes
-RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "kill_after_steps")
+# options a resume may change: they do not change what the run computes (how it is watched,
+# checkpointed, and how its image files are decoded and where that cache lives)
+RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "kill_after_steps", "decode_workers",
+               "data_cache_dir")
 _NEW_RUN_ONLY = ("out", "name", "overwrite")
 
 

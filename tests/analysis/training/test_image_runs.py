@@ -69,7 +69,10 @@ def test_a_run_from_before_resize_resumes_squashed_at_the_old_size(tmp_path, fol
     record = json.loads(path.read_text())
     del record["config"]["resize"]                                 # as written before it existed
     path.write_text(json.dumps(record))
-    summary = _quiet(train, resume=tmp_path / "runs" / "old")
+    with pytest.raises(ValueError, match="resize 'squash' -> 'pad'"):   # it ran squashed
+        train(resume=tmp_path / "runs" / "old", options={"resize": "pad"})
+    summary = _quiet(train, resume=tmp_path / "runs" / "old",
+                     options={"decode_workers": 2, "data_cache_dir": str(tmp_path / "cache")})
     assert summary["epochs"] == 2
     assert _cached(tmp_path) == ["16px-pad-RGB", "64px-squash-RGB"]
 
