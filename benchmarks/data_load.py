@@ -11,7 +11,9 @@ one process:
             convert, squash to --img-size, one tensor in memory), as the reader did it;
   first     the first load through the decode cache: every core decodes into the memory-mapped
             array (a fresh cache directory), then the splits are drawn;
-  reopen    the same load again, the cache complete and the page cache warm (median of 3);
+  reopen    the image-folder reader again (the folder scanned and matched against the cache's
+            manifest, the array opened memory-mapped), the cache complete and the page cache
+            warm (median of 3);
   study     ``--study-runs`` runs of a head comparison study (analysis.studies, one worker
             process running them in turn, as tools/compare_heads.py --jobs 1) on the folder; the
             study process opens (here: finds complete) the cache before its worker starts, and
@@ -38,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis.data import load_dataset, write_photo_folder  # noqa: E402
+from analysis.data import DATASETS, load_dataset, write_photo_folder  # noqa: E402
 from analysis.machine import describe_machine  # noqa: E402
 
 
@@ -130,9 +132,9 @@ def measure_cache(folder: Path, size: int, cache: Path) -> tuple[dict[str, Any],
                   rss_anon_mib=round(_rss_anon_mib() - before, 1))
     del data
     rounds = []
-    for _ in range(3):
+    for _ in range(3):  # the reader itself: load_dataset keeps the last data set it read
         with _Clock() as c:
-            load_dataset("imagefolder", **options)
+            DATASETS["imagefolder"](folder, False, image_size=size, cache_dir=cache)
         rounds.append(c.row())
     reopen = dict(min(rounds, key=lambda r: abs(r["wall_s"] - statistics.median(
         x["wall_s"] for x in rounds))), rounds=[r["wall_s"] for r in rounds])

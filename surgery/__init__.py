@@ -46,7 +46,7 @@ from .pooling import (
     feature_grid,
 )
 from .report import swap_report
-from .serialize import load, read_model_file, save
+from .serialize import load, read_model_file, save, state_checksum
 from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spec_help
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 
@@ -59,5 +59,5 @@ __all__ = [
     "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
     "read_json", "read_model_file", "register_head", "resolve_head", "save", "spec_help",
-    "swap_head", "swap_report", "write_error", "write_json",
+    "state_checksum", "swap_head", "swap_report", "write_error", "write_json",
 ]

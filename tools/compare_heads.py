@@ -10,7 +10,9 @@
 
 Runs already finished in --out are skipped, interrupted ones resume, so re-running the same
 command continues a study; a run another process is still running is left alone (reported
-busy, exit 1). Killing this command (Ctrl-C, SIGKILL) stops its worker processes too.
+busy, exit 1). Killing this command (Ctrl-C, SIGKILL) stops its worker processes too. Under a
+frozen backbone (--regime linear-probe or two-stage) the study extracts the backbone's features
+once for all its heads and seeds, before the runs (--feature-cache), and every run reads them.
 The study directory gets summary.md/.csv/.json (mean +- std over seeds:
 params, GMACs, test accuracy, train-test gap, epoch time, peak memory), comparisons.csv
 (paired differences against the first head), robustness.csv/.json (each trained model at other
@@ -121,12 +123,14 @@ def _print_timing(t: dict) -> None:
         return
     share = 100 * t["overhead_s"] / t["wall_s"] if t["wall_s"] > 0 else 0.0
     workers = t["workers_started"]
+    features = (f"; shared feature extraction {t['features_s']:.1f} s"
+                if t.get("features_s") else "")
+    decoding = (f"; image folder decoded (or its cache opened) {t['data_load_s']:.1f} s"
+                if t.get("data_load_s") else "")
     print(f"time: {t['runs']} runs in {t['wall_s']:.1f} s wall; the runs themselves "
-          f"{t['jobs_s']:.1f} s ({t['jobs']} at a time); overhead {t['overhead_s']:.1f} s "
-          f"({share:.0f}%; {workers} worker process{'' if workers == 1 else 'es'} started)")
-    if t.get("data_load_s"):
-        print(f"  of which {t['data_load_s']:.1f} s decoding or opening the image folder's cache "
-              "before the runs")
+          f"{t['jobs_s']:.1f} s ({t['jobs']} at a time){decoding}{features}; overhead "
+          f"{t['overhead_s']:.1f} s ({share:.0f}%; {workers} worker "
+          f"process{'' if workers == 1 else 'es'} started)")
 
 
 def main(argv: list[str] | None = None) -> int:

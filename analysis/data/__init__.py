@@ -8,7 +8,7 @@ decode cache (:func:`decode_folder`) and train from it with bounded memory (:cla
 """
 
 from .arrays import ImageArray, Images, take, to_device
-from .batches import BatchTransform, EpochSampler, iterate
+from .batches import BatchTransform, EpochSampler, crop_params, iterate
 from .decode_cache import CACHE_ENV, DecodedFolder, DecodeSpec, decode_folder, default_cache_dir
 from .images import IMAGE_EXTENSIONS, BadImageError, decode_image, decode_pixels
 from .photos import PHOTO_SOURCES, PhotoFolder, write_photo_folder
@@ -20,8 +20,7 @@ from .splits import DataSplits, check_reader_options, load_dataset, stratified_i
 __all__ = ["CACHE_ENV", "DATASETS", "DEBIAN_FASHION_MNIST", "DEFAULT_RESIZE", "IMAGE_EXTENSIONS",
            "PHOTO_SOURCES", "RESIZE_POLICIES", "BadImageError", "BatchTransform", "DataSplits",
            "DecodeSpec", "DecodedFolder", "EpochSampler", "ImageArray", "Images", "PhotoFolder",
-           "RawData",
-           "check_reader_options", "check_resize", "decode_folder", "decode_image",
-           "decode_pixels", "decodes_files", "default_cache_dir", "fit_image", "iterate",
+           "RawData", "check_reader_options", "check_resize", "crop_params", "decode_folder",
+           "decode_image", "decode_pixels", "decodes_files", "default_cache_dir", "fit_image", "iterate",
            "load_dataset", "read_idx", "register_dataset", "stratified_indices", "take",
            "to_device", "write_photo_folder"]

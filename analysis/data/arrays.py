@@ -27,19 +27,26 @@ class ImageArray:
 
     ``x[i]`` with a tensor, list or numpy array of indices, or a slice, returns a uint8 tensor of
     those images (a copy, sized by the batch); ``x.subset(idx)`` returns another ImageArray.
+    ``key`` names what ``base`` holds (a decode cache's digest of its files and settings), so
+    that a digest of the data need not read the pixels; empty when unknown.
     """
 
-    def __init__(self, base: np.ndarray, index: np.ndarray | None = None):
+    def __init__(self, base: np.ndarray, index: np.ndarray | None = None, key: str = ""):
         if base.dtype != np.uint8 or base.ndim != 4:
             raise ValueError(f"an ImageArray holds uint8 (N, C, H, W) images, got {base.dtype} "
                              f"{tuple(base.shape)}")
         self.base = base
         self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        self.key = key
 
     @property
     def shape(self) -> torch.Size:
         n = len(self.base) if self.index is None else len(self.index)
         return torch.Size((n, *self.base.shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
 
     @property
     def device(self) -> torch.device:
@@ -71,7 +78,7 @@ class ImageArray:
 
     def subset(self, key: Any) -> ImageArray:
         """Another ImageArray over the same base: the images ``key`` selects, nothing copied."""
-        return ImageArray(self.base, self.rows(key))
+        return ImageArray(self.base, self.rows(key), self.key)
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         rows = self.rows(key)

@@ -171,6 +171,6 @@ def _finish(folder: Path, digest: str, entries: list[Entry], spec: DecodeSpec,
     bad_names = {rel for rel, _ in bad}
     rows = np.array([i for i, e in enumerate(entries) if e[0] not in bad_names], dtype=np.int64)
     labels = torch.tensor([entries[i][3] for i in rows], dtype=torch.long)
-    return DecodedFolder(ImageArray(array, rows), labels, bad, decoded, path)
+    return DecodedFolder(ImageArray(array, rows, key=digest), labels, bad, decoded, path)
 
 

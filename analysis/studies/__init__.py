@@ -4,18 +4,33 @@
 :func:`run_study` (runner) trains every pending run and writes the report (report, aggregate);
 :func:`collect` merges shard directories;
 robustness evaluates each trained model at other input sizes; a :class:`WorkerPool` (pool,
-worker) runs the jobs in reusable worker processes.
+worker) runs the jobs in reusable worker processes; pick (:func:`run_pick`) answers "which head
+for this backbone?" with every applicable head on one feature cache.
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
 from .collect import collect, load_records
+from .pick import (
+    JSON_KEYS,
+    ROW_KEYS,
+    VARIANTS,
+    candidate_heads,
+    pick_rows,
+    pool_for,
+    recommend,
+    run_pick,
+    table_rows,
+    write_pick,
+)
 from .pool import Job, JobResult, WorkerPool
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
 from .runner import WORKER_TARGET, run_job, run_study
 from .spec import STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
 
-__all__ = ["STUDY_FILE", "WORKER_TARGET", "Combo", "Job", "JobResult", "StudySpec", "WorkerPool",
-           "collect", "combinations", "default_sizes", "evaluate_run", "evaluate_sizes",
-           "generalisation_gap", "group_rows", "load_records", "mean_std", "paired_differences",
-           "parse_shard", "run_job", "run_study", "select_shard", "write_report"]
+__all__ = ["JSON_KEYS", "ROW_KEYS", "STUDY_FILE", "VARIANTS", "WORKER_TARGET", "Combo", "Job",
+           "JobResult", "StudySpec", "WorkerPool", "candidate_heads", "collect", "combinations",
+           "default_sizes", "evaluate_run", "evaluate_sizes", "generalisation_gap", "group_rows",
+           "load_records", "mean_std", "paired_differences", "parse_shard", "pick_rows",
+           "pool_for", "recommend", "run_job", "run_pick", "run_study", "select_shard",
+           "table_rows", "write_pick", "write_report"]

@@ -39,7 +39,7 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old_base) | set(new_base))
     diff = [f"{k} {old_base.get(k)!r} -> {new_base.get(k)!r}" for k in keys
             if old_base.get(k) != new_base.get(k)]
-    for k in ("robust_sizes", "robust_images", "test_size"):
+    for k in ("robust_sizes", "robust_images", "test_size", "robustness"):
         if old.get(k) != new.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
     return diff

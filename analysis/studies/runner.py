@@ -27,7 +27,14 @@ from surgery import one_line, one_line_warnings, read_json, write_json
 
 from ..data import decodes_files
 from ..reporting import progress_bar, pyplot
-from ..training import RunInUseError, TrainConfig, load_run_data, lock_run_dir, train
+from ..training import (
+    RunInUseError,
+    TrainConfig,
+    load_run_data,
+    lock_run_dir,
+    train,
+    warm_feature_caches,
+)
 from .collect import is_done, load_records, settings_mismatch
 from .pool import Job, WorkerPool
 from .report import write_report
@@ -53,7 +60,7 @@ def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> No
 def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
     cfg = combo.config(spec, out / "runs")
     return {"config": asdict(cfg), "robust_sizes": list(spec.robust_sizes),
-            "robust_images": spec.robust_images}
+            "robust_images": spec.robust_images, "robustness": spec.robustness}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +77,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             cfg.overwrite = True
             summary = train(cfg, data=data)
         if not (run_dir / "robustness.json").is_file():
-            rows = evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
-                                data=data, device=cfg.device)
+            rows = (evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
+                                 data=data, device=cfg.device)
+                    if job.get("robustness", True) else [])  # []: not measured in this study
             write_json(run_dir / "robustness.json", rows)
     return summary
 
@@ -112,16 +120,19 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     """Run this shard's combinations not yet done, then write the report of the directory.
 
     Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "busy": [(name,
-    message), ...], "timing": {...}, "report": {...}}`` (run names; ``busy``: runs another
-    process is running, left alone). ``jobs`` worker processes run the jobs, each many of them
-    (its imports paid once; ``runs_per_worker`` > 0 replaces a worker after that many);
-    ``threads``: torch threads per worker (default: cores / jobs; on a shared, busy CPU 1 is
-    faster). A failed run is recorded with the last line of its error
-    (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process
+    message), ...], "feature_caches": [...], "timing": {...}, "report": {...}}`` (run names;
+    ``busy``: runs another process is running, left alone; ``feature_caches``: what building
+    the shared feature caches did). Before any run, the frozen-backbone runs' features are
+    extracted once into one cache per backbone under ``OUT/features``
+    (analysis.training.warm_feature_caches), on disk when workers read it. ``jobs`` worker
+    processes run the jobs, each many of them (its imports paid once; ``runs_per_worker`` > 0
+    replaces a worker after that many); ``threads``: torch threads per worker (default: cores /
+    jobs; on a shared, busy CPU 1 is faster). A failed run is recorded with the last line of its
+    error (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process
     (tests), where errors propagate. ``timing``: the wall time of the runs, the sum of the jobs'
-    own times and the difference (``overhead_s``: process starts, imports, waiting), and
-    ``data_load_s``: the seconds this process spent decoding (or opening) an image folder's cache
-    before the workers started (part of the overhead).
+    own times, the image folder's decoding (or opening its cache) in this process before the
+    workers start (``data_load_s``), the feature extraction (``features_s``) and the rest
+    (``overhead_s``: process starts, imports, waiting).
     """
     t0 = time.perf_counter()
     spec.check()
@@ -136,6 +147,13 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             result["skipped"].append(name)
         else:
             pending.append(Job(name, job, out / "logs" / f"{name}.log"))
+    warm = _warm_decode_cache(pending[0].payload) if pending and jobs > 0 else 0.0
+    # frozen backbones: every image each run reads extracted once, before the runs
+    t_features = time.perf_counter()
+    result["feature_caches"] = warm_feature_caches(
+        [TrainConfig.from_dict(job.payload["config"]) for job in pending],
+        directory=out / "features", shared=jobs > 0, progress=progress)
+    t_features = time.perf_counter() - t_features
     bar = progress_bar(len(pending), "study runs", "run", per_update=True) \
         if progress and pending else None
     seconds: list[float] = []
@@ -152,12 +170,11 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             bar.set_postfix(last=f"{name} {status}")
             bar.update(1)
 
-    warm = _warm_decode_cache(pending[0].payload) if pending and jobs > 0 else 0.0
     started = _run_pending(pending, jobs, threads, runs_per_worker, out, record)
     if bar is not None:
         bar.close()
-    result["timing"] = dict(_timing(time.perf_counter() - t0, seconds, jobs, started),
-                            data_load_s=warm)
+    result["timing"] = _timing(time.perf_counter() - t0, seconds, jobs, started, t_features,
+                               warm)
     result["report"] = write_report(out, load_records([out], spec), spec,
                                     session=result["timing"])
     return result
@@ -186,8 +203,11 @@ def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_wo
     return pool.started
 
 
-def _timing(wall: float, seconds: list[float], jobs: int, workers: int) -> dict[str, Any]:
-    """Wall time of this invocation's runs against the sum of the jobs' own times."""
+def _timing(wall: float, seconds: list[float], jobs: int, workers: int,
+            features: float, data_load: float = 0.0) -> dict[str, Any]:
+    """Wall time of this invocation's runs against the sum of the jobs' own times, the image
+    decoding and the shared feature extraction before them."""
     busy = sum(seconds)
     return {"runs": len(seconds), "jobs": max(1, jobs), "workers_started": workers,
-            "wall_s": wall, "jobs_s": busy, "overhead_s": wall - busy / max(1, jobs)}
+            "wall_s": wall, "jobs_s": busy, "features_s": features, "data_load_s": data_load,
+            "overhead_s": wall - data_load - features - busy / max(1, jobs)}

@@ -1,7 +1,8 @@
 """What a run trains: the swapped model, its regime, its optimiser, and what it costs.
 
 ``build_model`` calls ``surgery.swap_head`` with the run's options and picks the normalisation
-(the pretrained configuration's mean/std, or the data's own statistics from scratch);
+(the pretrained configuration's mean/std; from scratch the data's own statistics: the training
+subset's when the backbone trains, the whole pool's when it starts frozen);
 ``set_regime`` decides what trains in each epoch; ``build_optimizer`` makes the parameter groups.
 """
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from ..data import DataSplits
     from .config import TrainConfig
 
-__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime"]
+__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime",
+           "timm_kwargs"]
 
 
 def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
@@ -40,24 +42,34 @@ def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
     return {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
 
 
+def timm_kwargs(model: str, timm_options: dict[str, Any] | None, img_size: int) -> dict[str, Any]:
+    """The timm options a run builds ``model`` with: ``timm_options``, plus ``img_size`` for
+    models with a fixed input size (ViT-style position embeddings made for it)."""
+    import timm
+
+    kwargs: dict[str, Any] = dict(timm_options or {})
+    pcfg = timm.get_pretrained_cfg(model.split(".")[0])
+    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
+        kwargs.setdefault("img_size", img_size)
+    return kwargs
+
+
 def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
                 fresh: bool = True) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
     """``swap_head`` for the run; returns the model, its input channels and the normalisation.
 
     From scratch the model takes the data's channels and the data's own statistics; pretrained
     (or from a checkpoint) it keeps 3 channels (grayscale is repeated) and its own mean / std.
+    Under a frozen backbone (linear probe, two-stage) the statistics from scratch are those of the
+    whole training pool, not of this seed's subset: the same for every seed, so that one feature
+    cache serves them all, with the cache on or off alike.
     ``fresh=False`` (resuming) skips downloading weights that the checkpoint replaces anyway.
     """
-    import timm
-
     import surgery
 
     weights = cfg.pretrained or cfg.checkpoint is not None
     in_chans = cfg.in_chans or (3 if weights else data.channels)
-    kwargs: dict[str, Any] = dict(cfg.timm_options)
-    pcfg = timm.get_pretrained_cfg(cfg.model.split(".")[0])
-    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
-        kwargs.setdefault("img_size", img_size)  # ViT-style models: position embeddings for it
+    kwargs = timm_kwargs(cfg.model, cfg.timm_options, img_size)
     try:
         model = surgery.swap_head(
             cfg.model, head=cfg.head_spec(), num_classes=data.num_classes,
@@ -72,6 +84,8 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     if weights:
         mcfg: dict[str, Any] = dict(getattr(model.backbone, "pretrained_cfg", None) or {})
         mean, std = tuple(mcfg.get("mean", data.mean)), tuple(mcfg.get("std", data.std))
+    elif cfg.frozen(0) and data.pool_mean:
+        mean, std = data.pool_mean, data.pool_std
     else:
         mean, std = data.mean, data.std
     return model, in_chans, mean, std
@@ -82,7 +96,7 @@ def set_regime(model: HeadSwapped, cfg: TrainConfig, epoch: int) -> None:
 
     A frozen backbone also stays in eval mode, so BatchNorm statistics do not move either.
     """
-    frozen = cfg.regime == "linear-probe" or (cfg.regime == "two-stage" and epoch < cfg.head_epochs)
+    frozen = cfg.frozen(epoch)
     model.train()
     for p in model.backbone_parameters():
         p.requires_grad_(not frozen)

@@ -133,3 +133,17 @@ def test_channel_statistics_are_those_of_the_images_whatever_their_size():
     big = ImageArray(np.broadcast_to(np.arange(3, dtype=np.uint8)[None, :, None, None] * 100,
                                      (4000, 3, 96, 96)))              # a sample of it, in chunks
     assert _channel_stats(big) == ((0.0, 100 / 255, 200 / 255), (1e-3, 1e-3, 1e-3))
+
+
+def test_pool_statistics_are_of_every_image_unless_that_is_too_many():
+    from analysis.data.splits import _pool_stats
+
+    small = torch.randint(0, 256, (700, 3, 5, 5), dtype=torch.uint8)
+    flat = small.transpose(0, 1).reshape(3, -1).double() / 255
+    mean, std = _pool_stats(small)
+    assert mean == pytest.approx(flat.mean(1).tolist(), abs=1e-12)
+    assert std == pytest.approx(flat.std(1, correction=0).tolist(), abs=1e-12)
+    rows = (np.arange(3000) >= 1500).astype(np.uint8)[:, None, None, None] * 200  # dark, bright
+    big = ImageArray(np.broadcast_to(rows, (3000, 1, 64, 64)))
+    mean, std = _pool_stats(big, max_values=101 * 64 * 64)     # an even sample of 101 images
+    assert mean[0] == pytest.approx(100 / 255, abs=2 / 255) and std[0] > 0.35

@@ -232,3 +232,21 @@ def test_the_cache_goes_where_the_environment_says_else_under_home(tmp_path, mon
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "headswap" / "data"
+
+
+def test_the_data_fingerprint_is_the_caches_own_digest_and_follows_the_files(tmp_path,
+                                                                            monkeypatch):
+    from analysis.data import DATASETS, ImageArray
+    from analysis.data.splits import _fingerprint
+
+    root = make_folder(tmp_path / "imgs")
+    read = DATASETS["imagefolder"]
+    options = dict(image_size=12, cache_dir=tmp_path / "cache", decode_workers=1)
+    before = _fingerprint(read(root, **options))
+    with monkeypatch.context() as m:   # a digest that reads no pixel
+        m.setattr(ImageArray, "__getitem__", lambda self, key: pytest.fail("pixels read"))
+        assert _fingerprint(read(root, **options)) == before
+    assert _fingerprint(read(root, **dict(options, resize="pad"))) != before
+    photo(4321).save(root / "cat" / "00002.jpg")                 # an edited file
+    os.utime(root / "cat" / "00002.jpg", ns=(1, 10**18))
+    assert _fingerprint(read(root, **options)) != before

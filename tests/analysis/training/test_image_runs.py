@@ -102,3 +102,16 @@ def test_a_smaller_decode_size_than_img_size_is_upsampled_with_a_warning(tmp_pat
     with pytest.warns(UserWarning, match="decoded at 8 px .* upsampled to --img-size 16"):
         data = load_run_data(cfg)
     assert data.image_size == (8, 8)
+
+
+def test_a_cached_linear_probe_on_an_image_folder_equals_the_uncached_one(tmp_path, folder):
+    from analysis.features import clear_memory
+
+    clear_memory()
+    probe = dict(regime="linear-probe", feature_cache_dtype="float32", epochs=2, img_size=32)
+    off = _quiet(train, _cfg(tmp_path, name="off", feature_cache="off", **probe))
+    on = _quiet(train, _cfg(tmp_path, name="on", **probe))
+    assert on["feature_cache"]["used"] and not off["feature_cache"]["used"]
+    for k in ("test_acc", "best_val_acc"):
+        assert on[k] == pytest.approx(off[k], abs=1e-6), k
+    assert on["test_loss"] == pytest.approx(off["test_loss"], rel=1e-4)
