@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Loading an image folder: today's single-process decode vs the decode cache, and a study on it.
 
-    python benchmarks/data_load.py --images 20000 --img-size 224 --study-runs 6
+    python benchmarks/data_load.py --images 10000 --img-size 224 --study-runs 6
 
 Generates a photo-like folder (``--images`` JPEGs of 500x375, 10 classes, Fashion-MNIST items
 tinted and laid on textured backgrounds, or random shapes without Fashion-MNIST; written by
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time today's decode on this many images and scale up (default: all)")
     p.add_argument("--study-runs", type=int, default=6, help="runs of the study (0: no study)")
     p.add_argument("--study-model", default="test_resnet")
-    p.add_argument("--study-train-size", type=int, default=4000)
+    p.add_argument("--study-train-size", type=int, default=500,
+                   help="training images per run (200 validation, 500 test)")
     p.add_argument("--study-epochs", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "data_load.md")
     return p
@@ -151,10 +152,10 @@ def measure_study(folder: Path, size: int, cache: Path, work: Path, images: int,
     heads = tuple(parse_head(h) for h in ("gap", "gmp", "gapmp"))[:args.study_runs]
     seeds = tuple(range(-(-args.study_runs // len(heads))))
     base = dict(dataset="imagefolder", data_dir=str(folder), img_size=size,
-                epochs=args.study_epochs, batch_size=64, val_size=min(500, images // 10),
+                epochs=args.study_epochs, batch_size=64, val_size=min(200, images // 10),
                 data_cache_dir=str(cache))
     spec = StudySpec((args.study_model,), heads, seeds, (args.study_train_size,), base,
-                     robust_sizes=(size,), robust_images=500, test_size=1000)
+                     robust_sizes=(size,), robust_images=200, test_size=500)
     with _Clock() as c:
         result = run_study(spec, work / "study", jobs=1, progress=False)
     loads = []
@@ -210,7 +211,8 @@ def markdown(r: dict[str, Any]) -> str:
     if r.get("study"):
         s = r["study"]
         text += (f"\nStudy: {s['runs']} runs ({s['model']}, gap / gmp / gapmp x seeds, "
-                 f"{s['train_size']} training images, {s['epochs']} epoch(s), one worker process) "
+                 f"{s['train_size']} training images, {s['epochs']} epoch(s), 200 validation, 500 "
+                 f"test and 200 robustness images, batch 64, one worker process) "
                  f"in {s['wall_s']:.0f} s; data loading {s['data_load_s']:.1f} s in all "
                  f"({s['parent_load_s']:.1f} s in the study process before the runs, then per "
                  f"run: {', '.join(map(str, s['run_load_s']))} s). With today's decode every run "
