@@ -27,7 +27,7 @@ from _cli import CliParser, run
 
 _TARGETS = ("pred", "true")
 # what runs drawn side by side must share: the images they see
-_SAME = ("dataset", "data_dir", "data_options", "resize", "train_size", "val_size", "seed")
+_SAME = ("dataset", "data_dir", "data_options", "train_size", "val_size", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +69,14 @@ def _load_run(run_dir: Path, checkpoint: str, device: Any) -> tuple[Any, dict, d
 
 def _check_same_inputs(runs: list[tuple[Path, Any, dict, dict]]) -> None:
     """Runs drawn side by side must see the same images at the same size."""
+    from analysis.data import decodes_files
+
     first_dir, _, cfg0, res0 = runs[0]
+    # image files are resized by policy; a run from before the option squashed them
+    same = (*_SAME, "resize") if decodes_files(str(cfg0.get("dataset"))) else _SAME
     for run_dir, _, cfg, res in runs[1:]:
-        for key in _SAME:
+        cfg, cfg0 = ({"resize": "squash", **c} for c in (cfg, cfg0))
+        for key in same:
             if cfg.get(key) != cfg0.get(key):
                 raise ValueError(f"{run_dir.name} and {first_dir.name} were trained on different "
                                  f"data ({key} {cfg.get(key)!r} vs {cfg0.get(key)!r}); draw them "
