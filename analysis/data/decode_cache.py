@@ -72,12 +72,13 @@ def default_cache_dir() -> Path:
 
 
 def _walk(folder: Path) -> Iterator[tuple[str, os.stat_result]]:
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    top = str(folder)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         dirnames.sort()
+        prefix = dirpath[len(top):].lstrip(os.sep)  # os.walk's paths start with ``top``
         for name in filenames:
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                path = os.path.join(dirpath, name)
-                yield os.path.relpath(path, folder), os.stat(path)
+                yield os.path.join(prefix, name), os.stat(os.path.join(dirpath, name))
 
 
 def scan_folder(root: Path, classes: Sequence[str]) -> list[Entry]:
