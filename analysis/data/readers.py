@@ -11,6 +11,7 @@ import gzip
 import os
 import struct
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from .arrays import ImageArray, take
 from .decode_cache import DecodeSpec, decode_folder
 from .images import IMAGE_EXTENSIONS, BadImageError
+from .lock import exclusive_lock
 from .registry import RawData, register_dataset
 from .resize import DEFAULT_RESIZE, check_resize
 from .splits import stratified_indices
@@ -96,6 +98,13 @@ def _download_root(data_dir: str | Path | None) -> Path:
     return Path.home() / ".cache" / "headswap" / "data"
 
 
+def _download_lock(root: Path) -> Any:
+    """Hold ``ROOT/.download.lock`` while a data set is fetched into ``root``: the tasks of a
+    study's job array share one download directory, and the first one downloads while the others
+    wait and then find the files (torchvision checks them)."""
+    return exclusive_lock(root, "downloading", progress=False, name=".download.lock")
+
+
 @register_dataset("fashion-mnist")
 def _fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -> RawData:
     """Zalando's Fashion-MNIST: 60k train + 10k test, 28x28 grayscale, 10 classes."""
@@ -106,8 +115,9 @@ def _fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -
         import torchvision
 
         root = _download_root(data_dir)
-        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        with _download_lock(root):
+            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
         dirs.insert(0, root)
     for d in dirs:
         files = [_find_idx(d, s) for s in stems]
@@ -139,8 +149,9 @@ def _cifar10(data_dir: str | Path | None = None, download: bool = False) -> RawD
         dirs.insert(0, _download_root(data_dir))
     for d in dirs:
         if (d / "cifar-10-batches-py").is_dir() or download:
-            tr = torchvision.datasets.CIFAR10(str(d), train=True, download=download)
-            te = torchvision.datasets.CIFAR10(str(d), train=False, download=download)
+            with _download_lock(d) if download else nullcontext():
+                tr = torchvision.datasets.CIFAR10(str(d), train=True, download=download)
+                te = torchvision.datasets.CIFAR10(str(d), train=False, download=download)
 
             def to_t(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
                 return (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),

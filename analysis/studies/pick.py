@@ -34,13 +34,17 @@ from .collect import load_records
 from .runner import run_study
 from .spec import StudySpec
 
-__all__ = ["JSON_KEYS", "ROW_KEYS", "VARIANTS", "candidate_heads", "pick_rows", "pool_for",
+__all__ = ["COARSER", "JSON_KEYS", "ROW_KEYS", "VARIANTS", "candidate_heads", "pick_rows", "pool_for",
            "recommend", "run_pick", "table_rows", "write_pick"]
 
 # hidden / dropout variants tried on top of the plain heads (when their kind applies)
 VARIANTS = ("gap:dropout=0.5", "gap:hidden=256:dropout=0.5", "gmp:hidden=256:dropout=0.5",
             "gapmp:hidden=256:dropout=0.5", "flatten:dropout=0.5",
             "flatten:hidden=256:dropout=0.5")
+# Where a kind's default options do not fit the model at this input size, these specs are tried
+# in order: spp's default levels 1x2x4 need a 4x4 grid, which small inputs do not give (resnet18
+# at 64 px has 2x2); levels 1x2 still pool a pyramid there. (levels=1 would be gmp again.)
+COARSER: dict[str, tuple[str, ...]] = {"spp": ("spp:levels=1x2",)}
 JSON_KEYS = ("backbone", "dataset", "train_size", "seeds", "rows", "recommended", "reason")
 ROW_KEYS = ("head", "val_acc_mean", "val_acc_std", "gap_acc_mean", "head_params", "head_gmacs",
             "any_size")
@@ -53,22 +57,28 @@ def candidate_heads(model: str, *, img_size: int, in_chans: int,
     now, so kinds registered later are included) that builds on it, with its default options,
     on the meta device (no weights, no compute), then the :data:`VARIANTS` of the kinds that
     did. What applies is surgery's own check: ``token`` only on a model with a class token,
-    ``spp`` only where the feature grid holds its finest level, ``original`` only where the
-    model has a classifier of its own. Returns the heads and the kinds left out with the
+    ``spp`` only where the feature grid holds its finest level (else with the coarser levels of
+    :data:`COARSER` where those fit), ``original`` only where the model has a classifier of its
+    own. Returns the heads and the kinds left out with the
     reason."""
     kwargs = timm_kwargs(model, timm_options, img_size)  # as the runs build it
     heads: list[HeadSpec] = []
     skipped: list[tuple[str, str]] = []
     for kind in list(HEADS):
-        try:
-            with torch.device("meta"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                backbone = surgery.load_backbone(model, in_chans=in_chans, **kwargs)
-                surgery.swap_head(backbone, head=kind, num_classes=2, input_size=img_size)
-        except (ValueError, RuntimeError, TypeError) as err:
-            skipped.append((kind, surgery.one_line(err, with_type=False)))
-            continue
-        heads.append(parse_head(kind))
+        refusal = ""
+        for spec in (kind, *COARSER.get(kind, ())):
+            try:
+                with torch.device("meta"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    backbone = surgery.load_backbone(model, in_chans=in_chans, **kwargs)
+                    surgery.swap_head(backbone, head=spec, num_classes=2, input_size=img_size)
+            except (ValueError, RuntimeError, TypeError) as err:
+                refusal = refusal or surgery.one_line(err, with_type=False)
+                continue
+            heads.append(parse_head(spec))
+            break
+        else:
+            skipped.append((kind, refusal))
     kinds = {h.kind for h in heads}
     heads += [parse_head(v) for v in VARIANTS if parse_head(v).kind in kinds]
     return heads, skipped

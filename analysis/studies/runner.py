@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,12 +42,14 @@ from .report import write_report
 from .robustness import evaluate_run
 from .spec import STUDY_FILE, Combo, StudySpec, combinations, select_shard
 
-__all__ = ["WORKER_TARGET", "run_job", "run_study"]
+__all__ = ["PLACEMENT_FILE", "WORKER_TARGET", "open_study", "pending_jobs", "run_job", "run_study",
+           "where_this_runs"]
 
 WORKER_TARGET = "analysis.studies.runner:run_job"  # what study workers call on each job
+PLACEMENT_FILE = "placement.json"  # where a run ran, beside its summary
 
 
-def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> None:
+def open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> None:
     """Write ``study.json``, refusing a directory that holds a study with other settings."""
     new = json.loads(json.dumps(dict(spec.to_dict(), shard=list(shard) if shard else None)))
     if (out / STUDY_FILE).is_file():
@@ -61,6 +64,34 @@ def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
     cfg = combo.config(spec, out / "runs")
     return {"config": asdict(cfg), "robust_sizes": list(spec.robust_sizes),
             "robust_images": spec.robust_images, "robustness": spec.robustness}
+
+
+def pending_jobs(spec: StudySpec, out: Path, shard: tuple[int, int] | None = None
+                 ) -> tuple[list[Job], list[str]]:
+    """This shard's runs not finished yet, as jobs (each with its log ``logs/NAME.log``), and
+    the names of those finished."""
+    pending, done = [], []
+    for combo in select_shard(combinations(spec), shard):
+        job = _job(combo, spec, out)
+        name = job["config"]["name"]
+        if is_done(out / "runs" / name):
+            done.append(name)
+        else:
+            pending.append(Job(name, job, out / "logs" / f"{name}.log"))
+    return pending, done
+
+
+def where_this_runs() -> dict[str, Any]:
+    """Where a run is running: host, pid and the job id a scheduler gave (Slurm's, an array
+    task as ``ARRAY_TASK``; submitit's local executor's), for the study's record."""
+    env = os.environ
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+           if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID")
+           else env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID"))
+    scheduler = ("slurm" if env.get("SLURM_JOB_ID") else
+                 "submitit-local" if env.get("SUBMITIT_LOCAL_JOB_ID") else None)
+    return {"host": socket.gethostname(), "pid": os.getpid(), "scheduler": scheduler, "job": job,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +112,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                                  data=data, device=cfg.device)
                     if job.get("robustness", True) else [])  # []: not measured in this study
             write_json(run_dir / "robustness.json", rows)
+        write_json(run_dir / PLACEMENT_FILE, dict(where_this_runs(), device=summary.get("device")))
     return summary
 
 
@@ -137,16 +169,9 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     t0 = time.perf_counter()
     spec.check()
     out = Path(out)
-    _open_study(spec, out, shard)
-    result: dict[str, Any] = {"ran": [], "skipped": [], "failed": [], "busy": []}
-    pending = []
-    for combo in select_shard(combinations(spec), shard):
-        job = _job(combo, spec, out)
-        name = job["config"]["name"]
-        if is_done(out / "runs" / name):
-            result["skipped"].append(name)
-        else:
-            pending.append(Job(name, job, out / "logs" / f"{name}.log"))
+    open_study(spec, out, shard)
+    pending, done = pending_jobs(spec, out, shard)
+    result: dict[str, Any] = {"ran": [], "skipped": done, "failed": [], "busy": []}
     warm = _warm_decode_cache(pending[0].payload) if pending and jobs > 0 else 0.0
     # frozen backbones: every image each run reads extracted once, before the runs
     t_features = time.perf_counter()

@@ -68,10 +68,11 @@ def test_candidates_are_read_from_the_registry_at_run_time(monkeypatch):
 
 
 @pytest.mark.parametrize("model, img_size, token, spp", [
-    ("test_resnet", 32, False, False),  # 1x1 grid: spp's 4x4 level does not fit
-    ("test_resnet", 128, False, True),  # 4x4 grid
-    ("test_vit", 32, True, False),      # a class token; 2x2 patches
-    ("test_vit", 64, True, True),       # 4x4 patches
+    ("test_resnet", 32, False, None),          # 1x1 grid: no pyramid fits
+    ("test_resnet", 64, False, "spp:levels=1x2"),  # 2x2 grid: the coarser levels
+    ("test_resnet", 128, False, "spp"),        # 4x4 grid: the default levels
+    ("test_vit", 32, True, "spp:levels=1x2"),  # a class token; 2x2 patches
+    ("test_vit", 64, True, "spp"),             # 4x4 patches
 ])
 def test_token_needs_a_class_token_and_spp_a_grid_that_holds_its_levels(model, img_size, token,
                                                                          spp):
@@ -80,11 +81,12 @@ def test_token_needs_a_class_token_and_spp_a_grid_that_holds_its_levels(model, i
         heads, skipped = candidate_heads(model, img_size=img_size, in_chans=3)
     kinds, why = [h.kind for h in heads], dict(skipped)
     assert {"gap", "gmp", "gapmp", "flatten", "nin", "gem", "attn", "original"} <= set(kinds)
-    assert ("token" in kinds) is token and ("spp" in kinds) is spp
+    assert ("token" in kinds) is token
+    assert [h for h in heads if h.kind == "spp"] == ([parse_head(spp)] if spp else [])
     assert set(kinds) | set(why) == set(surgery.HEADS)  # every kind tried, once
     if not token:
         assert "no class token" in why["token"]
-    if not spp:
+    if not spp:  # the refusal of the default levels is the one reported
         assert "needs a feature grid of at least 4x4" in why["spp"]
 
 
