@@ -21,6 +21,7 @@ from .files import (
     check_writable,
     finite,
     read_json,
+    write_error,
     write_json,
 )
 from .heads import (
@@ -58,5 +59,5 @@ __all__ = [
     "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
     "read_json", "read_model_file", "register_head", "resolve_head", "save", "spec_help",
-    "state_checksum", "swap_head", "swap_report", "write_json",
+    "state_checksum", "swap_head", "swap_report", "write_error", "write_json",
 ]
