@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import signal
 from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -82,16 +83,20 @@ def decode_files(jobs: Sequence[tuple[int, str]], size: int, gray: bool, resize:
 
 def _pooled(jobs: Sequence[tuple[int, str]], workers: int, settings: dict[str, Any],
             bar: Any) -> Iterator[Decoded]:
-    """The pool: chunks small enough to balance the workers and keep the bar moving."""
+    """The pool: chunks small enough to balance the workers and keep the bar moving.
+
+    ``concurrent.futures`` rather than ``multiprocessing.Pool``: stopping early cancels the
+    chunks not started and waits for the few running ones (at most 32 images each), where
+    ``Pool.terminate()`` can hang for good if a worker dies while holding the result queue."""
     per = max(1, min(32, len(jobs) // (workers * 8)))
     chunks = [list(jobs[s:s + per]) for s in range(0, len(jobs), per)]
-    pool = _context().Pool(min(workers, len(chunks)), initializer=_init_worker,
-                           initargs=(settings,))
+    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_context(),
+                               initializer=_init_worker, initargs=(settings,))
     try:
-        for results in pool.imap_unordered(_decode_chunk, chunks):
+        pending = [pool.submit(_decode_chunk, chunk) for chunk in chunks]
+        for done in as_completed(pending):
+            results = done.result()
             yield from results
             bar.update(len(results))
-        pool.close()
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
