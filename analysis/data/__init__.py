@@ -10,8 +10,9 @@ from .images import IMAGE_EXTENSIONS, BadImageError, decode_image
 from .readers import DEBIAN_FASHION_MNIST, read_idx  # importing registers the readers
 from .registry import DATASETS, RawData, register_dataset
 from .splits import DataSplits, check_reader_options, load_dataset, stratified_indices
+from .subsets import classes_label, parse_classes, resolve_classes, select_classes
 
 __all__ = ["DATASETS", "DEBIAN_FASHION_MNIST", "IMAGE_EXTENSIONS", "BadImageError",
            "BatchTransform", "DataSplits", "EpochSampler", "RawData", "check_reader_options",
-           "decode_image", "iterate", "load_dataset", "read_idx", "register_dataset",
-           "stratified_indices"]
+           "classes_label", "decode_image", "iterate", "load_dataset", "parse_classes", "read_idx",
+           "register_dataset", "resolve_classes", "select_classes", "stratified_indices"]

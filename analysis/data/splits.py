@@ -8,6 +8,7 @@ Resizing, augmentation and normalisation happen per batch on the training device
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from .registry import DATASETS, RawData
+from .subsets import ClassRef, select_classes
 
 __all__ = ["DataSplits", "check_reader_options", "load_dataset", "stratified_indices"]
 
@@ -116,13 +118,15 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
 
 def load_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = False,
                  train_size: int | None = None, val_size: int | float = 0.1, seed: int = 0,
-                 **options: Any) -> DataSplits:
+                 classes: Sequence[ClassRef] = (), **options: Any) -> DataSplits:
     """Read data set ``name`` and split it: validation held out from the official train split
     (stratified, by ``seed``; an int count or a fraction), then a stratified ``train_size`` subset
     of the rest (all of it when None). The official test split is kept whole. ``options`` go to
-    the reader (e.g. ``num_classes`` for ``synthetic``, ``image_size`` for ``imagefolder``)."""
+    the reader (e.g. ``num_classes`` for ``synthetic``, ``image_size`` for ``imagefolder``).
+    ``classes`` (indices or names) keeps those classes only, relabelled 0..k-1 in that order
+    (analysis.data.subsets), before anything is split."""
     check_reader_options(name, options)
-    raw = DATASETS[name](data_dir, download, **options)
+    raw = select_classes(DATASETS[name](data_dir, download, **options), classes)
     _check_classes(name, raw)
     n_all = len(raw.train_y)
     n_val = _count(val_size, n_all, "val-size")
