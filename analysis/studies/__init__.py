@@ -2,20 +2,29 @@
 
 :class:`StudySpec` (spec) describes the grid, its heads written as surgery head specs;
 :func:`run_study` (runner) trains every pending run and writes the report (report, aggregate);
-:func:`collect` merges shard directories;
-robustness evaluates each trained model at other input sizes; a :class:`WorkerPool` (pool,
-worker) runs the jobs in reusable worker processes.
+:func:`collect` merges shard directories; robustness evaluates each trained model at other
+input sizes, shifts on shifted test images (a frozen backbone's views extracted once: frozen);
+claims compares two heads per claim with the verdict rule of verdicts; a :class:`WorkerPool`
+(pool, worker) runs the jobs in reusable worker processes.
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
-from .collect import collect, load_records
+from .claims import CLAIMS, Claim, claim_rows, claims_markdown, claims_summary
+from .collect import collect, load_records, study_records
+from .frozen import clear_views, frozen_scorer, view_features
 from .pool import Job, JobResult, WorkerPool
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
-from .runner import WORKER_TARGET, run_job, run_study
-from .spec import STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
+from .runner import WORKER_TARGET, prune_checkpoints, run_job, run_study
+from .shifts import DIRECTIONS, SHIFT_FILE, evaluate_run_shifts, evaluate_shifts, shift_images
+from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
+from .verdicts import ALPHA, VERDICTS, paired_test, verdict
 
-__all__ = ["STUDY_FILE", "WORKER_TARGET", "Combo", "Job", "JobResult", "StudySpec", "WorkerPool",
-           "collect", "combinations", "default_sizes", "evaluate_run", "evaluate_sizes",
-           "generalisation_gap", "group_rows", "load_records", "mean_std", "paired_differences",
-           "parse_shard", "run_job", "run_study", "select_shard", "write_report"]
+__all__ = ["ALPHA", "CLAIMS", "DIRECTIONS", "KEEP", "SHIFT_FILE", "STUDY_FILE", "VERDICTS",
+           "WORKER_TARGET", "Claim", "Combo", "Job", "JobResult", "StudySpec", "WorkerPool",
+           "claim_rows", "claims_markdown", "claims_summary", "clear_views", "collect",
+           "combinations", "default_sizes", "evaluate_run", "evaluate_run_shifts",
+           "evaluate_shifts", "evaluate_sizes", "frozen_scorer", "generalisation_gap",
+           "group_rows", "load_records", "mean_std", "paired_differences", "paired_test",
+           "parse_shard", "prune_checkpoints", "run_job", "run_study", "select_shard",
+           "shift_images", "study_records", "verdict", "view_features", "write_report"]
