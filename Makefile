@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train
+.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train bench-heads
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ demo: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
+
+bench-heads: $(STAMP)
+	$(PY) benchmarks/head_study_speed.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow or smoke" $(PYTEST_ARGS)

@@ -1,9 +1,10 @@
 """headswap.analysis: what a model costs and how it learns.
 
 One subpackage per job: ``costs`` (parameters, MACs, latency and memory), ``data`` (data-set
-registry, splits, batches), ``training`` (the fine-tuning harness), ``studies`` (head comparison
-studies), ``reporting`` (tables and plots), ``saliency`` (where a head looks), and ``machine``
-(the device and the machine a figure was measured on). The entry points are here.
+registry, splits, batches), ``features`` (feature caches of frozen backbones), ``training`` (the
+fine-tuning harness), ``studies`` (head comparison studies, and which head to pick),
+``reporting`` (tables and plots), ``saliency`` (where a head looks), and ``machine`` (the device
+and the machine a figure was measured on). The entry points are here.
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["cpu_name", "describe_machine", "machine_info", "resolve_device"]
+__all__ = ["cpu_name", "cpu_seconds", "describe_machine", "machine_info", "resolve_device"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -77,3 +78,11 @@ def describe_machine(info: dict[str, Any] | None = None, with_load: bool = False
         text += "; load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return text
 
+
+def cpu_seconds() -> float:
+    """CPU time in seconds (user + system, every thread) of this process and of its child
+    processes that have ended (a study's workers): beside the wall time, how much of the machine
+    a job used."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

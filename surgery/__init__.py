@@ -45,7 +45,7 @@ from .pooling import (
     feature_grid,
 )
 from .report import swap_report
-from .serialize import load, read_model_file, save
+from .serialize import load, read_model_file, save, state_checksum
 from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spec_help
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
 from .weights import WeightsFile, checkpoint_settings, has_safetensors, read_weights
@@ -58,7 +58,7 @@ __all__ = [
     "check_timm_options", "check_writable", "checkpoint_settings", "closest_model_names", "expand_model_names", "feature_grid", "finite",
     "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
-    "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head", "resolve_head", "save", "spec_help",
-    "swap_head", "swap_report",
+    "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",
+    "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report",
     "write_json",
 ]

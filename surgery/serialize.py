@@ -78,6 +78,10 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     except Exception as err:
         raise ValueError(f"could not read {str(path)!r} ({why_unreadable(path, err)}); is it a "
                          "file written by surgery.save?") from None
+    if isinstance(payload, dict) and payload.get("format") == "headswap-head":
+        raise ValueError(f"{str(path)!r} holds a head and a training state only (the last.pt of "
+                         "a linear probe on cached features); open the run's best.pt, which "
+                         "holds the whole model")
     if not isinstance(payload, dict) or payload.get("format") != "headswap":
         raise ValueError(f"{str(path)!r} is not a headswap model file (written by surgery.save); "
                          "for plain weights use surgery.load_backbone(name, checkpoint=path)")

@@ -119,6 +119,14 @@ class HeadSwapped(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
+    def head_input(self, x: torch.Tensor) -> Any:
+        """What ``head`` receives for input ``x``: timm's raw ``forward_features`` output for the
+        ``original`` head, :meth:`forward_features` for every other (what a feature cache holds
+        when the backbone is frozen)."""
+        if isinstance(self.head, OriginalHead):
+            return raw_features(self.backbone, x)
+        return self.forward_features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.head, OriginalHead):  # timm's head reads the raw output (lists too)
             return self.head(raw_features(self.backbone, x))

@@ -10,7 +10,9 @@
 
 Runs already finished in --out are skipped, interrupted ones resume, so re-running the same
 command continues a study; a run another process is still running is left alone (reported
-busy, exit 1). Killing this command (Ctrl-C, SIGKILL) stops its worker processes too.
+busy, exit 1). Killing this command (Ctrl-C, SIGKILL) stops its worker processes too. Under a
+frozen backbone (--regime linear-probe or two-stage) the study extracts the backbone's features
+once for all its heads and seeds, before the runs (--feature-cache), and every run reads them.
 The study directory gets summary.md/.csv/.json (mean +- std over seeds:
 params, GMACs, test accuracy, train-test gap, epoch time, peak memory), comparisons.csv
 (paired differences against the first head), robustness.csv/.json (each trained model at other
@@ -109,7 +111,8 @@ def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
     heads = tuple(args.heads or [parse_head("gap"), parse_head("gmp")])
     return StudySpec(tuple(args.models), heads, tuple(args.seeds), tuple(args.train_sizes), base,
                      tuple(args.robust_sizes), args.robust_images or None, args.test_size,
-                     command, tuple(args.shifts), args.shift_images or None, args.keep)
+                     command, shifts=tuple(args.shifts),
+                     shift_images=args.shift_images or None, keep=args.keep)
 
 
 def _print_summary(report: dict, out: Path) -> None:
@@ -131,9 +134,12 @@ def _print_timing(t: dict) -> None:
         return
     share = 100 * t["overhead_s"] / t["wall_s"] if t["wall_s"] > 0 else 0.0
     workers = t["workers_started"]
+    features = (f"; shared feature extraction {t['features_s']:.1f} s"
+                if t.get("features_s") else "")
     print(f"time: {t['runs']} runs in {t['wall_s']:.1f} s wall; the runs themselves "
-          f"{t['jobs_s']:.1f} s ({t['jobs']} at a time); overhead {t['overhead_s']:.1f} s "
-          f"({share:.0f}%; {workers} worker process{'' if workers == 1 else 'es'} started)")
+          f"{t['jobs_s']:.1f} s ({t['jobs']} at a time){features}; overhead "
+          f"{t['overhead_s']:.1f} s ({share:.0f}%; {workers} worker "
+          f"process{'' if workers == 1 else 'es'} started)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,13 @@
     torchrun --nproc_per_node 4 tools/finetune.py resnet18 ...   # DistributedDataParallel
 
 The run directory holds config.json, metrics.csv/.jsonl (one row per epoch), summary.json,
-best.pt, last.pt (both loadable with surgery.load) and curves.png. Exit codes: 0 done, 2 a user
-error (one line on stderr), 3 the loss became NaN/inf (last.pt keeps the last good state).
-The options are those of analysis.training.options, shared with tools/compare_heads.py.
+best.pt, last.pt (both loadable with surgery.load; a linear probe on cached features keeps the
+head alone in last.pt) and curves.png. Exit codes: 0 done, 2 a user error (one line on stderr),
+3 the loss became NaN/inf (last.pt keeps the last good state).
+The options are those of analysis.training.options, shared with tools/compare_heads.py and
+tools/pick_head.py. Under a frozen backbone (--regime linear-probe, two-stage's head epochs) the
+head trains on features extracted once (--feature-cache auto|off), kept in memory or, beyond
+--feature-cache-mem-gb, in RUN/features (part of the run: --overwrite replaces it).
 Under torchrun every process trains its shard of each epoch; only rank 0 prints and writes.
 A run directory belongs to one process at a time (RUN/.lock names it); --overwrite replaces an
 old run only once the new one has made its first step; --resume refuses options that differ
@@ -42,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint (its options are "
                         "read from RUN_DIR/config.json; options given that differ are refused, "
-                        "except --no-progress, --ckpt-steps and --ckpt-minutes)")
+                        "except --no-progress, --ckpt-steps, --ckpt-minutes, "
+                        "--feature-cache-mem-gb and --feature-cache-dir)")
     add_training_options(p)
     return p
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EpochSampler", "BatchTransform", "iterate"]
+__all__ = ["EpochSampler", "BatchTransform", "crop_params", "iterate"]
 
 
 @dataclass
@@ -78,6 +78,28 @@ def iterate(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Iter
         yield slice(s, min(hi, s + batch_size))
 
 
+def crop_params(ids: torch.Tensor, view: int, pad: int, flip: bool = True, seed: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed crop offsets and flips of view ``view`` of the images ``ids``: a function of
+    (seed, image id, view) only, so a cache holding more images draws the same view of each.
+
+    A counter-based hash (splitmix64) of the three numbers, not a generator's stream."""
+    z = (ids.to(torch.int64) * 0x9E3779B1 + view * 0x85EBCA77 + seed * 0xC2B2AE3D + 0x165667B1)
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9 - 2**64), (27, 0x94D049BB133111EB - 2**64)):
+        z = (z ^ _shift_right(z, shift)) * mult
+    z = z ^ _shift_right(z, 31)
+    span = 2 * pad + 1
+    oy = _shift_right(z, 1) % span
+    ox = _shift_right(z, 21) % span
+    flips = (_shift_right(z, 41) & 1).bool() if flip else torch.zeros(len(ids), dtype=torch.bool)
+    return oy, ox, flips
+
+
+def _shift_right(z: torch.Tensor, n: int) -> torch.Tensor:
+    """Logical (unsigned) right shift of int64 values."""
+    return (z >> n) & ((1 << (64 - n)) - 1)
+
+
 def _nchw_strides(shape: torch.Size) -> tuple[int, ...]:
     strides, acc = [], 1
     for n in reversed(shape):
@@ -91,7 +113,8 @@ class BatchTransform:
 
     Training batches also get a random crop (zero padding of ``pad`` pixels at the output size,
     as torchvision's ``RandomCrop(padding=pad)``) and a horizontal flip, drawn from the
-    generator passed in so that a resumed run draws the same ones. Grayscale data feeds a
+    generator passed in so that a resumed run draws the same ones; ``crops`` gives them instead
+    (fixed views of a feature cache: see :func:`crop_params`). Grayscale data feeds a
     3-channel model by repeating the channel; RGB data feeds a 1-channel model by averaging.
     """
 
@@ -112,7 +135,9 @@ class BatchTransform:
         self.shift = (-m / s).view(1, -1, 1, 1).to(self.device)
 
     def __call__(self, x: torch.Tensor, train: bool = False,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 crops: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                 ) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
         c = x.shape[1]
         if c == 3 and self.in_chans == 1:
@@ -123,8 +148,10 @@ class BatchTransform:
             # antialias: needed when shrinking; when enlarging it gives plain bilinear, faster
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
                               antialias=True)
-        if train and self.augment and (self.pad or self.flip):
-            x = self._crop_flip(x, generator)
+        if crops is not None:
+            x = self._crop_flip(x, *crops)
+        elif train and self.augment and (self.pad or self.flip):
+            x = self._crop_flip(x, *self.draw_crops(len(x), generator))
         scale, shift = self.scale, self.shift
         if scale.shape[1] != c:  # stats given for the model's channels, data has fewer/more
             scale, shift = scale.mean(1, keepdim=True), shift.mean(1, keepdim=True)
@@ -139,14 +166,21 @@ class BatchTransform:
             x = x.clone(memory_format=torch.contiguous_format)
         return x
 
-    def _crop_flip(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-        """One gather on the flattened padded batch does every sample's crop offset and flip."""
-        b, c, h, w = x.shape
+    def draw_crops(self, b: int, g: torch.Generator | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets (rows, columns) in ``0..2 * pad`` and flips for ``b`` images."""
         p = self.pad
         oy = torch.randint(0, 2 * p + 1, (b,), generator=g)
         ox = torch.randint(0, 2 * p + 1, (b,), generator=g)
         flip = (torch.randint(0, 2, (b,), generator=g).bool() if self.flip
                 else torch.zeros(b, dtype=torch.bool))
+        return oy, ox, flip
+
+    def _crop_flip(self, x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+                   flip: torch.Tensor) -> torch.Tensor:
+        """One gather on the flattened padded batch does every sample's crop offset and flip."""
+        b, c, h, w = x.shape
+        p = self.pad
         if p:
             x = F.pad(x, (p, p, p, p))
         hp, wp = h + 2 * p, w + 2 * p

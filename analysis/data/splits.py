@@ -1,13 +1,20 @@
 """Splits: validation held out from the official train split, a stratified training subset,
 the official test split kept whole, all in memory as uint8.
 
+Every split remembers which images of the official splits it holds (``DataSplits.ids``), so a
+feature cache built once over those images (analysis.features) serves every seed's subset. The
+official splits are read once per process (the last data set read is kept), since a study reads
+the same data for each of its runs.
+
 Resizing, augmentation and normalisation happen per batch on the training device
 (analysis.data.batches), never per image in PIL.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +23,7 @@ from typing import Any
 import torch
 
 from .registry import DATASETS, RawData
-from .subsets import ClassRef, select_classes
+from .subsets import ClassRef, classes_label, select_classes
 
 __all__ = ["DataSplits", "check_reader_options", "load_dataset", "stratified_indices"]
 
@@ -26,7 +33,11 @@ class DataSplits:
     """Train subset, validation (held out from train) and official test split, in memory.
 
     ``mean`` and ``std`` are per-channel statistics of the training subset on the 0..1 scale,
-    used to normalise when the backbone is not pretrained.
+    used to normalise a from-scratch run; ``pool_mean`` / ``pool_std`` those of the whole pool
+    the subsets are drawn from (the same for every seed), used under a frozen backbone.
+    ``ids`` holds, per split (``train``, ``val``, ``test``), the indices of its images in the
+    official train (train, val) or test split; ``fingerprint`` is a digest of the official
+    splits' pixels and labels (what a feature cache is keyed by).
     """
 
     name: str
@@ -41,6 +52,10 @@ class DataSplits:
     std: tuple[float, ...] = ()
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    pool_mean: tuple[float, ...] = ()
+    pool_std: tuple[float, ...] = ()
+    ids: dict[str, torch.Tensor] = field(default_factory=dict)
+    fingerprint: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -116,25 +131,81 @@ def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-3).tolist())
 
 
+def _pool_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale) of every image of ``x``, summed in chunks."""
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for s in range(0, len(x), chunk):
+        flat = x[s:s + chunk].transpose(0, 1).reshape(c, -1).double() / 255.0
+        total += flat.sum(1)
+        squares += (flat * flat).sum(1)
+    n = max(1, x[:1].numel() // c * len(x))
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _fingerprint(raw: RawData) -> str:
+    """Digest of the official splits: pixels, labels and shapes (blake2b, 32 hex digits)."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
+        t = t.contiguous()
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.numpy().data)
+    return h.hexdigest()
+
+
+_LAST_READ: dict[Any, tuple[RawData, str]] = {}
+_POOLS: dict[tuple[str, int], torch.Tensor] = {}
+_POOL_STATS: dict[tuple[str, int | None], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+
+
+def _read(name: str, data_dir: str | Path | None, download: bool,
+          options: dict[str, Any]) -> tuple[RawData, str]:
+    """The reader's output and its fingerprint; the last data set read is kept, so the runs of a
+    study read their data once (a data set on disk is not expected to change during a process)."""
+    key = (name, str(data_dir), download, os.environ.get("HEADSWAP_DATA"),
+           repr(sorted(options.items())))
+    if key not in _LAST_READ:
+        raw = DATASETS[name](data_dir, download, **options)
+        _LAST_READ.clear()
+        _LAST_READ[key] = (raw, _fingerprint(raw))
+    return _LAST_READ[key]
+
+
 def load_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = False,
                  train_size: int | None = None, val_size: int | float = 0.1, seed: int = 0,
-                 classes: Sequence[ClassRef] = (), **options: Any) -> DataSplits:
+                 pool_size: int | None = None, classes: Sequence[ClassRef] = (),
+                 **options: Any) -> DataSplits:
     """Read data set ``name`` and split it: validation held out from the official train split
     (stratified, by ``seed``; an int count or a fraction), then a stratified ``train_size`` subset
     of the rest (all of it when None). The official test split is kept whole. ``options`` go to
     the reader (e.g. ``num_classes`` for ``synthetic``, ``image_size`` for ``imagefolder``).
+
+    ``pool_size`` first cuts the official train split to a stratified subset of that many images,
+    the same for every seed (seed 0), from which validation and the training subset are then
+    drawn: a few seeds then touch few distinct images (and a feature cache holds only those).
     ``classes`` (indices or names) keeps those classes only, relabelled 0..k-1 in that order
-    (analysis.data.subsets), before anything is split."""
+    (analysis.data.subsets), before anything is split: ``ids`` then index the subset's splits,
+    and the fingerprint names the subset too."""
     check_reader_options(name, options)
-    raw = select_classes(DATASETS[name](data_dir, download, **options), classes)
+    raw, fingerprint = _read(name, data_dir, download, options)
+    if classes:
+        raw = select_classes(raw, classes)
+        fingerprint = hashlib.blake2b(f"{fingerprint}:{classes_label(classes, 10**6)}".encode(),
+                                      digest_size=16).hexdigest()
     _check_classes(name, raw)
-    n_all = len(raw.train_y)
+    whole = _pool(raw, pool_size, name, fingerprint)
+    n_all = len(whole)
     n_val = _count(val_size, n_all, "val-size")
     if n_val >= n_all:
         raise ValueError(f"val-size {val_size} leaves no training data: {name} has {n_all} "
-                         "training images")
-    val_idx = stratified_indices(raw.train_y, n_val, seed) if n_val else torch.zeros(0, dtype=torch.long)
-    rest = torch.ones(n_all, dtype=torch.bool)
+                         "training images" + (f" in its pool of {pool_size}" if pool_size else ""))
+    val_idx = (whole[stratified_indices(raw.train_y[whole], n_val, seed)] if n_val
+               else torch.zeros(0, dtype=torch.long))
+    rest = torch.zeros(len(raw.train_y), dtype=torch.bool)
+    rest[whole] = True
     rest[val_idx] = False
     pool = torch.nonzero(rest).flatten()
     if train_size is not None:
@@ -147,8 +218,34 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
         pool = pool[stratified_indices(raw.train_y[pool], train_size, seed + 1)]
     tx, ty = raw.train_x[pool].contiguous(), raw.train_y[pool].contiguous()
     mean, std = _channel_stats(tx)
+    stats_key = (fingerprint, pool_size)
+    if stats_key not in _POOL_STATS:
+        _POOL_STATS.clear()
+        _POOL_STATS[stats_key] = _pool_stats(raw.train_x if pool_size is None
+                                             else raw.train_x[whole])
+    pool_mean, pool_std = _POOL_STATS[stats_key]
+    info = {"train": len(ty), "val": n_val, "test": len(raw.test_y),
+            "image_size": list(tx.shape[-2:]), "channels": int(tx.shape[1])}
+    if pool_size is not None:
+        info["pool"] = pool_size
     return DataSplits(name, tx, ty, raw.train_x[val_idx].contiguous(), raw.train_y[val_idx],
                       raw.test_x.contiguous(), raw.test_y.contiguous(), list(raw.classes),
-                      mean, std, raw.source,
-                      info={"train": len(ty), "val": n_val, "test": len(raw.test_y),
-                            "image_size": list(tx.shape[-2:]), "channels": int(tx.shape[1])})
+                      mean, std, raw.source, info=info, pool_mean=pool_mean, pool_std=pool_std,
+                      ids={"train": pool, "val": val_idx,
+                           "test": torch.arange(len(raw.test_y))},
+                      fingerprint=fingerprint)
+
+
+def _pool(raw: RawData, pool_size: int | None, name: str, fingerprint: str) -> torch.Tensor:
+    """Indices of the official train split that validation and training are drawn from."""
+    n = len(raw.train_y)
+    if pool_size is None:
+        return torch.arange(n)
+    if pool_size < 2 or pool_size > n:
+        raise ValueError(f"pool-size must be between 2 and the {n} training images of {name}, "
+                         f"got {pool_size}")
+    key = (fingerprint, pool_size)
+    if key not in _POOLS:
+        _POOLS.clear()
+        _POOLS[key] = stratified_indices(raw.train_y, pool_size, seed=0)
+    return _POOLS[key]

@@ -22,7 +22,7 @@ from typing import Any
 from surgery import atomic_write_bytes
 
 __all__ = ["figure_format", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
-           "plot_gap_vs_train_size", "plot_learning_curves", "pyplot", "save_figure"]
+           "plot_gap_vs_train_size", "plot_learning_curves", "plot_pick", "pyplot", "save_figure"]
 
 
 def pyplot() -> Any:
@@ -90,6 +90,31 @@ def plot_acc_vs_head_params(rows: Sequence[Mapping[str, Any]], path: str | Path)
         ax.set(xscale="log", xlabel="head parameters", ylabel="test accuracy (%)", title=model)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_pick(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+              recommended: str | None = None) -> Path | None:
+    """Validation accuracy (%, mean ± std over seeds) against head parameters, one point per
+    head, labelled; the recommended head ringed."""
+    rows = [r for r in rows if r.get("head_params") and r.get("val_acc_mean") is not None]
+    if not rows:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colours = _colours([r["head"] for r in rows])
+    for r in rows:
+        x, y = r["head_params"], _pct(r["val_acc_mean"])
+        ax.errorbar(x, y, yerr=_pct(r.get("val_acc_std") or 0.0), color=colours[r["head"]],
+                    marker="o", capsize=3, linestyle="none")
+        ax.annotate(r["head"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        if r["head"] == recommended:
+            ax.plot(x, y, marker="o", markersize=14, markerfacecolor="none",
+                    markeredgecolor="black", linestyle="none", label=f"recommended: {recommended}")
+    ax.set(xscale="log", xlabel="head parameters", ylabel="validation accuracy (%)", title=title)
+    ax.grid(alpha=0.3)
+    if recommended is not None:
+        ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
 
 

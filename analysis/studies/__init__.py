@@ -5,13 +5,26 @@
 :func:`collect` merges shard directories; robustness evaluates each trained model at other
 input sizes, shifts on shifted test images (a frozen backbone's views extracted once: frozen);
 claims compares two heads per claim with the verdict rule of verdicts; a :class:`WorkerPool`
-(pool, worker) runs the jobs in reusable worker processes.
+(pool, worker) runs the jobs in reusable worker processes; pick (:func:`run_pick`) answers
+"which head for this backbone?" with every applicable head on one feature cache.
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
 from .claims import CLAIMS, Claim, claim_rows, claims_markdown, claims_summary
 from .collect import collect, load_records, study_records
 from .frozen import clear_views, frozen_scorer, view_features
+from .pick import (
+    JSON_KEYS,
+    ROW_KEYS,
+    VARIANTS,
+    candidate_heads,
+    pick_rows,
+    pool_for,
+    recommend,
+    run_pick,
+    table_rows,
+    write_pick,
+)
 from .pool import Job, JobResult, WorkerPool
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
@@ -20,11 +33,13 @@ from .shifts import DIRECTIONS, SHIFT_FILE, evaluate_run_shifts, evaluate_shifts
 from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
 from .verdicts import ALPHA, VERDICTS, paired_test, verdict
 
-__all__ = ["ALPHA", "CLAIMS", "DIRECTIONS", "KEEP", "SHIFT_FILE", "STUDY_FILE", "VERDICTS",
-           "WORKER_TARGET", "Claim", "Combo", "Job", "JobResult", "StudySpec", "WorkerPool",
-           "claim_rows", "claims_markdown", "claims_summary", "clear_views", "collect",
-           "combinations", "default_sizes", "evaluate_run", "evaluate_run_shifts",
-           "evaluate_shifts", "evaluate_sizes", "frozen_scorer", "generalisation_gap",
-           "group_rows", "load_records", "mean_std", "paired_differences", "paired_test",
-           "parse_shard", "prune_checkpoints", "run_job", "run_study", "select_shard",
-           "shift_images", "study_records", "verdict", "view_features", "write_report"]
+__all__ = ["ALPHA", "CLAIMS", "DIRECTIONS", "JSON_KEYS", "KEEP", "ROW_KEYS", "SHIFT_FILE",
+           "STUDY_FILE", "VARIANTS", "VERDICTS", "WORKER_TARGET", "Claim", "Combo", "Job",
+           "JobResult", "StudySpec", "WorkerPool", "candidate_heads", "claim_rows",
+           "claims_markdown", "claims_summary", "clear_views", "collect", "combinations",
+           "default_sizes", "evaluate_run", "evaluate_run_shifts", "evaluate_shifts",
+           "evaluate_sizes", "frozen_scorer", "generalisation_gap", "group_rows", "load_records",
+           "mean_std", "paired_differences", "paired_test", "parse_shard", "pick_rows",
+           "pool_for", "prune_checkpoints", "recommend", "run_job", "run_pick", "run_study",
+           "select_shard", "shift_images", "study_records", "table_rows", "verdict",
+           "view_features", "write_pick", "write_report"]

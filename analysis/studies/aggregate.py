@@ -229,9 +229,11 @@ def _session_lines(session: Mapping[str, Any] | None) -> list[str]:
     if not session or not session.get("runs"):
         return []
     workers = session["workers_started"]
+    features = (f"; shared feature extraction {session['features_s']:.1f} s"
+                if session.get("features_s") else "")
     return [f"Last invocation: {session['runs']} runs in {session['wall_s']:.1f} s wall, the "
-            f"runs themselves {session['jobs_s']:.1f} s ({session['jobs']} at a time); overhead "
-            f"{session['overhead_s']:.1f} s ({workers} worker "
+            f"runs themselves {session['jobs_s']:.1f} s ({session['jobs']} at a time){features}; "
+            f"overhead {session['overhead_s']:.1f} s ({workers} worker "
             f"process{'' if workers == 1 else 'es'} started).", ""]
 
 

@@ -21,7 +21,8 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old["base"]) | set(new["base"]))
     diff = [f"{k} {old['base'].get(k)!r} -> {new['base'].get(k)!r}" for k in keys
             if old["base"].get(k) != new["base"].get(k)]
-    for k in ("robust_sizes", "robust_images", "test_size", "shifts", "shift_images"):
+    for k in ("robust_sizes", "robust_images", "test_size", "robustness", "shifts",
+              "shift_images"):
         if old.get(k) != new.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
     return diff

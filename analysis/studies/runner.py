@@ -26,7 +26,14 @@ from typing import Any
 from surgery import one_line, one_line_warnings, read_json, write_json
 
 from ..reporting import progress_bar, pyplot
-from ..training import RunInUseError, TrainConfig, load_run_data, lock_run_dir, train
+from ..training import (
+    RunInUseError,
+    TrainConfig,
+    load_run_data,
+    lock_run_dir,
+    train,
+    warm_feature_caches,
+)
 from .collect import is_done, load_records, settings_mismatch
 from .pool import Job, WorkerPool
 from .report import write_report
@@ -53,8 +60,8 @@ def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> No
 def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
     cfg = combo.config(spec, out / "runs")
     return {"config": asdict(cfg), "robust_sizes": list(spec.robust_sizes),
-            "robust_images": spec.robust_images, "shifts": list(spec.shifts),
-            "shift_images": spec.shift_images, "keep": spec.keep}
+            "robust_images": spec.robust_images, "robustness": spec.robustness,
+            "shifts": list(spec.shifts), "shift_images": spec.shift_images, "keep": spec.keep}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -78,8 +85,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def _evaluate(run_dir: Path, job: dict[str, Any], data: Any, device: str) -> None:
     """Input-size robustness and (when the study asks) pixel shifts, each written once."""
     if not (run_dir / "robustness.json").is_file():
-        rows = evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
-                            data=data, device=device)
+        rows = (evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
+                             data=data, device=device)
+                if job.get("robustness", True) else [])  # []: not measured in this study
         write_json(run_dir / "robustness.json", rows)
     if job.get("shifts") and not (run_dir / SHIFT_FILE).is_file():
         rows = evaluate_run_shifts(run_dir, job["shifts"], job.get("shift_images"), data=data,
@@ -129,14 +137,18 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     """Run this shard's combinations not yet done, then write the report of the directory.
 
     Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "busy": [(name,
-    message), ...], "timing": {...}, "report": {...}}`` (run names; ``busy``: runs another
-    process is running, left alone). ``jobs`` worker processes run the jobs, each many of them
-    (its imports paid once; ``runs_per_worker`` > 0 replaces a worker after that many);
-    ``threads``: torch threads per worker (default: cores / jobs; on a shared, busy CPU 1 is
-    faster). A failed run is recorded with the last line of its error
-    (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process
+    message), ...], "feature_caches": [...], "timing": {...}, "report": {...}}`` (run names;
+    ``busy``: runs another process is running, left alone; ``feature_caches``: what building
+    the shared feature caches did). Before any run, the frozen-backbone runs' features are
+    extracted once into one cache per backbone under ``OUT/features``
+    (analysis.training.warm_feature_caches), on disk when workers read it. ``jobs`` worker
+    processes run the jobs, each many of them (its imports paid once; ``runs_per_worker`` > 0
+    replaces a worker after that many); ``threads``: torch threads per worker (default: cores /
+    jobs; on a shared, busy CPU 1 is faster). A failed run is recorded with the last line of its
+    error (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process
     (tests), where errors propagate. ``timing``: the wall time of the runs, the sum of the jobs'
-    own times and the difference (``overhead_s``: process starts, imports, waiting).
+    own times, the feature extraction (``features_s``) and the rest (``overhead_s``: process
+    starts, imports, waiting).
     """
     t0 = time.perf_counter()
     spec.check()
@@ -151,6 +163,12 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
             result["skipped"].append(name)
         else:
             pending.append(Job(name, job, out / "logs" / f"{name}.log"))
+    # frozen backbones: every image each run reads extracted once, before the runs
+    t_features = time.perf_counter()
+    result["feature_caches"] = warm_feature_caches(
+        [TrainConfig.from_dict(job.payload["config"]) for job in pending],
+        directory=out / "features", shared=jobs > 0, progress=progress)
+    t_features = time.perf_counter() - t_features
     bar = progress_bar(len(pending), "study runs", "run", per_update=True) \
         if progress and pending else None
     seconds: list[float] = []
@@ -170,7 +188,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     started = _run_pending(pending, jobs, threads, runs_per_worker, out, record)
     if bar is not None:
         bar.close()
-    result["timing"] = _timing(time.perf_counter() - t0, seconds, jobs, started)
+    result["timing"] = _timing(time.perf_counter() - t0, seconds, jobs, started, t_features)
     result["report"] = write_report(out, load_records([out], spec), spec,
                                     session=result["timing"])
     return result
@@ -199,8 +217,11 @@ def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_wo
     return pool.started
 
 
-def _timing(wall: float, seconds: list[float], jobs: int, workers: int) -> dict[str, Any]:
-    """Wall time of this invocation's runs against the sum of the jobs' own times."""
+def _timing(wall: float, seconds: list[float], jobs: int, workers: int,
+            features: float) -> dict[str, Any]:
+    """Wall time of this invocation's runs against the sum of the jobs' own times and the
+    shared feature extraction before them."""
     busy = sum(seconds)
     return {"runs": len(seconds), "jobs": max(1, jobs), "workers_started": workers,
-            "wall_s": wall, "jobs_s": busy, "overhead_s": wall - busy / max(1, jobs)}
+            "wall_s": wall, "jobs_s": busy, "features_s": features,
+            "overhead_s": wall - features - busy / max(1, jobs)}

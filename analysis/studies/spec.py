@@ -31,8 +31,9 @@ class StudySpec:
     ``base`` holds TrainConfig fields (dataset, epochs, img_size, lr, ...);
     ``robust_sizes`` the input sizes (px) each trained model is evaluated at (empty: around the
     training size, see analysis.studies.robustness.default_sizes), ``robust_images`` how many test
-    images that uses (None: all); ``test_size`` a stratified subset of the official test split,
-    the same images for every run (None: all of it), to bound the cost of testing on a CPU.
+    images that uses (None: all), ``robustness`` whether to evaluate them at all; ``test_size``
+    a stratified subset of the official test split, the same images for every run (None: all of
+    it), to bound the cost of testing on a CPU.
     ``shifts``: pixel shifts each trained model is evaluated at (analysis.studies.shifts; empty:
     none), on ``shift_images`` stratified test images. ``keep``: what a finished run keeps of
     its checkpoints (``best``: best.pt only, ``none``: neither, ``all``: best.pt and last.pt).
@@ -47,6 +48,7 @@ class StudySpec:
     robust_images: int | None = 2000
     test_size: int | None = None
     command: str = ""
+    robustness: bool = True           # evaluate each trained model at other input sizes
     shifts: tuple[int, ...] = ()
     shift_images: int | None = 2000
     keep: str = "best"
@@ -94,8 +96,9 @@ class StudySpec:
         heads = tuple(_stored_head(h) for h in d["head_specs"])
         return cls(tuple(d["models"]), heads, tuple(d["seeds"]), tuple(d["train_sizes"]),
                    dict(d["base"]), tuple(d.get("robust_sizes") or ()), d.get("robust_images"),
-                   d.get("test_size"), d.get("command", ""), tuple(d.get("shifts") or ()),
-                   d.get("shift_images", 2000), d.get("keep", "best"))
+                   d.get("test_size"), d.get("command", ""), bool(d.get("robustness", True)),
+                   tuple(d.get("shifts") or ()), d.get("shift_images", 2000),
+                   d.get("keep", "best"))
 
 
 def _stored_head(stored: str | dict[str, Any]) -> HeadSpec:
@@ -121,7 +124,10 @@ class Combo:
                                      "hidden": (), "dropout": 0.0,
                                      "train_size": self.train_size, "seed": self.seed,
                                      "out": str(runs_dir), "progress": False,
-                                     "test_size": spec.test_size})
+                                     "test_size": spec.test_size,
+                                     # one feature cache for the whole study
+                                     "feature_cache_dir": (spec.base.get("feature_cache_dir")
+                                                           or str(runs_dir.parent / "features"))})
         cfg.name = run_name(cfg)
         return cfg
 

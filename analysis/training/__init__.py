@@ -4,18 +4,36 @@ Reading order for one run: :class:`TrainConfig` (config) -> :func:`train` (launc
 directory claimed under a lock, a resume checked against the run's config) -> the loop (loop:
 epochs, steps, checkpoints, the final test) -> the pieces it assembles (parts: data, model,
 optimiser, sampler) -> one optimiser step and evaluation (step) -> what is written (rundir,
-checkpoints) -> DDP under torchrun (distributed).
+checkpoints) -> DDP under torchrun (distributed). Frozen-backbone epochs train the head on
+cached features (cached; a study warms one cache for all its runs: shared_cache).
 """
 
+from .cached import cache_decision, feature_requests, head_costs, merge_requests
 from .checkpoints import read_checkpoint, save_checkpoint
-from .config import OPTIMIZERS, REGIMES, TrainConfig, load_run_data, run_name
+from .config import (
+    FEATURE_CACHE,
+    FEATURE_DTYPES,
+    OPTIMIZERS,
+    REGIMES,
+    TrainConfig,
+    load_run_data,
+    run_name,
+)
 from .distributed import DistInfo
 from .launch import train
 from .lock import RunInUseError, lock_run_dir
-from .model import build_model, build_optimizer, model_costs, resolve_system, set_regime
+from .model import (
+    build_model,
+    build_optimizer,
+    model_costs,
+    resolve_system,
+    set_regime,
+    timm_kwargs,
+)
 from .options import add_training_options, config_from_args, config_values, given_config_values
 from .resume import RESUME_FREE, read_run_config
 from .rundir import METRIC_COLUMNS, RUN_FILES, run_path
+from .shared_cache import warm_feature_caches
 from .step import (
     NonFiniteLossError,
     RunningLoss,
@@ -26,10 +44,12 @@ from .step import (
     reset_peak_mem,
 )
 
-__all__ = ["METRIC_COLUMNS", "OPTIMIZERS", "REGIMES", "RESUME_FREE", "RUN_FILES", "DistInfo",
-           "NonFiniteLossError", "RunInUseError", "RunningLoss", "TrainConfig", "TrainStep",
-           "add_training_options", "build_model", "config_from_args", "config_values",
-           "build_optimizer", "evaluate", "given_config_values", "load_run_data", "lock_run_dir",
-           "lr_factor", "model_costs", "peak_mem_mb", "read_checkpoint", "read_run_config",
-           "reset_peak_mem", "resolve_system", "run_name", "run_path", "save_checkpoint",
-           "set_regime", "train"]
+__all__ = ["FEATURE_CACHE", "FEATURE_DTYPES", "METRIC_COLUMNS", "OPTIMIZERS", "REGIMES",
+           "RESUME_FREE", "RUN_FILES", "DistInfo", "NonFiniteLossError", "RunInUseError",
+           "RunningLoss", "TrainConfig", "TrainStep", "add_training_options", "build_model",
+           "build_optimizer", "cache_decision", "config_from_args", "config_values", "evaluate",
+           "feature_requests", "given_config_values", "head_costs", "load_run_data",
+           "lock_run_dir", "lr_factor", "merge_requests", "model_costs", "peak_mem_mb",
+           "read_checkpoint", "read_run_config", "reset_peak_mem", "resolve_system", "run_name",
+           "run_path", "save_checkpoint", "set_regime", "timm_kwargs", "train",
+           "warm_feature_caches"]

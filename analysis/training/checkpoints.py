@@ -5,6 +5,12 @@ either); ``last.pt`` also holds the optimiser, scaler, global RNG states, the me
 and the position inside the epoch. Under DDP every rank's RNG, augmentation generator and running
 sums are gathered into it, so a run resumed with the same number of processes continues exactly;
 from an epoch boundary it resumes with any number.
+
+A run whose backbone never trains (a linear probe on cached features) does not write its
+frozen backbone every epoch: its ``last.pt`` and, until the run ends, its ``best.pt`` hold the
+head only (:func:`save_head_checkpoint`, format ``headswap-head``); the backbone is rebuilt
+from the run's config, and its weights digest is checked on resume. At the end ``best.pt`` is
+rewritten as a whole model, which ``surgery.load`` opens.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ from surgery import HeadSwapped
 from . import distributed
 from .distributed import DistInfo
 
-__all__ = ["epoch_aug_rng", "fresh_running", "gather_rank_states", "last_extra",
-           "read_checkpoint", "restore_rank_state", "restore_training", "resumed_progress",
-           "rng_state", "save_checkpoint", "seed_rank", "set_rng_state"]
+__all__ = ["HEAD_FORMAT", "epoch_aug_rng", "fresh_running", "gather_rank_states", "is_head_only",
+           "last_extra", "load_weights", "read_checkpoint", "restore_rank_state",
+           "restore_training", "resumed_progress", "rng_state", "save_checkpoint",
+           "save_head_checkpoint", "seed_rank", "set_rng_state"]
+
+HEAD_FORMAT = "headswap-head"
 
 _RANK_STRIDE = 1_000_003  # seed offset between ranks
 
@@ -32,9 +41,45 @@ def save_checkpoint(path: str | Path, model: HeadSwapped, extra: dict[str, Any])
     surgery.save(model, path, extra=extra)
 
 
+def save_head_checkpoint(path: str | Path, model: HeadSwapped, extra: dict[str, Any]) -> None:
+    """The head's weights, the recipe and ``extra``, written atomically (not the backbone)."""
+    state = {k: v.detach().cpu() for k, v in model.head.state_dict().items()}
+    payload = {"format": HEAD_FORMAT, "version": 1, "recipe": model.recipe,
+               "head_state_dict": state, "checksum": surgery.state_checksum(state),
+               "extra": extra}
+    surgery.atomic_write(path, lambda f: torch.save(payload, f))
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``{"recipe", "state_dict", "extra"}`` of a checkpoint written by :func:`save_checkpoint`."""
-    return surgery.read_model_file(path)
+    """``{"recipe", "state_dict", "extra"}`` of a checkpoint written by :func:`save_checkpoint`,
+    or ``{"recipe", "head_state_dict", "extra"}`` of one by :func:`save_head_checkpoint`."""
+    try:
+        return surgery.read_model_file(path)
+    except ValueError:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            payload = None
+        if isinstance(payload, dict) and payload.get("format") == HEAD_FORMAT:
+            if surgery.state_checksum(payload["head_state_dict"]) != payload.get("checksum"):
+                raise ValueError(f"{str(path)!r} is damaged: its head weights do not match the "
+                                 "checksum stored when it was saved; start the run over with "
+                                 "--overwrite") from None
+            return payload
+        raise
+
+
+def is_head_only(payload: dict[str, Any]) -> bool:
+    """Whether a checkpoint holds the head alone (a cached linear probe's)."""
+    return "head_state_dict" in payload
+
+
+def load_weights(model: HeadSwapped, payload: dict[str, Any]) -> None:
+    """Load a checkpoint's weights: the whole model, or the head of a head-only one."""
+    if is_head_only(payload):
+        model.head.load_state_dict(payload["head_state_dict"])
+    else:
+        model.load_state_dict(payload["state_dict"])
 
 
 def rng_state() -> dict[str, Any]:

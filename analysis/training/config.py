@@ -20,10 +20,13 @@ from ..data import (
 )
 from .ranges import NUMERIC_RULES, check_number, option_flag
 
-__all__ = ["OPTIMIZERS", "REGIMES", "TrainConfig", "load_run_data", "run_name"]
+__all__ = ["FEATURE_CACHE", "FEATURE_DTYPES", "OPTIMIZERS", "REGIMES", "TrainConfig",
+           "load_run_data", "run_name"]
 
 REGIMES = ("full", "linear-probe", "two-stage")
 OPTIMIZERS = ("adamw", "sgd")
+FEATURE_CACHE = ("auto", "off")
+FEATURE_DTYPES = ("float16", "float32")
 
 
 @dataclass
@@ -48,8 +51,9 @@ class TrainConfig:
     val_size: int | float = 0.1       # held out from train: a count, or a fraction if < 1
     train_eval_size: int | None = None  # fixed train sample for eval-mode metrics; None: as val
     test_size: int | None = None      # stratified subset of the test split (seed 0); None: all
+    pool_size: int | None = None      # val and train drawn from this stratified subset (seed 0)
     img_size: int | None = None       # None: the data's own size
-    augment: bool = True              # random crop (pad img_size/8) and horizontal flip
+    augment: bool | None = None       # random crop and flip; None: on unless the backbone is frozen
     data_options: dict[str, Any] = field(default_factory=dict)
     # optimisation
     epochs: int = 5
@@ -66,6 +70,12 @@ class TrainConfig:
     regime: str = "full"
     head_epochs: int = 1              # two-stage: epochs of head-only training first
     backbone_lr_scale: float = 0.1    # two-stage: backbone lr = lr * this in stage two
+    # feature cache (analysis.features): frozen-backbone epochs train the head on cached features
+    feature_cache: str = "auto"       # auto: whenever the backbone is frozen; off: never
+    feature_cache_views: int = 0      # K fixed augmented views per training image (0: none)
+    feature_cache_mem_gb: float = 4.0  # in memory up to this many GiB, else a file on disk
+    feature_cache_dir: str | None = None  # where the file goes (None: RUN_DIR/features)
+    feature_cache_dtype: str = "float16"  # float32 for exactness against an uncached run
     # system
     device: str = "auto"
     amp: str = "auto"                 # auto: on for CUDA (bf16 if supported, else fp16)
@@ -103,6 +113,7 @@ class TrainConfig:
         for name, rule in NUMERIC_RULES.items():
             check_number(name, getattr(self, name), rule)
         self._check_relations()
+        self._check_feature_cache()
         check_timm_options(self.timm_options, "--timm-option")
         check_reader_options(self.dataset, self.data_options)
         self._check_names()
@@ -124,6 +135,30 @@ class TrainConfig:
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"{option_flag('hidden')} widths must be whole numbers >= 1, got "
                              f"{' '.join(map(str, self.hidden))}")
+
+    def _check_feature_cache(self) -> None:
+        """The feature-cache choices, and views only where a frozen backbone is cached."""
+        if self.feature_cache not in FEATURE_CACHE:
+            raise ValueError(f"--feature-cache must be auto or off, got {self.feature_cache!r}")
+        if self.feature_cache_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"--feature-cache-dtype must be float16 or float32, got "
+                             f"{self.feature_cache_dtype!r}")
+        if self.feature_cache_views and (self.feature_cache == "off" or self.regime == "full"):
+            raise ValueError("--feature-cache-views caches augmented views of a frozen backbone's "
+                             "features: it needs --regime linear-probe or two-stage and "
+                             "--feature-cache auto (for fresh random crops every epoch without "
+                             "the cache, use --augment)")
+
+    def frozen(self, epoch: int) -> bool:
+        """Whether the backbone is frozen in ``epoch`` (0-based): a linear probe always, two-stage
+        during its head epochs."""
+        return self.regime == "linear-probe" or (self.regime == "two-stage"
+                                                 and epoch < self.head_epochs)
+
+    def augments(self, epoch: int) -> bool:
+        """Random crop and flip in ``epoch``: as asked, or by default only when the backbone
+        trains (a frozen-backbone epoch is a plain linear probe, cached or not)."""
+        return self.augment if self.augment is not None else not self.frozen(epoch)
 
     def _check_names(self) -> None:
         """Model and head names, before any data is read."""
@@ -168,10 +203,11 @@ def load_run_data(cfg: TrainConfig) -> DataSplits:
     test_size = cfg.test_size
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                         train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed,
-                        classes=cfg.classes, **cfg.data_options)
+                        classes=cfg.classes, pool_size=cfg.pool_size, **cfg.data_options)
     if test_size is not None and test_size < len(data.test_y):
         idx = stratified_indices(data.test_y, test_size, seed=0)
         data = replace(data, test_x=data.test_x[idx], test_y=data.test_y[idx],
-                       info=dict(data.info, test=test_size))
+                       info=dict(data.info, test=test_size),
+                       ids=dict(data.ids, test=data.ids["test"][idx]))
     return data
 

@@ -34,6 +34,7 @@ from surgery import write_json
 from ..reporting import plot_curves, progress_bar
 from . import checkpoints as ckpt
 from . import distributed
+from .cached import OwnCache
 from .config import TrainConfig
 from .distributed import DistInfo
 from .model import set_regime
@@ -61,7 +62,13 @@ class RunLoop:
         self.resume_state: dict[str, Any] = state["extra"] if state is not None else {}
         self.first_epoch = int(self.resume_state.get("epoch", 0))
         self.first_step = int(self.resume_state.get("step", 0))
-        self.parts: RunParts = assemble_run(cfg, state, data, dist, system, self.first_epoch)
+        self.own_cache = OwnCache.of(cfg, run_dir, fresh=fresh and dist.is_main)
+        try:
+            self.parts: RunParts = assemble_run(cfg, state, data, dist, system,
+                                                self.first_epoch, run_dir)
+        except BaseException:
+            self.own_cache.drop(started=False)
+            raise
         # what was measured before an interruption
         self.history, self.best, self.totals = ckpt.resumed_progress(self.resume_state)
         if state is not None:
@@ -73,6 +80,7 @@ class RunLoop:
             ckpt.seed_rank(cfg.seed, dist.rank)
         self.config_record = run_config_record(cfg, self.parts, system, dist)
         self._tick_at = time.perf_counter()
+        self._plotted_at = time.perf_counter()
 
     def position(self) -> dict[str, Any]:
         """Where this run starts: ``epoch`` epochs and ``step`` steps of the next one done."""
@@ -82,9 +90,11 @@ class RunLoop:
                 "steps_per_epoch": self.parts.schedule.steps_per_epoch}
 
     def _take_over(self) -> None:
-        """After the first good step of a new run: replace an old run there, write config.json."""
+        """After the first good step of a new run: replace an old run there (its files and the
+        feature caches this run does not read), write config.json."""
         if self.dist.is_main:
             remove_run_files(self.run_dir)
+            self.own_cache.keep_only(self.parts.feature_cache)
             write_json(self.run_dir / "config.json", self.config_record)
         self.started = True
 
@@ -101,13 +111,29 @@ class RunLoop:
                 row = self._epoch(epoch)
                 self._end_epoch(row)
         except BaseException:
-            if self.fresh and self.started and not self.wrote_last and self.dist.is_main:
-                remove_run_files(self.run_dir)  # nothing to resume: leave nothing behind
+            if self.fresh and not self.wrote_last and self.dist.is_main:
+                if self.started:
+                    remove_run_files(self.run_dir)  # nothing to resume: leave nothing behind
+                self.own_cache.drop(self.started)
             raise
         return self._finish()
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
-        """Train one epoch (from the checkpointed step when resuming); return its metrics row."""
+        """Train one epoch (from the checkpointed step when resuming); return its metrics row.
+
+        Epochs on cached features run on one CPU thread: a head's small operations wait on
+        thread synchronisation more than they gain (a linear head's step measured 2.3 ms on one
+        thread and 154 ms on two, on this 2-core machine while other jobs loaded it)."""
+        if not self.parts.feed(self.cfg, epoch).cached or self.device.type != "cpu":
+            return self._epoch_steps(epoch)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._epoch_steps(epoch)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _epoch_steps(self, epoch: int) -> dict[str, Any]:
         set_regime(self.parts.model, self.cfg, epoch)
         aug = ckpt.epoch_aug_rng(self.cfg.seed, epoch, self.dist.rank)
         running = ckpt.fresh_running()
@@ -125,6 +151,7 @@ class RunLoop:
                      running: dict[str, Any], loss_sum: RunningLoss, t0: float) -> float:
         """The optimiser steps of one epoch from step ``first``; returns the last lr factor."""
         cfg, parts = self.cfg, self.parts
+        feed = parts.feed(cfg, epoch)
         steps, sched = parts.schedule.steps_per_epoch, parts.schedule
         bar = self._progress(first, epoch)
         t_ckpt = t0
@@ -134,8 +161,8 @@ class RunLoop:
             lr_scale = lr_factor(gstep, sched.total_steps, sched.warmup_steps, cfg.min_lr / cfg.lr)
             for group in parts.optimizer.param_groups:
                 group["lr"] = cfg.lr * group["lr_scale"] * lr_scale
-            idx_d = idx.to(parts.train_x.device)
-            loss = parts.step(parts.train_x[idx_d], parts.train_y[idx_d], aug)
+            idx_d = idx.to(feed.train_x.device)
+            loss = feed.step(feed.train_x[idx_d], feed.train_y[idx_d], aug)
             loss_sum.add(loss, len(idx))
             running["seen"] += len(idx)
             if loss_sum.free_to_read or step % 20 == 0 or step == steps - 1:
@@ -167,11 +194,12 @@ class RunLoop:
                    loss_sum: RunningLoss, train_time: float, t0: float) -> dict[str, Any]:
         """Evaluate train sample and validation; the epoch's metrics row."""
         parts, dist = self.parts, self.dist
+        feed = parts.feed(self.cfg, epoch)
         distributed.broadcast_buffers(parts.model, dist)
-        tr_loss, tr_acc = evaluate(parts.model, *parts.train_eval, parts.transform,
+        tr_loss, tr_acc = evaluate(feed.evaluated, *feed.train_eval, feed.transform,
                                    parts.eval_batch_size, self.amp, dist)
-        va_loss, va_acc = evaluate(parts.model, parts.data.val_x, parts.data.val_y,
-                                   parts.transform, parts.eval_batch_size, self.amp, dist)
+        va_loss, va_acc = evaluate(feed.evaluated, *feed.val, feed.transform,
+                                   parts.eval_batch_size, self.amp, dist)
         seen = dist.sum(running["seen"])  # padded (repeated) samples of uneven shards too
         loss_total = dist.sum(loss_sum.total)
         self.totals["train_time_s"] += train_time
@@ -185,19 +213,22 @@ class RunLoop:
                 "peak_mem_mb": peak_mem_mb(self.device)}
 
     def _end_epoch(self, row: dict[str, Any]) -> None:
-        """Record the row; best.pt when validation improved; last.pt, metrics and curves."""
+        """Record the row; best.pt when validation improved; last.pt, metrics and curves (at the
+        end, and on the way at most every 30 s: short cached epochs would spend more time
+        plotting than training)."""
         self.history.append(row)
         epoch = row["epoch"]
         if row["val_acc"] > self.best["val_acc"]:
             self.best = {"val_acc": row["val_acc"], "epoch": epoch}
             if self.dist.is_main:
-                ckpt.save_checkpoint(self.run_dir / "best.pt", self.parts.model,
-                                     {"kind": "best", "epoch": epoch, "row": row})
+                self._save(self.run_dir / "best.pt", {"kind": "best", "epoch": epoch, "row": row})
         self._checkpoint(epoch, 0, ckpt.fresh_running(), torch.Generator())
         if self.dist.is_main:
             write_metrics(self.run_dir, self.history)
-            plot_curves(self.run_dir / "curves.png", self.history,
-                        f"{self.cfg.model} / {self.cfg.head} / {self.cfg.dataset}")
+            if epoch == self.cfg.epochs or time.perf_counter() - self._plotted_at > 30:
+                plot_curves(self.run_dir / "curves.png", self.history,
+                            f"{self.cfg.model} / {self.cfg.head} / {self.cfg.dataset}")
+                self._plotted_at = time.perf_counter()
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -224,22 +255,37 @@ class RunLoop:
         mine, ranks = ckpt.gather_rank_states(aug, running, self.dist)
         self._tick()
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.run_dir / "last.pt", self.parts.model, ckpt.last_extra(
+            self._save(self.run_dir / "last.pt", ckpt.last_extra(
                 epoch=epoch, step=step, optimizer=self.parts.optimizer, scaler=self.parts.scaler,
                 mine=mine, ranks=ranks, history=self.history, best=self.best,
                 totals=self.totals, world_size=self.dist.world_size))
         self.wrote_last = True
         self.dist.wait()
 
+    def _save(self, path: Path, extra: dict[str, Any]) -> None:
+        """A checkpoint: the head alone when the backbone never trains (analysis.training
+        .checkpoints), else the whole model."""
+        if self.parts.head_only_checkpoints:
+            ckpt.save_head_checkpoint(path, self.parts.model, dict(
+                extra, backbone_weights=self.parts.feature_cache.get("weights")))
+        else:
+            ckpt.save_checkpoint(path, self.parts.model, extra)
+
     def _finish(self) -> dict[str, Any]:
         """Test the best-validation checkpoint and write ``summary.json``."""
         parts = self.parts
+        best = None
         if (self.run_dir / "best.pt").is_file():
             best = ckpt.read_checkpoint(self.run_dir / "best.pt")
-            parts.model.load_state_dict(best["state_dict"])
-        test_loss, test_acc = evaluate(parts.model, parts.data.test_x, parts.data.test_y,
-                                       parts.transform, parts.eval_batch_size, self.amp,
-                                       self.dist)
+            ckpt.load_weights(parts.model, best)
+        feed = parts.feed(self.cfg, self.cfg.epochs - 1)
+        if feed.test is None:  # cached head epochs of two-stage: the test split is not cached
+            feed = parts.training_feed
+        test_x, test_y = feed.test or (parts.data.test_x, parts.data.test_y)
+        test_loss, test_acc = evaluate(feed.evaluated, test_x, test_y, feed.transform,
+                                       parts.eval_batch_size, self.amp, self.dist)
+        if best is not None and ckpt.is_head_only(best) and self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir / "best.pt", parts.model, best["extra"])  # whole
         self._tick()
         summary = self._summary(test_loss, test_acc)
         if self.dist.is_main:
@@ -273,6 +319,8 @@ class RunLoop:
             "checkpoint_mb": self._checkpoint_mb(),
             "device": str(self.device), "world_size": self.dist.world_size,
             "run_dir": str(self.run_dir),
+            # whether the head trained on cached features, and the extraction (not in time_s)
+            "feature_cache": self.parts.feature_cache,
         }
 
     def _checkpoint_mb(self) -> float | None:
@@ -292,7 +340,8 @@ class RunLoop:
 
     def _check_weights(self, epoch: int, step: int) -> None:
         """Never checkpoint NaN/inf weights: the previous ``last.pt`` stays the last good one."""
-        flags = [torch.isfinite(p).all() for p in self.parts.model.parameters()]
+        # only what trains can have changed (a frozen backbone is not read every epoch)
+        flags = [torch.isfinite(p).all() for p in self.parts.model.parameters() if p.requires_grad]
         if flags and not bool(torch.stack(flags).all()):
             raise NonFiniteLossError(
                 f"weights became NaN or inf (after {epoch} epochs and {step} steps); stopped "

@@ -1,7 +1,8 @@
 """What a run trains: the swapped model, its regime, its optimiser, and what it costs.
 
 ``build_model`` calls ``surgery.swap_head`` with the run's options and picks the normalisation
-(the pretrained configuration's mean/std, or the data's own statistics from scratch);
+(the pretrained configuration's mean/std; from scratch the data's own statistics: the training
+subset's when the backbone trains, the whole pool's when it starts frozen);
 ``set_regime`` decides what trains in each epoch; ``build_optimizer`` makes the parameter groups.
 """
 
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from ..data import DataSplits
     from .config import TrainConfig
 
-__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime"]
+__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime",
+           "timm_kwargs"]
 
 
 def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
@@ -40,6 +42,18 @@ def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
     return {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
 
 
+def timm_kwargs(model: str, timm_options: dict[str, Any] | None, img_size: int) -> dict[str, Any]:
+    """The timm options a run builds ``model`` with: ``timm_options``, plus ``img_size`` for
+    models with a fixed input size (ViT-style position embeddings made for it)."""
+    import timm
+
+    kwargs: dict[str, Any] = dict(timm_options or {})
+    pcfg = timm.get_pretrained_cfg(model.split(".")[0])
+    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
+        kwargs.setdefault("img_size", img_size)
+    return kwargs
+
+
 def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
                 fresh: bool = True) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
     """``swap_head`` for the run; returns the model, its input channels and the normalisation.
@@ -49,19 +63,18 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     from a headswap model file (a run's ``best.pt``) the channels, timm options and mean / std
     its backbone was trained with. The mean / std go into the model's recipe, so every file
     saved from the run carries them.
+    Under a frozen backbone (linear probe, two-stage) the statistics from scratch are those of the
+    whole training pool, not of this seed's subset: the same for every seed, so that one feature
+    cache serves them all, with the cache on or off alike.
     ``fresh=False`` (resuming) skips downloading weights that the checkpoint replaces anyway.
     """
-    import timm
-
     import surgery
 
     weights = cfg.pretrained or cfg.checkpoint is not None
     settings = surgery.checkpoint_settings(cfg.checkpoint)  # a headswap model file's recipe
     in_chans = cfg.in_chans or settings.get("in_chans") or (3 if weights else data.channels)
-    kwargs: dict[str, Any] = {**settings.get("timm_kwargs", {}), **cfg.timm_options}
-    pcfg = timm.get_pretrained_cfg(cfg.model.split(".")[0])
-    if pcfg is not None and pcfg.to_dict().get("fixed_input_size"):
-        kwargs.setdefault("img_size", img_size)  # ViT-style models: position embeddings for it
+    kwargs = {**settings.get("timm_kwargs", {}),
+              **timm_kwargs(cfg.model, cfg.timm_options, img_size)}
     try:
         model = surgery.swap_head(
             cfg.model, head=cfg.head_spec(), num_classes=data.num_classes,
@@ -73,20 +86,23 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
             raise
         raise ValueError(f"img-size {img_size} is too small for {cfg.model}: {err}; use a larger "
                          "--img-size") from None
-    mean, std = _normalization(model, data, weights, settings.get("normalization"))
+    mean, std = _normalization(model, data, cfg, weights, settings.get("normalization"))
     model.recipe["normalization"] = {"mean": list(mean), "std": list(std)}  # saved with it
     return model, in_chans, mean, std
 
 
-def _normalization(model: HeadSwapped, data: DataSplits, weights: bool,
+def _normalization(model: HeadSwapped, data: DataSplits, cfg: TrainConfig, weights: bool,
                    stored: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean / std (0..1 pixel scale) the inputs are normalised with: those a headswap model
-    file's backbone was trained with, a pretrained configuration's, or the data's own."""
+    file's backbone was trained with, a pretrained configuration's, or the data's own (its
+    training pool's under a frozen backbone)."""
     if stored:
         return tuple(stored["mean"]), tuple(stored["std"])
     if weights:
         mcfg: dict[str, Any] = dict(getattr(model.backbone, "pretrained_cfg", None) or {})
         return tuple(mcfg.get("mean", data.mean)), tuple(mcfg.get("std", data.std))
+    if cfg.frozen(0) and data.pool_mean:
+        return data.pool_mean, data.pool_std
     return data.mean, data.std
 
 
@@ -95,7 +111,7 @@ def set_regime(model: HeadSwapped, cfg: TrainConfig, epoch: int) -> None:
 
     A frozen backbone also stays in eval mode, so BatchNorm statistics do not move either.
     """
-    frozen = cfg.regime == "linear-probe" or (cfg.regime == "two-stage" and epoch < cfg.head_epochs)
+    frozen = cfg.frozen(epoch)
     model.train()
     for p in model.backbone_parameters():
         p.requires_grad_(not frozen)

@@ -16,7 +16,7 @@ from typing import Any
 from surgery import parse_options, resolve_head, spec_help
 
 from ..data import DATASETS, parse_classes
-from .config import OPTIMIZERS, REGIMES, TrainConfig
+from .config import FEATURE_CACHE, FEATURE_DTYPES, OPTIMIZERS, REGIMES, TrainConfig
 
 __all__ = ["add_training_options", "config_from_args", "config_values", "given_config_values"]
 
@@ -89,9 +89,13 @@ def _add_data(p: argparse.ArgumentParser, per_run: bool) -> None:
     da.add_argument("--skip-bad-images", action="store_true",
                     help="imagefolder: leave out unreadable (corrupt, truncated) images with a "
                          "warning naming them, instead of stopping at the first")
+    da.add_argument("--pool-size", type=int, default=None,
+                    help="draw validation and the training subset from a fixed stratified subset "
+                         "of this many training images, the same for every seed (default: all)")
     da.add_argument("--img-size", type=int, default=None, help="resize to this (default: native)")
-    da.add_argument("--no-augment", dest="augment", action="store_false",
-                    help="no random crop / flip")
+    da.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                    help="random crop and flip (default: on while the backbone trains, off while "
+                         "it is frozen)")
 
 
 def _add_optimisation(p: argparse.ArgumentParser) -> None:
@@ -118,6 +122,24 @@ def _add_optimisation(p: argparse.ArgumentParser) -> None:
                    help="two-stage: head-only epochs first")
     o.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale,
                    help="two-stage: backbone lr = lr x this")
+
+
+def _add_feature_cache(p: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    f = p.add_argument_group("feature cache (frozen backbone: linear-probe, two-stage head epochs)")
+    f.add_argument("--feature-cache", default=d.feature_cache, choices=FEATURE_CACHE,
+                   help="auto: extract the frozen backbone's features once and train the head on "
+                        "them; off: run the backbone every step (default auto)")
+    f.add_argument("--feature-cache-views", type=int, default=d.feature_cache_views, metavar="K",
+                   help="cache K fixed augmented views (crop and flip drawn once) of each training "
+                        "image; each epoch samples among them (default 0: no augmentation)")
+    f.add_argument("--feature-cache-mem-gb", type=float, default=d.feature_cache_mem_gb,
+                   help=f"keep the cache in memory up to this many GiB, else in a file on disk "
+                        f"(default {d.feature_cache_mem_gb:g})")
+    f.add_argument("--feature-cache-dir", default=None,
+                   help="where an on-disk cache goes (default: the run's or study's directory)")
+    f.add_argument("--feature-cache-dtype", default=d.feature_cache_dtype, choices=FEATURE_DTYPES,
+                   help="stored precision (default float16; float32 matches an uncached run)")
 
 
 def _add_system(p: argparse.ArgumentParser, per_run: bool) -> None:
@@ -150,11 +172,12 @@ def _add_run_dir(p: argparse.ArgumentParser) -> None:
 
 
 def add_training_options(parser: argparse.ArgumentParser, *, per_run: bool = True) -> None:
-    """Add the model, data, optimisation and system groups (and, ``per_run``, the per-run options:
-    head, training-set size, seed, run directory) to ``parser``."""
+    """Add the model, data, optimisation, feature-cache and system groups (and, ``per_run``, the
+    per-run options: head, training-set size, seed, run directory) to ``parser``."""
     _add_model(parser, per_run)
     _add_data(parser, per_run)
     _add_optimisation(parser)
+    _add_feature_cache(parser)
     _add_system(parser, per_run)
     if per_run:
         _add_run_dir(parser)

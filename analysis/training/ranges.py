@@ -17,7 +17,7 @@ __all__ = ["NUMERIC_RULES", "Range", "check_number", "option_flag"]
 
 # fields whose flag is not "--" + the field name with dashes
 _FLAGS = {"optimizer": "--opt", "data_options": "--data-option", "timm_options": "--timm-option",
-          "augment": "--no-augment", "progress": "--no-progress"}
+          "augment": "--augment", "progress": "--no-progress"}
 
 
 def option_flag(field_name: str) -> str:
@@ -100,6 +100,9 @@ NUMERIC_RULES: dict[str, Range] = {
     "ckpt_steps": _whole(0, hint="0 turns it off"),
     "ckpt_minutes": Range(0, hint="0 turns it off"),
     "kill_after_steps": _whole(1, optional=True),
+    "pool_size": _whole(2, optional=True, hint="leave it out to draw from the whole split"),
+    "feature_cache_views": _whole(0, hint="0 caches the plain features, no augmentation"),
+    "feature_cache_mem_gb": Range(0, hint="GiB of features kept in memory; beyond, a file"),
 }
 
 

@@ -15,13 +15,15 @@ from typing import Any
 
 from surgery import one_line, read_json
 
-from .checkpoints import read_checkpoint
+from .checkpoints import is_head_only, read_checkpoint
 from .config import TrainConfig
 
 __all__ = ["RESUME_FREE", "read_resume_state", "read_run_config", "resume_options"]
 
-# options a resume may change: they do not change what the run computes
-RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "kill_after_steps")
+# options a resume may change: they do not change what the run computes (where the feature
+# cache is kept only changes where it is extracted again, if the interrupted one is gone)
+RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "kill_after_steps",
+               "feature_cache_mem_gb", "feature_cache_dir")
 _NEW_RUN_ONLY = ("out", "name", "overwrite")
 
 
@@ -98,10 +100,14 @@ def _best_state(run_dir: Path) -> str:
     if not (run_dir / "best.pt").is_file():
         return "there is no best.pt yet"
     try:
-        extra = read_checkpoint(run_dir / "best.pt").get("extra") or {}
+        best = read_checkpoint(run_dir / "best.pt")
     except Exception:
         return "best.pt is unreadable too"
+    extra = best.get("extra") or {}
     row = extra.get("row") or {}
     acc = f", val acc {row['val_acc']:.4f}" if isinstance(row.get("val_acc"), float) else ""
+    if is_head_only(best):  # a cached linear probe's, until the run ends
+        return (f"best.pt is intact (epoch {extra.get('epoch', '?')}{acc}; it holds the head "
+                "alone, the backbone is the run's config's)")
     return (f"best.pt is intact (epoch {extra.get('epoch', '?')}{acc}; surgery.load reads the "
             "model)")

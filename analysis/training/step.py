@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import resource
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..costs import reset_rss_peak, rss_peak_bytes
-from ..data import BatchTransform, iterate
+from ..data import iterate
 from .distributed import DistInfo
 
 __all__ = ["NonFiniteLossError", "RunningLoss", "TrainStep", "evaluate", "lr_factor",
@@ -69,18 +71,23 @@ class RunningLoss:
 
 
 class TrainStep:
-    """One optimiser step on a uint8 batch: device transform, forward, loss, backward, update.
+    """One optimiser step on a batch: device transform, forward, loss, backward, update.
 
-    Returns the (detached) mean loss of the batch without synchronising the device.
+    The batch is uint8 images with a BatchTransform, or cached features with the transform of
+    analysis.training.cached (``model`` is then the head). ``grad_sync`` runs after the backward
+    pass (averaging a head's gradients over ranks where no DDP wrapper does it). Returns the
+    (detached) mean loss of the batch without synchronising the device.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 transform: BatchTransform, *, label_smoothing: float = 0.0,
+                 transform: Any, *, label_smoothing: float = 0.0,
                  clip_grad: float | None = None, amp_dtype: torch.dtype | None = None,
-                 scaler: torch.amp.GradScaler | None = None):
+                 scaler: torch.amp.GradScaler | None = None,
+                 grad_sync: Callable[[], None] | None = None):
         self.model, self.optimizer, self.transform = model, optimizer, transform
         self.label_smoothing, self.clip_grad = label_smoothing, clip_grad
         self.amp_dtype, self.scaler = amp_dtype, scaler
+        self.grad_sync = grad_sync
         self.device = transform.device
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
 
@@ -94,6 +101,8 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if self.grad_sync is not None:
+                self.grad_sync()
             if self.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 self._clip()
@@ -101,6 +110,8 @@ class TrainStep:
             self.scaler.update()
         else:
             loss.backward()
+            if self.grad_sync is not None:
+                self.grad_sync()
             if self.clip_grad:
                 self._clip()
             self.optimizer.step()
@@ -112,10 +123,13 @@ class TrainStep:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, transform: BatchTransform,
+def evaluate(model: nn.Module, x: Any, y: torch.Tensor, transform: Any,
              batch_size: int, amp_dtype: torch.dtype | None = None,
              dist: DistInfo | None = None) -> tuple[float, float]:
     """Mean cross-entropy (nats) and accuracy (fraction) of ``model`` in eval mode on ``(x, y)``.
+
+    ``x`` is uint8 images with a BatchTransform, or cached feature rows with their transform and
+    the head as ``model``.
 
     Under DDP each rank takes its share and the sums are reduced, so every sample counts once.
     """

@@ -105,3 +105,48 @@ def test_a_run_held_by_another_process_is_reported_busy_by_the_workers(tmp_path,
     assert f"busy: {held.name}: left alone: run directory" in err and "pid 4242 on node7" in err
     assert [p.name for p in held.iterdir()] == [".lock"]
     assert (out / "runs" / "test_resnet-gap-synthetic-nall-s0" / "summary.json").is_file()
+
+
+PROBE = ["test_resnet", "--heads", "gap", "gem", "attn", *SYNTH, "--epochs", "2", "--regime",
+         "linear-probe", "--feature-cache-dtype", "float32", "--robust-sizes", "16", "--threads",
+         "1"]
+
+
+def _study_cache(out: Path) -> Path:
+    """The study's one cache file, which every run read (none of them extracted)."""
+    caches = list((out / "features").glob("*.feat"))
+    assert len(caches) == 1  # built by the study before its runs, for all its heads
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 3
+    for run in runs:
+        cache = json.loads((run / "summary.json").read_text())["feature_cache"]
+        assert cache["used"] and not cache["built"] and cache["storage"] == "disk"
+        assert cache["path"] == str(caches[0])
+    return caches[0]
+
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_a_linear_probe_study_extracts_once_and_its_worker_reads_that_cache(tmp_path, capsys):
+    from analysis.features import clear_memory
+
+    clear_memory()
+    assert compare_heads.main([*PROBE, "--jobs", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "shared feature extraction" in out and "1 worker process started" in out
+    _study_cache(tmp_path)
+
+
+@pytest.mark.slow
+def test_cached_runs_in_a_worker_give_the_in_process_results(tmp_path, capsys):
+    from analysis.features import clear_memory
+
+    clear_memory()
+    assert compare_heads.main([*PROBE, "--jobs", "0", "--out", str(tmp_path / "here")]) == 0
+    clear_memory()
+    assert compare_heads.main([*PROBE, "--jobs", "1", "--out", str(tmp_path / "pool")]) == 0
+    _study_cache(tmp_path / "pool")
+    for run in sorted((tmp_path / "pool" / "runs").iterdir()):
+        here = _metrics(tmp_path / "here" / "runs" / run.name)  # the cache in memory
+        for a, b in zip(here, _metrics(run), strict=True):
+            assert b == pytest.approx(a, rel=1e-5, abs=1e-7)

@@ -20,19 +20,23 @@ def test_shift_images_moves_and_zero_fills():
     assert shift_images(x, 1, 1).dtype == torch.uint8 and shift_images(x, 1, 1).shape == x.shape
 
 
-def test_evaluate_shifts_means_over_the_four_directions():
-    seen: list[str] = []
+def test_evaluate_shifts_moves_each_image_in_one_direction():
+    seen: list[tuple[str, int]] = []
 
-    def score(images, labels, view):  # accuracy: the fraction of the image still inside
-        seen.append(view)
-        return 0.0, float(images.sum()) / (16 * 16)
+    def score(images, labels, view):  # accuracy: the fraction of each image still inside
+        seen.append((view, len(labels)))
+        return 1.0, float(images.sum()) / (len(labels) * 16 * 16)
 
-    rows = evaluate_shifts(score, torch.ones(1, 1, 16, 16), torch.zeros(1, dtype=torch.long),
-                           [0, 4])
-    assert seen == ["none0"] + [f"{d}4" for d in DIRECTIONS]
-    assert rows[0]["test_acc"] == 1.0 and rows[0]["directions"] == 1
-    assert rows[1]["test_acc"] == pytest.approx(12 / 16) and rows[1]["directions"] == 4
-    assert set(rows[1]["by_direction"]) == set(DIRECTIONS)
+    x = torch.ones(8, 1, 16, 16)
+    x[:, :, :, 12:] = 0  # the right quarter is empty: moving right 4 loses nothing
+    rows = evaluate_shifts(score, x, torch.zeros(8, dtype=torch.long), [0, 4])
+    # images 0 and 4 go right, 1 and 5 left, 2 and 6 down, 3 and 7 up: one pass in all
+    assert seen == [("none0", 8), ("right4", 2), ("left4", 2), ("down4", 2), ("up4", 2)]
+    assert rows[0]["test_acc"] == 0.75 and rows[0]["directions"] == 1 and rows[0]["images"] == 8
+    assert rows[1]["by_direction"] == {"right": 0.75, "left": 0.5, "down": 0.5625,
+                                       "up": 0.5625}
+    assert rows[1]["test_acc"] == pytest.approx((0.75 + 0.5 + 0.5625 + 0.5625) / 4)
+    assert rows[1]["images"] == 8 and rows[1]["directions"] == 4 and rows[1]["test_loss"] == 1.0
     with pytest.raises(ValueError, match="whole numbers of pixels >= 0"):
         evaluate_shifts(score, torch.ones(1, 1, 4, 4), torch.zeros(1, dtype=torch.long), [-1])
 
@@ -47,10 +51,10 @@ def _scorer(head: nn.Module):
 
 
 def test_a_pooling_head_ignores_a_shift_that_a_position_tied_head_does_not():
-    x = torch.zeros(2, 1, 16, 16)
-    x[0, 0, 4:8, 2:6] = 255   # class 0: a square, left
-    x[1, 0, 4:12, 2:10] = 255  # class 1: a larger square, left as well
-    y = torch.tensor([0, 1])
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])  # images 0 and 4 (moved right): one of each
+    x = torch.zeros(8, 1, 16, 16)
+    x[y == 0, 0, 4:8, 2:6] = 255   # class 0: a square, left
+    x[y == 1, 0, 4:12, 2:10] = 255  # class 1: a larger square, left as well
 
     class Area(nn.Module):  # pooling: total brightness, anywhere
         def forward(self, f):
@@ -65,8 +69,8 @@ def test_a_pooling_head_ignores_a_shift_that_a_position_tied_head_does_not():
     pooled = evaluate_shifts(_scorer(Area()), x, y, [0, 4])
     tied = evaluate_shifts(_scorer(LeftArea()), x, y, [0, 4])
     assert pooled[0]["test_acc"] == tied[0]["test_acc"] == 1.0
-    assert pooled[1]["by_direction"]["right"] == 1.0  # the square stays whole
-    assert tied[1]["by_direction"]["right"] < 1.0     # it left the half the head looks at
+    assert pooled[1]["by_direction"]["right"] == 1.0  # the squares stay whole
+    assert tied[1]["by_direction"]["right"] < 1.0     # one left the half the head looks at
 
 
 def test_prune_checkpoints_keeps_what_was_asked(tmp_path):

@@ -105,3 +105,38 @@ def test_only_rank_0_writes_the_run_directory(ddp_run):
     for f in ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "best.pt", "last.pt",
               "curves.png"):
         assert (run_dir / f).is_file() and f in written
+
+
+CACHED_WORKER = Path(__file__).with_name("ddp_cached_worker.py")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mem_gb", [
+    pytest.param("4", marks=pytest.mark.smoke),  # in memory: blocks gathered to every rank
+    "0.00001",                                   # on disk: rank 0 joins the ranks' parts
+])
+def test_cached_linear_probe_under_torchrun_extracts_a_shard_per_rank(tmp_path, mem_gb):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", GLOO_SOCKET_IFNAME="lo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           str(CACHED_WORKER), str(tmp_path / "out"), str(tmp_path / "results"), mem_gb]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "results" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    info = ranks[0]["summary"]["feature_cache"]
+    assert info["used"] and info["storage"] == ("memory" if mem_gb == "4" else "disk")
+    counts = [r["extracted"] for r in ranks]
+    assert all(c > 0 for c in counts) and sum(counts) == info["images"] == 65 + 31 + 30
+    run_dir = tmp_path / "out" / "r"
+    model = surgery.load(run_dir / "best.pt")  # the final best.pt is whole
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert ranks[1]["summary"]["test_acc"] == summary["test_acc"]
+    cfg = json.loads((run_dir / "config.json").read_text())["resolved"]
+    data = load_dataset("synthetic", val_size=31, num_classes=4, n_train=96, n_test=30,
+                        image_size=32)
+    t = BatchTransform(32, cfg["in_chans"], cfg["mean"], cfg["std"])
+    _, acc = evaluate(model, data.test_x, data.test_y, t, 7)
+    assert summary["test_acc"] == pytest.approx(acc, abs=1e-12)
+    if mem_gb != "4":
+        assert len(list((run_dir / "features").glob("*.feat"))) == 1
+        assert not list((run_dir / "features").glob("*.part*"))

@@ -156,18 +156,21 @@ def _init_backbone(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in m.backbone.state_dict().items()}
 
 
-def test_linear_probe_leaves_backbone_and_its_statistics_unchanged(tmp_path):
-    cfg = tiny(tmp_path, regime="linear-probe", epochs=1)
+@pytest.mark.parametrize("cache", ["off", "auto"])
+def test_linear_probe_leaves_backbone_and_its_statistics_unchanged(tmp_path, cache):
+    cfg = tiny(tmp_path, regime="linear-probe", epochs=1, feature_cache=cache)
     init = _init_backbone(cfg)
     _quiet(train, cfg)
-    trained = surgery.load(next(tmp_path.glob("*/last.pt")))
+    trained = surgery.load(next(tmp_path.glob("*/best.pt")))
     after = trained.backbone.state_dict()
     assert any("running_mean" in k for k in after)  # BatchNorm buffers are part of the check
     assert all(torch.equal(init[k], after[k]) for k in init)
+    if cache == "auto":
+        return
     torch.manual_seed(cfg.seed)
     full = tiny(tmp_path, name="full", epochs=1)
     _quiet(train, full)
-    moved = surgery.load(tmp_path / "full" / "last.pt").backbone.state_dict()
+    moved = surgery.load(tmp_path / "full" / "best.pt").backbone.state_dict()
     assert not all(torch.equal(init[k], moved[k]) for k in init)  # the check can fail
 
 

@@ -1,0 +1,78 @@
+"""tools/pick_head.py: the shared options, the JSON contract, files written, user errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import compare_heads  # noqa: E402
+import finetune  # noqa: E402
+import pick_head  # noqa: E402
+from _cli import run  # noqa: E402
+
+from analysis.features import clear_memory  # noqa: E402
+
+TINY = ["test_resnet", "--dataset", "synthetic", "--data-option", "num_classes=3",
+        "--data-option", "n_train=120", "--data-option", "n_test=24", "--data-option",
+        "image_size=32", "--train-size", "48", "--val-size", "16", "--seeds", "0", "1",
+        "--epochs", "1", "--batch-size", "16", "--test-size", "12", "--no-progress"]
+
+
+def _dests(parser) -> set[str]:
+    return {a.dest for a in parser._actions}
+
+
+def test_the_fine_tuning_options_are_the_same_in_every_tool():
+    shared = _dests(compare_heads.build_parser()) & _dests(finetune.build_parser())
+    assert {"feature_cache", "feature_cache_views", "feature_cache_mem_gb", "feature_cache_dir",
+            "feature_cache_dtype", "regime", "checkpoint", "timm_option", "test_size",
+            "pool_size"} <= shared
+    assert shared - {"help"} <= _dests(pick_head.build_parser())
+    args = pick_head.build_parser().parse_args(["resnet18"])
+    assert (args.regime, args.epochs, args.test_size) == ("linear-probe", 10, 2000)
+
+
+def test_json_output_has_exactly_the_promised_keys_and_files(tmp_path, capsys):
+    clear_memory()
+    code = run(lambda: pick_head.main([*TINY, "--heads", "gap", "gmp", "--out", str(tmp_path),
+                                       "--format", "json"]))
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == ["backbone", "dataset", "train_size", "seeds", "rows", "recommended",
+                         "reason"]
+    assert [list(r) for r in out["rows"]] == [["head", "val_acc_mean", "val_acc_std",
+                                               "gap_acc_mean", "head_params", "head_gmacs",
+                                               "any_size"]] * 2
+    assert out["seeds"] == [0, 1] and out["train_size"] == 48
+    assert out["recommended"] in {"gap", "gmp"}
+    for name in ("pick.md", "pick.csv", "pick.json", "pick.png"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "pick.json").read_text()) == out
+    assert "Recommended:" in (tmp_path / "pick.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["resnet18", "--heads", "nope"], "unknown head 'nope'"),
+    (["resnet18", "--feature-cache", "sometimes"], "invalid choice"),
+])
+def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        pick_head.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["resnet18", "--train-size", "0"], "train-size must be at least 1"),
+    (["resnet81", "--dataset", "synthetic"], "unknown model 'resnet81'"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    code = run(lambda: pick_head.main([*argv, "--out", str(tmp_path)]))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") <= 2
