@@ -7,12 +7,19 @@
     python tools/compare_heads.py ... --out studies/NAME-0 --shard 0/2   # machine 1
     python tools/compare_heads.py ... --out studies/NAME-1 --shard 1/2   # machine 2
     python tools/compare_heads.py --collect studies/NAME-0 studies/NAME-1 --out studies/NAME
+    python tools/compare_heads.py ... --out studies/NAME --launcher slurm --slurm-partition gpu \
+        --slurm-gpus-per-run 1 --slurm-time 2:00:00          # one Slurm job array, a job per run
+    python tools/compare_heads.py --status --out studies/NAME   # finished, queued, running, failed
 
 Runs already finished in --out are skipped, interrupted ones resume, so re-running the same
 command continues a study; a run another process is still running is left alone (reported
 busy, exit 1). Killing this command (Ctrl-C, SIGKILL) stops its worker processes too. Under a
 frozen backbone (--regime linear-probe or two-stage) the study extracts the backbone's features
 once for all its heads and seeds, before the runs (--feature-cache), and every run reads them.
+With --launcher slurm the runs are Slurm jobs (through submitit, the optional extra 'cluster'):
+the study records their job ids (jobs.json), so re-running the command submits only runs
+neither finished nor queued or running, and collects the summary once they end; Ctrl-C or
+--no-wait leaves the jobs running.
 The study directory gets summary.md/.csv/.json (mean +- std over seeds:
 params, GMACs, test accuracy, train-test gap, epoch time, peak memory), comparisons.csv
 (paired differences against the first head), robustness.csv/.json (each trained model at other
@@ -31,8 +38,24 @@ from pathlib import Path
 from _cli import CliParser, run
 
 from analysis.reporting import format_table
-from analysis.studies import KEEP, StudySpec, collect, parse_shard, run_study
-from analysis.training import add_training_options, config_values
+from analysis.studies import (
+    KEEP,
+    StudySpec,
+    cancel_study,
+    collect,
+    parse_shard,
+    run_study,
+    study_status,
+    submit_study,
+    wait_study,
+)
+from analysis.training import (
+    add_launcher_options,
+    add_training_options,
+    config_values,
+    refuse_slurm_flags,
+    slurm_options_from_args,
+)
 from surgery import check_writable, one_line_warnings, parse_head, spec_help
 
 
@@ -100,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints a finished run keeps: best (best.pt; last.pt, only needed "
                         "to resume, is removed), none, all (default best)")
     s.add_argument("--no-progress", dest="progress", action="store_false")
+    add_launcher_options(p, study=True)
+    c = p.add_argument_group("a study on a cluster")
+    c.add_argument("--no-wait", action="store_true",
+                   help="submit and return; run the same command again to collect the summary")
+    c.add_argument("--status", action="store_true",
+                   help="show each run of the study in --out: finished, queued, running, failed")
+    c.add_argument("--cancel", action="store_true",
+                   help="cancel the queued and running jobs of the study in --out")
     return p
 
 
@@ -142,10 +173,69 @@ def _print_timing(t: dict) -> None:
           f"process{'' if workers == 1 else 'es'} started)")
 
 
+def _print_states(out: Path) -> int:
+    """--status: one row per run, then the counts; exit 1 while runs are missing or failed."""
+    states = study_status(out)
+    rows = [{"run": s.name, "state": s.state, "job": s.job or "", "host": s.where or "",
+             "note": s.message} for s in states]
+    print(format_table(rows))
+    counts = {k: sum(s.state == k for s in states) for k in dict.fromkeys(s.state for s in states)}
+    print(", ".join(f"{n} {k}" for k, n in counts.items()) + f" (of {len(states)} runs)")
+    return 0 if counts.get("finished", 0) == len(states) else 1
+
+
+def _on_cluster(args: argparse.Namespace, spec: StudySpec) -> int:
+    """--launcher slurm / submitit-local: submit, wait (unless --no-wait), report."""
+    if args.shard:
+        raise ValueError("--shard splits a study by hand; with a cluster launcher the scheduler "
+                         "spreads the runs: drop --shard")
+    if args.jobs != 1 or args.runs_per_worker:
+        raise ValueError("--jobs and --runs-per-worker say how a local study runs; with a cluster "
+                         "launcher each run is its own array task: drop them (limit runs at once "
+                         "with --slurm-array-parallelism)")
+    slurm = slurm_options_from_args(args)
+    sub = submit_study(spec, args.out, args.launcher, slurm, threads=args.threads)
+    jobs = sorted({j.split("_")[0] for j in sub["submitted"].values()})
+    print(f"submitted {len(sub['submitted'])} runs ({args.launcher} job"
+          f"{'s' if len(jobs) != 1 else ''} {', '.join(jobs) or '-'}; logs in "
+          f"{args.out / 'logs'}), {len(sub['live'])} already queued or running, "
+          f"{len(sub['skipped'])} finished before", flush=True)
+    if args.no_wait:
+        print(f"not waiting: run the same command again to collect the summary once they are "
+              f"done (--status --out {args.out} shows them)")
+        return 0
+    try:
+        result = wait_study(spec, args.out, sub, progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: the jobs go on; run the same command again to collect the summary, "
+              f"--status --out {args.out} to see them, --cancel to stop them", file=sys.stderr)
+        return 130
+    print(f"ran {len(result['ran'])}, failed {len(result['failed'])}, busy "
+          f"{len(result['busy'])} in {result['timing']['wall_s']:.1f} s")
+    _print_summary(result["report"], args.out)
+    return _print_problems(result, args.out)
+
+
+def _print_problems(result: dict, out: Path) -> int:
+    for name, msg in result["failed"]:
+        print(f"failed: {name}: {msg} (log: {out / 'logs' / (name + '.log')})", file=sys.stderr)
+    for name, msg in result["busy"]:
+        print(f"busy: {name}: left alone: {msg}; rerun this command when it is done to include "
+              "it", file=sys.stderr)
+    return 1 if result["failed"] or result["busy"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.out is None:
         raise ValueError("--out STUDY_DIR is required (where runs and the summary go)")
+    if args.status or args.cancel:
+        if args.cancel:
+            cancelled = cancel_study(args.out)
+            print(f"cancelled the jobs of {len(cancelled)} runs: "
+                  f"{', '.join(s.name for s in cancelled) or '-'}")
+        return _print_states(args.out)
     check_writable(args.out, "--out", directory=True)
     if args.collect:
         if args.models or args.shard:
@@ -160,9 +250,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.models:
         raise ValueError("give at least one model name (e.g. resnet18), or --collect DIR...")
+    refuse_slurm_flags(parser, args)
+    if args.no_wait and args.launcher == "local":
+        raise ValueError("--no-wait applies to --launcher slurm or submitit-local (a local study "
+                         "runs in this command)")
     argv_text = sys.argv[1:] if argv is None else list(argv)
     command = "python tools/compare_heads.py " + shlex.join(argv_text)
     spec = spec_from_args(args, command)
+    if args.launcher != "local":
+        with one_line_warnings():
+            return _on_cluster(args, spec)
     with one_line_warnings():
         result = run_study(spec, args.out, jobs=args.jobs, shard=args.shard,
                            progress=args.progress, threads=args.threads,
@@ -171,13 +268,7 @@ def main(argv: list[str] | None = None) -> int:
           f"failed {len(result['failed'])}, busy {len(result['busy'])} (running elsewhere)")
     _print_timing(result["timing"])
     _print_summary(result["report"], args.out)
-    for name, msg in result["failed"]:
-        print(f"failed: {name}: {msg} (log: {args.out / 'logs' / (name + '.log')})",
-              file=sys.stderr)
-    for name, msg in result["busy"]:
-        print(f"busy: {name}: left alone: {msg}; rerun this command when it is done to include "
-              "it", file=sys.stderr)
-    return 1 if result["failed"] or result["busy"] else 0
+    return _print_problems(result, args.out)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,13 @@ training loop.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +96,30 @@ def _download_root(data_dir: str | Path | None) -> Path:
     return Path.home() / ".cache" / "headswap" / "data"
 
 
+@contextmanager
+def _download_lock(root: Path) -> Iterator[None]:
+    """Hold ``ROOT/.download.lock`` while a data set is fetched into ``root``: the tasks of a
+    study's job array share one download directory, and the first one downloads while the others
+    wait and then find the files (torchvision checks them). Where the file system has no flock
+    (some network file systems) the download goes ahead unguarded."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".download.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+        yield
+    finally:
+        os.close(fd)  # lets go of the lock
+
+
 @register_dataset("fashion-mnist")
 def _fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -> RawData:
     """Zalando's Fashion-MNIST: 60k train + 10k test, 28x28 grayscale, 10 classes."""
@@ -103,8 +130,9 @@ def _fashion_mnist(data_dir: str | Path | None = None, download: bool = False) -
         import torchvision
 
         root = _download_root(data_dir)
-        torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-        torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
+        with _download_lock(root):
+            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
         dirs.insert(0, root)
     for d in dirs:
         files = [_find_idx(d, s) for s in stems]
@@ -136,8 +164,9 @@ def _cifar10(data_dir: str | Path | None = None, download: bool = False) -> RawD
         dirs.insert(0, _download_root(data_dir))
     for d in dirs:
         if (d / "cifar-10-batches-py").is_dir() or download:
-            tr = torchvision.datasets.CIFAR10(str(d), train=True, download=download)
-            te = torchvision.datasets.CIFAR10(str(d), train=False, download=download)
+            with _download_lock(d) if download else nullcontext():
+                tr = torchvision.datasets.CIFAR10(str(d), train=True, download=download)
+                te = torchvision.datasets.CIFAR10(str(d), train=False, download=download)
 
             def to_t(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
                 return (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),

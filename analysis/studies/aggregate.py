@@ -75,6 +75,8 @@ def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
     row = {"model": record.get("model"), "head": _label(record)}
     row.update({k: record.get(k) for k in keys if k != "model"})
     row[TRAIN_TEST_GAP] = generalisation_gap(record)
+    where = record.get("ran_on") or {}
+    row["host"], row["job"] = where.get("host"), where.get("job")
     return row
 
 
@@ -298,6 +300,10 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
                   format_table(shift_pivot(shifted), floatfmt=".4g"), ""]
     for fig in meta.get("figures", []):
         lines += [f"![{fig}]({fig})", ""]
+    if meta.get("ran_on"):
+        lines += ["## Where the runs ran", "", format_table(
+            [{"host": p["host"], "runs": p["runs"], "jobs": p["jobs"]} for p in meta["ran_on"]]),
+                  ""]
     if meta.get("missing"):
         lines += [f"Missing runs ({len(meta['missing'])}): {', '.join(meta['missing'])}", ""]
     return "\n".join(lines)

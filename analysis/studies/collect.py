@@ -61,6 +61,8 @@ def _record(run_dir: Path, combo: Combo) -> dict[str, Any]:
     rec["robustness"] = read_json(rob) if rob.is_file() else []
     shifted = run_dir / SHIFT_FILE
     rec["shifts"] = read_json(shifted) if shifted.is_file() else []
+    where = run_dir / "placement.json"  # written by the study's job (older runs: none)
+    rec["ran_on"] = read_json(where) if where.is_file() else {}
     return rec
 
 

@@ -52,6 +52,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
                 expected=len(combinations(spec)), missing=list(missing),
                 train_time_s=sum(float(r.get("time_s") or 0.0) for r in records),
                 figures=[k for k, v in figures.items() if v is not None], shift_rows=shifted,
+                ran_on=_placements(records),
                 **({"session": session} if session else {}))
     texts = {
         "summary.md": agg.summary_markdown(rows, comps, robust, meta),
@@ -68,3 +69,21 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
         atomic_write_bytes(out / name, text.encode())
     return {"rows": rows, "comparisons": comps, "robustness": robust, "shifts": shifted,
             "meta": meta}
+
+
+def _placements(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the runs ran: one row per host with its run count and the scheduler's job ids
+    (from each run's ``placement.json``; runs without one are left out)."""
+    hosts: dict[str, dict[str, Any]] = {}
+    for r in records:
+        where = r.get("ran_on") or {}
+        if not where.get("host"):
+            continue
+        row = hosts.setdefault(where["host"], {"host": where["host"], "runs": 0, "job_ids": []})
+        row["runs"] += 1
+        if where.get("job"):
+            row["job_ids"].append(str(where["job"]))
+    for row in hosts.values():
+        ids = row.pop("job_ids")
+        row["jobs"] = ", ".join(ids[:8]) + (f", ... ({len(ids)} jobs)" if len(ids) > 8 else "")
+    return list(hosts.values())

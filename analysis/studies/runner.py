@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -41,12 +42,14 @@ from .robustness import evaluate_run
 from .shifts import SHIFT_FILE, evaluate_run_shifts
 from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, select_shard
 
-__all__ = ["WORKER_TARGET", "prune_checkpoints", "run_job", "run_study"]
+__all__ = ["PLACEMENT_FILE", "WORKER_TARGET", "open_study", "pending_jobs", "prune_checkpoints",
+           "run_job", "run_study", "where_this_runs"]
 
 WORKER_TARGET = "analysis.studies.runner:run_job"  # what study workers call on each job
+PLACEMENT_FILE = "placement.json"  # where a run ran, beside its summary
 
 
-def _open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> None:
+def open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> None:
     """Write ``study.json``, refusing a directory that holds a study with other settings."""
     new = json.loads(json.dumps(dict(spec.to_dict(), shard=list(shard) if shard else None)))
     if (out / STUDY_FILE).is_file():
@@ -64,6 +67,34 @@ def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
             "shifts": list(spec.shifts), "shift_images": spec.shift_images, "keep": spec.keep}
 
 
+def pending_jobs(spec: StudySpec, out: Path, shard: tuple[int, int] | None = None
+                 ) -> tuple[list[Job], list[str]]:
+    """This shard's runs not finished yet, as jobs (each with its log ``logs/NAME.log``), and
+    the names of those finished."""
+    pending, done = [], []
+    for combo in select_shard(combinations(spec), shard):
+        job = _job(combo, spec, out)
+        name = job["config"]["name"]
+        if is_done(out / "runs" / name, bool(spec.shifts)):
+            done.append(name)
+        else:
+            pending.append(Job(name, job, out / "logs" / f"{name}.log"))
+    return pending, done
+
+
+def where_this_runs() -> dict[str, Any]:
+    """Where a run is running: host, pid and the job id a scheduler gave (Slurm's, an array
+    task as ``ARRAY_TASK``; submitit's local executor's), for the study's record."""
+    env = os.environ
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+           if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID")
+           else env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID"))
+    scheduler = ("slurm" if env.get("SLURM_JOB_ID") else
+                 "submitit-local" if env.get("SUBMITIT_LOCAL_JOB_ID") else None)
+    return {"host": socket.gethostname(), "pid": os.getpid(), "scheduler": scheduler, "job": job,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume, or skip) one run and evaluate it at the robustness sizes, holding the
     run directory's lock throughout (:class:`RunInUseError` if another process holds it)."""
@@ -78,6 +109,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             cfg.overwrite = True
             summary = train(cfg, data=data)
         _evaluate(run_dir, job, data, cfg.device)
+        write_json(run_dir / PLACEMENT_FILE, dict(where_this_runs(), device=summary.get("device")))
         prune_checkpoints(run_dir, job.get("keep", "all"))
     return summary
 
@@ -153,16 +185,9 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     t0 = time.perf_counter()
     spec.check()
     out = Path(out)
-    _open_study(spec, out, shard)
-    result: dict[str, Any] = {"ran": [], "skipped": [], "failed": [], "busy": []}
-    pending = []
-    for combo in select_shard(combinations(spec), shard):
-        job = _job(combo, spec, out)
-        name = job["config"]["name"]
-        if is_done(out / "runs" / name, bool(spec.shifts)):
-            result["skipped"].append(name)
-        else:
-            pending.append(Job(name, job, out / "logs" / f"{name}.log"))
+    open_study(spec, out, shard)
+    pending, done = pending_jobs(spec, out, shard)
+    result: dict[str, Any] = {"ran": [], "skipped": done, "failed": [], "busy": []}
     # frozen backbones: every image each run reads extracted once, before the runs
     t_features = time.perf_counter()
     result["feature_caches"] = warm_feature_caches(

@@ -1,14 +1,17 @@
 """One process per run directory: an exclusive lock on ``RUN/.lock`` that records its owner.
 
 The lock is ``fcntl.flock`` on ``RUN/.lock`` (the kernel lets go of it when its process dies,
-however it dies). The file records the owner: host, pid, start time and Slurm job id (from
-``SLURM_JOB_ID``), so that a refused process can say who holds the run, and so that a lock whose
-owner is gone can be taken over: held but recorded by a process that no longer exists on this host
-(an inheritor of the file outlived it), or, where the file system has no flock (some network file
-systems), recorded by a dead process of this host. Locks are re-entrant within a process (a study
-job holds its run's lock and ``train`` takes it again). The file is removed on release, so a
-finished run directory holds no ``.lock``; a directory the lock created is removed again if the
-run left it empty.
+however it dies). The file records the owner: host, user, pid, start time and Slurm job id (from
+``SLURM_JOB_ID``, with ``SLURM_RESTART_COUNT``), so that a refused process can say who holds the
+run, and so that a lock whose owner is gone can be taken over: held (an inheritor of the file
+outlived its owner; a network file system still holding a dead node's lock) or, where the file
+system has no flock (some network file systems), merely recorded by an owner that is gone. An
+owner is gone when it was a process of this host that no longer exists, an earlier run of this
+very Slurm job (requeued after a preemption), or a Slurm job that is no longer in the queue
+(analysis.training.scheduler asks squeue; when squeue cannot answer, the owner counts as
+there). Locks are re-entrant within a process (a study job holds its run's lock and ``train``
+takes it again). The file is removed on release, so a finished run directory holds no
+``.lock``; a directory the lock created is removed again if the run left it empty.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOCK_FILE", "RunInUseError", "lock_owner", "lock_run_dir"]
+from .scheduler import SLURM_LIVE, process_alive, slurm_queue
+
+__all__ = ["LOCK_FILE", "RunInUseError", "lock_owner", "lock_run_dir", "run_owner"]
 
 LOCK_FILE = ".lock"
 
@@ -61,10 +66,18 @@ _HELD: dict[str, _Held] = {}
 
 def lock_owner() -> dict[str, Any]:
     """What the lock file records about this process."""
-    return {"host": socket.gethostname(), "pid": os.getpid(),
+    return {"host": socket.gethostname(), "user": _user(), "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
             "command": " ".join([os.path.basename(sys.executable), *sys.argv])[:500]}
+
+
+def run_owner(run_dir: str | Path) -> dict[str, Any]:
+    """What ``run_dir``'s lock file records about its holder (host, pid, Slurm job), or ``{}``
+    without one. It does not ask whether that holder still runs (which may take a call to
+    squeue): a caller that knows the run's job is running reads where it runs."""
+    return _read_owner(Path(run_dir) / LOCK_FILE)
 
 
 @contextmanager
@@ -155,17 +168,30 @@ def _read_owner(path: Path) -> dict[str, Any]:
     return owner if isinstance(owner, dict) else {}
 
 
-def _gone(owner: dict[str, Any]) -> bool:
-    """The recorded owner ran on this host and no longer exists."""
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False
+def _user() -> str | None:
     try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+        import getpass
+
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+def _gone(owner: dict[str, Any]) -> bool:
+    """The recorded owner no longer runs: a process of this host that does not exist, an
+    earlier run of our own Slurm job (requeued), or a Slurm job that has left the queue."""
+    job = owner.get("slurm_job_id")
+    here = lock_owner()
+    if job and job == here["slurm_job_id"] \
+            and int(owner.get("slurm_restart") or 0) < here["slurm_restart"]:
+        return True  # Slurm runs one incarnation of a job at a time (its pid may be reused)
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int):
+        return not process_alive(pid)
+    if not job:
+        return False  # another host without a job id: nothing to ask
+    queue = slurm_queue(owner.get("user"))
+    return queue is not None and queue.get(str(job)) not in SLURM_LIVE
 
 
 def _unlink_if_owner(path: Path, owner: dict[str, Any]) -> bool:

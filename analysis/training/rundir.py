@@ -28,8 +28,8 @@ __all__ = ["DERIVED_FILES", "METRIC_COLUMNS", "RUN_FILES", "refuse_taken", "remo
 
 RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "best.pt", "last.pt",
              "curves.png")
-# written beside a run from its model (a study's robustness evaluation): stale once it is replaced
-DERIVED_FILES = ("robustness.json",)
+# written beside a run by a study (its robustness evaluation, where it ran): stale once replaced
+DERIVED_FILES = ("robustness.json", "placement.json")
 
 # one row per epoch; accuracies are fractions in [0, 1], losses are mean cross-entropy (nats)
 METRIC_COLUMNS = (

@@ -28,12 +28,27 @@ def _dests(parser) -> set[str]:
     return {a.dest for a in parser._actions}
 
 
+def _launcher_dests() -> set[str]:
+    """The cluster launcher's options (compare_heads and finetune run on Slurm; pick_head not)."""
+    import argparse
+
+    from analysis.training import add_launcher_options
+
+    dests = {"no_wait"}
+    for study in (True, False):
+        p = argparse.ArgumentParser()
+        add_launcher_options(p, study=study)
+        dests |= _dests(p)
+    return dests
+
+
 def test_the_fine_tuning_options_are_the_same_in_every_tool():
     shared = _dests(compare_heads.build_parser()) & _dests(finetune.build_parser())
     assert {"feature_cache", "feature_cache_views", "feature_cache_mem_gb", "feature_cache_dir",
             "feature_cache_dtype", "regime", "checkpoint", "timm_option", "test_size",
             "pool_size"} <= shared
-    assert shared - {"help"} <= _dests(pick_head.build_parser())
+    assert {"launcher", "slurm_time", "slurm_setup"} <= shared
+    assert shared - {"help"} - _launcher_dests() <= _dests(pick_head.build_parser())
     args = pick_head.build_parser().parse_args(["resnet18"])
     assert (args.regime, args.epochs, args.test_size) == ("linear-probe", 10, 2000)
 

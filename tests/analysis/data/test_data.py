@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,42 @@ def test_sampler_shards_cover_every_index_and_resume_mid_epoch():
     assert set(shards[0].indices(0).tolist()) | set(shards[1].indices(0).tolist()) == set(range(10))
     assert len(shards[0]) == len(shards[1]) == 2
     assert [i for r in range(3) for sl in iterate(7, 2, r, 3) for i in range(7)[sl]] == list(range(7))
+
+
+def test_concurrent_downloads_into_one_directory_take_turns(tmp_path, monkeypatch):
+    """The tasks of a study's job array share the data directory: one downloads at a time (a
+    lock in the directory), and the others then read what it fetched."""
+    import threading
+    import time
+    import types
+
+    inside, most, fetched = [0], [0], []
+    guard = threading.Lock()
+
+    class FakeFashionMNIST:  # torchvision's downloader: fetches into ROOT/FashionMNIST/raw
+        def __init__(self, root: str, train: bool, download: bool):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.2)
+            raw = Path(root) / "FashionMNIST" / "raw"
+            if not raw.is_dir():
+                write_fmnist(raw, gz=False)
+                fetched.append(root)
+            with guard:
+                inside[0] -= 1
+
+    fake = types.SimpleNamespace(datasets=types.SimpleNamespace(FashionMNIST=FakeFashionMNIST))
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    sizes: list[int] = []
+
+    def task() -> None:
+        sizes.append(len(load_dataset("fashion-mnist", data_dir=tmp_path / "data", download=True,
+                                      val_size=0).train_y))
+
+    threads = [threading.Thread(target=task) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sizes == [100, 100, 100] and most[0] == 1 and fetched == [str(tmp_path / "data")]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.studies import DIRECTIONS, evaluate_shifts, prune_checkpoints, shift_images
+from analysis.studies import evaluate_shifts, prune_checkpoints, shift_images
 
 
 def test_shift_images_moves_and_zero_fills():

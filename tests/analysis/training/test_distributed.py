@@ -140,3 +140,29 @@ def test_cached_linear_probe_under_torchrun_extracts_a_shard_per_rank(tmp_path, 
     if mem_gb != "4":
         assert len(list((run_dir / "features").glob("*.feat"))) == 1
         assert not list((run_dir / "features").glob("*.part*"))
+
+
+@pytest.mark.slow
+def test_two_local_submitit_tasks_reach_the_torchrun_weights(ddp_run, tmp_path, monkeypatch):
+    """The same run as one job of 2 tasks through submitit's local executor: submitit's
+    environment gives rank and world size (as Slurm's would), train() takes torchrun's path."""
+    from analysis.training import SlurmOptions, finetune_logs, submit_finetune, wait_finetune
+    from tests.analysis.training.ddp_worker import config
+
+    ranks, torchrun_dir, _ = ddp_run
+    for key, value in dict(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+                           GLOO_SOCKET_IFNAME="lo", MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(key, value)
+    opts = SlurmOptions(tasks_per_node=2, gpus_per_node=0, cpus_per_task=1)
+    job = submit_finetune("submitit-local", opts, config(str(tmp_path)))
+    summary = wait_finetune(job)
+    ours = surgery.read_model_file(tmp_path / "r" / "last.pt")
+    theirs = surgery.read_model_file(torchrun_dir / "last.pt")
+    assert ours["extra"]["world_size"] == 2 and summary["world_size"] == 2
+    assert set(ours["state_dict"]) == set(theirs["state_dict"])
+    assert all(torch.equal(v, theirs["state_dict"][k]) for k, v in ours["state_dict"].items())
+    assert summary["test_acc"] == ranks[0]["summary"]["test_acc"]
+    logs = finetune_logs(tmp_path / "r")
+    assert logs == tmp_path / "r.logs"
+    assert {p.name for p in logs.glob(f"{job.job_id}_*_log.out")} == \
+        {f"{job.job_id}_0_log.out", f"{job.job_id}_1_log.out"}
