@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train bench-heads
+.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train \
+	bench-heads export-coverage bench-export
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,cluster]'
+	$(PY) -m pip install --quiet -e '.[dev,cluster,export]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -56,6 +57,13 @@ zoo-table: $(STAMP)
 
 zoo-coverage: $(STAMP)
 	$(PY) tools/zoo_coverage.py --jobs 2
+
+# ONNX export + onnxruntime verification over a 100-architecture sample (resumes from the .jsonl)
+export-coverage: $(STAMP)
+	$(PY) tools/export_coverage.py --sample 100 --jobs 2
+
+bench-export: $(STAMP)
+	$(PY) benchmarks/export_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

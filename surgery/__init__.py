@@ -21,6 +21,7 @@ from .files import (
     check_writable,
     finite,
     read_json,
+    write_error,
     write_json,
 )
 from .heads import (
@@ -60,5 +61,5 @@ __all__ = [
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
     "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",
     "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report",
-    "write_json",
+    "write_error", "write_json",
 ]

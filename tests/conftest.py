@@ -1,5 +1,6 @@
-"""Shared test set-up: import paths for tools/, one thread per test worker, fixed seeds, and
-Slurm's commands faked on PATH (the fake_slurm fixture) for the cluster launchers."""
+"""Shared test set-up: import paths for tools/, one thread per test worker, fixed seeds, a
+temporary decode cache, and Slurm's commands faked on PATH (the fake_slurm fixture) for the
+cluster launchers."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ torch.set_num_threads(1)  # pytest-xdist runs one worker per core
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Decoded image folders go to a temporary cache, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSWAP_DATA_CACHE", str(tmp_path_factory.mktemp("data-cache")))
+        yield
 
 
 class FakeSlurm:

@@ -69,9 +69,14 @@ def _load_run(run_dir: Path, checkpoint: str, device: Any) -> tuple[Any, dict, d
 
 def _check_same_inputs(runs: list[tuple[Path, Any, dict, dict]]) -> None:
     """Runs drawn side by side must see the same images at the same size."""
+    from analysis.data import decodes_files
+
     first_dir, _, cfg0, res0 = runs[0]
+    # image files are resized by policy; a run from before the option squashed them
+    same = (*_SAME, "resize") if decodes_files(str(cfg0.get("dataset"))) else _SAME
     for run_dir, _, cfg, res in runs[1:]:
-        for key in _SAME:
+        cfg, cfg0 = ({"resize": "squash", **c} for c in (cfg, cfg0))
+        for key in same:
             if cfg.get(key) != cfg0.get(key):
                 raise ValueError(f"{run_dir.name} and {first_dir.name} were trained on different "
                                  f"data ({key} {cfg.get(key)!r} vs {cfg0.get(key)!r}); draw them "
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.machine import resolve_device
     from analysis.reporting import figure_format
     from analysis.saliency import choose_method, draw_runs
-    from analysis.training import TrainConfig, load_run_data
+    from analysis.training import config_from_record, load_run_data
     from surgery import check_writable
 
     args = build_parser().parse_args(argv)
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             choose_method(model, args.method)
         except ValueError as err:
             raise ValueError(f"{run_dir.name}: {err}") from None
-    data = load_run_data(TrainConfig.from_dict(runs[0][2]))
+    data = load_run_data(config_from_record(runs[0][2]))
     n = min(args.images, len(data.test_y))
     idx = stratified_indices(data.test_y, n, args.seed)
     images, labels = data.test_x[idx], data.test_y[idx]

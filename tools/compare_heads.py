@@ -167,8 +167,10 @@ def _print_timing(t: dict) -> None:
     workers = t["workers_started"]
     features = (f"; shared feature extraction {t['features_s']:.1f} s"
                 if t.get("features_s") else "")
+    decoding = (f"; image folder decoded (or its cache opened) {t['data_load_s']:.1f} s"
+                if t.get("data_load_s") else "")
     print(f"time: {t['runs']} runs in {t['wall_s']:.1f} s wall; the runs themselves "
-          f"{t['jobs_s']:.1f} s ({t['jobs']} at a time){features}; overhead "
+          f"{t['jobs_s']:.1f} s ({t['jobs']} at a time){decoding}{features}; overhead "
           f"{t['overhead_s']:.1f} s ({share:.0f}%; {workers} worker "
           f"process{'' if workers == 1 else 'es'} started)")
 

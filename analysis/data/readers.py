@@ -1,26 +1,28 @@
 """The readers of the data-set registry: IDX (Fashion-MNIST), CIFAR-10, image folders, synthetic.
 
 Each reader returns the official train and test splits as uint8 ``(N, C, H, W)`` tensors with
-int64 labels (analysis.data.registry.RawData); PIL decodes images once at load time, never in the
-training loop.
+int64 labels (analysis.data.registry.RawData); image files are decoded once, into the decode
+cache (analysis.data.decode_cache), never in the training loop.
 """
 
 from __future__ import annotations
 
-import errno
 import gzip
 import os
 import struct
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .images import IMAGE_EXTENSIONS, BadImageError, decode_image
+from .arrays import ImageArray, take
+from .decode_cache import DecodeSpec, decode_folder
+from .images import IMAGE_EXTENSIONS, BadImageError
+from .lock import exclusive_lock
 from .registry import RawData, register_dataset
+from .resize import DEFAULT_RESIZE, check_resize
 from .splits import stratified_indices
 
 __all__ = ["DEBIAN_FASHION_MNIST", "read_idx"]
@@ -96,28 +98,11 @@ def _download_root(data_dir: str | Path | None) -> Path:
     return Path.home() / ".cache" / "headswap" / "data"
 
 
-@contextmanager
-def _download_lock(root: Path) -> Iterator[None]:
+def _download_lock(root: Path) -> Any:
     """Hold ``ROOT/.download.lock`` while a data set is fetched into ``root``: the tasks of a
     study's job array share one download directory, and the first one downloads while the others
-    wait and then find the files (torchvision checks them). Where the file system has no flock
-    (some network file systems) the download goes ahead unguarded."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".download.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as err:
-            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-        yield
-    finally:
-        os.close(fd)  # lets go of the lock
+    wait and then find the files (torchvision checks them)."""
+    return exclusive_lock(root, "downloading", progress=False, name=".download.lock")
 
 
 @register_dataset("fashion-mnist")
@@ -186,60 +171,66 @@ _SKIP_HINT = ("fix or remove it, or add --skip-bad-images (data option skip_bad_
               "leave out unreadable images with a warning")
 
 
-def _read_tree(root: Path, classes: list[str], size: int, gray: bool,
-               skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every image under ``root/CLASS``; an unreadable file stops the read (naming it), or
-    with ``skip_bad`` is left out, with one warning naming the files left out."""
-    xs, ys, bad = [], [], []
-    for k, cls in enumerate(classes):
-        files = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        for p in files:
-            try:
-                xs.append(decode_image(p, size, gray))  # once at load time, never per batch
-            except BadImageError as err:
-                if not skip_bad:
-                    raise BadImageError(err.path, err.reason, _SKIP_HINT) from None
-                bad.append(err)
-                continue
-            ys.append(k)
+def _read_tree(root: Path, classes: list[str], spec: DecodeSpec, skip_bad: bool,
+               cache_dir: str | Path | None, workers: int | None) -> tuple[ImageArray, torch.Tensor]:
+    """Every image under ``root/CLASS`` through the decode cache; an unreadable file stops the
+    read (naming it), or with ``skip_bad`` is left out, with one warning naming the files left
+    out."""
+    try:
+        found = decode_folder(root, classes, spec, cache_dir=cache_dir, workers=workers,
+                              stop_on_bad=not skip_bad)
+    except BadImageError as err:
+        raise BadImageError(err.path, err.reason, _SKIP_HINT) from None
+    bad = found.bad
     if bad:
-        names = ", ".join(str(e.path.relative_to(root)) for e in bad[:5])
+        names = ", ".join(rel for rel, _ in bad[:5])
         warnings.warn(f"skipped {len(bad)} unreadable image(s) under {str(root)!r}: {names}"
-                      f"{', ...' if len(bad) > 5 else ''} (first: {bad[0].reason})", stacklevel=2)
-    if not xs:
+                      f"{', ...' if len(bad) > 5 else ''} (first: {bad[0][1]})", stacklevel=3)
+    if not len(found.labels):
         raise ValueError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) under {str(root)!r}")
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+    return found.images, found.labels
 
 
 @register_dataset("imagefolder")
 def _imagefolder(data_dir: str | Path | None = None, download: bool = False, *,
-                 image_size: int = 64, gray: bool = False, test_fraction: float = 0.2,
-                 skip_bad_images: bool = False, seed: int = 0) -> RawData:
+                 image_size: int | None = None, gray: bool = False, test_fraction: float = 0.2,
+                 skip_bad_images: bool = False, seed: int = 0, resize: str = DEFAULT_RESIZE,
+                 decode_workers: int | None = None,
+                 cache_dir: str | Path | None = None) -> RawData:
     """Any class-per-folder tree. With ``train/`` and ``test/`` (or ``val/``) subfolders those are
     the splits; otherwise a stratified ``test_fraction`` of the tree becomes the test split.
-    Images are decoded once and stored at ``image_size`` x ``image_size``; an unreadable image
-    is an error naming it, or (``skip_bad_images``) is left out with a warning."""
+
+    Images are decoded once into the decode cache (analysis.data.decode_cache, in ``cache_dir``)
+    at ``image_size`` px (default 64) under resize policy ``resize``, by ``decode_workers``
+    processes (default: every core), and read back memory-mapped. An unreadable image is an
+    error naming it, or (``skip_bad_images``) is left out with a warning."""
     if data_dir is None:
         raise ValueError("imagefolder needs --data-dir ROOT (ROOT/CLASS/IMAGE, or "
                          "ROOT/train/CLASS/IMAGE and ROOT/test/CLASS/IMAGE)")
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"imagefolder root {str(root)!r} is not a directory")
+    size = 64 if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"imagefolder: image size must be a whole number of pixels >= 1, got "
+                         f"{size!r}")
+    spec = DecodeSpec(size, check_resize(resize), bool(gray))
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
     train_dir = root / "train" if (root / "train").is_dir() and test_dir else root
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise ValueError(f"imagefolder {str(train_dir)!r} needs one folder per class (found "
                          f"{len(classes)})")
-    x, y = _read_tree(train_dir, classes, image_size, gray, skip_bad_images)
+    x, y = _read_tree(train_dir, classes, spec, skip_bad_images, cache_dir, decode_workers)
     if test_dir is not None:
-        tx, ty = _read_tree(test_dir, classes, image_size, gray, skip_bad_images)
+        tx, ty = _read_tree(test_dir, classes, spec, skip_bad_images, cache_dir, decode_workers)
         return RawData(x, y, tx, ty, classes, source=str(root))
     n_test = max(len(classes), int(round(test_fraction * len(y))))
     test_idx = stratified_indices(y, n_test, seed)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[test_idx] = False
-    return RawData(x[keep], y[keep], x[test_idx], y[test_idx], classes, source=str(root))
+    return RawData(take(x, keep), y[keep], take(x, test_idx), y[test_idx], classes,
+                   source=str(root))
 
 
 # ---------------------------------------------------------------- synthetic

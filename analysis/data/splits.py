@@ -1,5 +1,7 @@
 """Splits: validation held out from the official train split, a stratified training subset,
-the official test split kept whole, all in memory as uint8.
+the official test split kept whole, all as uint8: tensors in memory, or ImageArrays whose rows
+stay in a memory-mapped file (a decoded image folder) until a batch is gathered. Selecting a
+split copies nothing from such a file (analysis.data.arrays.take).
 
 Every split remembers which images of the official splits it holds (``DataSplits.ids``), so a
 feature cache built once over those images (analysis.features) serves every seed's subset. The
@@ -15,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from .arrays import ImageArray, Images, take
 from .registry import DATASETS, RawData
 from .subsets import ClassRef, classes_label, select_classes
 
@@ -30,22 +35,25 @@ __all__ = ["DataSplits", "check_reader_options", "load_dataset", "stratified_ind
 
 @dataclass
 class DataSplits:
-    """Train subset, validation (held out from train) and official test split, in memory.
+    """Train subset, validation (held out from train) and official test split.
 
+    Images are uint8 ``(N, C, H, W)``: a tensor, or an ImageArray over a memory-mapped file
+    (index both with ``x[idx]`` or ``x[a:b]``; select subsets with analysis.data.take).
     ``mean`` and ``std`` are per-channel statistics of the training subset on the 0..1 scale,
     used to normalise a from-scratch run; ``pool_mean`` / ``pool_std`` those of the whole pool
     the subsets are drawn from (the same for every seed), used under a frozen backbone.
     ``ids`` holds, per split (``train``, ``val``, ``test``), the indices of its images in the
     official train (train, val) or test split; ``fingerprint`` is a digest of the official
-    splits' pixels and labels (what a feature cache is keyed by).
+    splits' pixels and labels (what a feature cache is keyed by). ``info["load_s"]`` is the
+    time the load took (s): reading, decoding or opening the cache, splitting and the statistics.
     """
 
     name: str
-    train_x: torch.Tensor
+    train_x: Images
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    val_x: Images
     val_y: torch.Tensor
-    test_x: torch.Tensor
+    test_x: Images
     test_y: torch.Tensor
     classes: list[str]
     mean: tuple[float, ...] = ()
@@ -126,34 +134,80 @@ def _check_classes(name: str, raw: RawData) -> None:
             "(synthetic: --data-option num_classes=2 or more; imagefolder: a folder per class)")
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    flat = x[: 10_000].transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
-    return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-3).tolist())
+def _sample(n: int, per_image: int, max_images: int, max_values: int) -> torch.Tensor:
+    """Evenly spaced indices of at most ``max_images`` of ``n`` images and ``max_values`` pixel
+    values (all of them when they fit): the same for the same ``n``, whatever the seed."""
+    k = max(1, min(n, max_images, max_values // per_image))
+    return torch.arange(n) if k == n else torch.linspace(0, n - 1, k).round().long()
 
 
-def _pool_stats(x: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (0..1 scale) of every image of ``x``, summed in chunks."""
-    c = x.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    squares = torch.zeros(c, dtype=torch.float64)
-    for s in range(0, len(x), chunk):
-        flat = x[s:s + chunk].transpose(0, 1).reshape(c, -1).double() / 255.0
-        total += flat.sum(1)
-        squares += (flat * flat).sum(1)
-    n = max(1, x[:1].numel() // c * len(x))
-    mean = total / n
-    std = (squares / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
-    return tuple(mean.tolist()), tuple(std.tolist())
+def _sums(x: Images, idx: torch.Tensor,
+          chunk_values: int = 2**20) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel sums and sums of squares (float64, 0..255 scale) of images ``idx`` of ``x``,
+    and the number of values per channel: exact, from a histogram of the 256 values per channel
+    (numpy's bincount, no float copy of the pixels), a chunk of about ``chunk_values`` values
+    at a time (a few MiB of temporaries)."""
+    c = int(x.shape[1])
+    per_image = max(1, int(torch.Size(x.shape[1:]).numel()))
+    step = max(1, chunk_values // per_image)
+    hist = np.zeros((c, 256), dtype=np.int64)
+    for s in range(0, len(idx), step):
+        block = x[idx[s:s + step]].numpy()
+        for k in range(c):
+            hist[k] += np.bincount(block[:, k].reshape(-1), minlength=256)
+    values = np.arange(256, dtype=np.int64)
+    total, squares = hist @ values, hist @ (values * values)  # int64: exact
+    return (torch.from_numpy(total.astype(np.float64)),
+            torch.from_numpy(squares.astype(np.float64)), len(idx) * per_image // c)
+
+
+def _channel_stats(x: Images, max_images: int = 10_000,
+                   max_values: int = 2**24) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std on the 0..1 scale of an evenly spaced sample of ``x``:
+    at most ``max_images`` images and ``max_values`` pixel values (all of a 28 px data set's
+    first 10,000 images' worth; a hundred or so 224 px images, plenty for six numbers)."""
+    per_image = max(1, int(torch.Size(x.shape[1:]).numel()))
+    total, squares, count = _sums(x, _sample(len(x), per_image, max_images, max_values))
+    mean = total / count
+    var = (squares - count * mean * mean) / max(1, count - 1)
+    std = var.clamp_min(0).sqrt() / 255.0
+    return tuple((mean / 255.0).tolist()), tuple(std.clamp_min(1e-3).tolist())
+
+
+def _pool_stats(x: Images, max_values: int = 2**27) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale) of every image of ``x``, or of an evenly spaced
+    sample of them when they hold more than ``max_values`` pixel values (Fashion-MNIST's 60,000
+    fit; about 900 images of 224 px do): reading a decoded folder of any size takes a second."""
+    per_image = max(1, int(torch.Size(x.shape[1:]).numel()))
+    total, squares, count = _sums(x, _sample(len(x), per_image, len(x), max_values))
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt()
+    return tuple((mean / 255.0).tolist()), tuple((std / 255.0).clamp_min(1e-3).tolist())
 
 
 def _fingerprint(raw: RawData) -> str:
-    """Digest of the official splits: pixels, labels and shapes (blake2b, 32 hex digits)."""
+    """Digest of the official splits: pixels (or, for images in a decode cache, the cache's own
+    digest of the files and decode settings, and the rows taken), labels and shapes (blake2b,
+    32 hex digits)."""
     h = hashlib.blake2b(digest_size=16)
     for t in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
-        t = t.contiguous()
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.numpy().data)
+        if isinstance(t, ImageArray):
+            _digest_rows(h, t)
+        else:
+            h.update(t.contiguous().numpy().data)
     return h.hexdigest()
+
+
+def _digest_rows(h: Any, x: ImageArray, chunk: int = 256) -> None:
+    """Feed ``x`` into digest ``h``: its key and row numbers when it has a key, else its pixels
+    a chunk of images at a time."""
+    if x.key:
+        h.update(x.key.encode())
+        h.update(x.rows(slice(None)).tobytes())
+        return
+    for s in range(0, len(x), chunk):
+        h.update(x[s:s + chunk].numpy().data)
 
 
 _LAST_READ: dict[Any, tuple[RawData, str]] = {}
@@ -189,6 +243,7 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
     ``classes`` (indices or names) keeps those classes only, relabelled 0..k-1 in that order
     (analysis.data.subsets), before anything is split: ``ids`` then index the subset's splits,
     and the fingerprint names the subset too."""
+    t0 = time.perf_counter()
     check_reader_options(name, options)
     raw, fingerprint = _read(name, data_dir, download, options)
     if classes:
@@ -216,24 +271,31 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
                              f"{n_all} training images, {len(pool)} after holding out "
                              f"{n_val} for validation; use --train-size {len(pool)} or less")
         pool = pool[stratified_indices(raw.train_y[pool], train_size, seed + 1)]
-    tx, ty = raw.train_x[pool].contiguous(), raw.train_y[pool].contiguous()
+    tx, ty = _whole(take(raw.train_x, pool)), raw.train_y[pool].contiguous()
     mean, std = _channel_stats(tx)
     stats_key = (fingerprint, pool_size)
     if stats_key not in _POOL_STATS:
         _POOL_STATS.clear()
         _POOL_STATS[stats_key] = _pool_stats(raw.train_x if pool_size is None
-                                             else raw.train_x[whole])
+                                             else take(raw.train_x, whole))
     pool_mean, pool_std = _POOL_STATS[stats_key]
     info = {"train": len(ty), "val": n_val, "test": len(raw.test_y),
             "image_size": list(tx.shape[-2:]), "channels": int(tx.shape[1])}
     if pool_size is not None:
         info["pool"] = pool_size
-    return DataSplits(name, tx, ty, raw.train_x[val_idx].contiguous(), raw.train_y[val_idx],
-                      raw.test_x.contiguous(), raw.test_y.contiguous(), list(raw.classes),
+    info["load_s"] = round(time.perf_counter() - t0, 3)
+    return DataSplits(name, tx, ty, _whole(take(raw.train_x, val_idx)), raw.train_y[val_idx],
+                      _whole(raw.test_x), raw.test_y.contiguous(), list(raw.classes),
                       mean, std, raw.source, info=info, pool_mean=pool_mean, pool_std=pool_std,
                       ids={"train": pool, "val": val_idx,
                            "test": torch.arange(len(raw.test_y))},
                       fingerprint=fingerprint)
+
+
+def _whole(x: Images) -> Images:
+    """A tensor made contiguous (a small copy at most); an ImageArray as it is (its rows stay
+    on disk)."""
+    return x.contiguous() if isinstance(x, torch.Tensor) else x
 
 
 def _pool(raw: RawData, pool_size: int | None, name: str, fingerprint: str) -> torch.Tensor:

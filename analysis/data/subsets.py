@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import torch
 
+from .arrays import Images, take
 from .registry import RawData
 
 __all__ = ["classes_label", "parse_classes", "resolve_classes", "select_classes"]
@@ -59,8 +60,7 @@ def resolve_classes(classes: Sequence[ClassRef], names: Sequence[str]) -> list[i
     return picked
 
 
-def _keep(x: torch.Tensor, y: torch.Tensor, picked: Sequence[int]
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def _keep(x: Images, y: torch.Tensor, picked: Sequence[int]) -> tuple[Images, torch.Tensor]:
     """The images of ``picked`` classes (in the data's order), labels relabelled to positions."""
     lut = torch.full((int(y.max()) + 1 if len(y) else 1,), -1, dtype=torch.long)
     for new, old in enumerate(picked):
@@ -68,7 +68,7 @@ def _keep(x: torch.Tensor, y: torch.Tensor, picked: Sequence[int]
             lut[old] = new
     mask = lut[y] >= 0 if len(y) else torch.zeros(0, dtype=torch.bool)
     idx = torch.nonzero(mask).flatten()
-    return x[idx], lut[y[idx]]
+    return take(x, idx), lut[y[idx]]
 
 
 def select_classes(raw: RawData, classes: Sequence[ClassRef]) -> RawData:

@@ -9,6 +9,7 @@ from typing import Any
 
 from surgery import read_json, write_json
 
+from ..data import decodes_files
 from .report import write_report
 from .shifts import SHIFT_FILE
 from .spec import STUDY_FILE, Combo, StudySpec, combinations
@@ -16,11 +17,29 @@ from .spec import STUDY_FILE, Combo, StudySpec, combinations
 __all__ = ["collect", "is_done", "load_records", "settings_mismatch", "study_records"]
 
 
+# options that change how data is loaded, never what a run computes
+_HOW_NOT_WHAT = ("decode_workers", "data_cache_dir")
+
+
+def _comparable(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``base`` without the how-not-what options; a study from before ``--resize`` existed
+    squashed image files (and the policy means nothing for data sets that decode none)."""
+    base = {k: v for k, v in base.items() if k not in _HOW_NOT_WHAT}
+    if "resize" not in base:
+        if decodes_files(str(base.get("dataset", other.get("dataset")))):
+            base["resize"] = "squash"
+        elif "resize" in other:
+            base["resize"] = other["resize"]
+    return base
+
+
 def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two ``study.json`` settings (shared base and evaluation options)."""
-    keys = sorted(set(old["base"]) | set(new["base"]))
-    diff = [f"{k} {old['base'].get(k)!r} -> {new['base'].get(k)!r}" for k in keys
-            if old["base"].get(k) != new["base"].get(k)]
+    old_base = _comparable(old["base"], new["base"])
+    new_base = _comparable(new["base"], old["base"])
+    keys = sorted(set(old_base) | set(new_base))
+    diff = [f"{k} {old_base.get(k)!r} -> {new_base.get(k)!r}" for k in keys
+            if old_base.get(k) != new_base.get(k)]
     for k in ("robust_sizes", "robust_images", "test_size", "robustness", "shifts",
               "shift_images"):
         if old.get(k) != new.get(k):

@@ -19,9 +19,9 @@ from torch import nn
 import surgery
 from surgery import one_line, read_json
 
-from ..data import BatchTransform, DataSplits, stratified_indices
+from ..data import BatchTransform, DataSplits, Images, stratified_indices, take
 from ..machine import resolve_device
-from ..training import TrainConfig, evaluate, load_run_data
+from ..training import config_from_record, evaluate, load_run_data
 from .frozen import frozen_scorer
 
 __all__ = ["default_sizes", "evaluate_sizes", "evaluate_run", "DEFAULT_FACTORS"]
@@ -36,7 +36,7 @@ def default_sizes(trained: int, factors: Sequence[float] = DEFAULT_FACTORS,
     return sorted(sizes | {trained})
 
 
-def evaluate_sizes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sizes: Sequence[int],
+def evaluate_sizes(model: nn.Module, x: Images, y: torch.Tensor, sizes: Sequence[int],
                    in_chans: int, mean: Sequence[float], std: Sequence[float],
                    device: torch.device | str = "cpu", batch_size: int = 256,
                    frozen: bool = False) -> list[dict[str, Any]]:
@@ -81,13 +81,13 @@ def evaluate_run(run_dir: str | Path, sizes: Sequence[int] | None = None,
         raise FileNotFoundError(f"{str(run_dir)!r} is not a finished run directory (needs "
                                 f"config.json and {checkpoint})")
     meta = read_json(run_dir / "config.json")
-    cfg, res = TrainConfig.from_dict(meta["config"]), meta["resolved"]
+    cfg, res = config_from_record(meta["config"]), meta["resolved"]
     if data is None:
         data = load_run_data(cfg)
     x, y = data.test_x, data.test_y
     if max_images is not None and max_images < len(y):
         idx = stratified_indices(y, max_images, seed=0)
-        x, y = x[idx], y[idx]
+        x, y = take(x, idx), y[idx]
     dev = resolve_device(device)
     model = surgery.load(run_dir / checkpoint, map_location=dev)
     sizes = list(sizes) if sizes else default_sizes(int(res["img_size"]))

@@ -105,4 +105,5 @@ def evaluate_run_shifts(run_dir: str | Path, shifts: Sequence[int], max_images: 
     # a linear probe's backbone is the study's: its features of each view are extracted once
     scorer = (frozen_scorer(model, transform, batch) if cfg.regime == "linear-probe"
               else model_scorer(model, transform, batch))
-    return evaluate_shifts(scorer, x, y, shifts)
+    pixels = x if isinstance(x, torch.Tensor) else x[torch.arange(len(y))]  # decoded on disk
+    return evaluate_shifts(scorer, pixels, y, shifts)

@@ -87,6 +87,7 @@ class StudySpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["base"].setdefault("resize", TrainConfig.resize)  # what its runs use, said explicitly
         d["heads"] = [h.label for h in self.heads]
         d["head_specs"] = [str(h) for h in self.heads]
         return d

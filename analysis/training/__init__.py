@@ -41,6 +41,7 @@ from .config import (
     OPTIMIZERS,
     REGIMES,
     TrainConfig,
+    config_from_record,
     load_run_data,
     run_name,
 )
@@ -82,8 +83,8 @@ __all__ = ["CLUSTER_EXTRA", "FEATURE_CACHE", "FEATURE_DTYPES", "LAUNCHERS", "MET
            "DistInfo", "FinetuneJob", "NonFiniteLossError", "RunInUseError", "RunningLoss",
            "SlurmOptions", "TrainConfig", "TrainStep", "add_launcher_options",
            "add_training_options", "build_model", "build_optimizer", "cache_decision",
-           "cancel_slurm_jobs", "config_from_args", "config_values", "evaluate",
-           "feature_requests", "finetune_logs", "given_config_values", "has_submitit",
+           "cancel_slurm_jobs", "config_from_args", "config_from_record", "config_values",
+           "evaluate", "feature_requests", "finetune_logs", "given_config_values", "has_submitit",
            "head_costs", "job_environment", "job_error_line", "load_run_data", "lock_run_dir",
            "lr_factor", "make_executor", "merge_requests", "model_costs", "parse_mem",
            "parse_time", "peak_mem_mb", "process_alive", "read_checkpoint", "read_run_config",

@@ -5,6 +5,7 @@ Stored in a run's ``config.json`` so that ``--resume`` and studies rebuild the s
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -12,16 +13,20 @@ import surgery
 from surgery import HeadSpec, as_hidden, check_timm_options
 
 from ..data import (
+    DEFAULT_RESIZE,
     DataSplits,
     check_reader_options,
+    check_resize,
     classes_label,
+    decodes_files,
     load_dataset,
     stratified_indices,
+    take,
 )
 from .ranges import NUMERIC_RULES, check_number, option_flag
 
 __all__ = ["FEATURE_CACHE", "FEATURE_DTYPES", "OPTIMIZERS", "REGIMES", "TrainConfig",
-           "load_run_data", "run_name"]
+           "config_from_record", "load_run_data", "run_name"]
 
 REGIMES = ("full", "linear-probe", "two-stage")
 OPTIMIZERS = ("adamw", "sgd")
@@ -55,6 +60,10 @@ class TrainConfig:
     img_size: int | None = None       # None: the data's own size
     augment: bool | None = None       # random crop and flip; None: on unless the backbone is frozen
     data_options: dict[str, Any] = field(default_factory=dict)
+    # image files (imagefolder): decoded once at img_size into the decode cache
+    resize: str = DEFAULT_RESIZE      # shorter-crop | squash | pad (analysis.data.resize)
+    decode_workers: int | None = None  # decoding processes; None: every core
+    data_cache_dir: str | None = None  # None: $HEADSWAP_DATA_CACHE or ~/.cache/headswap/data
     # optimisation
     epochs: int = 5
     batch_size: int = 64
@@ -116,6 +125,10 @@ class TrainConfig:
         self._check_feature_cache()
         check_timm_options(self.timm_options, "--timm-option")
         check_reader_options(self.dataset, self.data_options)
+        check_resize(self.resize)
+        for key, flag in _DECODE_FLAGS.items():
+            if key in self.data_options:
+                raise ValueError(f"--data-option {key}=... is set by {flag}; use {flag} instead")
         self._check_names()
 
     def _check_relations(self) -> None:
@@ -181,6 +194,24 @@ class TrainConfig:
         return cls(**d)
 
 
+_DECODE_FLAGS = {"resize": "--resize", "decode_workers": "--decode-workers",
+                 "cache_dir": "--data-cache-dir"}
+_LEGACY_IMAGE_SIZE = 64  # image folders were decoded at this size before --img-size decided it
+
+
+def config_from_record(record: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a run's ``config.json`` (its ``config`` part).
+
+    A record written before ``--resize`` existed resumes as it ran: image files squashed to a
+    square, and decoded at the reader's own default size (64 px) rather than at ``--img-size``."""
+    d = dict(record)
+    if "resize" not in d:
+        d["resize"] = "squash"
+        if decodes_files(str(d.get("dataset"))):
+            d["data_options"] = {"image_size": _LEGACY_IMAGE_SIZE, **(d.get("data_options") or {})}
+    return TrainConfig.from_dict(d)
+
+
 def run_name(cfg: TrainConfig) -> str:
     """Default run directory name: model, head with its options (surgery.head_label, e.g.
     ``gem-p2-h256``), data and its class subset (``c0.2.3.4.6``), subset size, regime and seed."""
@@ -203,11 +234,31 @@ def load_run_data(cfg: TrainConfig) -> DataSplits:
     test_size = cfg.test_size
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                         train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed,
-                        classes=cfg.classes, pool_size=cfg.pool_size, **cfg.data_options)
+                        classes=cfg.classes, pool_size=cfg.pool_size, **_reader_options(cfg))
     if test_size is not None and test_size < len(data.test_y):
         idx = stratified_indices(data.test_y, test_size, seed=0)
-        data = replace(data, test_x=data.test_x[idx], test_y=data.test_y[idx],
+        data = replace(data, test_x=take(data.test_x, idx), test_y=data.test_y[idx],
                        info=dict(data.info, test=test_size),
                        ids=dict(data.ids, test=data.ids["test"][idx]))
     return data
+
+
+def _reader_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The reader's options: ``--data-option`` values, and for a reader of image files the
+    decode settings (``--resize``, ``--decode-workers``, ``--data-cache-dir``) and the size to
+    decode at: ``--img-size``, unless ``--data-option image_size`` says otherwise (a smaller one
+    is upsampled per batch, with a warning)."""
+    options = dict(cfg.data_options)
+    if not decodes_files(cfg.dataset):
+        return options
+    options.update(resize=cfg.resize, decode_workers=cfg.decode_workers,
+                   cache_dir=cfg.data_cache_dir)
+    stored = options.get("image_size")
+    if stored is None and cfg.img_size is not None:
+        options["image_size"] = cfg.img_size
+    elif stored is not None and cfg.img_size is not None and stored < cfg.img_size:
+        warnings.warn(f"{cfg.dataset}: images decoded at {stored} px (--data-option image_size) "
+                      f"are upsampled to --img-size {cfg.img_size} for every batch; leave out "
+                      "image_size to decode at --img-size", stacklevel=2)
+    return options
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from surgery import parse_options, resolve_head, spec_help
 
-from ..data import DATASETS, parse_classes
+from ..data import DATASETS, RESIZE_POLICIES, parse_classes
 from .config import FEATURE_CACHE, FEATURE_DTYPES, OPTIMIZERS, REGIMES, TrainConfig
 
 __all__ = ["add_training_options", "config_from_args", "config_values", "given_config_values"]
@@ -85,17 +85,34 @@ def _add_data(p: argparse.ArgumentParser, per_run: bool) -> None:
                          "every run (default: all of it)")
     da.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                     help="reader option, repeatable (synthetic: num_classes, n_train, n_test, "
-                         "image_size, channels; imagefolder: image_size, gray, test_fraction)")
+                         "image_size, channels; imagefolder: gray, test_fraction, image_size "
+                         "(default: --img-size, else 64))")
     da.add_argument("--skip-bad-images", action="store_true",
                     help="imagefolder: leave out unreadable (corrupt, truncated) images with a "
                          "warning naming them, instead of stopping at the first")
     da.add_argument("--pool-size", type=int, default=None,
                     help="draw validation and the training subset from a fixed stratified subset "
                          "of this many training images, the same for every seed (default: all)")
-    da.add_argument("--img-size", type=int, default=None, help="resize to this (default: native)")
+    da.add_argument("--img-size", type=int, default=None,
+                    help="resize to this (default: native); image folders are decoded at it")
     da.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                     help="random crop and flip (default: on while the backbone trains, off while "
                          "it is frozen)")
+    _add_decoding(p)
+
+
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    d = _DEFAULTS
+    de = p.add_argument_group("image files (imagefolder): decoded once, cached on disk")
+    de.add_argument("--resize", default=d.resize, choices=RESIZE_POLICIES,
+                    help="how an image becomes a square: shorter-crop (shorter side to the size, "
+                         "centre crop, as timm's eval transform), squash (both sides to the "
+                         f"size), pad (letterbox, black) (default {d.resize})")
+    de.add_argument("--decode-workers", type=int, default=None, metavar="N",
+                    help="decoding processes (default: every core)")
+    de.add_argument("--data-cache-dir", default=None, metavar="DIR",
+                    help="where decoded image folders are cached (default: $HEADSWAP_DATA_CACHE, "
+                         "else ~/.cache/headswap/data)")
 
 
 def _add_optimisation(p: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from surgery import HeadSwapped
 
-from ..data import BatchTransform, DataSplits, EpochSampler
+from ..data import BatchTransform, DataSplits, EpochSampler, ImageArray, Images, take, to_device
 from . import checkpoints as ckpt
 from . import distributed
 from .cached import FeatureTransform, cache_decision, grad_sync, head_costs, open_features
@@ -139,11 +139,14 @@ def _train_eval_index(data: DataSplits, cfg: TrainConfig) -> torch.Tensor:
     return torch.sort(torch.randperm(n, generator=g)[:n_eval]).values
 
 
-def _training_tensors(data: DataSplits, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training images and labels, moved to the GPU when they are small enough."""
-    if device.type == "cuda" and data.train_x.numel() < 2**31:
-        return data.train_x.to(device), data.train_y.to(device)
-    return data.train_x, data.train_y
+def _training_tensors(data: DataSplits, device: torch.device) -> tuple[Images, torch.Tensor]:
+    """The training images and labels, moved to the GPU when they are small enough (images on
+    disk are copied a chunk at a time); on the CPU they stay where they are."""
+    x = data.train_x
+    size = x.nbytes if isinstance(x, ImageArray) else x.numel()
+    if device.type == "cuda" and size < 2**31:
+        return to_device(x, device), data.train_y.to(device)
+    return x, data.train_y
 
 
 def _image_feed(cfg: TrainConfig, data: DataSplits, trained: nn.Module, model: HeadSwapped,
@@ -154,8 +157,9 @@ def _image_feed(cfg: TrainConfig, data: DataSplits, trained: nn.Module, model: H
                      clip_grad=cfg.clip_grad, amp_dtype=amp, scaler=scaler)
     train_x, train_y = _training_tensors(data, transform.device)
     idx = _train_eval_index(data, cfg)
-    return Feed(step, model, transform, train_x, train_y, (data.train_x[idx], data.train_y[idx]),
-                (data.val_x, data.val_y), (data.test_x, data.test_y))
+    return Feed(step, model, transform, train_x, train_y,  # rows of images on disk stay there
+                (take(data.train_x, idx), data.train_y[idx]), (data.val_x, data.val_y),
+                (data.test_x, data.test_y))
 
 
 def _cached_feed(cfg: TrainConfig, data: DataSplits, model: HeadSwapped, opened: Any,

@@ -16,14 +16,15 @@ from typing import Any
 from surgery import one_line, read_json
 
 from .checkpoints import is_head_only, read_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, config_from_record
 
 __all__ = ["RESUME_FREE", "read_resume_state", "read_run_config", "resume_options"]
 
-# options a resume may change: they do not change what the run computes (where the feature
+# options a resume may change: they do not change what the run computes (how it is watched and
+# checkpointed; how its image files are decoded and where that cache lives; where the feature
 # cache is kept only changes where it is extracted again, if the interrupted one is gone)
-RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "kill_after_steps",
-               "feature_cache_mem_gb", "feature_cache_dir")
+RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "kill_after_steps", "decode_workers",
+               "data_cache_dir", "feature_cache_mem_gb", "feature_cache_dir")
 _NEW_RUN_ONLY = ("out", "name", "overwrite")
 
 
@@ -42,7 +43,7 @@ def read_run_config(run_dir: str | Path, options: dict[str, Any] | None = None) 
             raise ValueError(f"cannot resume {str(run_dir)!r}: its config.json has {f.name} = null "
                              f"(NaN or inf when it was written), so it never trained; delete it "
                              f"and start the run again with a valid {flag}")
-    cfg = TrainConfig.from_dict(raw)
+    cfg = config_from_record(raw)
     cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
     cfg = resume_options(cfg, options or {}, run_dir)
     cfg.check()

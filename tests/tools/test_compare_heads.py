@@ -72,6 +72,7 @@ def test_flags_become_the_study():
     assert spec.base["img_size"] == 64 and spec.base["epochs"] == 3
     assert spec.base["val_size"] == 500 and isinstance(spec.base["val_size"], int)
     assert spec.base["data_options"] == {"n_train": 64} and spec.test_size == 900
+    assert spec.base["resize"] == "shorter-crop" and "decode_workers" not in spec.base
     for per_run in ("seed", "train_size", "head", "hidden", "dropout", "model", "out"):
         assert per_run not in spec.base
     assert len(study.combinations(spec)) == 2 * 2 * 3 * 2

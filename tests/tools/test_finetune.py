@@ -82,6 +82,18 @@ def test_flags_become_the_config():
     assert cfg.channels_last is False and cfg.in_chans is None
 
 
+def test_decoding_flags_become_the_config_and_bad_ones_list_the_choices(capsys):
+    parser = finetune.build_parser()
+    cfg = finetune.config_from_args(parser.parse_args(
+        ["resnet18", "--dataset", "imagefolder", "--resize", "pad", "--decode-workers", "3",
+         "--data-cache-dir", "/tmp/c"]))
+    assert (cfg.resize, cfg.decode_workers, cfg.data_cache_dir) == ("pad", 3, "/tmp/c")
+    assert finetune.config_from_args(parser.parse_args(["resnet18"])).resize == "shorter-crop"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["resnet18", "--resize", "crop"])
+    assert "choose from 'shorter-crop', 'squash', 'pad'" in capsys.readouterr().err
+
+
 def test_head_spec_options_reach_the_config_and_the_run_name():
     args = finetune.build_parser().parse_args(["resnet18", "--head", "gem:p=2:learn_p=0",
                                                "--dropout", "0.5", "--train-size", "100"])

@@ -46,7 +46,7 @@ def test_the_fine_tuning_options_are_the_same_in_every_tool():
     shared = _dests(compare_heads.build_parser()) & _dests(finetune.build_parser())
     assert {"feature_cache", "feature_cache_views", "feature_cache_mem_gb", "feature_cache_dir",
             "feature_cache_dtype", "regime", "checkpoint", "timm_option", "test_size",
-            "pool_size"} <= shared
+            "pool_size", "resize", "decode_workers", "data_cache_dir"} <= shared
     assert {"launcher", "slurm_time", "slurm_setup"} <= shared
     assert shared - {"help"} - _launcher_dests() <= _dests(pick_head.build_parser())
     args = pick_head.build_parser().parse_args(["resnet18"])

@@ -5,6 +5,7 @@ over its own image, in a grid."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,18 @@ def test_cam_tool_on_a_trained_run(tmp_path, capsys):
     assert code == 2 and "take different inputs (img_size 96 vs 64)" in capsys.readouterr().err
     code = run(lambda: cam_tool.main([str(tmp_path / "nothing"), "--out", str(out)]))
     assert code == 2 and "not a finished run directory" in capsys.readouterr().err
+
+
+def test_side_by_side_runs_must_share_the_resize_policy_only_for_image_files():
+    import cam as cam_tool
+
+    def runs(*cfgs):
+        res = {"img_size": 32, "in_chans": 3}
+        return [(Path(f"r{i}"), None, c, res) for i, c in enumerate(cfgs)]
+
+    folder = {"dataset": "imagefolder", "data_dir": "photos"}
+    with pytest.raises(ValueError, match=r"different data \(resize 'pad' vs 'squash'\)"):
+        cam_tool._check_same_inputs(runs(folder, dict(folder, resize="pad")))  # old: squashed
+    cam_tool._check_same_inputs(runs(folder, dict(folder, resize="squash")))
+    fashion = {"dataset": "fashion-mnist"}                  # no image files: the policy is moot
+    cam_tool._check_same_inputs(runs(fashion, dict(fashion, resize="shorter-crop")))

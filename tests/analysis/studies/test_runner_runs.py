@@ -61,3 +61,31 @@ def test_progress_in_a_log_is_one_line_per_run_and_time_is_reported(tmp_path, mo
     assert timing["features_s"] >= 0  # no frozen backbone here: nothing to extract
     assert timing["overhead_s"] == timing["wall_s"] - timing["features_s"] - timing["jobs_s"] >= 0
     assert "Last invocation: 4 runs in" in (tmp_path / "summary.md").read_text()
+
+
+def test_an_image_folder_is_decoded_once_by_the_study_before_its_workers_start(tmp_path,
+                                                                                monkeypatch):
+    from tests.image_folders import make_folder
+
+    root = make_folder(tmp_path / "imgs", per_class=6)
+    cache = tmp_path / "cache"
+    seen = []
+
+    def workers(pending, jobs, threads, runs_per_worker, out, record):  # what they would find
+        seen.append(sorted(p.parent.name for p in cache.rglob("manifest.json")))
+        for job in pending:
+            record(job.name, "ok", "", 0.0)
+        return jobs
+
+    monkeypatch.setattr(runner, "_run_pending", workers)
+    base = {"dataset": "imagefolder", "data_dir": str(root), "img_size": 20, "resize": "pad",
+            "val_size": 2, "data_cache_dir": str(cache), "decode_workers": 1, "epochs": 1}
+    spec = StudySpec(("test_resnet",), (parse_head("gap"), parse_head("gmp")), (0,), (None,),
+                     base)
+    result = run_study(spec, tmp_path / "study", jobs=2, progress=False)
+    assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].split("-")[1:3] == ["20px", "pad"]
+    assert result["timing"]["data_load_s"] > 0
+    synthetic = run_study(StudySpec(("test_resnet",), (parse_head("gap"),), (0,), (None,),
+                                    {"dataset": "synthetic", "epochs": 1}),
+                          tmp_path / "synthetic", jobs=2, progress=False)
+    assert synthetic["timing"]["data_load_s"] == 0.0 and len(seen) == 2

@@ -141,6 +141,24 @@ def test_a_directory_holding_other_settings_is_refused(tmp_path, fake_runs):
     assert len(more["ran"]) == 2 and len(more["skipped"]) == 4
 
 
+def test_how_data_is_decoded_never_makes_a_study_another_one(tmp_path, fake_runs):
+    study.run_study(_spec(base=dict(BASE, decode_workers=1)), tmp_path, jobs=0, progress=False)
+    again = study.run_study(_spec(base=dict(BASE, decode_workers=2, data_cache_dir="elsewhere")),
+                            tmp_path, jobs=0, progress=False)
+    assert len(again["skipped"]) == 4 and not again["ran"]
+
+
+def test_a_study_from_before_resize_squashed_its_image_files():
+    from analysis.studies.collect import settings_mismatch
+
+    old = {"base": {"dataset": "imagefolder", "epochs": 1}}
+    new = {"base": {"dataset": "imagefolder", "epochs": 1, "resize": "shorter-crop"}}
+    assert settings_mismatch(old, new) == ["resize 'squash' -> 'shorter-crop'"]
+    assert settings_mismatch(old, {"base": dict(new["base"], resize="squash")}) == []
+    fashion = {"base": {"dataset": "fashion-mnist"}}   # no image files: the policy means nothing
+    assert settings_mismatch(fashion, {"base": dict(fashion["base"], resize="pad")}) == []
+
+
 def test_shards_then_collect_merge_into_one_summary(tmp_path, fake_runs):
     spec = _spec(seeds=(0, 1, 2))
     a = study.run_study(spec, tmp_path / "a", jobs=0, shard=(0, 2), progress=False)

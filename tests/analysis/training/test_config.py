@@ -26,7 +26,7 @@ def _cfg(**kw) -> TrainConfig:
     ("head_epochs", -1), ("backbone_lr_scale", -0.1), ("backbone_lr_scale", NAN),
     ("val_size", 0), ("val_size", -5), ("train_size", 0), ("test_size", 0), ("img_size", 0),
     ("train_eval_size", 0), ("dropout", 1.0), ("in_chans", 0), ("seed", -1), ("ckpt_steps", -1),
-    ("ckpt_minutes", -1.0), ("epochs", True), ("lr", "0.1"),
+    ("ckpt_minutes", -1.0), ("epochs", True), ("lr", "0.1"), ("decode_workers", 0),
 ])
 def test_out_of_range_values_are_refused_naming_the_flag(field, value):
     with pytest.raises(ValueError) as err:

@@ -1,0 +1,127 @@
+"""Images that stay on disk: rows of a uint8 array (a memory-mapped file), gathered per batch.
+
+An :class:`ImageArray` is a lazy selection of rows of a ``(N, C, H, W)`` uint8 numpy array,
+typically ``np.load(..., mmap_mode="r")`` of a decode cache (analysis.data.decode_cache).
+Selecting a subset (:func:`take`) composes row indices and copies nothing; indexing with a batch
+of indices or a slice gathers just those rows, in sorted order, into a new uint8 tensor. A data
+set larger than memory then trains with anonymous memory bounded by the batch: the page cache
+holds the rest and the kernel evicts it as needed.
+
+The training code indexes images the same way whether they are a tensor in memory or an
+ImageArray (``x[idx]``, ``x[a:b]``, ``len(x)``, ``x.shape``); :func:`take` is the one place
+that tells the two apart when a subset is selected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["ImageArray", "Images", "take", "to_device"]
+
+
+class ImageArray:
+    """Rows ``index`` (all when None) of the uint8 array ``base`` (``(N, C, H, W)``).
+
+    ``x[i]`` with a tensor, list or numpy array of indices, or a slice, returns a uint8 tensor of
+    those images (a copy, sized by the batch); ``x.subset(idx)`` returns another ImageArray.
+    ``key`` names what ``base`` holds (a decode cache's digest of its files and settings), so
+    that a digest of the data need not read the pixels; empty when unknown.
+    """
+
+    def __init__(self, base: np.ndarray, index: np.ndarray | None = None, key: str = ""):
+        if base.dtype != np.uint8 or base.ndim != 4:
+            raise ValueError(f"an ImageArray holds uint8 (N, C, H, W) images, got {base.dtype} "
+                             f"{tuple(base.shape)}")
+        self.base = base
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        self.key = key
+
+    @property
+    def shape(self) -> torch.Size:
+        n = len(self.base) if self.index is None else len(self.index)
+        return torch.Size((n, *self.base.shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    @property
+    def device(self) -> torch.device:
+        """Where a gathered batch lives: the CPU."""
+        return torch.device("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the selected images (bytes)."""
+        return int(np.prod(self.shape)) * self.base.itemsize
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __repr__(self) -> str:
+        return f"ImageArray({tuple(self.shape)}, uint8, on {type(self.base).__name__})"
+
+    def rows(self, key: Any) -> np.ndarray:
+        """The rows of ``base`` that ``key`` (indices into this selection, or a slice) names."""
+        if isinstance(key, slice):
+            span = range(len(self))[key]
+            picked = np.arange(span.start, span.stop, span.step, dtype=np.int64)
+        else:
+            picked = _as_indices(key)
+            if picked.size and (picked.min() < -len(self) or picked.max() >= len(self)):
+                raise IndexError(f"index out of range for {len(self)} images")
+            picked = picked % max(1, len(self))
+        return picked if self.index is None else self.index[picked]
+
+    def subset(self, key: Any) -> ImageArray:
+        """Another ImageArray over the same base: the images ``key`` selects, nothing copied."""
+        return ImageArray(self.base, self.rows(key), self.key)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        rows = self.rows(key)
+        if rows.size == 0:
+            return torch.empty((0, *self.base.shape[1:]), dtype=torch.uint8)
+        if rows.size > 1 and np.all(rows[1:] == rows[:-1] + 1):  # a contiguous run: one read
+            return torch.from_numpy(np.array(self.base[rows[0]:rows[-1] + 1]))
+        unique, inverse = np.unique(rows, return_inverse=True)  # sorted: pages read in order
+        block = np.asarray(self.base[unique])
+        if len(unique) != len(rows) or np.any(unique != rows):
+            block = block[inverse.reshape(-1)]
+        return torch.from_numpy(block)
+
+
+Images = torch.Tensor | ImageArray
+
+
+def _as_indices(key: Any) -> np.ndarray:
+    """Integer indices from a tensor, list, numpy array or int; a boolean mask as its positions."""
+    if isinstance(key, torch.Tensor):
+        key = key.cpu().numpy()
+    arr = np.asarray(key)
+    if arr.dtype == np.bool_:
+        return np.flatnonzero(arr)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise IndexError(f"images are indexed by integers, a boolean mask or a slice, got {arr.dtype}")
+    return arr.reshape(-1).astype(np.int64)
+
+
+def take(images: Images, idx: Any) -> Images:
+    """The images ``idx`` selects: a tensor indexed in memory, or an ImageArray's lazy subset
+    (nothing read from disk until a batch is gathered)."""
+    if isinstance(images, ImageArray):
+        return images.subset(idx)
+    return images[idx]
+
+
+def to_device(images: Images, device: torch.device, chunk: int = 256) -> torch.Tensor:
+    """All of ``images`` as one uint8 tensor on ``device``, copied ``chunk`` images at a time (an
+    ImageArray never lands in host memory whole)."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    out = torch.empty(tuple(images.shape), dtype=torch.uint8, device=device)
+    for s in range(0, len(images), chunk):
+        out[s:s + chunk] = images[s:s + chunk].to(device)
+    return out
