@@ -49,15 +49,17 @@ from .report import swap_report
 from .serialize import load, read_model_file, save, state_checksum
 from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spec_help
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
+from .weights import WeightsFile, checkpoint_settings, has_safetensors, read_weights
 
 __all__ = [
     "HEADS", "RESERVED_TIMM_OPTIONS", "AttentionPool", "ClassTokenPool", "FeatureInfo",
     "FeaturePool", "GeMPool", "HeadKind", "HeadSpec", "HeadSwapped", "NinHead", "Option",
-    "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "add_head_kind", "as_hidden",
-    "atomic_write", "atomic_write_bytes", "build_head", "check_head_args", "check_timm_options",
-    "check_writable", "closest_model_names", "expand_model_names", "feature_grid", "finite",
+    "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "WeightsFile", "add_head_kind",
+    "as_hidden", "atomic_write", "atomic_write_bytes", "build_head", "check_head_args",
+    "check_timm_options", "check_writable", "checkpoint_settings", "closest_model_names", "expand_model_names", "feature_grid", "finite",
     "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
-    "read_json", "read_model_file", "register_head", "resolve_head", "save", "spec_help",
-    "state_checksum", "swap_head", "swap_report", "write_error", "write_json",
+    "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",
+    "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report",
+    "write_error", "write_json",
 ]

@@ -13,19 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from .errors import one_line
-from .files import why_unreadable
 from .hub import OFFLINE_HINT, check_weights_reachable
+from .weights import checkpoint_settings, read_state_dict, read_weights
 
 __all__ = ["RESERVED_TIMM_OPTIONS", "load_backbone", "check_timm_options", "closest_model_names",
            "expand_model_names", "read_state_dict", "classifier_names"]
-
-# keys under which timm / common trainers store the weights inside a checkpoint dict
-_STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema", "module")
-
 
 # timm.create_model / swap_head keywords that headswap sets itself, and what to do instead
 RESERVED_TIMM_OPTIONS = {
@@ -104,54 +99,25 @@ def classifier_names(model: nn.Module) -> tuple[str, ...]:
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file: a plain state dict, or a checkpoint dict holding one (timm, DDP).
-
-    Prefixes added by DataParallel / DDP (``module.``) are stripped.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"checkpoint {str(path)!r} is a directory; pass the weights file itself "
-                         "(saved with torch.save(model.state_dict(), path))")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (pass a weights file "
-                                "saved with torch.save(model.state_dict(), path))")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or foreign file
-        raise ValueError(
-            f"could not read checkpoint {str(path)!r}: {why_unreadable(path, err)}; expected a "
-            "file written by torch.save(model.state_dict(), path) or a timm training checkpoint"
-        ) from None
-    if isinstance(obj, Mapping) and obj.get("format") == "headswap":
-        raise ValueError(f"{str(path)!r} is a headswap model file: load it with surgery.load(path)")
-    state = obj
-    if isinstance(obj, Mapping):
-        for key in _STATE_DICT_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                state = obj[key]
-                break
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
-                                                 for v in state.values()):
-        raise ValueError(f"checkpoint {str(path)!r} holds no state dict (a mapping of names to "
-                         f"tensors); found {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+def _few(keys: list[str]) -> str:
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
 
 
 def _load_checkpoint(model: nn.Module, name: str, path: str | Path) -> None:
-    """Load ``path`` into ``model`` strictly, except for the classifier, which swaps replace."""
-    state = read_state_dict(path)
-    own = model.state_dict()
-    head_prefixes = tuple(f"{c}." for c in classifier_names(model))
-    missing = [k for k in own if k not in state]
+    """Load ``path`` into ``model`` strictly, except for the classifier, which swaps replace: a
+    file's classifier may have another number of classes or be absent (a headswap model file
+    has none: the modules its swap removed are not expected, nor in a backbone-only file)."""
+    weights = read_weights(path)
+    state, own = dict(weights.state), model.state_dict()
+    removed = weights.recipe.get("removed") or classifier_names(model)
+    head_prefixes = tuple(f"{c}." for c in removed)
+    missing = [k for k in own if k not in state and not k.startswith(head_prefixes)]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     # a fine-tuned checkpoint may have another number of classes: its classifier is replaced anyway
     head_mismatch = [k for k in mismatched if k.startswith(head_prefixes)]
     mismatched = [k for k in mismatched if k not in head_mismatch]
     if missing or unexpected or mismatched:
-        def _few(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing ({_few(missing)})")
@@ -165,9 +131,34 @@ def _load_checkpoint(model: nn.Module, name: str, path: str | Path) -> None:
             f"checkpoint {str(path)!r} does not match {name!r}: " + "; ".join(parts)
             + ". Was it saved from another architecture or with other options (in_chans, ...)?"
         )
-    for k in head_mismatch:
-        state[k] = own[k]
+    for k in own:  # the classifier: another shape, or not in a headswap file
+        if k.startswith(head_prefixes) and (k not in state or k in head_mismatch):
+            state[k] = own[k]
     model.load_state_dict(state, strict=True)
+
+
+def _from_model_file(name: str, checkpoint: str | Path | None, in_chans: int | None,
+                     timm_kwargs: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """``(in_chans, timm_kwargs, settings)``: a headswap model file's channels and timm options
+    as defaults under those given; ``settings`` what :func:`checkpoint_settings` found."""
+    settings = checkpoint_settings(checkpoint)
+    if not settings:
+        return (3 if in_chans is None else in_chans), timm_kwargs, {}
+    arch = str(settings.get("backbone") or "").split(".", 1)[0]
+    if arch and arch != name.split(".", 1)[0]:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is a headswap model file of a {arch} "
+                         f"backbone, not {name}; give {arch} as the model")
+    chans = settings["in_chans"] if in_chans is None else in_chans
+    return chans, {**settings["timm_kwargs"], **timm_kwargs}, settings
+
+
+def _set_normalization(model: nn.Module, normalization: dict[str, Any] | None) -> None:
+    """The mean / std the weights were trained with, where timm keeps them (pretrained_cfg)."""
+    if not normalization:
+        return
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.update(mean=tuple(normalization["mean"]), std=tuple(normalization["std"]))
+    object.__setattr__(model, "pretrained_cfg", cfg)  # plain data, as timm sets it
 
 
 def load_backbone(
@@ -175,19 +166,24 @@ def load_backbone(
     *,
     pretrained: bool = False,
     checkpoint: str | Path | None = None,
-    in_chans: int = 3,
+    in_chans: int | None = None,
     **timm_kwargs: Any,
 ) -> nn.Module:
     """Create any timm architecture by name, with random, pretrained or local weights.
 
     ``pretrained=True`` goes through timm's own loader (hub download, or a local file given as
     ``pretrained_cfg_overlay=dict(file=PATH)``); ``checkpoint`` loads a local state dict or timm
-    checkpoint afterwards. Works under ``with torch.device('meta'):`` for construction without
-    memory. The arguments are remembered on the model (``headswap_origin``) so that a swapped
-    model can be saved as a recipe and rebuilt.
+    checkpoint (a state dict, a timm checkpoint, a ``.safetensors`` file, or a headswap model
+    file whose backbone is used) afterwards. A headswap model file also brings its input
+    channels, timm options (those given here win) and the normalisation its backbone was trained
+    with (set as ``pretrained_cfg['mean' / 'std']``). ``in_chans`` defaults to 3 (or the file's).
+    Works under ``with torch.device('meta'):`` for construction without memory. The arguments
+    are remembered on the model (``headswap_origin``) so that a swapped model can be saved as a
+    recipe and rebuilt.
     """
     _check_model_name(name)
-    if not isinstance(in_chans, int) or in_chans < 1:
+    in_chans, timm_kwargs, settings = _from_model_file(name, checkpoint, in_chans, timm_kwargs)
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
     if pretrained:
         check_weights_reachable(name, timm_kwargs)  # offline: now, not after a minute of retries
@@ -203,6 +199,9 @@ def load_backbone(
                          f"Offline? {OFFLINE_HINT}") from None
     if checkpoint is not None:
         _load_checkpoint(model, name, checkpoint)
+        _set_normalization(model, settings.get("normalization"))
     origin = {"name": name, "in_chans": in_chans, "timm_kwargs": dict(timm_kwargs)}
+    if settings.get("normalization"):
+        origin["normalization"] = settings["normalization"]
     object.__setattr__(model, "headswap_origin", origin)  # plain data, not a module or tensor
     return model

@@ -125,6 +125,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> HeadSwap
         r["backbone"], num_classes=r["num_classes"], input_size=tuple(r["input_size"]),
         in_chans=r.get("in_chans", 3), **head, **r.get("timm_kwargs", {}),
     )
+    if r.get("normalization"):  # what the weights were trained with travels with them
+        model.recipe["normalization"] = dict(r["normalization"])
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:

@@ -215,6 +215,9 @@ def _fresh_backbone(swapped: HeadSwapped) -> nn.Module:
     # the removed classifier is not in the old state; the swap replaces the new one anyway
     fresh.load_state_dict({k: v for k, v in old.items()
                            if k in own and own[k].shape == v.shape}, strict=False)
+    if r.get("normalization"):  # the weights still expect the inputs they were trained on
+        origin: dict[str, Any] = getattr(fresh, "headswap_origin")  # noqa: B009
+        origin["normalization"] = dict(r["normalization"])
     return fresh.to(device)
 
 
@@ -320,5 +323,8 @@ def _swap(model: nn.Module, spec: HeadSpec, num_classes: int | None,
         "hidden": list(hidden),
         "dropout": float(dropout),
         "input_size": list(hw),
+        "removed": [r.name for r in removed],  # what a backbone read from this file lacks
     }
+    if origin.get("normalization"):  # the mean / std the backbone's weights were trained with
+        recipe["normalization"] = dict(origin["normalization"])
     return HeadSwapped(model, new_head, info, recipe, removed)

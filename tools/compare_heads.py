@@ -23,8 +23,9 @@ neither finished nor queued or running, and collects the summary once they end; 
 The study directory gets summary.md/.csv/.json (mean +- std over seeds:
 params, GMACs, test accuracy, train-test gap, epoch time, peak memory), comparisons.csv
 (paired differences against the first head), robustness.csv/.json (each trained model at other
-input sizes; Flatten refuses), runs.csv, and the plots acc_vs_head_params.png,
-gap_vs_train_size.png and learning_curves.png.
+input sizes; Flatten refuses), with --shifts shifts.csv (test images moved by a few pixels),
+runs.csv, and the plots acc_vs_head_params.png, gap_vs_train_size.png, learning_curves.png (and
+acc_vs_shift.png). A finished run keeps best.pt only (--keep).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from _cli import CliParser, run
 
 from analysis.reporting import format_table
 from analysis.studies import (
+    KEEP,
     StudySpec,
     cancel_study,
     collect,
@@ -97,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "1.5x the training size)")
     r.add_argument("--robust-images", type=int, default=2000,
                    help="test images for the robustness evaluation (0: all; default 2000)")
+    r.add_argument("--shifts", nargs="+", type=int, default=[], metavar="PX",
+                   help="also evaluate each trained model on test images shifted by these many "
+                        "pixels of the stored images (zero fill; mean over right, left, down, "
+                        "up), e.g. 0 2 4 8 (default: none)")
+    r.add_argument("--shift-images", type=int, default=2000,
+                   help="test images for the shift evaluation (0: all; default 2000)")
     s = p.add_argument_group("running")
     s.add_argument("--out", type=Path, help="study directory (required)")
     s.add_argument("--jobs", type=int, default=1,
@@ -111,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only shard I of N (0-based) of the combinations; merge with --collect")
     s.add_argument("--collect", nargs="+", type=Path, default=None, metavar="DIR",
                    help="merge these study (shard) directories into --out; trains nothing")
+    s.add_argument("--keep", default="best", choices=KEEP,
+                   help="checkpoints a finished run keeps: best (best.pt; last.pt, only needed "
+                        "to resume, is removed), none, all (default best)")
     s.add_argument("--no-progress", dest="progress", action="store_false")
     add_launcher_options(p, study=True)
     c = p.add_argument_group("a study on a cluster")
@@ -131,7 +142,8 @@ def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
     heads = tuple(args.heads or [parse_head("gap"), parse_head("gmp")])
     return StudySpec(tuple(args.models), heads, tuple(args.seeds), tuple(args.train_sizes), base,
                      tuple(args.robust_sizes), args.robust_images or None, args.test_size,
-                     command)
+                     command, shifts=tuple(args.shifts),
+                     shift_images=args.shift_images or None, keep=args.keep)
 
 
 def _print_summary(report: dict, out: Path) -> None:

@@ -16,11 +16,13 @@ from .readers import DEBIAN_FASHION_MNIST, read_idx  # importing registers the r
 from .registry import DATASETS, RawData, decodes_files, register_dataset
 from .resize import DEFAULT_RESIZE, RESIZE_POLICIES, check_resize, fit_image
 from .splits import DataSplits, check_reader_options, load_dataset, stratified_indices
+from .subsets import classes_label, parse_classes, resolve_classes, select_classes
 
-__all__ = ["CACHE_ENV", "DATASETS", "DEBIAN_FASHION_MNIST", "DEFAULT_RESIZE", "IMAGE_EXTENSIONS",
-           "PHOTO_SOURCES", "RESIZE_POLICIES", "BadImageError", "BatchTransform", "DataSplits",
-           "DecodeSpec", "DecodedFolder", "EpochSampler", "ImageArray", "Images", "PhotoFolder",
-           "RawData", "check_reader_options", "check_resize", "crop_params", "decode_folder",
-           "decode_image", "decode_pixels", "decodes_files", "default_cache_dir", "fit_image", "iterate",
-           "load_dataset", "read_idx", "register_dataset", "stratified_indices", "take",
-           "to_device", "write_photo_folder"]
+__all__ = ["BadImageError", "BatchTransform", "CACHE_ENV", "DATASETS", "DEBIAN_FASHION_MNIST",
+           "DEFAULT_RESIZE", "DataSplits", "DecodeSpec", "DecodedFolder", "EpochSampler",
+           "IMAGE_EXTENSIONS", "ImageArray", "Images", "PHOTO_SOURCES", "PhotoFolder",
+           "RESIZE_POLICIES", "RawData", "check_reader_options", "check_resize", "classes_label",
+           "crop_params", "decode_folder", "decode_image", "decode_pixels", "decodes_files",
+           "default_cache_dir", "fit_image", "iterate", "load_dataset", "parse_classes",
+           "read_idx", "register_dataset", "resolve_classes", "select_classes",
+           "stratified_indices", "take", "to_device", "write_photo_folder"]

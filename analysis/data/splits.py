@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 
 from .arrays import ImageArray, Images, take
 from .registry import DATASETS, RawData
+from .subsets import ClassRef, classes_label, select_classes
 
 __all__ = ["DataSplits", "check_reader_options", "load_dataset", "stratified_indices"]
 
@@ -228,7 +230,8 @@ def _read(name: str, data_dir: str | Path | None, download: bool,
 
 def load_dataset(name: str, *, data_dir: str | Path | None = None, download: bool = False,
                  train_size: int | None = None, val_size: int | float = 0.1, seed: int = 0,
-                 pool_size: int | None = None, **options: Any) -> DataSplits:
+                 pool_size: int | None = None, classes: Sequence[ClassRef] = (),
+                 **options: Any) -> DataSplits:
     """Read data set ``name`` and split it: validation held out from the official train split
     (stratified, by ``seed``; an int count or a fraction), then a stratified ``train_size`` subset
     of the rest (all of it when None). The official test split is kept whole. ``options`` go to
@@ -236,10 +239,17 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
 
     ``pool_size`` first cuts the official train split to a stratified subset of that many images,
     the same for every seed (seed 0), from which validation and the training subset are then
-    drawn: a few seeds then touch few distinct images (and a feature cache holds only those)."""
+    drawn: a few seeds then touch few distinct images (and a feature cache holds only those).
+    ``classes`` (indices or names) keeps those classes only, relabelled 0..k-1 in that order
+    (analysis.data.subsets), before anything is split: ``ids`` then index the subset's splits,
+    and the fingerprint names the subset too."""
     t0 = time.perf_counter()
     check_reader_options(name, options)
     raw, fingerprint = _read(name, data_dir, download, options)
+    if classes:
+        raw = select_classes(raw, classes)
+        fingerprint = hashlib.blake2b(f"{fingerprint}:{classes_label(classes, 10**6)}".encode(),
+                                      digest_size=16).hexdigest()
     _check_classes(name, raw)
     whole = _pool(raw, pool_size, name, fingerprint)
     n_all = len(whole)

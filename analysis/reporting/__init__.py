@@ -8,6 +8,7 @@ figure, so every table and plot of the toolkit formats the same way.
 from .plots import (
     figure_format,
     plot_acc_vs_head_params,
+    plot_acc_vs_shift,
     plot_curves,
     plot_gap_vs_train_size,
     plot_learning_curves,
@@ -19,6 +20,6 @@ from .progress import LineProgress, progress_bar
 from .tables import TABLE_FORMATS, columns_of, flatten_row, format_table, to_csv, to_json
 
 __all__ = ["TABLE_FORMATS", "LineProgress", "columns_of", "figure_format", "flatten_row",
-           "format_table", "plot_acc_vs_head_params", "plot_curves", "plot_gap_vs_train_size",
-           "plot_learning_curves", "plot_pick", "progress_bar", "pyplot", "save_figure", "to_csv",
-           "to_json"]
+           "format_table", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
+           "plot_gap_vs_train_size", "plot_learning_curves", "plot_pick", "progress_bar", "pyplot",
+           "save_figure", "to_csv", "to_json"]

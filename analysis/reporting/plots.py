@@ -6,6 +6,7 @@
 - train-test (generalisation) gap against training-set size: which head overfits small data?
 - learning curves of the heads overlaid: validation (solid) and train (dashed) accuracy per epoch,
   mean over seeds, one panel per model x train size.
+- test accuracy against the pixel shift of the test images, per head: which head keeps "where"?
 
 Each takes rows from analysis.studies.aggregate (or run records) and returns the path written, or None
 when there is nothing to draw.
@@ -20,8 +21,8 @@ from typing import Any
 
 from surgery import atomic_write_bytes
 
-__all__ = ["figure_format", "plot_acc_vs_head_params", "plot_curves", "plot_gap_vs_train_size",
-           "plot_learning_curves", "plot_pick", "pyplot", "save_figure"]
+__all__ = ["figure_format", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
+           "plot_gap_vs_train_size", "plot_learning_curves", "plot_pick", "pyplot", "save_figure"]
 
 
 def pyplot() -> Any:
@@ -205,3 +206,30 @@ def plot_curves(path: str | Path, rows: Sequence[dict[str, Any]], title: str = "
     if title:
         fig.suptitle(title)
     return save_figure(fig, path, dpi=100)
+
+
+def plot_acc_vs_shift(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
+    """Test accuracy (%, mean ± std over seeds) against the pixel shift of the test images, one
+    line per head, one panel per model x train size (rows of aggregate.shift_rows)."""
+    rows = [r for r in rows if r.get("test_acc_mean") is not None]
+    if not rows:
+        return None
+    plt = pyplot()
+    colours = _colours([r["head"] for r in rows])
+    panels = list(dict.fromkeys((r["model"], r["train_size"]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (model, size) in zip(axes[0], panels, strict=True):
+        for head in colours:
+            pts = sorted((r["shift"], _pct(r["test_acc_mean"]), _pct(r["test_acc_std"] or 0.0))
+                         for r in rows if (r["model"], r["train_size"], r["head"])
+                         == (model, size, head))
+            if pts:
+                xs, ys, es = zip(*pts, strict=True)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=colours[head],
+                            label=head)
+        ax.set(xlabel="shift (pixels of the stored image)", ylabel="test accuracy (%)",
+               title=f"{model}, {size} training images")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+

@@ -2,17 +2,20 @@
 
 :class:`StudySpec` (spec) describes the grid, its heads written as surgery head specs;
 :func:`run_study` (runner) trains every pending run and writes the report (report, aggregate);
-:func:`collect` merges shard directories;
-robustness evaluates each trained model at other input sizes; a :class:`WorkerPool` (pool,
-worker) runs the jobs in reusable worker processes; on a cluster :func:`submit_study` and
-:func:`wait_study` (cluster) submit them as one job array through submitit and follow them
+:func:`collect` merges shard directories; robustness evaluates each trained model at other
+input sizes, shifts on shifted test images (a frozen backbone's views extracted once: frozen);
+claims compares two heads per claim with the verdict rule of verdicts; a :class:`WorkerPool`
+(pool, worker) runs the jobs in reusable worker processes; on a cluster :func:`submit_study`
+and :func:`wait_study` (cluster) submit them as one job array through submitit and follow them
 (jobs); pick (:func:`run_pick`) answers "which head for this backbone?" with every applicable
 head on one feature cache.
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
+from .claims import CLAIMS, Claim, claim_rows, claims_markdown, claims_summary
 from .cluster import StudyTask, cancel_study, study_status, submit_study, wait_study
-from .collect import collect, load_records
+from .collect import collect, load_records, study_records
+from .frozen import clear_views, frozen_scorer, view_features
 from .jobs import JOBS_FILE, RunState, read_jobs
 from .pick import (
     JSON_KEYS,
@@ -29,14 +32,19 @@ from .pick import (
 from .pool import Job, JobResult, WorkerPool
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
-from .runner import PLACEMENT_FILE, WORKER_TARGET, run_job, run_study
-from .spec import STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
+from .runner import PLACEMENT_FILE, WORKER_TARGET, prune_checkpoints, run_job, run_study
+from .shifts import DIRECTIONS, SHIFT_FILE, evaluate_run_shifts, evaluate_shifts, shift_images
+from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
+from .verdicts import ALPHA, VERDICTS, paired_test, verdict
 
-__all__ = ["JOBS_FILE", "JSON_KEYS", "PLACEMENT_FILE", "ROW_KEYS", "STUDY_FILE", "VARIANTS",
-           "WORKER_TARGET", "Combo", "Job", "JobResult", "RunState", "StudySpec", "StudyTask",
-           "WorkerPool", "cancel_study", "candidate_heads", "collect", "combinations",
-           "default_sizes", "evaluate_run", "evaluate_sizes", "generalisation_gap", "group_rows",
-           "load_records", "mean_std", "paired_differences", "parse_shard", "pick_rows",
-           "pool_for", "read_jobs", "recommend", "run_job", "run_pick", "run_study",
-           "select_shard", "study_status", "submit_study", "table_rows", "wait_study",
-           "write_pick", "write_report"]
+__all__ = ["ALPHA", "CLAIMS", "DIRECTIONS", "JOBS_FILE", "JSON_KEYS", "KEEP", "PLACEMENT_FILE",
+           "ROW_KEYS", "SHIFT_FILE", "STUDY_FILE", "VARIANTS", "VERDICTS", "WORKER_TARGET",
+           "Claim", "Combo", "Job", "JobResult", "RunState", "StudySpec", "StudyTask",
+           "WorkerPool", "cancel_study", "candidate_heads", "claim_rows", "claims_markdown",
+           "claims_summary", "clear_views", "collect", "combinations", "default_sizes",
+           "evaluate_run", "evaluate_run_shifts", "evaluate_shifts", "evaluate_sizes",
+           "frozen_scorer", "generalisation_gap", "group_rows", "load_records", "mean_std",
+           "paired_differences", "paired_test", "parse_shard", "pick_rows", "pool_for",
+           "prune_checkpoints", "read_jobs", "recommend", "run_job", "run_pick", "run_study",
+           "select_shard", "shift_images", "study_records", "study_status", "submit_study",
+           "table_rows", "verdict", "view_features", "wait_study", "write_pick", "write_report"]

@@ -22,7 +22,8 @@ from ..reporting import format_table
 
 __all__ = [
     "mean_std", "generalisation_gap", "run_row", "group_rows", "paired_differences",
-    "robustness_rows", "robustness_pivot", "summary_markdown", "pm", "GROUP_KEYS", "TRAIN_TEST_GAP",
+    "robustness_rows", "robustness_pivot", "shift_pivot", "shift_rows", "summary_markdown", "pm",
+    "GROUP_KEYS", "TRAIN_TEST_GAP",
 ]
 
 GROUP_KEYS = ("model", "head_label", "train_size")
@@ -33,7 +34,7 @@ _AVERAGED = {
     "test_acc": "test_acc", "train_acc": "train_acc", TRAIN_TEST_GAP: TRAIN_TEST_GAP,
     "test_loss": "test_loss",
     "epoch_time_s": "epoch_time_s", "img_per_s": "img_per_s", "peak_mem_mb": "peak_mem_mb",
-    "best_epoch": "best_epoch",
+    "best_epoch": "best_epoch", "checkpoint_mb": "checkpoint_mb",
 }
 # properties of the architecture: the same for every seed
 _CONSTANT = ("params", "head_params", "gmacs", "head_gmacs", "img_size", "epochs", "dataset")
@@ -70,7 +71,7 @@ def run_row(record: Mapping[str, Any]) -> dict[str, Any]:
     """One flat row per run (for ``runs.csv``): identity, accuracies, the train-test gap, costs."""
     keys = ("model", "train_size", "seed", "test_acc", "train_acc", "val_acc", "test_loss",
             "best_epoch", "epochs", "params", "head_params", "gmacs", "head_gmacs",
-            "epoch_time_s", "img_per_s", "peak_mem_mb", "time_s", "run_dir")
+            "epoch_time_s", "img_per_s", "peak_mem_mb", "checkpoint_mb", "time_s", "run_dir")
     row = {"model": record.get("model"), "head": _label(record)}
     row.update({k: record.get(k) for k in keys if k != "model"})
     row[TRAIN_TEST_GAP] = generalisation_gap(record)
@@ -172,6 +173,32 @@ def robustness_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     return rows
 
 
+def shift_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per model x head x train size x pixel shift: test accuracy mean/std over the seeds
+    (each seed's accuracy the mean over the shift's directions) and how many seeds."""
+    rows = []
+    for (model, head, size), runs in _group(records, GROUP_KEYS).items():
+        by_shift: dict[int, list[float]] = {}
+        for r in runs:
+            for e in r.get("shifts") or []:
+                by_shift.setdefault(int(e["shift"]), []).append(e.get("test_acc"))
+        for s in sorted(by_shift):
+            mean, std = mean_std(by_shift[s])
+            rows.append({"model": model, "head": head, "train_size": size, "shift": s,
+                         "seeds": len(by_shift[s]), "test_acc_mean": mean, "test_acc_std": std})
+    return rows
+
+
+def shift_pivot(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model x head x train size, one ``<s> px`` column per shift (acc ± std, %)."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["model"], r["head"], r["train_size"])
+        row = out.setdefault(key, {"model": key[0], "head": key[1], "train size": key[2]})
+        row[f"{r['shift']} px"] = pm(r["test_acc_mean"], r["test_acc_std"])
+    return list(out.values())
+
+
 def pm(mean: float | None, std: float | None, scale: float = 100.0, digits: int = 1) -> str:
     """``mean ± std`` for a table cell (accuracies as percent by default); '' when missing."""
     if mean is None:
@@ -246,7 +273,8 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
               "train acc": pm(r["train_acc_mean"], r["train_acc_std"]),
               "train-test gap": pm(r["train_test_gap_mean"], r["train_test_gap_std"]),
               "epoch s": pm(r["epoch_time_s_mean"], r["epoch_time_s_std"], 1.0),
-              "peak MiB": pm(r["peak_mem_mb_mean"], None, 1.0, 0)} for r in rows]
+              "peak MiB": pm(r["peak_mem_mb_mean"], None, 1.0, 0),
+              "ckpt MiB": pm(r.get("checkpoint_mb_mean"), None, 1.0, 1)} for r in rows]
     lines += [format_table(table, floatfmt=".4g"), ""]
     if comparisons:
         lines += [f"## Paired differences against {comparisons[0]['baseline']} (same seed: same "
@@ -264,6 +292,12 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
                   format_table(robustness_pivot(robustness), floatfmt=".4g"), ""]
         reasons = list(dict.fromkeys(r["reason"] for r in robustness if r.get("reason")))
         lines += [f"- {reason}" for reason in reasons] + ([""] if reasons else [])
+    shifted = meta.get("shift_rows") or []
+    if shifted:
+        lines += ["## Shift robustness (test accuracy %, mean ± std over seeds, "
+                  f"{meta.get('shift_images') or 'all'} test images shifted by s pixels of the "
+                  "stored images, zero fill, mean over right, left, down and up)", "",
+                  format_table(shift_pivot(shifted), floatfmt=".4g"), ""]
     for fig in meta.get("figures", []):
         lines += [f"![{fig}]({fig})", ""]
     if meta.get("ran_on"):

@@ -11,9 +11,10 @@ from surgery import read_json, write_json
 
 from ..data import decodes_files
 from .report import write_report
+from .shifts import SHIFT_FILE
 from .spec import STUDY_FILE, Combo, StudySpec, combinations
 
-__all__ = ["collect", "is_done", "load_records", "settings_mismatch"]
+__all__ = ["collect", "is_done", "load_records", "settings_mismatch", "study_records"]
 
 
 # options that change how data is loaded, never what a run computes
@@ -39,15 +40,18 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old_base) | set(new_base))
     diff = [f"{k} {old_base.get(k)!r} -> {new_base.get(k)!r}" for k in keys
             if old_base.get(k) != new_base.get(k)]
-    for k in ("robust_sizes", "robust_images", "test_size", "robustness"):
+    for k in ("robust_sizes", "robust_images", "test_size", "robustness", "shifts",
+              "shift_images"):
         if old.get(k) != new.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
     return diff
 
 
-def is_done(run_dir: Path) -> bool:
-    """A run counts as finished when it was trained and evaluated at the robustness sizes."""
-    return (run_dir / "summary.json").is_file() and (run_dir / "robustness.json").is_file()
+def is_done(run_dir: Path, shifts: bool = False) -> bool:
+    """A run counts as finished when it was trained and evaluated at the robustness sizes (and,
+    with ``shifts``, at the pixel shifts)."""
+    return ((run_dir / "summary.json").is_file() and (run_dir / "robustness.json").is_file()
+            and (not shifts or (run_dir / SHIFT_FILE).is_file()))
 
 
 def load_records(dirs: Sequence[str | Path], spec: StudySpec) -> list[dict[str, Any]]:
@@ -59,7 +63,7 @@ def load_records(dirs: Sequence[str | Path], spec: StudySpec) -> list[dict[str, 
         name = combo.config(spec, Path(".")).name
         for d in dirs:
             run_dir = Path(d) / "runs" / str(name)
-            if is_done(run_dir):  # trained and evaluated at the robustness sizes
+            if is_done(run_dir, bool(spec.shifts)):  # trained and evaluated
                 records.append(_record(run_dir, combo))
                 break
     return records
@@ -74,9 +78,20 @@ def _record(run_dir: Path, combo: Combo) -> dict[str, Any]:
                       if hist.is_file() else [])
     rob = run_dir / "robustness.json"
     rec["robustness"] = read_json(rob) if rob.is_file() else []
+    shifted = run_dir / SHIFT_FILE
+    rec["shifts"] = read_json(shifted) if shifted.is_file() else []
     where = run_dir / "placement.json"  # written by the study's job (older runs: none)
     rec["ran_on"] = read_json(where) if where.is_file() else {}
     return rec
+
+
+def study_records(directory: str | Path) -> tuple[StudySpec, list[dict[str, Any]]]:
+    """A study directory's spec (its ``study.json``) and the records of its finished runs."""
+    path = Path(directory) / STUDY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(directory)!r} is not a study directory (no {STUDY_FILE})")
+    spec = StudySpec.from_dict(read_json(path))
+    return spec, load_records([directory], spec)
 
 
 def collect(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:

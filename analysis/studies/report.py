@@ -17,6 +17,7 @@ from surgery import atomic_write_bytes
 from ..machine import machine_info
 from ..reporting import (
     plot_acc_vs_head_params,
+    plot_acc_vs_shift,
     plot_gap_vs_train_size,
     plot_learning_curves,
     to_csv,
@@ -32,7 +33,7 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
                  missing: Sequence[str] = (), session: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
     """Write ``summary.md/.csv/.json``, ``runs.csv``, ``comparisons.csv``,
-    ``robustness.csv/.json`` and the three plots into ``out``; returns the summary rows.
+    ``robustness.csv/.json``, ``shifts.csv`` and the plots into ``out``; returns the rows.
     ``session``: the timing of the invocation that ran runs (wall time against run times)."""
     out = Path(out)
     rows = agg.group_rows(records)
@@ -40,15 +41,17 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
     comps = [c for m in ("test_acc", agg.TRAIN_TEST_GAP)
              for c in agg.paired_differences(records, baseline, m)]
     robust = agg.robustness_rows(records)
+    shifted = agg.shift_rows(records)
     figures = {
         "acc_vs_head_params.png": plot_acc_vs_head_params(rows, out / "acc_vs_head_params.png"),
         "gap_vs_train_size.png": plot_gap_vs_train_size(rows, out / "gap_vs_train_size.png"),
         "learning_curves.png": plot_learning_curves(records, out / "learning_curves.png"),
+        "acc_vs_shift.png": plot_acc_vs_shift(shifted, out / "acc_vs_shift.png"),
     }
     meta = dict(spec.to_dict(), machine=machine_info(), runs=len(records),
                 expected=len(combinations(spec)), missing=list(missing),
                 train_time_s=sum(float(r.get("time_s") or 0.0) for r in records),
-                figures=[k for k, v in figures.items() if v is not None],
+                figures=[k for k, v in figures.items() if v is not None], shift_rows=shifted,
                 ran_on=_placements(records),
                 **({"session": session} if session else {}))
     texts = {
@@ -60,10 +63,12 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
         "comparisons.csv": to_csv(comps),
         "robustness.csv": to_csv(robust),
         "robustness.json": to_json(robust) + "\n",
+        **({"shifts.csv": to_csv(shifted)} if shifted else {}),
     }
     for name, text in texts.items():
         atomic_write_bytes(out / name, text.encode())
-    return {"rows": rows, "comparisons": comps, "robustness": robust, "meta": meta}
+    return {"rows": rows, "comparisons": comps, "robustness": robust, "shifts": shifted,
+            "meta": meta}
 
 
 def _placements(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

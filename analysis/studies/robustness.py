@@ -22,6 +22,7 @@ from surgery import one_line, read_json
 from ..data import BatchTransform, DataSplits, Images, stratified_indices, take
 from ..machine import resolve_device
 from ..training import config_from_record, evaluate, load_run_data
+from .frozen import frozen_scorer
 
 __all__ = ["default_sizes", "evaluate_sizes", "evaluate_run", "DEFAULT_FACTORS"]
 
@@ -37,12 +38,14 @@ def default_sizes(trained: int, factors: Sequence[float] = DEFAULT_FACTORS,
 
 def evaluate_sizes(model: nn.Module, x: Images, y: torch.Tensor, sizes: Sequence[int],
                    in_chans: int, mean: Sequence[float], std: Sequence[float],
-                   device: torch.device | str = "cpu", batch_size: int = 256) -> list[dict[str, Any]]:
+                   device: torch.device | str = "cpu", batch_size: int = 256,
+                   frozen: bool = False) -> list[dict[str, Any]]:
     """Test loss and accuracy of ``model`` on uint8 images ``x`` resized to each of ``sizes``.
 
     Returns one row per size: ``img_size``, ``status`` (``ok``, ``refused``: the head rejects
     this size, ``failed``: the backbone cannot run at it) and ``test_acc`` / ``test_loss`` or
-    ``reason``.
+    ``reason``. ``frozen``: the backbone is one a study shares (a linear probe), so each size's
+    features are extracted once per process (analysis.studies.frozen).
     """
     device = resolve_device(device)
     model.to(device).eval()
@@ -51,7 +54,10 @@ def evaluate_sizes(model: nn.Module, x: Images, y: torch.Tensor, sizes: Sequence
         transform = BatchTransform(int(px), in_chans, mean, std, device=device, augment=False)
         row: dict[str, Any] = {"img_size": int(px), "images": len(y)}
         try:
-            loss, acc = evaluate(model, x, y, transform, batch_size)
+            if frozen:
+                loss, acc = frozen_scorer(model, transform, batch_size)(x, y, f"size{px}")
+            else:
+                loss, acc = evaluate(model, x, y, transform, batch_size)
             row.update(status="ok", test_acc=acc, test_loss=loss)
         except ValueError as err:  # the head refuses (Flatten: grid mismatch)
             row.update(status="refused", reason=str(err))
@@ -86,4 +92,5 @@ def evaluate_run(run_dir: str | Path, sizes: Sequence[int] | None = None,
     model = surgery.load(run_dir / checkpoint, map_location=dev)
     sizes = list(sizes) if sizes else default_sizes(int(res["img_size"]))
     return evaluate_sizes(model, x, y, sizes, int(res["in_chans"]), res["mean"], res["std"], dev,
-                          batch_size=cfg.eval_batch_size or 2 * cfg.batch_size)
+                          batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+                          frozen=cfg.regime == "linear-probe")

@@ -40,10 +40,11 @@ from .collect import is_done, load_records, settings_mismatch
 from .pool import Job, WorkerPool
 from .report import write_report
 from .robustness import evaluate_run
-from .spec import STUDY_FILE, Combo, StudySpec, combinations, select_shard
+from .shifts import SHIFT_FILE, evaluate_run_shifts
+from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, select_shard
 
-__all__ = ["PLACEMENT_FILE", "WORKER_TARGET", "open_study", "pending_jobs", "run_job", "run_study",
-           "where_this_runs"]
+__all__ = ["PLACEMENT_FILE", "WORKER_TARGET", "open_study", "pending_jobs", "prune_checkpoints",
+           "run_job", "run_study", "where_this_runs"]
 
 WORKER_TARGET = "analysis.studies.runner:run_job"  # what study workers call on each job
 PLACEMENT_FILE = "placement.json"  # where a run ran, beside its summary
@@ -63,7 +64,8 @@ def open_study(spec: StudySpec, out: Path, shard: tuple[int, int] | None) -> Non
 def _job(combo: Combo, spec: StudySpec, out: Path) -> dict[str, Any]:
     cfg = combo.config(spec, out / "runs")
     return {"config": asdict(cfg), "robust_sizes": list(spec.robust_sizes),
-            "robust_images": spec.robust_images, "robustness": spec.robustness}
+            "robust_images": spec.robust_images, "robustness": spec.robustness,
+            "shifts": list(spec.shifts), "shift_images": spec.shift_images, "keep": spec.keep}
 
 
 def pending_jobs(spec: StudySpec, out: Path, shard: tuple[int, int] | None = None
@@ -74,7 +76,7 @@ def pending_jobs(spec: StudySpec, out: Path, shard: tuple[int, int] | None = Non
     for combo in select_shard(combinations(spec), shard):
         job = _job(combo, spec, out)
         name = job["config"]["name"]
-        if is_done(out / "runs" / name):
+        if is_done(out / "runs" / name, bool(spec.shifts)):
             done.append(name)
         else:
             pending.append(Job(name, job, out / "logs" / f"{name}.log"))
@@ -107,13 +109,39 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         else:
             cfg.overwrite = True
             summary = train(cfg, data=data)
-        if not (run_dir / "robustness.json").is_file():
-            rows = (evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
-                                 data=data, device=cfg.device)
-                    if job.get("robustness", True) else [])  # []: not measured in this study
-            write_json(run_dir / "robustness.json", rows)
+        _evaluate(run_dir, job, data, cfg.device)
         write_json(run_dir / PLACEMENT_FILE, dict(where_this_runs(), device=summary.get("device")))
+        prune_checkpoints(run_dir, job.get("keep", "all"))
     return summary
+
+
+def _evaluate(run_dir: Path, job: dict[str, Any], data: Any, device: str) -> None:
+    """Input-size robustness and (when the study asks) pixel shifts, each written once."""
+    if not (run_dir / "robustness.json").is_file():
+        rows = (evaluate_run(run_dir, job["robust_sizes"] or None, job["robust_images"],
+                             data=data, device=device)
+                if job.get("robustness", True) else [])  # []: not measured in this study
+        write_json(run_dir / "robustness.json", rows)
+    if job.get("shifts") and not (run_dir / SHIFT_FILE).is_file():
+        rows = evaluate_run_shifts(run_dir, job["shifts"], job.get("shift_images"), data=data,
+                                   device=device)
+        write_json(run_dir / SHIFT_FILE, rows)
+
+
+def prune_checkpoints(run_dir: str | Path, keep: str) -> list[str]:
+    """Remove the checkpoints a finished, evaluated run no longer needs: ``last.pt`` (only a
+    resume reads it) unless ``keep`` is ``all``, and ``best.pt`` too for ``none``. Returns the
+    names removed. A run without ``summary.json`` is left alone."""
+    run_dir = Path(run_dir)
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    if not (run_dir / "summary.json").is_file() or keep == "all":
+        return []
+    names = ["last.pt"] + (["best.pt"] if keep == "none" else [])
+    removed = [n for n in names if (run_dir / n).is_file()]
+    for n in removed:
+        (run_dir / n).unlink()
+    return removed
 
 
 def _preload() -> None:
@@ -185,7 +213,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
 
     def record(name: str, status: str, message: str, secs: float) -> None:
         seconds.append(secs)
-        if status == "ok" and not is_done(out / "runs" / name):
+        if status == "ok" and not is_done(out / "runs" / name, bool(spec.shifts)):
             status, message = "failed", "the job ended without finishing the run"
         if status == "ok":
             result["ran"].append(name)

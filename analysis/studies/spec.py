@@ -17,9 +17,11 @@ from surgery import HeadSpec, make_spec, parse_head
 
 from ..training import TrainConfig, run_name
 
-__all__ = ["STUDY_FILE", "Combo", "StudySpec", "combinations", "parse_shard", "select_shard"]
+__all__ = ["KEEP", "STUDY_FILE", "Combo", "StudySpec", "combinations", "parse_shard",
+           "select_shard"]
 
 STUDY_FILE = "study.json"
+KEEP = ("best", "none", "all")  # checkpoints a finished run keeps
 
 
 @dataclass
@@ -32,6 +34,9 @@ class StudySpec:
     images that uses (None: all), ``robustness`` whether to evaluate them at all; ``test_size``
     a stratified subset of the official test split, the same images for every run (None: all of
     it), to bound the cost of testing on a CPU.
+    ``shifts``: pixel shifts each trained model is evaluated at (analysis.studies.shifts; empty:
+    none), on ``shift_images`` stratified test images. ``keep``: what a finished run keeps of
+    its checkpoints (``best``: best.pt only, ``none``: neither, ``all``: best.pt and last.pt).
     """
 
     models: tuple[str, ...]
@@ -44,6 +49,9 @@ class StudySpec:
     test_size: int | None = None
     command: str = ""
     robustness: bool = True           # evaluate each trained model at other input sizes
+    shifts: tuple[int, ...] = ()
+    shift_images: int | None = 2000
+    keep: str = "best"
 
     def check(self) -> None:
         """Raise ValueError for an empty or ambiguous grid, or a setting train() rejects."""
@@ -64,6 +72,13 @@ class StudySpec:
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.robust_sizes):
             raise ValueError(f"--robust-sizes must be whole numbers of pixels >= 1, got "
                              f"{' '.join(map(str, self.robust_sizes))}")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.shifts):
+            raise ValueError(f"--shifts must be whole numbers of pixels >= 0, got "
+                             f"{' '.join(map(str, self.shifts))}")
+        if self.shift_images is not None and self.shift_images < 1:
+            raise ValueError(f"--shift-images must be >= 1 (0: all), got {self.shift_images}")
+        if self.keep not in KEEP:
+            raise ValueError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.robust_images is not None and self.robust_images < 1:
             raise ValueError(f"--robust-images must be >= 1 (0: all), got {self.robust_images}")
         for model in self.models:  # names and settings, before any data is read
@@ -82,7 +97,9 @@ class StudySpec:
         heads = tuple(_stored_head(h) for h in d["head_specs"])
         return cls(tuple(d["models"]), heads, tuple(d["seeds"]), tuple(d["train_sizes"]),
                    dict(d["base"]), tuple(d.get("robust_sizes") or ()), d.get("robust_images"),
-                   d.get("test_size"), d.get("command", ""), bool(d.get("robustness", True)))
+                   d.get("test_size"), d.get("command", ""), bool(d.get("robustness", True)),
+                   tuple(d.get("shifts") or ()), d.get("shift_images", 2000),
+                   d.get("keep", "best"))
 
 
 def _stored_head(stored: str | dict[str, Any]) -> HeadSpec:

@@ -17,6 +17,7 @@ from ..data import (
     DataSplits,
     check_reader_options,
     check_resize,
+    classes_label,
     decodes_files,
     load_dataset,
     stratified_indices,
@@ -48,6 +49,7 @@ class TrainConfig:
     timm_options: dict[str, Any] = field(default_factory=dict)  # timm.create_model keywords
     # data (analysis.data)
     dataset: str = "fashion-mnist"
+    classes: tuple[int | str, ...] = ()  # a subset (indices or names), relabelled 0..k-1; (): all
     data_dir: str | None = None
     download: bool = False
     train_size: int | None = None     # stratified subset of the training pool; None: all
@@ -101,6 +103,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.hidden, int | list):  # 512 is one hidden layer; JSON gives lists
             self.hidden = as_hidden(self.hidden)
+        if isinstance(self.classes, list):  # JSON gives lists
+            self.classes = tuple(self.classes)
 
     def check(self) -> None:
         """Raise ValueError for settings that cannot work, naming the option and the choices.
@@ -136,6 +140,11 @@ class TrainConfig:
         if self.val_size >= 1 and not float(self.val_size).is_integer():
             raise ValueError(f"{option_flag('val_size')} must be a whole count (500) or a "
                              f"fraction in (0, 1) (0.1), got {self.val_size}")
+        if any(isinstance(c, bool) or not isinstance(c, int | str) or c == "" or
+               (isinstance(c, int) and c < 0) or (isinstance(c, str) and "," in c)
+               for c in self.classes):
+            raise ValueError(f"{option_flag('classes')} takes class indices (>= 0) or names "
+                             f"without commas, got {list(self.classes)}")
         if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ValueError(f"{option_flag('hidden')} widths must be whole numbers >= 1, got "
                              f"{' '.join(map(str, self.hidden))}")
@@ -205,9 +214,11 @@ def config_from_record(record: dict[str, Any]) -> TrainConfig:
 
 def run_name(cfg: TrainConfig) -> str:
     """Default run directory name: model, head with its options (surgery.head_label, e.g.
-    ``gem-p2-h256``), data, subset size, regime and seed."""
-    parts = [cfg.model, surgery.head_label(cfg.head_spec())]
-    parts += [cfg.dataset, f"n{cfg.train_size or 'all'}"]
+    ``gem-p2-h256``), data and its class subset (``c0.2.3.4.6``), subset size, regime and seed."""
+    parts = [cfg.model, surgery.head_label(cfg.head_spec()), cfg.dataset]
+    if cfg.classes:
+        parts.append(classes_label(cfg.classes))
+    parts.append(f"n{cfg.train_size or 'all'}")
     if cfg.regime != "full":
         parts.append(cfg.regime)
     parts.append(f"s{cfg.seed}")
@@ -223,7 +234,7 @@ def load_run_data(cfg: TrainConfig) -> DataSplits:
     test_size = cfg.test_size
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                         train_size=cfg.train_size, val_size=cfg.val_size, seed=cfg.seed,
-                        pool_size=cfg.pool_size, **_reader_options(cfg))
+                        classes=cfg.classes, pool_size=cfg.pool_size, **_reader_options(cfg))
     if test_size is not None and test_size < len(data.test_y):
         idx = stratified_indices(data.test_y, test_size, seed=0)
         data = replace(data, test_x=take(data.test_x, idx), test_y=data.test_y[idx],

@@ -316,11 +316,17 @@ class RunLoop:
             "epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
             "img_per_s": totals["train_images"] / max(totals["train_time_s"], 1e-9),
             "peak_mem_mb": max(r["peak_mem_mb"] for r in history),
+            "checkpoint_mb": self._checkpoint_mb(),
             "device": str(self.device), "world_size": self.dist.world_size,
             "run_dir": str(self.run_dir),
             # whether the head trained on cached features, and the extraction (not in time_s)
             "feature_cache": self.parts.feature_cache,
         }
+
+    def _checkpoint_mb(self) -> float | None:
+        """Size of ``best.pt`` (the whole model, as ``surgery.save`` writes it) in MiB."""
+        path = self.run_dir / "best.pt"
+        return path.stat().st_size / 2**20 if path.is_file() else None
 
     def _check_finite(self, loss_sum: RunningLoss, epoch: int, step: int) -> None:
         if not math.isfinite(loss_sum.total):

@@ -59,7 +59,10 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     """``swap_head`` for the run; returns the model, its input channels and the normalisation.
 
     From scratch the model takes the data's channels and the data's own statistics; pretrained
-    (or from a checkpoint) it keeps 3 channels (grayscale is repeated) and its own mean / std.
+    (or from a checkpoint) it keeps 3 channels (grayscale is repeated) and its own mean / std;
+    from a headswap model file (a run's ``best.pt``) the channels, timm options and mean / std
+    its backbone was trained with. The mean / std go into the model's recipe, so every file
+    saved from the run carries them.
     Under a frozen backbone (linear probe, two-stage) the statistics from scratch are those of the
     whole training pool, not of this seed's subset: the same for every seed, so that one feature
     cache serves them all, with the cache on or off alike.
@@ -68,8 +71,10 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     import surgery
 
     weights = cfg.pretrained or cfg.checkpoint is not None
-    in_chans = cfg.in_chans or (3 if weights else data.channels)
-    kwargs = timm_kwargs(cfg.model, cfg.timm_options, img_size)
+    settings = surgery.checkpoint_settings(cfg.checkpoint)  # a headswap model file's recipe
+    in_chans = cfg.in_chans or settings.get("in_chans") or (3 if weights else data.channels)
+    kwargs = {**settings.get("timm_kwargs", {}),
+              **timm_kwargs(cfg.model, cfg.timm_options, img_size)}
     try:
         model = surgery.swap_head(
             cfg.model, head=cfg.head_spec(), num_classes=data.num_classes,
@@ -81,14 +86,24 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
             raise
         raise ValueError(f"img-size {img_size} is too small for {cfg.model}: {err}; use a larger "
                          "--img-size") from None
+    mean, std = _normalization(model, data, cfg, weights, settings.get("normalization"))
+    model.recipe["normalization"] = {"mean": list(mean), "std": list(std)}  # saved with it
+    return model, in_chans, mean, std
+
+
+def _normalization(model: HeadSwapped, data: DataSplits, cfg: TrainConfig, weights: bool,
+                   stored: dict[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean / std (0..1 pixel scale) the inputs are normalised with: those a headswap model
+    file's backbone was trained with, a pretrained configuration's, or the data's own (its
+    training pool's under a frozen backbone)."""
+    if stored:
+        return tuple(stored["mean"]), tuple(stored["std"])
     if weights:
         mcfg: dict[str, Any] = dict(getattr(model.backbone, "pretrained_cfg", None) or {})
-        mean, std = tuple(mcfg.get("mean", data.mean)), tuple(mcfg.get("std", data.std))
-    elif cfg.frozen(0) and data.pool_mean:
-        mean, std = data.pool_mean, data.pool_std
-    else:
-        mean, std = data.mean, data.std
-    return model, in_chans, mean, std
+        return tuple(mcfg.get("mean", data.mean)), tuple(mcfg.get("std", data.std))
+    if cfg.frozen(0) and data.pool_mean:
+        return data.pool_mean, data.pool_std
+    return data.mean, data.std
 
 
 def set_regime(model: HeadSwapped, cfg: TrainConfig, epoch: int) -> None:

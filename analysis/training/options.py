@@ -15,7 +15,7 @@ from typing import Any
 
 from surgery import parse_options, resolve_head, spec_help
 
-from ..data import DATASETS, RESIZE_POLICIES
+from ..data import DATASETS, RESIZE_POLICIES, parse_classes
 from .config import FEATURE_CACHE, FEATURE_DTYPES, OPTIMIZERS, REGIMES, TrainConfig
 
 __all__ = ["add_training_options", "config_from_args", "config_values", "given_config_values"]
@@ -30,6 +30,14 @@ def _size(text: str) -> int | float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
     return value if value < 1 else int(value)
+
+
+def _classes(text: str) -> tuple[int | str, ...]:
+    """``--classes``: class indices or names separated by commas (argparse shows the error)."""
+    try:
+        return parse_classes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_model(p: argparse.ArgumentParser, per_run: bool) -> None:
@@ -56,6 +64,10 @@ def _add_data(p: argparse.ArgumentParser, per_run: bool) -> None:
     d = _DEFAULTS
     da = p.add_argument_group("data")
     da.add_argument("--dataset", default=d.dataset, choices=list(DATASETS), help="data set")
+    da.add_argument("--classes", type=_classes, default=None, metavar="C,C,...",
+                    help="train and test on these classes only (indices, e.g. 0,2,3,4,6, or "
+                         "names without commas), relabelled 0..k-1 in the order given; the run "
+                         "name shows the subset (default: all classes)")
     da.add_argument("--data-dir", default=None,
                     help="where the data lives (fashion-mnist: also $HEADSWAP_DATA, "
                          "/usr/share/datasets/fashion-mnist)")

@@ -76,6 +76,15 @@ def test_flags_become_the_study():
     for per_run in ("seed", "train_size", "head", "hidden", "dropout", "model", "out"):
         assert per_run not in spec.base
     assert len(study.combinations(spec)) == 2 * 2 * 3 * 2
+    assert spec.shifts == () and spec.keep == "best" and "classes" not in spec.base
+    args = compare_heads.build_parser().parse_args(
+        ["resnet10t", "--classes", "1,5,7,8,9", "--checkpoint", "best.pt", "--shifts", "0", "2",
+         "8", "--shift-images", "0", "--keep", "none", "--out", "x"])
+    spec = compare_heads.spec_from_args(args)
+    assert spec.shifts == (0, 2, 8) and spec.shift_images is None and spec.keep == "none"
+    assert spec.base["classes"] == (1, 5, 7, 8, 9) and spec.base["checkpoint"] == "best.pt"
+    name = study.combinations(spec)[0].config(spec, Path("runs")).name
+    assert name == "resnet10t-gap-fashion-mnist-c1.5.7.8.9-nall-s0"
 
 
 @pytest.mark.parametrize("argv,message", [

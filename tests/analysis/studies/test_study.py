@@ -230,3 +230,24 @@ def test_tiny_real_study_writes_every_file_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("re-ran a run"))
     again = study.run_study(spec, tmp_path, jobs=0, progress=False)
     assert again["ran"] == [] and len(again["skipped"]) == 4
+
+
+@pytest.mark.slow
+def test_tiny_study_with_shifts_keeps_best_only(tmp_path):
+    spec = StudySpec(("test_resnet",), (parse_head("gap"), parse_head("flatten")), (0,), (None,),
+                     {"dataset": "synthetic", "data_options": TINY_DATA, "val_size": 16,
+                      "epochs": 1, "batch_size": 16, "img_size": 32, "lr": 0.01},
+                     robust_sizes=(32,), robust_images=None, shifts=(0, 4), shift_images=16)
+    result = study.run_study(spec, tmp_path, jobs=0, progress=False)
+    assert len(result["ran"]) == 2 and result["failed"] == []
+    for run_dir in (tmp_path / "runs").iterdir():
+        assert (run_dir / "best.pt").is_file() and not (run_dir / "last.pt").exists()
+        rows = json.loads((run_dir / "shifts.json").read_text())
+        assert [r["shift"] for r in rows] == [0, 4] and rows[0]["images"] == 16
+        assert rows[1]["directions"] == 4
+        assert json.loads((run_dir / "summary.json").read_text())["checkpoint_mb"] > 0
+    shifted = list(csv.DictReader((tmp_path / "shifts.csv").open()))
+    assert {(r["head"], r["shift"]) for r in shifted} == {("gap", "0"), ("gap", "4"),
+                                                          ("flatten", "0"), ("flatten", "4")}
+    assert (tmp_path / "acc_vs_shift.png").stat().st_size > 0
+    assert "## Shift robustness" in (tmp_path / "summary.md").read_text()
