@@ -118,11 +118,12 @@ def _warm_features(payload: dict[str, Any]) -> None:
     as a local study warms them before its runs. Nothing when the backbone trains."""
     cfg = TrainConfig.from_dict(payload["config"])
     runs = Path(cfg.out)
-    if is_done(runs / str(cfg.name)):
-        return
     spec = StudySpec.from_dict(read_json(runs.parent / STUDY_FILE))
+    shifts = bool(spec.shifts)
+    if is_done(runs / str(cfg.name), shifts):
+        return
     same = [c.config(spec, runs) for c in combinations(spec) if c.model == cfg.model]
-    todo = [c for c in same if not is_done(runs / str(c.name))]
+    todo = [c for c in same if not is_done(runs / str(c.name), shifts)]
     for info in warm_feature_caches(todo, directory=runs.parent / "features", shared=True,
                                     progress=False):
         how = f"extracted in {info['extract_s']:.1f} s" if info["built"] else "read"

@@ -21,6 +21,7 @@ from surgery import one_line, read_json, write_json
 
 from ..training import SLURM_LIVE, process_alive, run_owner, slurm_end_states, slurm_queue
 from .collect import is_done
+from .spec import STUDY_FILE, StudySpec
 
 __all__ = ["JOBS_FILE", "RunState", "local_job_alive", "read_jobs", "record_jobs", "run_states"]
 
@@ -82,6 +83,8 @@ def local_job_alive(record: dict[str, Any]) -> bool:
 
 def run_states(out: Path, names: list[str]) -> dict[str, RunState]:
     """The state of each named run of the study in ``out`` (see the module docstring)."""
+    study = Path(out) / STUDY_FILE  # a study with pixel shifts is finished only with them
+    shifts = study.is_file() and bool(StudySpec.from_dict(read_json(study)).shifts)
     out = Path(out)
     book = read_jobs(out)["runs"]
     slurm_ids = [str(r["job"]) for n, r in book.items() if n in names and r["launcher"] == "slurm"]
@@ -91,7 +94,7 @@ def run_states(out: Path, names: list[str]) -> dict[str, RunState]:
         record = book.get(name)
         log = str(out / "logs" / f"{name}.log")
         run_dir = out / "runs" / name
-        if is_done(run_dir):
+        if is_done(run_dir, shifts):
             where = read_json(run_dir / "placement.json") if (run_dir / "placement.json").is_file() \
                 else {}
             states[name] = RunState(name, "finished", (record or {}).get("job") or where.get("job"),
