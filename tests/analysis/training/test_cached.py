@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 import surgery
 from analysis.features import clear_memory
 from analysis.training import TrainConfig, model_costs, train
+from tests.tiny_runs import quiet, tiny_config
 
 TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
 
@@ -18,19 +18,9 @@ TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
 def tiny(tmp_path, **kw) -> TrainConfig:
     """4 generated classes, 64 train / 32 val images at 48 px (a 2x2 grid on test_resnet),
     linear probe, float32 cache."""
-    base = dict(model="test_resnet", head="gap", dataset="synthetic", val_size=32,
-                data_options=dict(num_classes=4, n_train=96, n_test=32, image_size=48),
-                epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0.5, progress=False,
-                out=str(tmp_path), ckpt_minutes=0, regime="linear-probe",
-                feature_cache_dtype="float32")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _quiet(fn, *a, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*a, **kw)
+    base = dict(data_options=dict(num_classes=4, n_train=96, n_test=32, image_size=48),
+                epochs=2, warmup_epochs=0.5, regime="linear-probe", feature_cache_dtype="float32")
+    return tiny_config(tmp_path, **{**base, **kw})
 
 
 def _rows(run_dir):
@@ -40,8 +30,8 @@ def _rows(run_dir):
 
 def _pair(tmp_path, **kw):
     clear_memory()
-    off = _quiet(train, tiny(tmp_path, name="off", feature_cache="off", **kw))
-    on = _quiet(train, tiny(tmp_path, name="on", **kw))
+    off = quiet(train, tiny(tmp_path, name="off", feature_cache="off", **kw))
+    on = quiet(train, tiny(tmp_path, name="on", **kw))
     return off, on
 
 
@@ -92,7 +82,7 @@ def test_cached_run_writes_the_head_only_until_the_end(tmp_path):
         payload = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
         seen.append((payload["format"], set(payload)))
 
-    _quiet(train, cfg, on_epoch=watch)
+    quiet(train, cfg, on_epoch=watch)
     assert all(fmt == "headswap-head" and "state_dict" not in keys for fmt, keys in seen)
     with pytest.raises(ValueError, match="head and a training state only.*best.pt"):
         surgery.load(tmp_path / "r" / "last.pt")
@@ -103,7 +93,7 @@ def test_cached_run_writes_the_head_only_until_the_end(tmp_path):
 
 def test_resumed_cached_run_equals_uninterrupted(tmp_path):
     clear_memory()
-    full = _quiet(train, tiny(tmp_path, name="full", epochs=3, ckpt_steps=3,
+    full = quiet(train, tiny(tmp_path, name="full", epochs=3, ckpt_steps=3,
                               hidden=(16,), dropout=0.5))
 
     class Stop(Exception):
@@ -114,10 +104,10 @@ def test_resumed_cached_run_equals_uninterrupted(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        _quiet(train, tiny(tmp_path, name="cut", epochs=3, ckpt_steps=3, hidden=(16,),
+        quiet(train, tiny(tmp_path, name="cut", epochs=3, ckpt_steps=3, hidden=(16,),
                            dropout=0.5), on_step=stop)
     clear_memory()  # a new process: the cache is extracted again
-    resumed = _quiet(train, resume=tmp_path / "cut")
+    resumed = quiet(train, resume=tmp_path / "cut")
     assert _rows(tmp_path / "full") == _rows(tmp_path / "cut")
     assert resumed["test_loss"] == full["test_loss"]
 
@@ -133,7 +123,7 @@ def test_two_stage_head_epochs_on_the_cache_equal_uncached(tmp_path):
 
 def test_views_are_fixed_per_image_and_sampled_per_epoch(tmp_path):
     clear_memory()
-    s = _quiet(train, tiny(tmp_path, name="v", feature_cache_views=3))
+    s = quiet(train, tiny(tmp_path, name="v", feature_cache_views=3))
     info = s["feature_cache"]
     assert info["views"] == 3 and info["views_cache"]["images"] == 64
     with pytest.raises(ValueError, match="--feature-cache-views.*linear-probe or two-stage"):
@@ -153,13 +143,13 @@ def test_frozen_random_backbone_normalises_with_pool_statistics(tmp_path):
     clear_memory()
     recs = []
     for seed in (0, 1):
-        _quiet(train, tiny(tmp_path, name=f"s{seed}", seed=seed, epochs=1, train_size=40))
+        quiet(train, tiny(tmp_path, name=f"s{seed}", seed=seed, epochs=1, train_size=40))
         recs.append(json.loads((tmp_path / f"s{seed}" / "config.json").read_text()))
     assert recs[0]["resolved"]["mean"] == recs[1]["resolved"]["mean"]  # not the subset's
 
 
 def test_cached_costs_match_the_whole_model_count():
-    m = _quiet(surgery.swap_head, "test_resnet", head="flatten", num_classes=4, input_size=32)
+    m = quiet(surgery.swap_head, "test_resnet", head="flatten", num_classes=4, input_size=32)
     want = model_costs(m, (3, 32, 32))
     from analysis.features import CacheKey
     from analysis.training import head_costs
@@ -185,12 +175,12 @@ def test_resume_refuses_a_backbone_whose_weights_changed(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        _quiet(train, tiny(tmp_path, name="c", checkpoint=str(weights), epochs=2), on_step=stop)
+        quiet(train, tiny(tmp_path, name="c", checkpoint=str(weights), epochs=2), on_step=stop)
     torch.manual_seed(2)
     torch.save(timm.create_model("test_resnet").state_dict(), weights)  # other weights, same file
     clear_memory()
     with pytest.raises(ValueError, match="other weights than the interrupted run"):
-        _quiet(train, resume=tmp_path / "c")
+        quiet(train, resume=tmp_path / "c")
 
 
 # a run's own on-disk cache (RUN/features) belongs to the run, like its files
@@ -206,24 +196,24 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_cache(tmp_pa
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        _quiet(train, tiny(tmp_path, name="d", feature_cache_mem_gb=DISK), on_step=boom)
+        quiet(train, tiny(tmp_path, name="d", feature_cache_mem_gb=DISK), on_step=boom)
     assert not (tmp_path / "d").exists()
-    s = _quiet(train, tiny(tmp_path, name="d", feature_cache_mem_gb=DISK))  # the name is free
+    s = quiet(train, tiny(tmp_path, name="d", feature_cache_mem_gb=DISK))  # the name is free
     assert s["feature_cache"]["storage"] == "disk" and s["feature_cache"]["built"]
     assert len(list((tmp_path / "d" / "features").glob("*.feat"))) == 1
 
 
 def test_overwrite_replaces_the_old_runs_cache_once_the_new_run_trains(tmp_path):
     clear_memory()
-    old = _quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK))
+    old = quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK))
     old_file = old["feature_cache"]["path"]
     clear_memory()
     with pytest.raises(ValueError):  # fails before training: the old run stays whole
-        _quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK, overwrite=True,
+        quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK, overwrite=True,
                            img_size=40, label_smoothing=1.5))
     assert (tmp_path / "o" / "summary.json").is_file()
     assert old_file in [str(p) for p in (tmp_path / "o" / "features").glob("*.feat")]
-    new = _quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK, overwrite=True,
+    new = quiet(train, tiny(tmp_path, name="o", feature_cache_mem_gb=DISK, overwrite=True,
                              img_size=40))  # other features: another cache file
     files = [str(p) for p in (tmp_path / "o" / "features").glob("*.feat")]
     assert files == [new["feature_cache"]["path"]] and old_file not in files

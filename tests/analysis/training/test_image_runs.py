@@ -5,7 +5,6 @@ it ran (squashed, decoded at 64 px)."""
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import replace
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from analysis.data import ImageArray
 from analysis.training import TrainConfig, config_from_record, load_run_data, train
 from tests.image_folders import make_folder
+from tests.tiny_runs import quiet
 
 METRICS = ("test_acc", "test_loss", "train_loss", "val_loss", "best_val_acc", "train_acc")
 
@@ -31,12 +31,6 @@ def folder(tmp_path):
     return make_folder(tmp_path / "imgs", per_class=12)
 
 
-def _quiet(fn, *a, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*a, **kw)
-
-
 def _cached(tmp_path) -> list[str]:
     """The decode settings of every cache built: ``SIZEpx-POLICY-MODE``."""
     return sorted(d.name.split("-", 1)[1].rsplit("-", 1)[0]  # FOLDER-...-HASH
@@ -48,8 +42,8 @@ def test_memmap_and_in_memory_data_train_to_the_same_metrics(tmp_path, folder):
     data = load_run_data(cfg)
     assert isinstance(data.train_x, ImageArray) and data.image_size == (16, 16)
     in_memory = replace(data, train_x=data.train_x[:], val_x=data.val_x[:], test_x=data.test_x[:])
-    a = _quiet(train, cfg, data=data)
-    b = _quiet(train, _cfg(tmp_path, name="mem"), data=in_memory)
+    a = quiet(train, cfg, data=data)
+    b = quiet(train, _cfg(tmp_path, name="mem"), data=in_memory)
     assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}
     record = json.loads((tmp_path / "runs" / "mm" / "config.json").read_text())
     assert record["config"]["resize"] == "shorter-crop"
@@ -64,14 +58,14 @@ def test_a_run_from_before_resize_resumes_squashed_at_the_old_size(tmp_path, fol
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _quiet(train, cfg, on_epoch=stop)
+        quiet(train, cfg, on_epoch=stop)
     path = tmp_path / "runs" / "old" / "config.json"
     record = json.loads(path.read_text())
     del record["config"]["resize"]                                 # as written before it existed
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="resize 'squash' -> 'pad'"):   # it ran squashed
         train(resume=tmp_path / "runs" / "old", options={"resize": "pad"})
-    summary = _quiet(train, resume=tmp_path / "runs" / "old",
+    summary = quiet(train, resume=tmp_path / "runs" / "old",
                      options={"decode_workers": 2, "data_cache_dir": str(tmp_path / "cache")})
     assert summary["epochs"] == 2
     assert _cached(tmp_path) == ["16px-pad-RGB", "64px-squash-RGB"]
@@ -109,8 +103,8 @@ def test_a_cached_linear_probe_on_an_image_folder_equals_the_uncached_one(tmp_pa
 
     clear_memory()
     probe = dict(regime="linear-probe", feature_cache_dtype="float32", epochs=2, img_size=32)
-    off = _quiet(train, _cfg(tmp_path, name="off", feature_cache="off", **probe))
-    on = _quiet(train, _cfg(tmp_path, name="on", **probe))
+    off = quiet(train, _cfg(tmp_path, name="off", feature_cache="off", **probe))
+    on = quiet(train, _cfg(tmp_path, name="on", **probe))
     assert on["feature_cache"]["used"] and not off["feature_cache"]["used"]
     for k in ("test_acc", "best_val_acc"):
         assert on[k] == pytest.approx(off[k], abs=1e-6), k

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 from analysis.training import TrainConfig, train
 from analysis.training import step as step_mod
+from tests.tiny_runs import quiet, tiny_config
 
 ROOT = Path(__file__).resolve().parents[3]
 TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
@@ -27,17 +27,7 @@ TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
 
 def tiny(out: Path, **kw) -> TrainConfig:
     """test_resnet on 4 generated classes, 64 train / 32 val images at 16 px: 8 steps an epoch."""
-    base = dict(model="test_resnet", head="gap", dataset="synthetic", val_size=32,
-                data_options=dict(num_classes=4, n_train=96, n_test=32, image_size=16),
-                epochs=1, batch_size=8, lr=1e-2, progress=False, out=str(out), ckpt_minutes=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _quiet(fn, *a, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*a, **kw)
+    return tiny_config(out, **kw)
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
@@ -52,7 +42,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished")
-    _quiet(train, tiny(out, name="done"))
+    quiet(train, tiny(out, name="done"))
     return out / "done"
 
 
@@ -73,7 +63,7 @@ def old_run(finished, tmp_path) -> Path:
 def test_overwrite_keeps_the_old_run_when_the_new_one_fails_before_training(old_run, bad):
     before = _files(old_run)
     with pytest.raises((ValueError, RuntimeError)):
-        _quiet(train, tiny(old_run.parent, name="ow", overwrite=True, **bad))
+        quiet(train, tiny(old_run.parent, name="ow", overwrite=True, **bad))
     assert _files(old_run) == before
 
 
@@ -84,7 +74,7 @@ def test_overwrite_replaces_the_whole_old_run_once_training_started(old_run):
         if ctx["global_step"] == 0:
             seen["files"] = sorted(p.name for p in old_run.iterdir() if p.name != ".lock")
 
-    summary = _quiet(train, tiny(old_run.parent, name="ow", overwrite=True, seed=1),
+    summary = quiet(train, tiny(old_run.parent, name="ow", overwrite=True, seed=1),
                      on_step=first_step)
     assert seen["files"] == ["config.json"]  # the old run went when the new one had trained
     config = json.loads((old_run / "config.json").read_text())["config"]
@@ -109,7 +99,7 @@ def _boom_at(step: int):
 
 def test_a_run_that_fails_in_its_first_step_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises((ValueError, RuntimeError)):
-        _quiet(train, tiny(tmp_path, name="ls", label_smoothing=1.5))
+        quiet(train, tiny(tmp_path, name="ls", label_smoothing=1.5))
     assert not (tmp_path / "ls").exists()
 
     def oom(self, *a, **kw):
@@ -117,15 +107,15 @@ def test_a_run_that_fails_in_its_first_step_leaves_nothing(tmp_path, monkeypatch
 
     monkeypatch.setattr(step_mod.TrainStep, "__call__", oom)
     with pytest.raises(RuntimeError, match="out of memory"):
-        _quiet(train, tiny(tmp_path, name="oom"))
+        quiet(train, tiny(tmp_path, name="oom"))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path):
     with pytest.raises(_Boom):
-        _quiet(train, tiny(tmp_path, name="early"), on_step=_boom_at(3))
+        quiet(train, tiny(tmp_path, name="early"), on_step=_boom_at(3))
     assert not (tmp_path / "early").exists()
-    _quiet(train, tiny(tmp_path, name="early"))  # the name is free: no --overwrite needed
+    quiet(train, tiny(tmp_path, name="early"))  # the name is free: no --overwrite needed
     assert (tmp_path / "early" / "summary.json").is_file()
 
 
@@ -143,7 +133,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(finishe
     run_dir = tmp_path / "lone"
     run_dir.mkdir()
     shutil.copy(finished / "config.json", run_dir / "config.json")
-    summary = _quiet(train, resume=run_dir)
+    summary = quiet(train, resume=run_dir)
     assert _metrics(run_dir) == _metrics(finished)
     assert summary["test_acc"] == json.loads((finished / "summary.json").read_text())["test_acc"]
 
@@ -155,7 +145,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(finishe
 def test_run_names_are_single_path_components(tmp_path, name):
     out = tmp_path / "a" / "b" / "out"
     with pytest.raises(ValueError, match="single directory name"):
-        _quiet(train, tiny(out, name=name))
+        quiet(train, tiny(out, name=name))
     assert not list(tmp_path.rglob("config.json"))
 
 
@@ -179,11 +169,11 @@ def test_a_run_directory_in_use_is_refused_naming_its_owner(tmp_path, overwrite)
     fd = _hold_lock(tmp_path / "busy", OTHER)
     try:
         with pytest.raises(ValueError, match=r"in use by pid 4242 on node7 .*Slurm job 99"):
-            _quiet(train, tiny(tmp_path, name="busy", overwrite=overwrite))
+            quiet(train, tiny(tmp_path, name="busy", overwrite=overwrite))
     finally:
         os.close(fd)
     assert [p.name for p in (tmp_path / "busy").iterdir()] == [".lock"]  # untouched
-    _quiet(train, tiny(tmp_path, name="busy"))  # free again once its owner let go
+    quiet(train, tiny(tmp_path, name="busy"))  # free again once its owner let go
     assert not (tmp_path / "busy" / ".lock").exists()
 
 
@@ -194,7 +184,7 @@ def test_resume_of_a_run_in_use_is_refused(finished, tmp_path):
     fd = _hold_lock(run_dir, OTHER)
     try:
         with pytest.raises(ValueError, match="in use by pid 4242"):
-            _quiet(train, resume=run_dir)
+            quiet(train, resume=run_dir)
     finally:
         os.close(fd)
 
@@ -205,7 +195,7 @@ def test_a_lock_whose_owner_died_on_this_host_is_taken_over(tmp_path):
     owner = dict(OTHER, host=socket.gethostname(), pid=gone.pid)
     fd = _hold_lock(tmp_path / "stale", owner)  # still held, e.g. by a child that inherited it
     try:
-        _quiet(train, tiny(tmp_path, name="stale"))
+        quiet(train, tiny(tmp_path, name="stale"))
     finally:
         os.close(fd)
     assert (tmp_path / "stale" / "summary.json").is_file()
@@ -218,7 +208,7 @@ def test_the_lock_records_host_pid_start_and_slurm_job(tmp_path, monkeypatch):
     def read_lock(ctx):
         seen.setdefault("owner", json.loads((tmp_path / "r" / ".lock").read_text()))
 
-    _quiet(train, tiny(tmp_path, name="r"), on_step=read_lock)
+    quiet(train, tiny(tmp_path, name="r"), on_step=read_lock)
     owner = seen["owner"]
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
     assert owner["slurm_job_id"] == "1234" and owner["started"]
@@ -230,10 +220,10 @@ def test_the_lock_records_host_pid_start_and_slurm_job(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only")
 def test_peak_memory_is_the_runs_own_not_the_processs(tmp_path):
-    first = _quiet(train, tiny(tmp_path, name="a"))
+    first = quiet(train, tiny(tmp_path, name="a"))
     spike = torch.ones(400 * 2**20 // 4)  # 400 MiB touched, then freed
     del spike
-    second = _quiet(train, tiny(tmp_path, name="b"))
+    second = quiet(train, tiny(tmp_path, name="b"))
     assert second["peak_mem_mb"] < first["peak_mem_mb"] + 200
 
 
@@ -241,7 +231,7 @@ def test_peak_memory_is_the_runs_own_not_the_processs(tmp_path):
 
 
 def test_progress_to_a_file_is_one_line_per_epoch(tmp_path, capsys):
-    _quiet(train, tiny(tmp_path, name="p", epochs=2, progress=True))
+    quiet(train, tiny(tmp_path, name="p", epochs=2, progress=True))
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("epoch")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from PIL import Image
 import surgery
 from analysis.costs import count_flops
 from analysis.training import NonFiniteLossError, TrainConfig, lr_factor, train
+from tests.tiny_runs import quiet, tiny_config
 
 TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
 # per-epoch columns the README promises (gap_acc and gap_loss are a contract)
@@ -27,26 +27,15 @@ SUMMARY_KEYS = {"model", "head", "dataset", "epochs", "test_acc", "best_val_acc"
 
 
 def tiny(tmp_path, **kw) -> TrainConfig:
-    """test_resnet on 4 generated classes, 64 train / 32 val images at 16 px: 8 steps an epoch."""
-    base = dict(model="test_resnet", head="gap", dataset="synthetic", val_size=32,
-                data_options=dict(num_classes=4, n_train=96, n_test=32, image_size=16),
-                epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0.5, progress=False,
-                out=str(tmp_path), ckpt_minutes=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _quiet(fn, *a, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*a, **kw)
+    """The shared tiny run over two epochs with a half-epoch warm-up."""
+    return tiny_config(tmp_path, **{"epochs": 2, "warmup_epochs": 0.5, **kw})
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     cfg = tiny(tmp, name="r")
-    return _quiet(train, cfg), tmp / "r"
+    return quiet(train, cfg), tmp / "r"
 
 
 def test_gap_head_learns_separable_task(run):
@@ -128,18 +117,18 @@ class _Stop(Exception):
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     # dropout in the head makes the result depend on the restored RNG state as well
     kw = dict(hidden=(16,), dropout=0.5, ckpt_steps=3)
-    full = _quiet(train, tiny(tmp_path, name="full", **kw))
+    full = quiet(train, tiny(tmp_path, name="full", **kw))
 
     def stop(ctx):
         if ctx["global_step"] == 12:  # epoch 2, step 5 of 8: the last checkpoint is at step 3
             raise _Stop
 
     with pytest.raises(_Stop):
-        _quiet(train, tiny(tmp_path, name="cut", **kw), on_step=stop)
+        quiet(train, tiny(tmp_path, name="cut", **kw), on_step=stop)
     assert not (tmp_path / "cut" / "summary.json").exists()
     state = surgery.read_model_file(tmp_path / "cut" / "last.pt")["extra"]
     assert (state["epoch"], state["step"]) == (1, 3)
-    resumed = _quiet(train, resume=tmp_path / "cut")
+    resumed = quiet(train, resume=tmp_path / "cut")
     a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     strip = [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in a]
@@ -152,7 +141,7 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
 
 def _init_backbone(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     torch.manual_seed(cfg.seed)
-    m = _quiet(surgery.swap_head, cfg.model, head=cfg.head, num_classes=4, input_size=16)
+    m = quiet(surgery.swap_head, cfg.model, head=cfg.head, num_classes=4, input_size=16)
     return {k: v.clone() for k, v in m.backbone.state_dict().items()}
 
 
@@ -160,7 +149,7 @@ def _init_backbone(cfg: TrainConfig) -> dict[str, torch.Tensor]:
 def test_linear_probe_leaves_backbone_and_its_statistics_unchanged(tmp_path, cache):
     cfg = tiny(tmp_path, regime="linear-probe", epochs=1, feature_cache=cache)
     init = _init_backbone(cfg)
-    _quiet(train, cfg)
+    quiet(train, cfg)
     trained = surgery.load(next(tmp_path.glob("*/best.pt")))
     after = trained.backbone.state_dict()
     assert any("running_mean" in k for k in after)  # BatchNorm buffers are part of the check
@@ -169,7 +158,7 @@ def test_linear_probe_leaves_backbone_and_its_statistics_unchanged(tmp_path, cac
         return
     torch.manual_seed(cfg.seed)
     full = tiny(tmp_path, name="full", epochs=1)
-    _quiet(train, full)
+    quiet(train, full)
     moved = surgery.load(tmp_path / "full" / "best.pt").backbone.state_dict()
     assert not all(torch.equal(init[k], moved[k]) for k in init)  # the check can fail
 
@@ -185,7 +174,7 @@ def test_two_stage_trains_head_first_then_backbone_at_lower_lr(tmp_path):
             lrs = {g["name"]: g["lr"] for g in ctx["optimizer"].param_groups}
             seen[ctx["epoch"]] = {"bb": bb, "lrs": lrs}
 
-    _quiet(train, cfg, on_step=watch)
+    quiet(train, cfg, on_step=watch)
     assert all(torch.equal(init[k], seen[0]["bb"][k]) for k in init)
     assert not all(torch.equal(init[k], seen[1]["bb"][k]) for k in init)
     lrs = seen[1]["lrs"]
@@ -199,7 +188,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                 next(ctx["model"].head_parameters()).fill_(float("nan"))
 
     with pytest.raises(NonFiniteLossError, match=r"NaN or inf.*last\.pt"):
-        _quiet(train, tiny(tmp_path, name="nan", ckpt_steps=1), on_step=poison)
+        quiet(train, tiny(tmp_path, name="nan", ckpt_steps=1), on_step=poison)
     payload = surgery.read_model_file(tmp_path / "nan" / "last.pt")
     assert (payload["extra"]["epoch"], payload["extra"]["step"]) == (1, 2)  # before the poison
     assert all(torch.isfinite(v).all() for v in payload["state_dict"].values()
@@ -218,7 +207,7 @@ def test_lr_schedule_warmup_then_cosine_by_hand():
 
 def test_bad_input_gets_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="img-size 4 is too small for test_convnext"):
-        _quiet(train, tiny(tmp_path, model="test_convnext", img_size=4))
+        quiet(train, tiny(tmp_path, model="test_convnext", img_size=4))
     with pytest.raises(ValueError, match="unknown data set 'nope'.*fashion-mnist"):
         train(tiny(tmp_path, dataset="nope", name="x"))
     with pytest.raises(ValueError, match="unknown regime"):
@@ -245,7 +234,7 @@ def test_package_exports_a_callable_train(tmp_path):
     from analysis import train as train_fn
 
     assert Config is TrainConfig and callable(train_fn) and callable(analysis.train)
-    summary = _quiet(train_fn, tiny(tmp_path, epochs=1, val_size=8,
+    summary = quiet(train_fn, tiny(tmp_path, epochs=1, val_size=8,
                                     data_options=dict(num_classes=2, n_train=24, n_test=8,
                                                       image_size=16)))
     assert summary["epochs"] == 1
