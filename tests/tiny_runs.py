@@ -8,6 +8,12 @@ from typing import Any
 
 from analysis.training import TrainConfig
 
+# the same run from the command line (tools/finetune.py), two epochs
+TINY_ARGS = ["test_resnet", "--dataset", "synthetic", "--data-option", "num_classes=4",
+             "--data-option", "n_train=96", "--data-option", "n_test=32", "--data-option",
+             "image_size=16", "--val-size", "32", "--epochs", "2", "--batch-size", "8",
+             "--lr", "0.01", "--no-progress"]
+
 
 def tiny_config(out: str | Path, **kw: Any) -> TrainConfig:
     """test_resnet on 4 generated classes, 64 train / 32 val images at 16 px: 8 steps an epoch,

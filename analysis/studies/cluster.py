@@ -18,12 +18,8 @@ queue): a dry run of a small grid, not a way to run a large one here.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,32 +43,12 @@ from .pool import Job
 from .report import write_report
 from .runner import open_study, pending_jobs, run_job, where_this_runs
 from .spec import STUDY_FILE, StudySpec, combinations
+from .worker import output_to
 
 __all__ = ["StudyTask", "cancel_study", "study_status", "submit_study", "wait_study"]
 
 _POLL_S = {"slurm": 30.0, "submitit-local": 1.0}
 _MISSES = 10  # polls in a row squeue may fail (a busy controller) before the wait gives up
-
-
-@contextmanager
-def _output_to(log: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2) to ``log`` (appended)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "a", encoding="utf-8") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 class StudyTask:
@@ -90,7 +66,7 @@ class StudyTask:
 
             torch.set_num_threads(self.threads)
         where = where_this_runs()
-        with _output_to(Path(self.log)):
+        with output_to(self.log, "a"):
             print(f"== {self.name}: job {where['job']} on {where['host']} (pid {where['pid']}) "
                   f"at {time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
             try:

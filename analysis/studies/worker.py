@@ -15,10 +15,34 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-__all__: list[str] = []
+__all__ = ["output_to"]
+
+
+@contextmanager
+def output_to(log: str | Path, mode: str = "w") -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so child processes and
+    C extensions too) to ``log`` (``mode`` "w" or "a") until the block ends."""
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, mode, encoding="utf-8") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def _die_with_parent(parent: int) -> None:
@@ -48,25 +72,15 @@ def _run_one(fn: Callable[[dict[str, Any]], Any], job: dict[str, Any]) -> dict[s
     """Call ``fn`` on one job with stdout and stderr (file descriptors 1 and 2) in its log."""
     import traceback
 
-    saved = os.dup(1), os.dup(2)
     status, message = "ok", ""
     t0 = time.perf_counter()
-    with open(job["log"], "w", encoding="utf-8") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+    with output_to(job["log"]):
         try:
             fn(job["payload"])
         except Exception as err:
             traceback.print_exc()
             status = str(getattr(err, "job_status", "failed"))
             message = f"{type(err).__name__}: {err}" if status == "failed" else str(err)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
     seconds = time.perf_counter() - t0
     return {"name": job["name"], "status": status, "message": message, "seconds": seconds,
             "pid": os.getpid()}

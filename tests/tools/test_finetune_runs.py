@@ -21,11 +21,7 @@ import finetune  # noqa: E402
 from _cli import run  # noqa: E402
 
 from analysis.training import TrainConfig, train  # noqa: E402
-
-TINY = ["test_resnet", "--dataset", "synthetic", "--data-option", "num_classes=4",
-        "--data-option", "n_train=96", "--data-option", "n_test=32", "--data-option",
-        "image_size=16", "--val-size", "32", "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
-        "--no-progress"]
+from tests.tiny_runs import TINY_ARGS as TINY  # noqa: E402
 
 
 class _Stop(Exception):
