@@ -75,6 +75,23 @@ def _head(text: str):  # argparse shows the ValueError text
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _head_lr(text: str) -> tuple[str, float]:
+    """``HEAD=LR`` -> (head label, lr); HEAD is a head spec as in --heads, or its label."""
+    head, sep, lr = text.rpartition("=")
+    try:
+        value = float(lr)
+    except ValueError:
+        value = -1.0
+    if not sep or not head or not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"--head-lr expects HEAD=LR with LR > 0 (e.g. flatten:hidden=4096x4096=1e-4), "
+            f"got {text!r}")
+    try:
+        return parse_head(head).label, value
+    except ValueError:
+        return head, value  # a label (flatten-h4096x4096-d0.5); checked against --heads later
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         return parse_shard(text)
@@ -89,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--heads", nargs="+", type=_head, default=None, metavar="HEAD",
                    help=f"heads to compare, each {spec_help()}. The first head is the "
                         "baseline of the paired comparisons (default: gap gmp)")
+    g.add_argument("--head-lr", nargs="+", type=_head_lr, default=[], metavar="HEAD=LR",
+                   help="a learning rate for one head instead of --lr, e.g. "
+                        "flatten:hidden=4096x4096:dropout=0.5=1e-4 (a large dense head needs a "
+                        "lower rate than a pooling head)")
     g.add_argument("--seeds", nargs="+", type=int, default=[0], help="(default 0)")
     g.add_argument("--train-sizes", nargs="+", type=_train_size, default=[None],
                    help="stratified training subsets, or 'all' (default all)")
@@ -143,7 +164,8 @@ def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
     return StudySpec(tuple(args.models), heads, tuple(args.seeds), tuple(args.train_sizes), base,
                      tuple(args.robust_sizes), args.robust_images or None, args.test_size,
                      command, shifts=tuple(args.shifts),
-                     shift_images=args.shift_images or None, keep=args.keep)
+                     shift_images=args.shift_images or None, keep=args.keep,
+                     head_lr=dict(args.head_lr))
 
 
 def _print_summary(report: dict, out: Path) -> None:

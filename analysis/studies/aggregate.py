@@ -239,6 +239,13 @@ def _session_lines(session: Mapping[str, Any] | None) -> list[str]:
             f"process{'' if workers == 1 else 'es'} started).", ""]
 
 
+def _head_lr_text(head_lr: Mapping[str, float] | None) -> str:
+    """`` (flatten-h4096: 0.0001)``: the heads trained at their own learning rate."""
+    if not head_lr:
+        return ""
+    return " (" + ", ".join(f"{k}: {v:g}" for k, v in head_lr.items()) + ")"
+
+
 def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]],
                      robustness: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     """The study's ``summary.md``: settings, machine, the summary table (mean ± std over seeds),
@@ -254,7 +261,8 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
         *_session_lines(meta.get("session")),
         f"Data: {base.get('dataset')}, input {base.get('img_size') or 'native'} px, "
         f"{base.get('epochs')} epochs, batch {base.get('batch_size')}, {base.get('optimizer')} "
-        f"lr {base.get('lr')}, weight decay {base.get('weight_decay')}, "
+        f"lr {base.get('lr')}{_head_lr_text(meta.get('head_lr'))}, weight decay "
+        f"{base.get('weight_decay')}, "
         f"pretrained: {'yes' if base.get('pretrained') else 'no'}. Seeds: "
         f"{', '.join(map(str, meta.get('seeds', [])))}. Runs: {meta.get('runs')} of "
         f"{meta.get('expected')}.",

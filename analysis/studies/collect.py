@@ -44,6 +44,8 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
               "shift_images"):
         if old.get(k) != new.get(k):
             diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
+    if (old.get("head_lr") or {}) != (new.get("head_lr") or {}):  # absent in older studies
+        diff.append(f"head_lr {old.get('head_lr') or {}!r} -> {new.get('head_lr') or {}!r}")
     return diff
 
 

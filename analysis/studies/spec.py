@@ -37,6 +37,8 @@ class StudySpec:
     ``shifts``: pixel shifts each trained model is evaluated at (analysis.studies.shifts; empty:
     none), on ``shift_images`` stratified test images. ``keep``: what a finished run keeps of
     its checkpoints (``best``: best.pt only, ``none``: neither, ``all``: best.pt and last.pt).
+    ``head_lr``: learning rates that differ from ``base['lr']`` for some heads, by head label
+    (a 120 M-parameter Flatten+Dense head diverges at a rate a 2,565-parameter GAP head needs).
     """
 
     models: tuple[str, ...]
@@ -52,6 +54,7 @@ class StudySpec:
     shifts: tuple[int, ...] = ()
     shift_images: int | None = 2000
     keep: str = "best"
+    head_lr: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise ValueError for an empty or ambiguous grid, or a setting train() rejects."""
@@ -77,6 +80,15 @@ class StudySpec:
                              f"{' '.join(map(str, self.shifts))}")
         if self.shift_images is not None and self.shift_images < 1:
             raise ValueError(f"--shift-images must be >= 1 (0: all), got {self.shift_images}")
+        labels = [h.label for h in self.heads]
+        unknown = [k for k in self.head_lr if k not in labels]
+        if unknown:
+            raise ValueError(f"--head-lr names {', '.join(unknown)}, which is not among the heads "
+                             f"of --heads ({', '.join(labels)}); name a head by its spec or label")
+        bad = {k: v for k, v in self.head_lr.items()
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
+        if bad:
+            raise ValueError(f"--head-lr learning rates must be > 0, got {bad}")
         if self.keep not in KEEP:
             raise ValueError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.robust_images is not None and self.robust_images < 1:
@@ -99,7 +111,7 @@ class StudySpec:
                    dict(d["base"]), tuple(d.get("robust_sizes") or ()), d.get("robust_images"),
                    d.get("test_size"), d.get("command", ""), bool(d.get("robustness", True)),
                    tuple(d.get("shifts") or ()), d.get("shift_images", 2000),
-                   d.get("keep", "best"))
+                   d.get("keep", "best"), dict(d.get("head_lr") or {}))
 
 
 def _stored_head(stored: str | dict[str, Any]) -> HeadSpec:
@@ -121,7 +133,8 @@ class Combo:
 
     def config(self, spec: StudySpec, runs_dir: Path) -> TrainConfig:
         """The TrainConfig of this run, named by ``run_name``."""
-        cfg = TrainConfig.from_dict({**spec.base, "model": self.model, "head": str(self.head),
+        lr = spec.head_lr.get(self.head.label, spec.base.get("lr", TrainConfig.lr))
+        cfg = TrainConfig.from_dict({**spec.base, "lr": lr, "model": self.model, "head": str(self.head),
                                      "hidden": (), "dropout": 0.0,
                                      "train_size": self.train_size, "seed": self.seed,
                                      "out": str(runs_dir), "progress": False,

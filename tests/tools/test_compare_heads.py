@@ -85,6 +85,11 @@ def test_flags_become_the_study():
     assert spec.base["classes"] == (1, 5, 7, 8, 9) and spec.base["checkpoint"] == "best.pt"
     name = study.combinations(spec)[0].config(spec, Path("runs")).name
     assert name == "resnet10t-gap-fashion-mnist-c1.5.7.8.9-nall-s0"
+    args = compare_heads.build_parser().parse_args(
+        ["resnet18", "--heads", "gap", "flatten:hidden=4096x4096:dropout=0.5", "gmp", "--head-lr",
+         "flatten:hidden=4096x4096:dropout=0.5=1e-4", "gmp=3e-3", "--out", "x"])
+    assert compare_heads.spec_from_args(args).head_lr == {"flatten-h4096x4096-d0.5": 1e-4,
+                                                          "gmp": 3e-3}
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -93,6 +98,8 @@ def test_flags_become_the_study():
     (["resnet18", "--heads", "spp:pool=min", "--out", "x"], "pool=min"),
     (["resnet18", "--shard", "2/2", "--out", "x"], "0 <= I < N"),
     (["resnet18", "--train-sizes", "0", "--out", "x"], "train sizes"),
+    (["resnet18", "--head-lr", "gap", "--out", "x"], "--head-lr expects HEAD=LR"),
+    (["resnet18", "--head-lr", "gap=-1", "--out", "x"], "--head-lr expects HEAD=LR"),
 ])
 def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -109,6 +116,8 @@ def test_bad_flags_exit_2_with_the_reason(argv, message, capsys):
      "seed 0 is listed twice in --seeds"),
     (["test_resnet", "--clip-grad", "-1", *SYNTH, "--jobs", "0", "--out", "x"],
      "--clip-grad must be"),
+    (["test_resnet", "--heads", "gap", "--head-lr", "gmp=1e-4", *SYNTH, "--jobs", "0", "--out",
+      "x"], "--head-lr names gmp, which is not among the heads"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, message, capsys):
     assert run(lambda: compare_heads.main(argv)) == 2

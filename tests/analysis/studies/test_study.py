@@ -141,6 +141,22 @@ def test_a_directory_holding_other_settings_is_refused(tmp_path, fake_runs):
     assert len(more["ran"]) == 2 and len(more["skipped"]) == 4
 
 
+def test_a_head_lr_reaches_only_its_head_and_belongs_to_the_study(tmp_path, fake_runs):
+    spec = _spec(heads=(parse_head("gap"), parse_head("flatten:hidden=64:dropout=0.5")),
+                 head_lr={"flatten-h64-d0.5": 1e-4})
+    spec.check()
+    lrs = {c.head.label: c.config(spec, Path("runs")).lr for c in study.combinations(spec)}
+    assert lrs == {"gap": BASE.get("lr", 1e-3), "flatten-h64-d0.5": 1e-4}
+    assert StudySpec.from_dict(spec.to_dict()).head_lr == spec.head_lr
+    study.run_study(spec, tmp_path, jobs=0, progress=False)
+    with pytest.raises(ValueError, match="head_lr"):  # other rates: other runs, another study
+        study.run_study(_spec(heads=spec.heads), tmp_path, jobs=0, progress=False)
+    with pytest.raises(ValueError, match="--head-lr names gmp, which is not among"):
+        _spec(head_lr={"gmp": 1e-4}, heads=(parse_head("gap"),)).check()
+    with pytest.raises(ValueError, match="must be > 0"):
+        _spec(head_lr={"gap": 0.0}).check()
+
+
 def test_how_data_is_decoded_never_makes_a_study_another_one(tmp_path, fake_runs):
     study.run_study(_spec(base=dict(BASE, decode_workers=1)), tmp_path, jobs=0, progress=False)
     again = study.run_study(_spec(base=dict(BASE, decode_workers=2, data_cache_dir="elsewhere")),
