@@ -211,7 +211,9 @@ def assemble_run(cfg: TrainConfig, state: dict[str, Any] | None, data: DataSplit
     data = data if data is not None else load_run_data(cfg)
     img_size = cfg.img_size or data.image_size[0]
     torch.manual_seed(cfg.seed)
-    model, in_chans, mean, std = build_model(cfg, data, img_size, fresh=state is None)
+    # a head-only checkpoint (a run on cached features) holds no backbone: load it as a new run does
+    fresh = state is None or ckpt.is_head_only(state)
+    model, in_chans, mean, std = build_model(cfg, data, img_size, fresh=fresh)
     model = place_model(model, cfg, dist, device, channels_last, state)
     optimizer = build_optimizer(model, cfg)
     trained = _wrap_for_regime(model, cfg, dist, device, first_epoch)

@@ -159,7 +159,7 @@ def test_cached_costs_match_the_whole_model_count():
     assert got == pytest.approx(want)
 
 
-def test_resume_refuses_a_backbone_whose_weights_changed(tmp_path):
+def test_resume_loads_the_backbone_file_again_and_refuses_changed_weights(tmp_path):
     import timm
 
     clear_memory()
@@ -174,8 +174,15 @@ def test_resume_refuses_a_backbone_whose_weights_changed(tmp_path):
         if ctx["global_step"] == 9:
             raise Stop
 
-    with pytest.raises(Stop):
-        quiet(train, tiny(tmp_path, name="c", checkpoint=str(weights), epochs=2), on_step=stop)
+    full = quiet(train, tiny(tmp_path, name="full", checkpoint=str(weights), epochs=2))
+    for name in ("c", "same"):
+        with pytest.raises(Stop):
+            quiet(train, tiny(tmp_path, name=name, checkpoint=str(weights), epochs=2),
+                  on_step=stop)
+    clear_memory()  # a new process: the backbone comes from the checkpoint file again
+    resumed = quiet(train, resume=tmp_path / "same")  # the head-only last.pt has no backbone
+    assert resumed["test_loss"] == full["test_loss"]
+    assert _rows(tmp_path / "same") == _rows(tmp_path / "full")
     torch.manual_seed(2)
     torch.save(timm.create_model("test_resnet").state_dict(), weights)  # other weights, same file
     clear_memory()
