@@ -196,6 +196,20 @@ def _compute(tasks: list[Task], jobs: int, cache_path: Path, progress: bool,
             bar.update(len(rows))
 
 
+def _invocations(report: Path, command: str, computed: int, elapsed: float,
+                 jobs: int) -> list[dict[str, Any]]:
+    """Every invocation that computed rows of the report, oldest first: the previous report's
+    list, plus this one when it computed anything (a resumed report names all its commands)."""
+    try:
+        before = list(surgery.read_json(report)["meta"].get("invocations") or [])
+    except (OSError, ValueError, KeyError, TypeError):
+        before = []
+    if computed:
+        before.append({"command": command, "pairs": computed, "minutes": round(elapsed / 60, 1),
+                       "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M")})
+    return before
+
+
 def _timing(rows: list[dict[str, Any]], computed: int, elapsed: float, jobs: int,
             expected: int) -> str:
     wall = sum(r.get("seconds") or 0 for r in rows) / 60
@@ -227,13 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     _compute(tasks, args.jobs, cache_path, not args.no_progress, cache)
     rows = [cache[(c.name, h)] for c in chosen for h in heads if (c.name, h) in cache]
+    command = args.command or "python tools/export_coverage.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    computed, elapsed = sum(len(t[1]) for t in tasks), time.perf_counter() - start
     meta = {**_versions(), "opset": args.opset, "candidates": n_pool, "sampled": not args.models,
             "selected": [c.name for c in chosen],
             "max_params": args.max_params, "machine": describe_machine(with_load=True),
-            "command": args.command or "python tools/export_coverage.py " + " ".join(
-                sys.argv[1:] if argv is None else argv),
-            "timing": _timing(rows, sum(len(t[1]) for t in tasks), time.perf_counter() - start,
-                              args.jobs, len(chosen) * len(heads))}
+            "command": command,
+            "invocations": _invocations(args.out_dir / "export_coverage.json", command, computed,
+                                        elapsed, args.jobs),
+            "timing": _timing(rows, computed, elapsed, args.jobs, len(chosen) * len(heads))}
     summary = _write(args, rows, heads, meta)
     t = summary["total"]
     print(f"{t['verified']}/{t['applicable']} pairs exported and verified "

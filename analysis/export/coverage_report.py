@@ -182,6 +182,17 @@ def _pending_lines(rows: Sequence[dict[str, Any]], heads: Sequence[str],
             f"No row yet ({len(missing)}): " + ", ".join(missing) + ".", ""]
 
 
+def _invocation_lines(invocations: Sequence[dict[str, Any]]) -> list[str]:
+    """The commands whose rows the report holds, when it took more than one (a resumed run)."""
+    if len(invocations) < 2:
+        return []
+    table = [[i + 1, f"`{v['command']}`", v["pairs"], v["minutes"], v["jobs"], v["finished"]]
+             for i, v in enumerate(invocations)]
+    return ["The rows were computed by these invocations (each resumed the one before):", "",
+            tabulate(table, headers=["#", "command", "pairs", "minutes", "jobs", "finished"],
+                     tablefmt="github"), ""]
+
+
 def render_markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
                     heads: Sequence[str], meta: dict[str, Any]) -> str:
     """The committed report: how it was made, totals, reasons for fixed sizes and failures,
@@ -198,6 +209,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
         f"{meta['onnxscript']}, onnxruntime {meta['onnxruntime']}, opset {meta['opset']}. "
         f"{meta['timing']}",
         "",
+        *_invocation_lines(meta.get("invocations") or []),
         _selection(summary, meta) + " Heads: " + ", ".join(heads) + ". Each pair is built "
         "with random weights (seed 0) at the architecture's default input size, exported with "
         "`--dynamic auto` (dynamo exporter first, TorchScript as fallback) and run in "

@@ -48,7 +48,12 @@ def test_report_and_resume(tmp_path, capsys):
     new = [json.loads(line) for line in cache.read_text().splitlines()[4:]]
     assert sorted((r["model"], r["head"]) for r in new) == [("test_resnet", "gmp"),
                                                             ("test_vit", "gmp")]
-    assert "computed 2 pairs" in (tmp_path / "export_coverage.md").read_text()
+    md = (tmp_path / "export_coverage.md").read_text()
+    assert "computed 2 pairs" in md
+    invocations = json.loads((tmp_path / "export_coverage.json").read_text())["meta"]["invocations"]
+    assert [v["pairs"] for v in invocations] == [4, 2]  # the invocation computing nothing is not one
+    assert "--heads gap gmp flatten" in invocations[1]["command"]
+    assert "The rows were computed by these invocations" in md and md.count("| `python tools/") == 2
 
 
 def test_report_only_computes_nothing_and_says_partial(tmp_path):
