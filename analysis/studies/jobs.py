@@ -6,7 +6,9 @@ launcher, when and from which host). A run's state comes from its files and its 
 Slurm's queue, or its local process is alive), ``failed`` (its job ended without finishing it;
 the message is the last line of its log) or ``not submitted``. Re-running a study submits again
 only what is neither finished nor queued or running. ``unknown``: Slurm cannot be asked here (no
-squeue), so the run is left alone.
+squeue), so the run is left alone. A run of a study run locally (no job recorded for it) is
+``running`` while a live process of this host holds its lock, ``interrupted`` when it left a
+checkpoint or metrics to resume from, else ``not started``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ BUSY_PREFIX = "busy: "  # a job's last log line when another process held its ru
 @dataclass
 class RunState:
     """One run of a study: ``state`` (finished, queued, running, failed, not submitted,
-    unknown), its last job (``job``, ``launcher``), where it ran or runs, its log, and for a
+    unknown; for local studies interrupted, not started), its last job (``job``, ``launcher``), where it ran or runs, its log, and for a
     failed run why (``message``)."""
 
     name: str
@@ -100,13 +102,25 @@ def run_states(out: Path, names: list[str]) -> dict[str, RunState]:
             states[name] = RunState(name, "finished", (record or {}).get("job") or where.get("job"),
                                     (record or {}).get("launcher"), where.get("host"), log)
         elif record is None:
-            states[name] = RunState(name, "not submitted", log=log)
+            states[name] = _unrecorded_state(name, run_dir, log, submitted=bool(book))
         else:
             states[name] = _job_state(name, record, queue, log)
             if states[name].state == "running":
                 states[name].where = run_owner(run_dir).get("host") or states[name].where
     _explain_failures(out, [s for s in states.values() if s.state == "failed"], book)
     return states
+
+
+def _unrecorded_state(name: str, run_dir: Path, log: str, submitted: bool) -> RunState:
+    """A run no job was recorded for: ``not submitted`` in a study sent to a cluster, else (a
+    local study) running, interrupted or not started, from its directory."""
+    owner = run_owner(run_dir)
+    if owner.get("host") == socket.gethostname() and process_alive(int(owner.get("pid") or 0)):
+        return RunState(name, "running", where=owner["host"], log=log)
+    if (run_dir / "last.pt").is_file() or (run_dir / "metrics.jsonl").is_file():
+        return RunState(name, "interrupted", log=log,
+                        message="run the study's command again to resume it")
+    return RunState(name, "not submitted" if submitted else "not started", log=log)
 
 
 def _job_state(name: str, record: dict[str, Any], queue: dict[str, str] | None,

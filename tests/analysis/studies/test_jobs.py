@@ -45,6 +45,23 @@ def test_local_jobs_are_running_while_their_process_is_ours(tmp_path):
     assert run_states(tmp_path, ["a"])["a"].state == "failed"  # its process has ended
 
 
+def test_runs_of_a_local_study_are_running_interrupted_or_not_started(tmp_path):
+    from analysis.training.lock import lock_run_dir
+
+    runs = tmp_path / "runs"
+    (runs / "cut").mkdir(parents=True)
+    (runs / "cut" / "metrics.jsonl").write_text("{}\n")  # an interrupted run's first epoch
+    (runs / "dead").mkdir()
+    (runs / "dead" / ".lock").write_text(json.dumps(  # a lock file left by a killed process
+        {"host": socket.gethostname(), "pid": 2**22 + 17}))
+    with lock_run_dir(runs / "live"):
+        states = run_states(tmp_path, ["live", "cut", "dead", "new"])
+        assert {n: s.state for n, s in states.items()} == {
+            "live": "running", "cut": "interrupted", "dead": "not started", "new": "not started"}
+        assert states["live"].where == socket.gethostname()
+        assert "again to resume" in states["cut"].message
+
+
 @pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["interrupted",
                                                                           "ignores-sigint"])
 def test_cancel_interrupts_a_local_job_and_its_children(tmp_path, monkeypatch, sigint):
