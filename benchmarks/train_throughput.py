@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from analysis.data import BatchTransform, EpochSampler  # noqa: E402
 from analysis.machine import describe_machine  # noqa: E402
 from analysis.training import RunningLoss, TrainStep, lr_factor  # noqa: E402
+from surgery.options import parse_options  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="harness in channels-last memory format (its default)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    p.add_argument("--timm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="timm.create_model option, e.g. output_stride=8 (repeatable)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST location (else generated)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "train_throughput.md")
     return p
@@ -73,13 +76,15 @@ def _data(n: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, str
         return d.train_x, d.train_y, "synthetic (28x28 gray)"
 
 
-def _model(name: str, classes: int, size: int, device: torch.device) -> torch.nn.Module:
+def _model(name: str, classes: int, size: int, device: torch.device,
+           timm_options: dict | None = None) -> torch.nn.Module:
     import surgery
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = surgery.swap_head(name, head="gap", num_classes=classes, input_size=size, in_chans=1)
+        m = surgery.swap_head(name, head="gap", num_classes=classes, input_size=size, in_chans=1,
+                              **(timm_options or {}))
     return m.to(device).train()
 
 
@@ -211,7 +216,8 @@ def measure(name: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespac
             device: torch.device) -> dict:
     """img/s of each pipeline for one model: median over interleaved rounds."""
     classes = int(y.max()) + 1
-    steps = {k: fn(_model(name, classes, args.img_size, device), x, y, args, device)
+    steps = {k: fn(_model(name, classes, args.img_size, device,
+                         parse_options(args.timm_option, "--timm-option")), x, y, args, device)
              for k, fn in PIPELINES.items()}
     rates: dict[str, list[float]] = {k: [] for k in PIPELINES}
     for _ in range(args.rounds):
