@@ -7,7 +7,7 @@ decode cache (:func:`decode_folder`) and train from it with bounded memory (:cla
 :class:`BatchTransform` resizes, crops, flips and normalises uint8 batches on the training device.
 """
 
-from .arrays import ImageArray, Images, take, to_device
+from .arrays import ImageArray, ImageRows, Images, as_rows, take, to_device
 from .batches import BatchTransform, EpochSampler, crop_params, iterate
 from .decode_cache import CACHE_ENV, DecodedFolder, DecodeSpec, decode_folder, default_cache_dir
 from .images import IMAGE_EXTENSIONS, BadImageError, decode_image, decode_pixels
@@ -20,8 +20,8 @@ from .subsets import classes_label, parse_classes, resolve_classes, select_class
 
 __all__ = ["BadImageError", "BatchTransform", "CACHE_ENV", "DATASETS", "DEBIAN_FASHION_MNIST",
            "DEFAULT_RESIZE", "DataSplits", "DecodeSpec", "DecodedFolder", "EpochSampler",
-           "IMAGE_EXTENSIONS", "ImageArray", "Images", "PHOTO_SOURCES", "PhotoFolder",
-           "RESIZE_POLICIES", "RawData", "check_reader_options", "check_resize", "classes_label",
+           "IMAGE_EXTENSIONS", "ImageArray", "ImageRows", "Images", "PHOTO_SOURCES", "PhotoFolder",
+           "RESIZE_POLICIES", "RawData", "as_rows", "check_reader_options", "check_resize", "classes_label",
            "crop_params", "decode_folder", "decode_image", "decode_pixels", "decodes_files",
            "default_cache_dir", "fit_image", "iterate", "load_dataset", "parse_classes",
            "read_idx", "register_dataset", "resolve_classes", "select_classes",

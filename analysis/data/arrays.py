@@ -9,17 +9,19 @@ holds the rest and the kernel evicts it as needed.
 
 The training code indexes images the same way whether they are a tensor in memory or an
 ImageArray (``x[idx]``, ``x[a:b]``, ``len(x)``, ``x.shape``); :func:`take` is the one place
-that tells the two apart when a subset is selected.
+that tells them apart when a subset is selected. :class:`ImageRows` draws rows from several
+such sources (a feature cache covers the train, validation and test splits at once).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["ImageArray", "Images", "take", "to_device"]
+__all__ = ["ImageArray", "ImageRows", "Images", "as_rows", "take", "to_device"]
 
 
 class ImageArray:
@@ -93,7 +95,88 @@ class ImageArray:
         return torch.from_numpy(block)
 
 
-Images = torch.Tensor | ImageArray
+class ImageRows:
+    """Rows drawn from several image sources (uint8 tensors or ImageArrays) without reading
+    them: row ``i`` is ``sources[which[i]][pos[i]]``.
+
+    Like ImageArray, ``x[key]`` gathers a uint8 tensor of the rows ``key`` selects (a batch) and
+    ``x.subset(key)`` stays lazy, so that what a feature cache covers (train, validation and
+    test images of a decoded folder) is read a batch at a time, never held whole.
+    """
+
+    def __init__(self, sources: Sequence[torch.Tensor | ImageArray], which: Any, pos: Any):
+        self.sources = tuple(sources)
+        self.which = _as_indices(which)
+        self.pos = _as_indices(pos)
+        if len(self.which) != len(self.pos):
+            raise ValueError(f"ImageRows needs one source per row: {len(self.which)} sources "
+                             f"for {len(self.pos)} rows")
+        if not self.sources:
+            raise ValueError("ImageRows needs at least one image source")
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.pos), *self.sources[0].shape[1:]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def __repr__(self) -> str:
+        return f"ImageRows({tuple(self.shape)}, uint8, from {len(self.sources)} sources)"
+
+    def _picked(self, key: Any) -> np.ndarray:
+        if isinstance(key, slice):
+            span = range(len(self))[key]
+            return np.arange(span.start, span.stop, span.step, dtype=np.int64)
+        picked = _as_indices(key)
+        if picked.size and (picked.min() < -len(self) or picked.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} images")
+        return picked % max(1, len(self))
+
+    def subset(self, key: Any) -> ImageRows:
+        """The rows ``key`` selects, still unread."""
+        picked = self._picked(key)
+        return ImageRows(self.sources, self.which[picked], self.pos[picked])
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        picked = self._picked(key)
+        which, pos = self.which[picked], self.pos[picked]
+        out = torch.empty((len(picked), *self.sources[0].shape[1:]), dtype=torch.uint8)
+        for k in np.unique(which):
+            mask = which == k
+            out[torch.from_numpy(mask)] = self.sources[k][torch.from_numpy(pos[mask])].cpu()
+        return out
+
+    @classmethod
+    def concat(cls, parts: Sequence[Images]) -> ImageRows:
+        """The rows of ``parts`` one after another (each a tensor, ImageArray or ImageRows)."""
+        rows = [as_rows(p) for p in parts]
+        sources: list[torch.Tensor | ImageArray] = []
+        which, pos = [], []
+        for r in rows:
+            which.append(r.which + len(sources))
+            pos.append(r.pos)
+            sources.extend(r.sources)
+        return cls(sources, np.concatenate(which), np.concatenate(pos))
+
+
+Images = torch.Tensor | ImageArray | ImageRows
+
+
+def as_rows(images: Images) -> ImageRows:
+    """``images`` as ImageRows (a tensor or ImageArray: one source, every row in order)."""
+    if isinstance(images, ImageRows):
+        return images
+    return ImageRows([images], np.zeros(len(images), dtype=np.int64),
+                     np.arange(len(images), dtype=np.int64))
 
 
 def _as_indices(key: Any) -> np.ndarray:
@@ -111,7 +194,7 @@ def _as_indices(key: Any) -> np.ndarray:
 def take(images: Images, idx: Any) -> Images:
     """The images ``idx`` selects: a tensor indexed in memory, or an ImageArray's lazy subset
     (nothing read from disk until a batch is gathered)."""
-    if isinstance(images, ImageArray):
+    if isinstance(images, ImageArray | ImageRows):
         return images.subset(idx)
     return images[idx]
 

@@ -219,8 +219,8 @@ def _read(name: str, data_dir: str | Path | None, download: bool,
           options: dict[str, Any]) -> tuple[RawData, str]:
     """The reader's output and its fingerprint; the last data set read is kept, so the runs of a
     study read their data once (a data set on disk is not expected to change during a process)."""
-    key = (name, str(data_dir), download, os.environ.get("HEADSWAP_DATA"),
-           repr(sorted(options.items())))
+    key = (name, id(DATASETS[name]), str(data_dir), download, os.environ.get("HEADSWAP_DATA"),
+           repr(sorted(options.items())))  # a reader registered again under the name reads anew
     if key not in _LAST_READ:
         raw = DATASETS[name](data_dir, download, **options)
         _LAST_READ.clear()

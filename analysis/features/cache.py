@@ -28,6 +28,7 @@ import torch
 
 from surgery import atomic_write, one_line
 
+from ..data import Images, take
 from .extract import Extractor, shard_block
 from .keys import CacheKey
 from .store import DTYPES, CacheFileError, FeatureTable, read_header, read_table, write_table
@@ -48,11 +49,12 @@ class Ranks(Protocol):
 
 @dataclass
 class CacheRequest:
-    """What to cache: ``images`` (uint8, one per id of ``ids``, sorted) under ``key``."""
+    """What to cache: ``images`` (uint8, one per id of ``ids``, sorted) under ``key``; a tensor,
+    or rows read a batch at a time (analysis.data.ImageArray, ImageRows)."""
 
     key: CacheKey
     ids: torch.Tensor
-    images: torch.Tensor
+    images: Images
     extractor: Extractor
     name: str = "features"            # file name stem (the model name)
 
@@ -172,7 +174,7 @@ def _build_in_memory(request: CacheRequest, row: tuple[int, ...], storage: Stora
     part = torch.empty((block.stop - block.start, *row), dtype=ex.dtype)
     bar = _progress(len(part), storage, ranks)
     at = 0
-    for rows in ex.batches(request.images[block], request.ids[block], bar):
+    for rows in ex.batches(take(request.images, block), request.ids[block], bar):
         part[at:at + len(rows)] = rows
         at += len(rows)
     bar.close()
@@ -298,7 +300,7 @@ def _write_parts_then_join(request: CacheRequest, storage: Storage, ranks: Any, 
     bar = _progress(block.stop - block.start, storage, ranks)
 
     def write_rows(f: Any) -> None:
-        for rows in request.extractor.batches(request.images[block], request.ids[block], bar):
+        for rows in request.extractor.batches(take(request.images, block), request.ids[block], bar):
             f.write(rows.numpy().tobytes())
 
     try:

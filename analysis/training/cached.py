@@ -28,7 +28,7 @@ from torch import nn
 from surgery import HeadSwapped, OriginalHead
 
 from ..costs import FLOP_COUNTERS, count_params
-from ..data import BatchTransform, DataSplits
+from ..data import BatchTransform, DataSplits, ImageRows
 from ..features import (
     DTYPES,
     CacheKey,
@@ -112,18 +112,16 @@ def _amp_name(amp: torch.dtype | None) -> str:
     return "off" if amp is None else str(amp).replace("torch.", "")
 
 
-def _images(data: DataSplits, ids: torch.Tensor) -> torch.Tensor:
-    """The uint8 images of ``ids`` (image_ids numbering), from the run's splits."""
+def _images(data: DataSplits, ids: torch.Tensor) -> ImageRows:
+    """The uint8 images of ``ids`` (image_ids numbering) in the run's splits, unread: batches
+    are gathered as the extraction reaches them (a decoded folder never lands in memory)."""
     pool_ids = torch.cat([data.ids["train"], data.ids["val"], -data.ids["test"] - 1])
-    pool_x = (data.train_x, data.val_x, data.test_x)
     order = torch.argsort(pool_ids)
     pos = order[torch.searchsorted(pool_ids[order], ids)]
-    bounds = (len(data.ids["train"]), len(data.ids["train"]) + len(data.ids["val"]))
-    out = torch.empty((len(ids), *data.train_x.shape[1:]), dtype=data.train_x.dtype)
-    for k, (lo, hi) in enumerate(((0, bounds[0]), bounds, (bounds[1], len(pool_ids)))):
-        sel = (pos >= lo) & (pos < hi)
-        out[sel] = pool_x[k][pos[sel] - lo]
-    return out
+    bounds = torch.tensor([len(data.ids["train"]), len(data.ids["train"]) + len(data.ids["val"])])
+    which = torch.bucketize(pos, bounds, right=True)  # 0 train, 1 val, 2 test
+    starts = torch.cat([torch.zeros(1, dtype=torch.long), bounds])
+    return ImageRows((data.train_x, data.val_x, data.test_x), which, pos - starts[which])
 
 
 def feature_requests(cfg: TrainConfig, model: HeadSwapped, data: DataSplits,
@@ -193,9 +191,9 @@ def merge_requests(requests: Sequence[CacheRequest]) -> CacheRequest:
     if any(r.key != first.key for r in requests):
         raise ValueError("only requests for the same cache key can be merged")
     ids = torch.cat([r.ids for r in requests])
-    images = torch.cat([r.images for r in requests])
+    images = ImageRows.concat([r.images for r in requests])
     uniq, first_at = _first_positions(ids)
-    return replace(first, ids=uniq, images=images[first_at])
+    return replace(first, ids=uniq, images=images.subset(first_at))
 
 
 def _first_positions(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from analysis.data import (
     BatchTransform,
     EpochSampler,
     ImageArray,
+    ImageRows,
     RawData,
     iterate,
     load_dataset,
@@ -120,6 +121,59 @@ def test_an_image_array_indexes_like_a_tensor():
     assert torch.equal(take(sub_t, [2, 3])[:], take(sub_a, [2, 3])[:])
     with pytest.raises(IndexError, match="out of range for 4 images"):
         sub_a[torch.tensor([4])]
+
+
+def test_image_rows_draw_from_several_sources_like_their_concatenation():
+    a = torch.arange(5 * 1 * 2 * 2, dtype=torch.uint8).reshape(5, 1, 2, 2)
+    b = ImageArray(np.arange(100, 100 + 3 * 4, dtype=np.uint8).reshape(3, 1, 2, 2))
+    whole = torch.cat([a, b[:]])
+    rows = ImageRows((a, b), [1, 0, 0, 1, 1, 0], [2, 4, 0, 0, 1, 1])
+    want = whole[torch.tensor([7, 4, 0, 5, 6, 1])]
+    for key in (slice(None), slice(1, 5, 2), torch.tensor([5, 0, 0]), [-1]):
+        assert torch.equal(rows[key], want[key]), key
+    sub = take(rows, [3, 1])
+    assert isinstance(sub, ImageRows) and torch.equal(sub[:], want[[3, 1]])
+    both = ImageRows.concat([sub, a, b])  # rows, a tensor, an ImageArray
+    assert torch.equal(both[:], torch.cat([want[[3, 1]], whole]))
+    assert both.shape == (2 + 8, 1, 2, 2) and len(both.sources) == 4
+    with pytest.raises(IndexError, match="out of range for 6 images"):
+        rows[torch.tensor([6])]
+
+
+def test_a_feature_cache_over_a_memmap_reads_its_images_a_batch_at_a_time(array_reader,
+                                                                          monkeypatch, tmp_path):
+    """A frozen backbone's features of a decoded folder: extraction gathers each batch from the
+    memory-mapped images, never all the images the cache covers at once."""
+    from analysis.features import clear_memory
+    from analysis.training import TrainConfig, parts, train
+    from tests.tiny_runs import quiet
+
+    _write_array(array_reader, 300, (3, 8, 8))
+    largest, extracting = [0], [False]
+    gather, open_features = ImageArray.__getitem__, parts.open_features
+
+    def counting(self, key):
+        out = gather(self, key)
+        if extracting[0]:
+            largest[0] = max(largest[0], len(out))
+        return out
+
+    def watched(*args, **kwargs):
+        extracting[0] = True
+        try:
+            return open_features(*args, **kwargs)
+        finally:
+            extracting[0] = False
+
+    monkeypatch.setattr(ImageArray, "__getitem__", counting)
+    monkeypatch.setattr(parts, "open_features", watched)
+    clear_memory()
+    cfg = TrainConfig(model="test_resnet", dataset="arrays", img_size=16, epochs=1,
+                      batch_size=8, eval_batch_size=16, val_size=30, regime="linear-probe",
+                      out=str(tmp_path), name="probe", progress=False, seed=0)
+    summary = quiet(train, cfg)
+    assert summary["feature_cache"]["used"] and summary["feature_cache"]["images"] == 300
+    assert 0 < largest[0] <= 16, f"gathered {largest[0]} images at once"
 
 
 def test_channel_statistics_are_those_of_the_images_whatever_their_size():
