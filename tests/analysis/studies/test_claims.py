@@ -98,3 +98,17 @@ def test_claims_table_tool_on_a_study_directory(tmp_path, capsys):
     assert json.loads(out.with_suffix(".json").read_text())[0]["verdict"] == "holds"
     with pytest.raises(FileNotFoundError, match="not a study directory"):
         claims_table.main([str(tmp_path / "nothing")])
+
+
+def test_the_vgg_style_head_is_compared_by_its_label():
+    from analysis.studies.claims import VGG_HEAD
+
+    assert VGG_HEAD == parse_head("flatten:hidden=4096x4096:dropout=0.5").label
+    recs = [_record("gap", s, a, checkpoint_mb=18.8 + s / 100) for s, a in enumerate(GAP_ACC)]
+    recs += [_record(VGG_HEAD, s, a + 0.05, checkpoint_mb=474.9, head_params=119566341)
+             for s, a in enumerate(GAP_ACC)]
+    rows = {r["claim"]: r for r in claim_rows(recs)}
+    assert rows["VGG-style head: GAP's checkpoint is smaller"]["verdict"] == "holds"
+    acc = rows["VGG-style head: GAP at least as accurate"]
+    assert acc["verdict"] == "does not hold" and acc["diff_mean"] == pytest.approx(-5.0)
+    assert "... with test accuracy at least as good as Flatten+Dense" not in rows  # no flatten runs
