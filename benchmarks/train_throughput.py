@@ -255,7 +255,8 @@ def _markdown(rows: list[dict], command: str, machine: str, data: str, args) -> 
             f"{' (CPU seconds of this process: other load on the machine does not count)' if args.clock == 'cpu' else ''}"
             f". Typical pipeline: {args.workers} DataLoader workers.\n\n"
             f"{table}\n\nThe harness runs channels-last (its default); its ratio is taken against "
-            "the bare loop in the same memory format. Per-round figures are in `train_throughput.json`. The machine is shared, "
+            "the bare loop in the same memory format. Per-round figures are in "
+            f"`{args.out.with_suffix('.json').name}`. The machine is shared, "
             "so single rounds vary; the interleaving spreads that noise over all three.\n")
 
 

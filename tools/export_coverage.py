@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--jobs", type=positive_int, default=2, help="worker processes (default 2)")
     runs.add_argument("--timeout", type=positive_int, default=900,
                       help="CPU seconds per architecture x head (the worker's own CPU time, so "
-                           "a machine loaded by other jobs causes no timeouts; default 900)")
+                           "a machine loaded by other jobs causes no timeouts; a dynamo export past a "
+                           "third of it falls back to TorchScript; default 900)")
     runs.add_argument("--cache", type=Path, default=None,
                       help="JSONL of finished rows (default OUT_DIR/export_coverage.jsonl)")
     runs.add_argument("--retry-errors", action="store_true", help="redo pairs that failed")
@@ -104,7 +105,8 @@ def _work(task: Task) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     todo = list(heads)
     while todo:
-        rows_iter = coverage_rows(candidate.name, tuple(todo), opset=opset)
+        rows_iter = coverage_rows(candidate.name, tuple(todo), opset=opset,
+                                  dynamo_budget=timeout / 3)
         try:
             while todo:
                 cpu = time.process_time()  # unlike wall time, not inflated by other jobs

@@ -183,12 +183,14 @@ def _verdict(row: dict[str, Any], rows: list[dict[str, Any]], built: int) -> Non
         row.update(stage="verify", limitation="headswap", error="no size verified")
 
 
-def _export_row(source: ExportSource, sizes: Sequence[int], opset: int) -> dict[str, Any]:
+def _export_row(source: ExportSource, sizes: Sequence[int], opset: int,
+                dynamo_budget: float | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"stage": "export"}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="headswap-coverage-") as tmp:
         try:
-            result, rows = export_verified(source, Path(tmp) / "model.onnx", sizes, opset=opset)
+            result, rows = export_verified(source, Path(tmp) / "model.onnx", sizes, opset=opset,
+                                           dynamo_budget=dynamo_budget)
         except ExportError as err:
             return {**row, "error": surgery.one_line(err, 600), "limitation": "exporter"}
         except Exception as err:  # noqa: BLE001 - a failing pair is a row, not a crash
@@ -211,11 +213,13 @@ def failure_row(name: str, head: str, stage: str | None = None, limitation: str 
 
 
 def coverage_rows(name: str, heads: Sequence[str], opset: int = 18,
-                  num_classes: int = 10) -> Iterator[dict[str, Any]]:
+                  num_classes: int = 10, dynamo_budget: float | None = None
+                  ) -> Iterator[dict[str, Any]]:
     """One row per head for architecture ``name`` (random weights, seed 0, its default input
     size), checked at that size and about 0.75x of it, yielded as each head finishes (a caller
     can time each one). The backbone is built once and copied for each head. Failures are
-    rows with ``stage``, ``limitation`` and ``error``, not exceptions."""
+    rows with ``stage``, ``limitation`` and ``error``, not exceptions. ``dynamo_budget``: CPU
+    seconds the dynamo exporter may take per export before TorchScript is used instead."""
     try:
         torch.manual_seed(0)
         with warnings.catch_warnings():
@@ -226,11 +230,11 @@ def coverage_rows(name: str, heads: Sequence[str], opset: int = 18,
             yield failure_row(name, h, "build", _limitation(err), surgery.one_line(err))
         return
     for head in heads:
-        yield _head_row(backbone, name, head, opset, num_classes)
+        yield _head_row(backbone, name, head, opset, num_classes, dynamo_budget)
 
 
 def _head_row(backbone: torch.nn.Module, name: str, head: str, opset: int,
-              num_classes: int) -> dict[str, Any]:
+              num_classes: int, dynamo_budget: float | None = None) -> dict[str, Any]:
     row = failure_row(name, head)
     start = time.perf_counter()
     try:
@@ -244,6 +248,6 @@ def _head_row(backbone: torch.nn.Module, name: str, head: str, opset: int,
     row.update(layout=source.model.features.layout,
                from_list=source.model.features.from_sequence, input_size=h)
     sizes = list(dict.fromkeys([h, neighbour_sizes(h)[0]]))
-    row.update(_export_row(source, sizes, opset))
+    row.update(_export_row(source, sizes, opset, dynamo_budget))
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row

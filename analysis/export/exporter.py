@@ -6,7 +6,9 @@ leaves no .onnx behind (and an existing file untouched). The dynamo exporter (``
 plus onnxscript) is tried first; when it fails, or cannot write the opset asked for, the
 TorchScript exporter is used and the result says why. When ``torch.export`` traces height and
 width as constants (shape-dependent code in the backbone), the dynamo export is redone with those
-axes fixed rather than falling back.
+axes fixed rather than falling back. ``dynamo_budget`` bounds the CPU time the dynamo exporter
+may take: past it (an LSTM unrolled step by step over symbolic sizes can take an hour), the
+TorchScript exporter is used, as for any other dynamo failure.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import contextlib
 import io
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,8 +37,8 @@ from .dynamic import AXES, plan_dynamic
 from .metadata import deployment_metadata, set_metadata
 from .source import ExportSource
 
-__all__ = ["DEFAULT_OPSET", "OPSETS", "ExportError", "ExportResult", "check_opset", "export_onnx",
-           "exporter_reason"]
+__all__ = ["DEFAULT_OPSET", "OPSETS", "CpuBudgetExceeded", "ExportError", "ExportResult",
+           "check_opset", "cpu_budget", "export_onnx", "exporter_reason"]
 
 _AXIS_DIM = {"batch": 0, "height": 2, "width": 3}  # AXES by their position in NCHW
 DEFAULT_OPSET = 18
@@ -45,6 +50,45 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 class ExportError(ValueError):
     """Neither exporter produced a file; the message names each exporter's reason."""
+
+
+class CpuBudgetExceeded(Exception):
+    """The block of :func:`cpu_budget` used more CPU time than it was given."""
+
+
+@contextlib.contextmanager
+def cpu_budget(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`CpuBudgetExceeded` inside the block once this process has used ``seconds``
+    of CPU time in it (SIGPROF; CPU time, so a busy machine does not make it fire early).
+
+    A timer already running (a caller's own budget) is kept: when it is due first it fires as
+    it would have, otherwise it is set again afterwards with what is left of it. A no-op for
+    None, off the main thread, or without ``setitimer`` (not POSIX).
+    """
+    if (seconds is None or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    outer_left = signal.getitimer(signal.ITIMER_PROF)[0]
+    if outer_left and outer_left <= seconds:
+        yield  # the caller's budget ends first
+        return
+    outer_handler = signal.getsignal(signal.SIGPROF)
+
+    def expired(signum: int, frame: Any) -> None:
+        raise CpuBudgetExceeded(f"no result within {seconds:g} CPU s")
+
+    start = time.process_time()
+    signal.signal(signal.SIGPROF, expired)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, outer_handler)
+        if outer_left:
+            used = time.process_time() - start
+            signal.setitimer(signal.ITIMER_PROF, max(1e-3, outer_left - used))
 
 
 @dataclass
@@ -167,7 +211,8 @@ def _describe(values: Any) -> list[dict[str, Any]]:
     return described
 
 
-def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: int
+def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: int,
+              dynamo_budget: float | None = None
               ) -> tuple[Any, str, tuple[str, ...], str | None, str | None]:
     """Run the exporters in order; returns (proto, exporter, axes, fixed_reason, fallback_reason).
 
@@ -181,7 +226,8 @@ def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: 
         reasons.append(f"it writes opsets {lo}-{hi}, not {opset}")
     else:
         try:
-            return _dynamo(model, x_for(axes), axes, opset), "dynamo", axes, None, None
+            with cpu_budget(dynamo_budget):
+                return _dynamo(model, x_for(axes), axes, opset), "dynamo", axes, None, None
         except Exception as err:  # noqa: BLE001 - the reason is reported, then TorchScript
             reason = exporter_reason(err)
             traced = [a for a in _specialised(err) if a in axes]
@@ -193,7 +239,9 @@ def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: 
                          "input's size (shape-dependent code in the backbone)")
                 axes = kept  # TorchScript would trace the same sizes as constants
                 try:
-                    return _dynamo(model, x_for(axes), axes, opset), "dynamo", axes, fixed, None
+                    with cpu_budget(dynamo_budget):
+                        return (_dynamo(model, x_for(axes), axes, opset), "dynamo", axes, fixed,
+                                None)
                 except Exception as err2:  # noqa: BLE001
                     reasons.append(exporter_reason(err2))
     lo, hi = OPSETS["torchscript"]
@@ -229,11 +277,12 @@ def _check_runs(source: ExportSource) -> None:
 
 
 def export_onnx(source: ExportSource, out: str | Path, dynamic: str = "auto",
-                opset: int = DEFAULT_OPSET) -> ExportResult:
+                opset: int = DEFAULT_OPSET, dynamo_budget: float | None = None) -> ExportResult:
     """Export ``source.model`` (eval mode, float32, CPU) to ``out`` with its metadata.
 
     ``dynamic``: ``auto`` (batch, plus height and width where the head and backbone allow),
-    ``batch`` or ``none``. Raises ``ValueError`` for bad arguments, :class:`ExportError` when
+    ``batch`` or ``none``. ``dynamo_budget``: CPU seconds the dynamo exporter may take before
+    the TorchScript exporter is used instead (None: no limit). Raises ``ValueError`` for bad arguments, :class:`ExportError` when
     neither exporter succeeds; ``out`` is written only when export succeeded.
     """
     require_export(verify=False)
@@ -244,7 +293,7 @@ def export_onnx(source: ExportSource, out: str | Path, dynamic: str = "auto",
     _check_runs(source)
     plan = plan_dynamic(source, dynamic)
     proto, exporter, axes, traced_reason, fallback = _attempts(model, _example(source),
-                                                              plan.axes, opset)
+                                                              plan.axes, opset, dynamo_budget)
     got = _describe(proto.graph.input)
     dims = got[0]["shape"] if got else []
     dynamic_axes = [a for a in AXES if len(dims) > _AXIS_DIM[a] and isinstance(dims[_AXIS_DIM[a]], str)]

@@ -32,14 +32,15 @@ def _broken_dynamic(result: ExportResult, rows: Sequence[dict[str, Any]],
 
 
 def export_verified(source: ExportSource, out: str | Path, sizes: Sequence[int],
-                    dynamic: str = "auto", opset: int = DEFAULT_OPSET
+                    dynamic: str = "auto", opset: int = DEFAULT_OPSET,
+                    dynamo_budget: float | None = None
                     ) -> tuple[ExportResult, list[dict[str, Any]]]:
     """:func:`export_onnx` then :func:`verify_onnx` at ``sizes`` (the built size is checked
     too, first, if it is not among them); re-exported with fixed height and width when only
     the dynamic sizes fail. Returns the result and the rows for ``sizes``."""
     h, w = source.input_size
     probe = list(dict.fromkeys([h, *sizes]))
-    result = export_onnx(source, out, dynamic=dynamic, opset=opset)
+    result = export_onnx(source, out, dynamic=dynamic, opset=opset, dynamo_budget=dynamo_budget)
     rows = verify_onnx(source.model, result.path, probe, source.in_chans, aspect=(h, w),
                        fixed_reason=result.fixed_reason)
     broken = _broken_dynamic(result, rows, (h, w))
@@ -48,7 +49,7 @@ def export_verified(source: ExportSource, out: str | Path, sizes: Sequence[int],
         reason = (f"the {result.exporter} export with dynamic height and width fails at {size} "
                   f"({broken['error']})")
         result = export_onnx(source, out, dynamic="batch" if "batch" in result.dynamic_axes
-                             else "none", opset=opset)
+                             else "none", opset=opset, dynamo_budget=dynamo_budget)
         result.fixed_reason = reason
         rows = verify_onnx(source.model, result.path, probe, source.in_chans, aspect=(h, w),
                            fixed_reason=reason)

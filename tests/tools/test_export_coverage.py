@@ -77,7 +77,8 @@ def test_the_time_limit_counts_cpu_seconds_not_waiting(monkeypatch):
 
     from analysis.export.coverage import failure_row
 
-    def fake_rows(name, heads, opset):
+    def fake_rows(name, heads, opset, dynamo_budget):
+        assert abs(dynamo_budget - 1 / 3) < 1e-9  # a third of the pair's CPU time
         for head in heads:
             if head == "busy":  # a CPU-bound export that never ends
                 while True:

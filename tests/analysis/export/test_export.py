@@ -7,6 +7,9 @@ smoke test and a slow sweep over the feature layouts.
 
 from __future__ import annotations
 
+import signal
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -188,6 +191,46 @@ def test_failed_export_leaves_no_file(gmp_source, tmp_path, monkeypatch):
     with pytest.raises(ex.ExportError):
         ex.export_onnx(gmp_source, out)
     assert out.read_bytes() == b"previous" and list(tmp_path.iterdir()) == [out]
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_a_dynamo_export_past_its_cpu_budget_falls_back_to_torchscript(gmp_source, tmp_path,
+                                                                      monkeypatch):
+    from analysis.export import exporter
+
+    def endless(*args, **kwargs):
+        _spin(30)  # an LSTM unrolled over symbolic sizes: no result for a long time
+        raise AssertionError("the budget should have stopped this")
+
+    monkeypatch.setattr(exporter, "_dynamo", endless)
+    result = ex.export_onnx(gmp_source, tmp_path / "m.onnx", dynamo_budget=0.3)
+    assert result.exporter == "torchscript"
+    assert result.fallback_reason == "no result within 0.3 CPU s"
+    assert result.dynamic_axes == ["batch", "height", "width"]
+
+
+def test_a_cpu_budget_keeps_the_callers_own_timer(monkeypatch):
+    fired = []
+    previous = signal.signal(signal.SIGPROF, lambda *a: fired.append("outer"))
+    try:
+        signal.setitimer(signal.ITIMER_PROF, 20.0)
+        with pytest.raises(ex.CpuBudgetExceeded, match="within 0.2 CPU s"):
+            with ex.cpu_budget(0.2):
+                _spin(5)
+        left = signal.getitimer(signal.ITIMER_PROF)[0]
+        assert 10 < left < 20 and not fired  # the outer timer goes on with what is left
+        signal.setitimer(signal.ITIMER_PROF, 0.1)
+        with ex.cpu_budget(5):  # the outer timer is due first: it fires, as it would have
+            _spin(0.5)
+        assert fired == ["outer"]
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def test_bad_inputs_are_one_line_errors(gmp_source, tmp_path):
