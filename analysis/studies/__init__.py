@@ -30,6 +30,7 @@ from .pick import (
     write_pick,
 )
 from .pool import Job, JobResult, WorkerPool
+from .reevaluate import find_runs, reevaluate_runs, summarise_reevaluation
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
 from .runner import PLACEMENT_FILE, WORKER_TARGET, prune_checkpoints, run_job, run_study
@@ -37,7 +38,7 @@ from .shifts import DIRECTIONS, SHIFT_FILE, evaluate_run_shifts, evaluate_shifts
 from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
 from .verdicts import ALPHA, VERDICTS, paired_test, verdict
 
-__all__ = ["ALPHA", "CLAIMS", "DIRECTIONS", "JOBS_FILE", "JSON_KEYS", "KEEP", "PLACEMENT_FILE",
+__all__ = ["find_runs", "reevaluate_runs", "summarise_reevaluation", "ALPHA", "CLAIMS", "DIRECTIONS", "JOBS_FILE", "JSON_KEYS", "KEEP", "PLACEMENT_FILE",
            "ROW_KEYS", "SHIFT_FILE", "STUDY_FILE", "VARIANTS", "VERDICTS", "WORKER_TARGET",
            "Claim", "Combo", "Job", "JobResult", "RunState", "StudySpec", "StudyTask",
            "WorkerPool", "cancel_study", "candidate_heads", "claim_rows", "claims_markdown",
