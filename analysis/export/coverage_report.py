@@ -186,11 +186,12 @@ def _invocation_lines(invocations: Sequence[dict[str, Any]]) -> list[str]:
     """The commands whose rows the report holds, when it took more than one (a resumed run)."""
     if len(invocations) < 2:
         return []
-    table = [[i + 1, f"`{v['command']}`", v["pairs"], v["minutes"], v["jobs"], v["finished"]]
-             for i, v in enumerate(invocations)]
+    notes = any(v.get("note") for v in invocations)  # e.g. why a run was stopped
+    table = [[i + 1, f"`{v['command']}`", v["pairs"], v.get("minutes"), v["jobs"], v["finished"],
+              *([v.get("note") or ""] if notes else [])] for i, v in enumerate(invocations)]
+    headers = ["#", "command", "pairs", "minutes", "jobs", "finished", *(["note"] if notes else [])]
     return ["The rows were computed by these invocations (each resumed the one before):", "",
-            tabulate(table, headers=["#", "command", "pairs", "minutes", "jobs", "finished"],
-                     tablefmt="github"), ""]
+            tabulate(table, headers=headers, tablefmt="github", missingval="?"), ""]
 
 
 def render_markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
