@@ -72,11 +72,13 @@ def _alive(pid: int) -> bool:
 
 def _start_parent(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """A parent process running a pool with one long job; returns it and its worker's pid."""
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(POOL_PY), str(tmp_path), TARGET],
-                              env=ENV, start_new_session=True, stderr=subprocess.PIPE)
+    err = tmp_path / "parent.err"  # a file, not a pipe nobody drains: a full pipe would block
+    with err.open("w") as sink:    # the parent's traceback on SIGINT and hang the test
+        parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(POOL_PY), str(tmp_path),
+                                   TARGET], env=ENV, start_new_session=True, stderr=sink)
     deadline = time.time() + 60
     while not (tmp_path / "pid").exists():
-        assert parent.poll() is None and time.time() < deadline, parent.stderr.read()
+        assert parent.poll() is None and time.time() < deadline, err.read_text()
         time.sleep(0.05)
     return parent, int((tmp_path / "pid").read_text())
 
