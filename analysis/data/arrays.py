@@ -24,7 +24,20 @@ import torch
 __all__ = ["ImageArray", "ImageRows", "Images", "as_rows", "take", "to_device"]
 
 
-class ImageArray:
+class _LazyUint8:
+    """What lazy image selections share: uint8 pixels, batches gathered on the CPU."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
+    @property
+    def device(self) -> torch.device:
+        """Where a gathered batch lives: the CPU."""
+        return torch.device("cpu")
+
+
+class ImageArray(_LazyUint8):
     """Rows ``index`` (all when None) of the uint8 array ``base`` (``(N, C, H, W)``).
 
     ``x[i]`` with a tensor, list or numpy array of indices, or a slice, returns a uint8 tensor of
@@ -47,15 +60,6 @@ class ImageArray:
         return torch.Size((n, *self.base.shape[1:]))
 
     @property
-    def dtype(self) -> torch.dtype:
-        return torch.uint8
-
-    @property
-    def device(self) -> torch.device:
-        """Where a gathered batch lives: the CPU."""
-        return torch.device("cpu")
-
-    @property
     def nbytes(self) -> int:
         """Size of the selected images (bytes)."""
         return int(np.prod(self.shape)) * self.base.itemsize
@@ -68,14 +72,7 @@ class ImageArray:
 
     def rows(self, key: Any) -> np.ndarray:
         """The rows of ``base`` that ``key`` (indices into this selection, or a slice) names."""
-        if isinstance(key, slice):
-            span = range(len(self))[key]
-            picked = np.arange(span.start, span.stop, span.step, dtype=np.int64)
-        else:
-            picked = _as_indices(key)
-            if picked.size and (picked.min() < -len(self) or picked.max() >= len(self)):
-                raise IndexError(f"index out of range for {len(self)} images")
-            picked = picked % max(1, len(self))
+        picked = _positions(key, len(self))
         return picked if self.index is None else self.index[picked]
 
     def subset(self, key: Any) -> ImageArray:
@@ -95,7 +92,7 @@ class ImageArray:
         return torch.from_numpy(block)
 
 
-class ImageRows:
+class ImageRows(_LazyUint8):
     """Rows drawn from several image sources (uint8 tensors or ImageArrays) without reading
     them: row ``i`` is ``sources[which[i]][pos[i]]``.
 
@@ -118,36 +115,19 @@ class ImageRows:
     def shape(self) -> torch.Size:
         return torch.Size((len(self.pos), *self.sources[0].shape[1:]))
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.uint8
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
     def __len__(self) -> int:
         return len(self.pos)
 
     def __repr__(self) -> str:
         return f"ImageRows({tuple(self.shape)}, uint8, from {len(self.sources)} sources)"
 
-    def _picked(self, key: Any) -> np.ndarray:
-        if isinstance(key, slice):
-            span = range(len(self))[key]
-            return np.arange(span.start, span.stop, span.step, dtype=np.int64)
-        picked = _as_indices(key)
-        if picked.size and (picked.min() < -len(self) or picked.max() >= len(self)):
-            raise IndexError(f"index out of range for {len(self)} images")
-        return picked % max(1, len(self))
-
     def subset(self, key: Any) -> ImageRows:
         """The rows ``key`` selects, still unread."""
-        picked = self._picked(key)
+        picked = _positions(key, len(self))
         return ImageRows(self.sources, self.which[picked], self.pos[picked])
 
     def __getitem__(self, key: Any) -> torch.Tensor:
-        picked = self._picked(key)
+        picked = _positions(key, len(self))
         which, pos = self.which[picked], self.pos[picked]
         out = torch.empty((len(picked), *self.sources[0].shape[1:]), dtype=torch.uint8)
         for k in np.unique(which):
@@ -177,6 +157,18 @@ def as_rows(images: Images) -> ImageRows:
         return images
     return ImageRows([images], np.zeros(len(images), dtype=np.int64),
                      np.arange(len(images), dtype=np.int64))
+
+
+def _positions(key: Any, n: int) -> np.ndarray:
+    """Positions ``0..n-1`` that ``key`` (a slice, integer indices, negative ones counting from
+    the end, or a boolean mask) selects in a selection of ``n`` images."""
+    if isinstance(key, slice):
+        span = range(n)[key]
+        return np.arange(span.start, span.stop, span.step, dtype=np.int64)
+    picked = _as_indices(key)
+    if picked.size and (picked.min() < -n or picked.max() >= n):
+        raise IndexError(f"index out of range for {n} images")
+    return picked % max(1, n)
 
 
 def _as_indices(key: Any) -> np.ndarray:
