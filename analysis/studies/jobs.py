@@ -115,7 +115,8 @@ def _unrecorded_state(name: str, run_dir: Path, log: str, submitted: bool) -> Ru
     """A run no job was recorded for: ``not submitted`` in a study sent to a cluster, else (a
     local study) running, interrupted or not started, from its directory."""
     owner = run_owner(run_dir)
-    if owner.get("host") == socket.gethostname() and process_alive(int(owner.get("pid") or 0)):
+    pid = owner.get("pid")  # pid 0 would ask about our own process group: never "alive" here
+    if owner.get("host") == socket.gethostname() and pid and process_alive(int(pid)):
         return RunState(name, "running", where=owner["host"], log=log)
     if (run_dir / "last.pt").is_file() or (run_dir / "metrics.jsonl").is_file():
         return RunState(name, "interrupted", log=log,
