@@ -74,8 +74,10 @@ def _start_parent(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """A parent process running a pool with one long job; returns it and its worker's pid."""
     err = tmp_path / "parent.err"  # a file, not a pipe nobody drains: a full pipe would block
     with err.open("w") as sink:    # the parent's traceback on SIGINT and hang the test
-        # SIGINT as a shell leaves it (default), whatever this test process inherited: an
-        # ignored SIGINT survives exec, and the parent would then never see the Ctrl-C
+        # SIGINT as an interactive shell leaves it (default), whatever this test process
+        # inherited: a command a non-interactive shell starts in the background (`make test &`,
+        # as CI runners do) has SIGINT ignored, that survives exec, and the parent would then
+        # never see the Ctrl-C
         parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(POOL_PY), str(tmp_path),
                                    TARGET], env=ENV, start_new_session=True, stderr=sink,
                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
