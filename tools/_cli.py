@@ -42,6 +42,17 @@ def positive_int(text: str) -> int:
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 
+def positive_float(text: str) -> float:
+    """argparse type for durations and budgets: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def exit_code(err: BaseException) -> int:
     """The exit code a user error ends a tool with: its ``exit_code`` attribute, else 2."""
     code = getattr(err, "exit_code", USER_ERROR_EXIT)

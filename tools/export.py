@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _cli import CliParser, positive_int, run
+from _cli import CliParser, positive_float, positive_int, run
 from tabulate import tabulate
 
 import surgery
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "batch; none (default auto)")
     e.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; dynamo 18-23, TorchScript 7-20)")
+    e.add_argument("--dynamo-budget", type=positive_float, default=None, metavar="CPU_SECONDS",
+                   help="CPU seconds the dynamo exporter may take before the TorchScript "
+                        "exporter is used instead (default: no limit)")
     c = p.add_argument_group("checks")
     c.add_argument("--sizes", type=positive_int, nargs="+", default=None,
                    help="input sizes to verify (default: ~0.75x, 1x and ~1.25x the input size, "
@@ -132,10 +135,11 @@ def export_report(args: argparse.Namespace) -> dict[str, Any]:
     sizes = _sizes(args, source)
     verify: list[dict[str, Any]] = []
     if args.no_verify:
-        result = export_onnx(source, args.out, dynamic=args.dynamic, opset=args.opset)
+        result = export_onnx(source, args.out, dynamic=args.dynamic, opset=args.opset,
+                             dynamo_budget=args.dynamo_budget)
     else:
         result, verify = export_verified(source, args.out, sizes, dynamic=args.dynamic,
-                                         opset=args.opset)
+                                         opset=args.opset, dynamo_budget=args.dynamo_budget)
     latency = None if args.no_bench else compare_latency(source.model, result.path,
                                                          source.input_size, source.in_chans)
     return {

@@ -75,6 +75,20 @@ def test_flatten_text_report_says_why_sizes_are_fixed(tmp_path, capsys):
     assert "latency" not in text
 
 
+def test_a_dynamo_budget_too_small_falls_back_to_torchscript_and_says_so(tmp_path, capsys):
+    out = tmp_path / "b.onnx"
+    report = _json(capsys, [*TINY, "--head", "gap", "--out", str(out), "--no-bench",
+                            "--dynamo-budget", "0.001", "--sizes", "48", "64"])
+    assert report["exporter"]["name"] == "torchscript"
+    assert "no result within 0.001 CPU s" in report["exporter"]["fallback_reason"]
+    assert report["dynamic"]["axes"] == ["batch", "height", "width"]
+    assert all(r["ok"] for r in report["verify"])
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit for a bad value
+        tool.main([*TINY, "--head", "gap", "--out", str(out), "--dynamo-budget", "0"])
+    assert stop.value.code == 2
+    assert "--dynamo-budget: expected a positive number, got '0'" in capsys.readouterr().err
+
+
 def test_a_head_spec_reaches_the_model_the_report_and_the_metadata(tmp_path, capsys):
     out = tmp_path / "g.onnx"
     report = _json(capsys, [*TINY, "--head", "gem:p=2:learn_p=0:hidden=8", "--out", str(out),
