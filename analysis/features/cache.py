@@ -3,7 +3,8 @@
 :func:`open_cache` takes a :class:`CacheRequest` (the key, the images it must cover and how to
 extract them) and a :class:`Storage` policy. It looks in this process first (a study running
 in-process shares one table across its heads and seeds), then, for on-disk caches, in the cache
-directory for a file with the same key that covers the images, under an ``fcntl`` lock so that
+directory for a file with the same key that covers the images, under the directory lock of
+:mod:`analysis.data.lock` (the one a data set download takes), so that
 several processes asking at once build it once. A truncated, damaged or other-version file is
 removed and rebuilt with a one-line warning. Under torchrun each rank extracts its block of the
 images; in memory the blocks are gathered to every rank, on disk rank 0 joins the ranks' part
@@ -13,12 +14,11 @@ files into the one cache file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ import torch
 from surgery import atomic_write, one_line
 
 from ..data import Images, take
+from ..data.lock import exclusive_lock
 from .extract import Extractor, shard_block
 from .keys import CacheKey
 from .store import DTYPES, CacheFileError, FeatureTable, read_header, read_table, write_table
@@ -187,21 +188,6 @@ def _build_in_memory(request: CacheRequest, row: tuple[int, ...], storage: Stora
 
 
 # ------------------------------------------------------------------------------------- disk
-@contextlib.contextmanager
-def _locked(path: Path, hold: bool) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``path`` while the block runs (when ``hold``)."""
-    if not hold:
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def _cache_dir(storage: Storage) -> Path:
     """The cache directory, created; a one-line ValueError when it cannot be written."""
     if storage.directory is None:
@@ -264,7 +250,9 @@ def _on_disk(request: CacheRequest, storage: Storage, ranks: Ranks | None) -> Fe
     main = ranks is None or ranks.rank == 0
     path = directory / _file_name(request, digest)
     header = {"key": digest, "key_fields": request.key.to_dict(), "dtype": request.key.dtype}
-    with _locked(directory / f"{digest[:16]}.lock", hold=main):
+    lock = (exclusive_lock(directory, "extracting features", storage.progress,
+                           name=f"{digest[:16]}.lock") if main else contextlib.nullcontext())
+    with lock:
         found = _find(directory, digest, request.ids) if main else None
         if multi:
             if storage.gather is None:
