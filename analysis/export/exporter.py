@@ -52,8 +52,15 @@ class ExportError(ValueError):
     """Neither exporter produced a file; the message names each exporter's reason."""
 
 
-class CpuBudgetExceeded(Exception):
-    """The block of :func:`cpu_budget` used more CPU time than it was given."""
+class CpuBudgetExceeded(BaseException):
+    """The block of :func:`cpu_budget` used more CPU time than it was given.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: torch's symbolic-shape reasoning catches
+    ``Exception`` in places and carries on, and a budget it swallowed would never end the export.
+    """
+
+
+_REFIRE_CPU_SECONDS = 1.0  # a spent budget fires again this often until its block ends
 
 
 @contextlib.contextmanager
@@ -61,34 +68,39 @@ def cpu_budget(seconds: float | None) -> Iterator[None]:
     """Raise :class:`CpuBudgetExceeded` inside the block once this process has used ``seconds``
     of CPU time in it (SIGPROF; CPU time, so a busy machine does not make it fire early).
 
-    A timer already running (a caller's own budget) is kept: when it is due first it fires as
-    it would have, otherwise it is set again afterwards with what is left of it. A no-op for
-    None, off the main thread, or without ``setitimer`` (not POSIX).
+    Once spent, it fires again every CPU second until the block ends, so that code which
+    catches the exception and carries on is stopped at the next firing. A timer already
+    running (a caller's own budget) is kept: when it is due first it fires as it would have,
+    otherwise it is set again afterwards with what is left of it (and its own repeat). A no-op
+    for None, off the main thread, or without ``setitimer`` (not POSIX).
     """
     if (seconds is None or not hasattr(signal, "setitimer")
             or threading.current_thread() is not threading.main_thread()):
         yield
         return
-    outer_left = signal.getitimer(signal.ITIMER_PROF)[0]
+    outer_left, outer_repeat = signal.getitimer(signal.ITIMER_PROF)
     if outer_left and outer_left <= seconds:
         yield  # the caller's budget ends first
         return
     outer_handler = signal.getsignal(signal.SIGPROF)
+    active = True
 
     def expired(signum: int, frame: Any) -> None:
-        raise CpuBudgetExceeded(f"no result within {seconds:g} CPU s")
+        if active:
+            raise CpuBudgetExceeded(f"no result within {seconds:g} CPU s")
 
     start = time.process_time()
     signal.signal(signal.SIGPROF, expired)
-    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.setitimer(signal.ITIMER_PROF, seconds, _REFIRE_CPU_SECONDS)
     try:
         yield
     finally:
+        active = False
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, outer_handler)
         if outer_left:
             used = time.process_time() - start
-            signal.setitimer(signal.ITIMER_PROF, max(1e-3, outer_left - used))
+            signal.setitimer(signal.ITIMER_PROF, max(1e-3, outer_left - used), outer_repeat)
 
 
 @dataclass
@@ -228,7 +240,7 @@ def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: 
         try:
             with cpu_budget(dynamo_budget):
                 return _dynamo(model, x_for(axes), axes, opset), "dynamo", axes, None, None
-        except Exception as err:  # noqa: BLE001 - the reason is reported, then TorchScript
+        except (Exception, CpuBudgetExceeded) as err:  # noqa: BLE001 - reported, then TorchScript
             reason = exporter_reason(err)
             traced = [a for a in _specialised(err) if a in axes]
             if not traced:
@@ -242,7 +254,7 @@ def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: 
                     with cpu_budget(dynamo_budget):
                         return (_dynamo(model, x_for(axes), axes, opset), "dynamo", axes, fixed,
                                 None)
-                except Exception as err2:  # noqa: BLE001
+                except (Exception, CpuBudgetExceeded) as err2:  # noqa: BLE001
                     reasons.append(exporter_reason(err2))
     lo, hi = OPSETS["torchscript"]
     if not lo <= opset <= hi:

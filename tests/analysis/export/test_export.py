@@ -214,6 +214,35 @@ def test_a_dynamo_export_past_its_cpu_budget_falls_back_to_torchscript(gmp_sourc
     assert result.dynamic_axes == ["batch", "height", "width"]
 
 
+def test_a_cpu_budget_is_not_swallowed_by_code_that_catches_exceptions():
+    swallowed = []
+    with pytest.raises(ex.CpuBudgetExceeded):
+        with ex.cpu_budget(0.2):
+            end = time.process_time() + 10
+            while time.process_time() < end:
+                try:
+                    _spin(0.05)
+                except Exception as err:  # torch.onnx tries its next capture strategy on one
+                    swallowed.append(err)
+    assert not swallowed
+
+
+def test_a_spent_cpu_budget_fires_again_until_its_block_ends():
+    caught = []
+    with pytest.raises(ex.CpuBudgetExceeded):
+        with ex.cpu_budget(0.2):
+            end = time.process_time() + 10
+            while time.process_time() < end:
+                try:
+                    _spin(0.05)
+                except BaseException as err:  # caught once, and the work carries on
+                    if caught:
+                        raise
+                    caught.append(err)
+    assert len(caught) == 1
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+
+
 def test_a_cpu_budget_keeps_the_callers_own_timer(monkeypatch):
     fired = []
     previous = signal.signal(signal.SIGPROF, lambda *a: fired.append("outer"))
