@@ -19,10 +19,11 @@ import argparse
 import importlib.metadata
 import json
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,6 +43,7 @@ from analysis.export.coverage import (
 )
 from analysis.export.coverage_report import render_markdown, summarise
 from analysis.machine import describe_machine
+from analysis.studies.worker import die_with_parent
 
 __all__ = ["build_parser", "main", "run_order"]
 
@@ -156,12 +158,16 @@ def _read_cache(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return rows
 
 
-def _pool(tasks: list[Task], jobs: int) -> Iterator[list[dict[str, Any]]]:
+def _pool(tasks: Sequence[Any], jobs: int, work: Callable[[Any], Any] = _work) -> Iterator[Any]:
+    """``work`` over ``tasks`` in ``jobs`` processes, results as they finish. The workers die
+    with this process, however it ends (a SIGTERM to it alone would otherwise leave them
+    exporting on)."""
     if jobs <= 1:
-        yield from map(_work, tasks)
+        yield from map(work, tasks)
         return
-    with mp.get_context("spawn").Pool(jobs, maxtasksperchild=4) as pool:
-        yield from pool.imap_unordered(_work, tasks, chunksize=1)
+    with mp.get_context("spawn").Pool(jobs, maxtasksperchild=4, initializer=die_with_parent,
+                                      initargs=(os.getpid(),)) as pool:
+        yield from pool.imap_unordered(work, tasks, chunksize=1)
 
 
 def _candidates(args: argparse.Namespace) -> tuple[list[Candidate], int]:

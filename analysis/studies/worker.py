@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["output_to"]
+__all__ = ["die_with_parent", "output_to"]
 
 
 @contextmanager
@@ -45,8 +45,10 @@ def output_to(log: str | Path, mode: str = "w") -> Iterator[None]:
             os.close(saved[1])
 
 
-def _die_with_parent(parent: int) -> None:
-    """Exit when the parent does: PR_SET_PDEATHSIG on Linux, and a watchdog thread anywhere."""
+def die_with_parent(parent: int) -> None:
+    """Exit when process ``parent`` does: PR_SET_PDEATHSIG on Linux, and a watchdog thread
+    anywhere. For any worker process (a study's; a multiprocessing pool's initializer), so that
+    killing the parent does not leave its workers running on."""
     import threading
 
     if sys.platform.startswith("linux"):
@@ -92,7 +94,7 @@ def _worker_main(argv: list[str]) -> int:
     import importlib
 
     target, result_fd, parent = argv[0], int(argv[1]), int(argv[2])
-    _die_with_parent(parent)
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches us too: the parent decides
     out = os.fdopen(result_fd, "w", buffering=1)
     module, _, name = target.partition(":")

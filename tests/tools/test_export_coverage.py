@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import export_coverage as tool
+import pytest
 
 from analysis.export.coverage import Candidate
 
@@ -106,3 +112,42 @@ def test_run_order_takes_the_layouts_in_turn_smallest_first():
          Candidate("ncl", "NCL", 3, "d"), Candidate("tok2", "tokens", 2, "c")]
     assert [x.name for x in tool.run_order(c)] == ["small", "tok2", "ncl", "mid", "tok", "big"]
     assert tool.run_order([]) == []
+
+
+_PARENT = """
+import multiprocessing as mp, sys, threading, time
+import export_coverage as tool
+if __name__ == "__main__":
+    threading.Thread(target=lambda: list(tool._pool([120, 120], 2, time.sleep)), daemon=True).start()
+    while len(mp.active_children()) < 2:
+        time.sleep(0.05)
+    print(" ".join(str(p.pid) for p in mp.active_children()), flush=True)
+    time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_pool_workers_die_with_a_parent_killed_alone(tmp_path):
+    root = Path(tool.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "tools")]))
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(map(_alive, workers))
+        parent.kill()  # SIGKILL to the parent alone: no chance to stop its pool
+        parent.wait(timeout=10)
+        deadline = time.time() + 10
+        while any(map(_alive, workers)) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, workers))
+    finally:
+        parent.kill()
