@@ -196,22 +196,37 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], heads: Sequence
 
 
 def _compute(tasks: list[Task], jobs: int, cache_path: Path, progress: bool,
-             cache: dict[tuple[str, str], dict[str, Any]]) -> None:
-    """Run the tasks, appending each finished row to the JSONL cache as it comes."""
+             cache: dict[tuple[str, str], dict[str, Any]]) -> tuple[int, bool]:
+    """Run the tasks, appending each finished row to the JSONL cache as it comes. Returns the
+    rows written and whether an interrupt (Ctrl-C, SIGTERM) stopped it: the rows written
+    before stay, and the architectures under way are computed again by a resumed run."""
     cache_path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
     with cache_path.open("a") as sink, tqdm(total=sum(len(t[1]) for t in tasks), unit="pair",
                                             desc="export", disable=not progress,
                                             file=sys.stderr) as bar:
-        for rows in _pool(tasks, jobs):
-            for r in rows:
-                cache[(r["model"], r["head"])] = r
-                sink.write(json.dumps(r) + "\n")
-            sink.flush()
-            bar.update(len(rows))
+        results = _pool(tasks, jobs)
+        try:
+            for rows in results:
+                for r in rows:
+                    cache[(r["model"], r["head"])] = r
+                    sink.write(json.dumps(r) + "\n")
+                sink.flush()
+                written += len(rows)
+                bar.update(len(rows))
+        except KeyboardInterrupt:
+            return written, True
+        finally:
+            results.close()  # stops the pool's workers now, not when the generator is collected
+    return written, False
+
+
+def _interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler's stop, kill) ends the run as Ctrl-C does
 
 
 def _invocations(report: Path, command: str, computed: int, elapsed: float,
-                 jobs: int) -> list[dict[str, Any]]:
+                 jobs: int, interrupted: bool = False) -> list[dict[str, Any]]:
     """Every invocation that computed rows of the report, oldest first: the previous report's
     list, plus this one when it computed anything (a resumed report names all its commands)."""
     try:
@@ -220,7 +235,8 @@ def _invocations(report: Path, command: str, computed: int, elapsed: float,
         before = []
     if computed:
         before.append({"command": command, "pairs": computed, "minutes": round(elapsed / 60, 1),
-                       "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M")})
+                       "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M"),
+                       **({"note": "interrupted"} if interrupted else {})})
     return before
 
 
@@ -253,23 +269,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = [] if args.report_only else [(c, missing(c), args.opset, args.timeout)
                                          for c in run_order(chosen) if missing(c)]
     start = time.perf_counter()
-    _compute(tasks, args.jobs, cache_path, not args.no_progress, cache)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        computed, interrupted = _compute(tasks, args.jobs, cache_path, not args.no_progress, cache)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    elapsed = time.perf_counter() - start
     rows = [cache[(c.name, h)] for c in chosen for h in heads if (c.name, h) in cache]
     command = args.command or "python tools/export_coverage.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    computed, elapsed = sum(len(t[1]) for t in tasks), time.perf_counter() - start
     meta = {**_versions(), "opset": args.opset, "candidates": n_pool, "sampled": not args.models,
             "selected": [c.name for c in chosen],
             "max_params": args.max_params, "machine": describe_machine(with_load=True),
             "command": command,
             "invocations": _invocations(args.out_dir / "export_coverage.json", command, computed,
-                                        elapsed, args.jobs),
+                                        elapsed, args.jobs, interrupted),
             "timing": _timing(rows, computed, elapsed, args.jobs, len(chosen) * len(heads))}
     summary = _write(args, rows, heads, meta)
     t = summary["total"]
     print(f"{t['verified']}/{t['applicable']} pairs exported and verified "
           f"({t['percent_verified']:.1f}%), {t['dynamic_hw']} with dynamic H and W "
           f"({t['percent_dynamic_hw']:.1f}%) -> {args.out_dir / 'export_coverage.md'}")
+    if interrupted:
+        print(f"interrupted: the {computed} pairs computed are in {cache_path} and the report; "
+              "the same command resumes", file=sys.stderr)
+        return 130
     return 0
 
 

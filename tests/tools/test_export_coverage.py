@@ -151,3 +151,21 @@ def test_pool_workers_die_with_a_parent_killed_alone(tmp_path):
         assert not any(map(_alive, workers))
     finally:
         parent.kill()
+
+
+def test_an_interrupted_run_keeps_its_rows_and_records_itself(tmp_path, monkeypatch, capsys):
+    from analysis.export.coverage import failure_row
+
+    def pool(tasks, jobs):
+        yield [{**failure_row(tasks[0][0].name, h), "verified": True} for h in tasks[0][1]]
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) while the second architecture runs
+
+    monkeypatch.setattr(tool, "_pool", pool)
+    out = ["--out-dir", str(tmp_path)]
+    assert tool.main([*ARGS, "--heads", "gap", *out]) == 130
+    assert "interrupted: the 1 pairs computed are in" in capsys.readouterr().err
+    rows = (tmp_path / "export_coverage.jsonl").read_text().splitlines()
+    assert [json.loads(r)["model"] for r in rows] == ["test_resnet"]
+    meta = json.loads((tmp_path / "export_coverage.json").read_text())["meta"]
+    assert [(i["pairs"], i.get("note")) for i in meta["invocations"]] == [(1, "interrupted")]
+    assert "1 of 2 pairs done" in (tmp_path / "export_coverage.md").read_text()
