@@ -179,7 +179,22 @@ def _dynamo(model: torch.nn.Module, x: torch.Tensor, axes: Sequence[str], opset:
     proto = program.model_proto
     if _file_opset(proto) != opset:  # it falls back to its own opset when conversion fails
         raise RuntimeError(f"wrote opset {_file_opset(proto)} instead of {opset}")
+    _check_graph(proto)
     return proto
+
+
+def _check_graph(proto: Any) -> None:
+    """Refuse a graph onnx's checker rejects, so that TorchScript gets its turn: the dynamo
+    exporter has written files no runtime loads (gemma4_vit_167m: a node input that no node
+    produces). Over protobuf's 2 GiB the checker needs a file; the size error comes later."""
+    import onnx
+
+    if proto.ByteSize() > _MAX_PROTO_BYTES:
+        return
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as err:
+        raise RuntimeError(f"it wrote an invalid graph ({surgery.one_line(err, 300)})") from None
 
 
 def _torchscript(model: torch.nn.Module, x: torch.Tensor, axes: Sequence[str], opset: int) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+import types
 
 import numpy as np
 import onnx
@@ -212,6 +213,28 @@ def test_a_dynamo_export_past_its_cpu_budget_falls_back_to_torchscript(gmp_sourc
     assert result.exporter == "torchscript"
     assert result.fallback_reason == "no result within 0.3 CPU s"
     assert result.dynamic_axes == ["batch", "height", "width"]
+
+
+def test_an_invalid_dynamo_graph_falls_back_to_torchscript(gmp_source, tmp_path, monkeypatch):
+    real_export = torch.onnx.export
+
+    def broken(*args, dynamo=False, **kwargs):  # a node input no node produces, as for gemma4
+        program = real_export(*args, dynamo=dynamo, **kwargs)
+        if not dynamo:
+            return program
+        proto = program.model_proto
+        proto.graph.node[-1].input[0] = "produced_by_nobody"
+        return types.SimpleNamespace(model_proto=proto)
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    result = ex.export_onnx(gmp_source, tmp_path / "m.onnx")
+    assert result.exporter == "torchscript"
+    assert result.fallback_reason.startswith("it wrote an invalid graph (")
+    assert "produced_by_nobody" in result.fallback_reason
+    session = ex.onnx_session(result.path, threads=1)  # the file written is the one that loads
+    x = torch.randn(2, 3, *gmp_source.input_size)
+    y = session.run(None, {"input": x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(y), gmp_source.model.eval()(x), atol=1e-4)
 
 
 def test_a_cpu_budget_is_not_swallowed_by_code_that_catches_exceptions():
