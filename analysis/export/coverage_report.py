@@ -177,9 +177,11 @@ def _pending_lines(rows: Sequence[dict[str, Any]], heads: Sequence[str],
         return []
     per_head = ", ".join(f"{h} {sum((m, h) in done for m in selected)}" for h in heads)
     missing = [m for m in selected if not any((m, h) in done for h in heads)]
-    return ["## Not computed yet", "",
-            f"Architectures with a row, per head: {per_head} (of {len(selected)}).", "",
-            f"No row yet ({len(missing)}): " + ", ".join(missing) + ".", ""]
+    lines = ["## Not computed yet", "",
+             f"Architectures with a row, per head: {per_head} (of {len(selected)}).", ""]
+    if missing:
+        lines += [f"No row yet ({len(missing)}): " + ", ".join(missing) + ".", ""]
+    return lines
 
 
 def _invocation_lines(invocations: Sequence[dict[str, Any]]) -> list[str]:
