@@ -31,7 +31,7 @@ from _cli import CliParser, positive_int, run
 from tqdm import tqdm
 
 import surgery
-from analysis.export import DEFAULT_OPSET, require_export
+from analysis.export import DEFAULT_OPSET, CpuBudgetExceeded, cpu_budget, require_export
 from analysis.export.coverage import (
     LAYOUTS,
     Candidate,
@@ -89,25 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _Timeout(BaseException):
-    """A pair's CPU time is spent. A BaseException, so that the exporters' own ``except
-    Exception`` (torch.onnx tries its next capture strategy on one) cannot swallow it."""
-
-
-_REFIRE_CPU_SECONDS = 1.0  # a spent limit fires again this often until the pair gives up
-
-
-def _alarm(signum: int, frame: Any) -> NoReturn:
-    raise _Timeout()
-
-
 def _work(task: Task) -> list[dict[str, Any]]:
     """Worker: one architecture, each head under its own CPU-time limit (SIGPROF)."""
     import torch
 
     candidate, heads, opset, timeout = task
     torch.set_num_threads(1)
-    signal.signal(signal.SIGPROF, _alarm)
     rows: list[dict[str, Any]] = []
     todo = list(heads)
     while todo:
@@ -116,17 +103,13 @@ def _work(task: Task) -> list[dict[str, Any]]:
         try:
             while todo:
                 cpu = time.process_time()  # unlike wall time, not inflated by other jobs
-                signal.setitimer(signal.ITIMER_PROF, timeout, _REFIRE_CPU_SECONDS)
-                rows.append(next(rows_iter))
-                signal.setitimer(signal.ITIMER_PROF, 0)
+                with cpu_budget(timeout):
+                    rows.append(next(rows_iter))
                 rows[-1]["cpu_seconds"] = round(time.process_time() - cpu, 1)
                 todo.pop(0)
-        except _Timeout:
-            signal.setitimer(signal.ITIMER_PROF, 0)  # before it fires again
+        except CpuBudgetExceeded:
             rows.append(failure_row(candidate.name, todo.pop(0), "timeout", "timeout",
                                     f"no result within {timeout} CPU s"))
-        finally:
-            signal.setitimer(signal.ITIMER_PROF, 0)
     for r in rows:
         r.update(sample_layout=candidate.layout, params=candidate.params)
     return rows

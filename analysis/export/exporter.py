@@ -53,20 +53,27 @@ class ExportError(ValueError):
 
 
 class CpuBudgetExceeded(BaseException):
-    """The block of :func:`cpu_budget` used more CPU time than it was given.
+    """The block of :func:`cpu_budget` used more CPU time than it was given; ``budget`` is the
+    object that block's ``with ... as`` received (nested budgets tell theirs apart by it).
 
-    A ``BaseException``, as ``KeyboardInterrupt`` is: torch's symbolic-shape reasoning catches
-    ``Exception`` in places and carries on, and a budget it swallowed would never end the export.
+    A ``BaseException``, as ``KeyboardInterrupt`` is: torch.onnx catches ``Exception`` and tries
+    its next capture strategy, and a budget it swallowed would never end the export.
     """
+
+    def __init__(self, message: str, budget: object = None):
+        super().__init__(message)
+        self.budget = budget
 
 
 _REFIRE_CPU_SECONDS = 1.0  # a spent budget fires again this often until its block ends
 
 
 @contextlib.contextmanager
-def cpu_budget(seconds: float | None) -> Iterator[None]:
+def cpu_budget(seconds: float | None) -> Iterator[object | None]:
     """Raise :class:`CpuBudgetExceeded` inside the block once this process has used ``seconds``
-    of CPU time in it (SIGPROF; CPU time, so a busy machine does not make it fire early).
+    of CPU time in it (SIGPROF; CPU time, so a busy machine does not make it fire early). The
+    block receives the budget's identity (None when there is no timer of its own), which the
+    exception carries as ``budget``.
 
     Once spent, it fires again every CPU second until the block ends, so that code which
     catches the exception and carries on is stopped at the next firing. A timer already
@@ -76,24 +83,25 @@ def cpu_budget(seconds: float | None) -> Iterator[None]:
     """
     if (seconds is None or not hasattr(signal, "setitimer")
             or threading.current_thread() is not threading.main_thread()):
-        yield
+        yield None
         return
     outer_left, outer_repeat = signal.getitimer(signal.ITIMER_PROF)
     if outer_left and outer_left <= seconds:
-        yield  # the caller's budget ends first
+        yield None  # the caller's budget ends first
         return
     outer_handler = signal.getsignal(signal.SIGPROF)
+    budget = object()
     active = True
 
     def expired(signum: int, frame: Any) -> None:
         if active:
-            raise CpuBudgetExceeded(f"no result within {seconds:g} CPU s")
+            raise CpuBudgetExceeded(f"no result within {seconds:g} CPU s", budget)
 
     start = time.process_time()
     signal.signal(signal.SIGPROF, expired)
     signal.setitimer(signal.ITIMER_PROF, seconds, _REFIRE_CPU_SECONDS)
     try:
-        yield
+        yield budget
     finally:
         active = False
         signal.setitimer(signal.ITIMER_PROF, 0)
@@ -183,6 +191,20 @@ def _dynamo(model: torch.nn.Module, x: torch.Tensor, axes: Sequence[str], opset:
     return proto
 
 
+def _dynamo_within(seconds: float | None, model: torch.nn.Module, x: torch.Tensor,
+                   axes: Sequence[str], opset: int) -> Any:
+    """:func:`_dynamo` under a CPU budget of ``seconds``: its own budget spent is a RuntimeError,
+    a dynamo failure like any other; a caller's budget (a coverage pair's) passes through."""
+    budget = None
+    try:
+        with cpu_budget(seconds) as budget:
+            return _dynamo(model, x, axes, opset)
+    except CpuBudgetExceeded as err:
+        if budget is None or err.budget is not budget:
+            raise
+        raise RuntimeError(str(err)) from None
+
+
 def _check_graph(proto: Any) -> None:
     """Refuse a graph onnx's checker rejects, so that TorchScript gets its turn: the dynamo
     exporter has written files no runtime loads (gemma4_vit_167m: a node input that no node
@@ -253,9 +275,9 @@ def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: 
         reasons.append(f"it writes opsets {lo}-{hi}, not {opset}")
     else:
         try:
-            with cpu_budget(dynamo_budget):
-                return _dynamo(model, x_for(axes), axes, opset), "dynamo", axes, None, None
-        except (Exception, CpuBudgetExceeded) as err:  # noqa: BLE001 - reported, then TorchScript
+            return (_dynamo_within(dynamo_budget, model, x_for(axes), axes, opset), "dynamo", axes,
+                    None, None)
+        except Exception as err:  # noqa: BLE001 - the reason is reported, then TorchScript
             reason = exporter_reason(err)
             traced = [a for a in _specialised(err) if a in axes]
             if not traced:
@@ -266,10 +288,9 @@ def _attempts(model: torch.nn.Module, x_for: Any, axes: tuple[str, ...], opset: 
                          "input's size (shape-dependent code in the backbone)")
                 axes = kept  # TorchScript would trace the same sizes as constants
                 try:
-                    with cpu_budget(dynamo_budget):
-                        return (_dynamo(model, x_for(axes), axes, opset), "dynamo", axes, fixed,
-                                None)
-                except (Exception, CpuBudgetExceeded) as err2:  # noqa: BLE001
+                    return (_dynamo_within(dynamo_budget, model, x_for(axes), axes, opset),
+                            "dynamo", axes, fixed, None)
+                except Exception as err2:  # noqa: BLE001
                     reasons.append(exporter_reason(err2))
     lo, hi = OPSETS["torchscript"]
     if not lo <= opset <= hi:
