@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import compare_heads  # noqa: E402
 
+from analysis.training.scheduler import process_alive  # noqa: E402
+
 SYNTH = ["--dataset", "synthetic", "--data-option", "num_classes=3", "--data-option",
          "n_train=48", "--data-option", "n_test=24", "--data-option", "image_size=16",
          "--val-size", "12", "--batch-size", "16", "--no-progress"]
@@ -49,14 +51,6 @@ def test_one_reused_worker_gives_the_in_process_results(tmp_path, capsys):
     assert session["wall_s"] >= session["jobs_s"] > 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.mark.slow
 @pytest.mark.smoke
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
@@ -76,13 +70,13 @@ def test_killing_the_study_kills_its_worker(tmp_path):
         owner = json.loads(text) if text else None
         time.sleep(0.1)
     worker = owner["pid"]  # the lock names the process running the run
-    assert worker != parent.pid and _alive(worker)
+    assert worker != parent.pid and process_alive(worker)
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=30)
     deadline = time.time() + 10
-    while _alive(worker) and time.time() < deadline:
+    while process_alive(worker) and time.time() < deadline:
         time.sleep(0.05)
-    assert not _alive(worker)
+    assert not process_alive(worker)
 
 
 @pytest.mark.slow

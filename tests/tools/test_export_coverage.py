@@ -13,6 +13,7 @@ import export_coverage as tool
 import pytest
 
 from analysis.export.coverage import Candidate
+from analysis.training.scheduler import process_alive
 
 ARGS = ["--models", "test_resnet", "test_vit", "--opset", "17", "--jobs", "1", "--no-progress"]
 
@@ -126,14 +127,6 @@ if __name__ == "__main__":
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_pool_workers_die_with_a_parent_killed_alone(tmp_path):
     root = Path(tool.__file__).resolve().parents[1]
@@ -142,13 +135,13 @@ def test_pool_workers_die_with_a_parent_killed_alone(tmp_path):
                               stdout=subprocess.PIPE, text=True)
     try:
         workers = [int(p) for p in parent.stdout.readline().split()]
-        assert len(workers) == 2 and all(map(_alive, workers))
+        assert len(workers) == 2 and all(map(process_alive, workers))
         parent.kill()  # SIGKILL to the parent alone: no chance to stop its pool
         parent.wait(timeout=10)
         deadline = time.time() + 10
-        while any(map(_alive, workers)) and time.time() < deadline:
+        while any(map(process_alive, workers)) and time.time() < deadline:
             time.sleep(0.05)
-        assert not any(map(_alive, workers))
+        assert not any(map(process_alive, workers))
     finally:
         parent.kill()
 

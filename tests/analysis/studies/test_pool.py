@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from analysis.studies import Job, WorkerPool
+from analysis.training.scheduler import process_alive
 
 ROOT = Path(__file__).resolve().parents[3]
 TARGET = "tests.analysis.studies.pool_jobs:dispatch"
@@ -62,14 +63,6 @@ _PARENT = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")  # a zombie waiting for its new parent to reap it is gone
-
-
 def _start_parent(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """A parent process running a pool with one long job; returns it and its worker's pid."""
     err = tmp_path / "parent.err"  # a file, not a pipe nobody drains: a full pipe would block
@@ -92,10 +85,10 @@ def _start_parent(tmp_path: Path) -> tuple[subprocess.Popen, int]:
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_workers_die_with_their_parent(tmp_path, how):
     parent, worker = _start_parent(tmp_path)
-    assert _alive(worker)
+    assert process_alive(worker)
     os.killpg(parent.pid, how)  # SIGINT to the group, as Ctrl-C in a terminal sends it
     parent.wait(timeout=30)
     deadline = time.time() + 10
-    while _alive(worker) and time.time() < deadline:
+    while process_alive(worker) and time.time() < deadline:
         time.sleep(0.05)
-    assert not _alive(worker)
+    assert not process_alive(worker)
