@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -231,6 +232,11 @@ def _timing(rows: list[dict[str, Any]], computed: int, elapsed: float, jobs: int
             f"jobs; all rows add up to {wall:.1f} worker-minutes of wall time and {cpu:.1f} of "
             "CPU time (one thread per worker; CPU time does not grow when other jobs share the "
             "machine).")
+    timed = sorted(r["cpu_seconds"] for r in rows if r.get("cpu_seconds"))
+    if len(timed) >= 2:
+        p90 = statistics.quantiles(timed, n=10)[-1]
+        text += (f" CPU time per pair ({len(timed)} timed): median {statistics.median(timed):.0f} "
+                 f"s, 90th percentile {p90:.0f} s, longest {timed[-1]:.0f} s.")
     if len(rows) < expected:
         text += (f" **Partial: {len(rows)} of {expected} pairs done; the same command resumes "
                  "from export_coverage.jsonl.**")
