@@ -43,6 +43,7 @@ def test_report_and_resume(tmp_path, capsys):
     assert report["summary"]["total"]["dynamic_hw"] == 1
     md = (tmp_path / "export_coverage.md").read_text()
     assert "**4 of 4 pairs (100.0%) export and verify** (target 95%: met)" in md
+    assert "CPU time per pair (4 timed): median " in md
     assert "| test_vit       | tokens   |" in md
     fallbacks = md.split("## TorchScript fallbacks")[1].split("## Failures")[0]
     assert fallbacks.count("it writes opsets 18-23, not 17") == 4  # opset 17: TorchScript only
