@@ -26,6 +26,9 @@ class EpochSampler:
     Every rank draws the same permutation and takes its own stride of it (``rank::world_size``),
     padded by wrapping so that all ranks run the same number of steps (as DistributedSampler).
     ``drop_last`` drops a final partial batch (keeps BatchNorm away from batches of one).
+    ``min_steps``: an epoch has at least this many steps; when one pass over the data gives
+    fewer (a small training set), the epoch goes on with further passes, each its own
+    permutation (the first pass is the permutation an epoch without the floor draws).
     """
 
     n: int
@@ -35,6 +38,7 @@ class EpochSampler:
     drop_last: bool = True
     rank: int = 0
     world_size: int = 1
+    min_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.batch_size < 1:
@@ -44,18 +48,25 @@ class EpochSampler:
     def _per_rank(self) -> int:
         return math.ceil(self.n / self.world_size)
 
-    def __len__(self) -> int:
-        """Steps per epoch (per rank)."""
+    @property
+    def steps_per_pass(self) -> int:
+        """Steps of one pass over the data (per rank)."""
         per = self._per_rank()
         if self.drop_last and per >= self.batch_size:
             return per // self.batch_size
         return math.ceil(per / self.batch_size)
 
-    def indices(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for ``epoch`` (0-based), in order."""
+    def __len__(self) -> int:
+        """Steps per epoch (per rank): one pass, or ``min_steps`` when that is more."""
+        return max(self.steps_per_pass, self.min_steps)
+
+    def indices(self, epoch: int, pass_index: int = 0) -> torch.Tensor:
+        """This rank's sample indices for pass ``pass_index`` of ``epoch`` (0-based), in order."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.n, generator=g)
+            seed = self.seed * 1_000_003 + epoch
+            if pass_index:
+                seed = (seed * 1_000_033 + pass_index) % 2**63
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         else:
             order = torch.arange(self.n)
         total = self._per_rank() * self.world_size
@@ -65,9 +76,14 @@ class EpochSampler:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         """Index batches of ``epoch`` from step ``start`` on (to resume mid-epoch)."""
-        idx = self.indices(epoch)
+        per_pass, b = self.steps_per_pass, self.batch_size
+        pass_index, idx = -1, torch.empty(0, dtype=torch.long)
         for step in range(start, len(self)):
-            yield idx[step * self.batch_size:(step + 1) * self.batch_size]
+            if step // per_pass != pass_index:
+                pass_index = step // per_pass
+                idx = self.indices(epoch, pass_index)
+            within = step % per_pass
+            yield idx[within * b:(within + 1) * b]
 
 
 def iterate(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[slice]:

@@ -66,6 +66,7 @@ class TrainConfig:
     data_cache_dir: str | None = None  # None: $HEADSWAP_DATA_CACHE or ~/.cache/headswap/data
     # optimisation
     epochs: int = 5
+    min_steps: int = 0                # optimiser steps in the run at least: short epochs get more passes
     batch_size: int = 64
     eval_batch_size: int | None = None  # None: 2 x batch_size
     optimizer: str = "adamw"

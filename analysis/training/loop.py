@@ -37,7 +37,7 @@ from . import distributed
 from .cached import OwnCache
 from .config import TrainConfig
 from .distributed import DistInfo
-from .model import set_regime
+from .model import set_regime, step_seed
 from .parts import RunParts, assemble_run, run_config_record
 from .rundir import remove_run_files, write_metrics
 from .step import NonFiniteLossError, RunningLoss, evaluate, lr_factor, peak_mem_mb
@@ -78,6 +78,8 @@ class RunLoop:
                                     path=run_dir / "last.pt")
         elif dist.rank > 0:  # different dropout masks per rank (rank 0 draws as one process does)
             ckpt.seed_rank(cfg.seed, dist.rank)
+        else:  # the steps' random stream starts where a sweep member's does
+            torch.manual_seed(step_seed(cfg.seed))
         self.config_record = run_config_record(cfg, self.parts, system, dist)
         self._tick_at = time.perf_counter()
         self._plotted_at = time.perf_counter()

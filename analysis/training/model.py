@@ -8,6 +8,7 @@ subset's when the backbone trains, the whole pool's when it starts frozen);
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..data import DataSplits
     from .config import TrainConfig
 
-__all__ = ["build_model", "build_optimizer", "model_costs", "resolve_system", "set_regime",
+__all__ = ["build_model", "head_init_seed", "step_seed", "build_optimizer", "model_costs", "resolve_system", "set_regime",
            "timm_kwargs"]
 
 
@@ -54,8 +55,26 @@ def timm_kwargs(model: str, timm_options: dict[str, Any] | None, img_size: int) 
     return kwargs
 
 
-def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
-                fresh: bool = True) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
+_HEAD_SEED_OFFSET = 7_919  # the head's stream, apart from the backbone's
+_STEP_SEED_OFFSET = 104_729  # the global stream the training steps start from (dropout)
+
+
+def head_init_seed(seed: int) -> int:
+    """The seed a run's head is initialised from, after its backbone is built: a head starts the
+    same whatever the backbone's construction drew, so many heads built on one backbone (a
+    sweep, analysis.training.sweep) start as each run alone does."""
+    return seed + _HEAD_SEED_OFFSET
+
+
+def step_seed(seed: int) -> int:
+    """The seed of the global random stream when a new run's first step starts (the head's
+    dropout masks draw from it): what a sweep member's own generator starts from too."""
+    return seed + _STEP_SEED_OFFSET
+
+
+def build_model(cfg: TrainConfig, data: DataSplits, img_size: int, fresh: bool = True,
+                backbone: nn.Module | None = None
+                ) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
     """``swap_head`` for the run; returns the model, its input channels and the normalisation.
 
     From scratch the model takes the data's channels and the data's own statistics; pretrained
@@ -67,6 +86,9 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     whole training pool, not of this seed's subset: the same for every seed, so that one feature
     cache serves them all, with the cache on or off alike.
     ``fresh=False`` (resuming) skips downloading weights that the checkpoint replaces anyway.
+    The head is initialised from :func:`head_init_seed` once the backbone is built. ``backbone``:
+    a timm model built as this config builds it (the same seed, weights and options), copied
+    instead of building another (a sweep builds many heads on one).
     """
     import surgery
 
@@ -75,12 +97,16 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int,
     in_chans = cfg.in_chans or settings.get("in_chans") or (3 if weights else data.channels)
     kwargs = {**settings.get("timm_kwargs", {}),
               **timm_kwargs(cfg.model, cfg.timm_options, img_size)}
+    if backbone is None:
+        backbone = surgery.load_backbone(
+            cfg.model, in_chans=in_chans, pretrained=cfg.pretrained and fresh,
+            checkpoint=cfg.checkpoint if fresh else None, **kwargs)
+    else:
+        backbone = copy.deepcopy(backbone)
+    torch.manual_seed(head_init_seed(cfg.seed))
     try:
-        model = surgery.swap_head(
-            cfg.model, head=cfg.head_spec(), num_classes=data.num_classes,
-            input_size=img_size, in_chans=in_chans,
-            pretrained=cfg.pretrained and fresh, checkpoint=cfg.checkpoint if fresh else None,
-            **kwargs)
+        model = surgery.swap_head(backbone, head=cfg.head_spec(), num_classes=data.num_classes,
+                                  input_size=img_size)
     except ValueError as err:
         if "cannot run at input" not in str(err):
             raise

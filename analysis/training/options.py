@@ -119,6 +119,10 @@ def _add_optimisation(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
+    o.add_argument("--min-steps", type=int, default=d.min_steps, metavar="N",
+                   help="optimiser steps in the whole run at least: when --epochs passes over "
+                        "the training set give fewer, each epoch takes further passes, so a small "
+                        f"training set is still trained to convergence (default {d.min_steps})")
     o.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     o.add_argument("--eval-batch-size", type=int, default=None, help="(default 2x batch size)")
     o.add_argument("--opt", dest="optimizer", default=d.optimizer, choices=OPTIMIZERS,

@@ -11,6 +11,7 @@ features through the head alone.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from .distributed import DistInfo
 from .model import build_model, build_optimizer, model_costs, set_regime
 from .step import TrainStep
 
-__all__ = ["Feed", "RunParts", "Schedule", "assemble_run", "batch_transforms", "place_model",
+__all__ = ["Feed", "RunParts", "Schedule", "assemble_run", "batch_transforms", "epoch_sampler", "place_model",
            "run_config_record"]
 
 
@@ -124,6 +125,14 @@ def _wrap_for_regime(model: HeadSwapped, cfg: TrainConfig, dist: DistInfo, devic
             p.requires_grad_(True)
     find_unused = cfg.regime == "two-stage" and first_epoch < cfg.head_epochs
     return distributed.wrap(model, dist, device, find_unused=find_unused)
+
+
+def epoch_sampler(cfg: TrainConfig, n: int, dist: DistInfo) -> EpochSampler:
+    """The run's batch order over ``n`` training images: shuffled by seed and epoch, each epoch
+    at least ``min_steps / epochs`` steps (further passes over a small training set)."""
+    return EpochSampler(n, cfg.batch_size, seed=cfg.seed, drop_last=n > cfg.batch_size,
+                        rank=dist.rank, world_size=dist.world_size,
+                        min_steps=math.ceil(cfg.min_steps / cfg.epochs))
 
 
 def _schedule(cfg: TrainConfig, sampler: EpochSampler) -> Schedule:
@@ -238,8 +247,7 @@ def assemble_run(cfg: TrainConfig, state: dict[str, Any] | None, data: DataSplit
     elif why_not and cfg.feature_cache == "auto" and cfg.frozen(0):
         warnings.warn(f"feature cache not used: {why_not}", stacklevel=3)
     n = len(data.train_y)
-    sampler = EpochSampler(n, cfg.batch_size, seed=cfg.seed, drop_last=n > cfg.batch_size,
-                           rank=dist.rank, world_size=dist.world_size)
+    sampler = epoch_sampler(cfg, n, dist)
     return RunParts(
         data=data, img_size=img_size, in_chans=in_chans, mean=mean, std=std, model=model,
         trained=trained, optimizer=optimizer, scaler=scaler, sampler=sampler,
