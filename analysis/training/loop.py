@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .distributed import DistInfo
 from .model import set_regime, step_seed
 from .parts import RunParts, assemble_run, run_config_record
-from .rundir import remove_run_files, write_metrics
+from .rundir import remove_run_files, run_summary, write_metrics
 from .step import NonFiniteLossError, RunningLoss, evaluate, lr_factor, peak_mem_mb
 
 __all__ = ["RunLoop", "StepHook"]
@@ -295,40 +295,9 @@ class RunLoop:
         return summary
 
     def _summary(self, test_loss: float, test_acc: float) -> dict[str, Any]:
-        cfg, history, totals = self.cfg, self.history, self.totals
-        b = history[self.best["epoch"] - 1] if self.best.get("epoch") else history[-1]
-        last = history[-1]
-        head = cfg.head_spec()
-        return {
-            "model": cfg.model, "head": head.kind, "head_spec": str(head),
-            "head_label": head.label, "hidden": list(head.hidden), "dropout": head.dropout,
-            "dataset": cfg.dataset, "regime": cfg.regime,
-            "train_size": len(self.parts.data.train_y), "img_size": self.parts.img_size,
-            "seed": cfg.seed, "epochs": len(history), "test_acc": test_acc,
-            "test_loss": test_loss, "best_val_acc": self.best["val_acc"],
-            "best_epoch": self.best["epoch"],
-            # generalisation of the checkpoint the test accuracy comes from, then of the last
-            "train_acc": b["train_acc"], "val_acc": b["val_acc"], "gap_acc": b["gap_acc"],
-            "gap_loss": b["gap_loss"], "train_loss": b["train_loss"], "val_loss": b["val_loss"],
-            "final_train_acc": last["train_acc"], "final_val_acc": last["val_acc"],
-            "final_gap_acc": last["gap_acc"], "final_gap_loss": last["gap_loss"],
-            **self.parts.costs,
-            "time_s": totals["time_s"],  # wall time of training, evaluation and checkpoints
-            "train_time_s": totals["train_time_s"],
-            "epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
-            "img_per_s": totals["train_images"] / max(totals["train_time_s"], 1e-9),
-            "peak_mem_mb": max(r["peak_mem_mb"] for r in history),
-            "checkpoint_mb": self._checkpoint_mb(),
-            "device": str(self.device), "world_size": self.dist.world_size,
-            "run_dir": str(self.run_dir),
-            # whether the head trained on cached features, and the extraction (not in time_s)
-            "feature_cache": self.parts.feature_cache,
-        }
-
-    def _checkpoint_mb(self) -> float | None:
-        """Size of ``best.pt`` (the whole model, as ``surgery.save`` writes it) in MiB."""
-        path = self.run_dir / "best.pt"
-        return path.stat().st_size / 2**20 if path.is_file() else None
+        return run_summary(self.cfg, self.parts, self.history, self.best, self.totals,
+                           (test_loss, test_acc), device=self.device,
+                           world_size=self.dist.world_size, run_dir=self.run_dir)
 
     def _check_finite(self, loss_sum: RunningLoss, epoch: int, step: int) -> None:
         if not math.isfinite(loss_sum.total):

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..data import DataSplits
     from .config import TrainConfig
 
-__all__ = ["build_model", "head_init_seed", "step_seed", "build_optimizer", "model_costs", "resolve_system", "set_regime",
+__all__ = ["build_backbone", "build_model", "head_init_seed", "step_seed", "build_optimizer", "model_costs", "resolve_system", "set_regime",
            "timm_kwargs"]
 
 
@@ -72,6 +72,25 @@ def step_seed(seed: int) -> int:
     return seed + _STEP_SEED_OFFSET
 
 
+def _in_chans(cfg: TrainConfig, data: DataSplits, settings: dict[str, Any]) -> int:
+    weights = cfg.pretrained or cfg.checkpoint is not None
+    return int(cfg.in_chans or settings.get("in_chans") or (3 if weights else data.channels))
+
+
+def build_backbone(cfg: TrainConfig, data: DataSplits, img_size: int,
+                   fresh: bool = True) -> nn.Module:
+    """The run's timm model before the swap, with its weights (random ones drawn from the
+    global stream: seed it with the run's seed first, as :func:`build_model`'s caller does)."""
+    import surgery
+
+    settings = surgery.checkpoint_settings(cfg.checkpoint)
+    kwargs = {**settings.get("timm_kwargs", {}),
+              **timm_kwargs(cfg.model, cfg.timm_options, img_size)}
+    return surgery.load_backbone(cfg.model, in_chans=_in_chans(cfg, data, settings),
+                                 pretrained=cfg.pretrained and fresh,
+                                 checkpoint=cfg.checkpoint if fresh else None, **kwargs)
+
+
 def build_model(cfg: TrainConfig, data: DataSplits, img_size: int, fresh: bool = True,
                 backbone: nn.Module | None = None
                 ) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
@@ -94,15 +113,9 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int, fresh: bool =
 
     weights = cfg.pretrained or cfg.checkpoint is not None
     settings = surgery.checkpoint_settings(cfg.checkpoint)  # a headswap model file's recipe
-    in_chans = cfg.in_chans or settings.get("in_chans") or (3 if weights else data.channels)
-    kwargs = {**settings.get("timm_kwargs", {}),
-              **timm_kwargs(cfg.model, cfg.timm_options, img_size)}
-    if backbone is None:
-        backbone = surgery.load_backbone(
-            cfg.model, in_chans=in_chans, pretrained=cfg.pretrained and fresh,
-            checkpoint=cfg.checkpoint if fresh else None, **kwargs)
-    else:
-        backbone = copy.deepcopy(backbone)
+    in_chans = _in_chans(cfg, data, settings)
+    backbone = (build_backbone(cfg, data, img_size, fresh) if backbone is None
+                else copy.deepcopy(backbone))
     torch.manual_seed(head_init_seed(cfg.seed))
     try:
         model = surgery.swap_head(backbone, head=cfg.head_spec(), num_classes=data.num_classes,

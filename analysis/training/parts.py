@@ -214,15 +214,16 @@ def batch_transforms(cfg: TrainConfig, img_size: int, in_chans: int, mean: tuple
 
 def assemble_run(cfg: TrainConfig, state: dict[str, Any] | None, data: DataSplits | None,
                  dist: DistInfo, system: dict[str, Any], first_epoch: int,
-                 run_dir: Path | None = None) -> RunParts:
-    """Build every piece of a run; ``state`` is the ``last.pt`` being resumed (or None)."""
+                 run_dir: Path | None = None, backbone: nn.Module | None = None) -> RunParts:
+    """Build every piece of a run; ``state`` is the ``last.pt`` being resumed (or None);
+    ``backbone``: the run's timm model before the swap, already built (build_model copies it)."""
     device, amp, channels_last = system["device"], system["amp_dtype"], system["channels_last"]
     data = data if data is not None else load_run_data(cfg)
     img_size = cfg.img_size or data.image_size[0]
     torch.manual_seed(cfg.seed)
     # a head-only checkpoint (a run on cached features) holds no backbone: load it as a new run does
     fresh = state is None or ckpt.is_head_only(state)
-    model, in_chans, mean, std = build_model(cfg, data, img_size, fresh=fresh)
+    model, in_chans, mean, std = build_model(cfg, data, img_size, fresh=fresh, backbone=backbone)
     model = place_model(model, cfg, dist, device, channels_last, state)
     optimizer = build_optimizer(model, cfg)
     trained = _wrap_for_regime(model, cfg, dist, device, first_epoch)

@@ -24,7 +24,7 @@ from typing import Any
 from surgery import atomic_write_bytes, finite
 
 __all__ = ["DERIVED_FILES", "METRIC_COLUMNS", "RUN_FILES", "refuse_taken", "remove_run_files",
-           "run_path", "write_metrics"]
+           "run_path", "run_summary", "write_metrics"]
 
 RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "best.pt", "last.pt",
              "curves.png")
@@ -50,6 +50,46 @@ def write_metrics(run_dir: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_bytes(run_dir / "metrics.csv", buf.getvalue().encode())
     lines = "".join(json.dumps(finite(dict(r))) + "\n" for r in rows)
     atomic_write_bytes(run_dir / "metrics.jsonl", lines.encode())
+
+
+def run_summary(cfg: Any, parts: Any, history: Sequence[dict[str, Any]], best: dict[str, Any],
+                totals: dict[str, Any], test: tuple[float, float], *, device: Any,
+                world_size: int, run_dir: Path) -> dict[str, Any]:
+    """What ``summary.json`` holds: the run's settings, the test metrics of its best-validation
+    checkpoint, the train / validation figures of that epoch and of the last, costs, time
+    (``totals``: ``time_s``, ``train_time_s``, ``train_images``), memory and the feature cache.
+    ``cfg`` is the TrainConfig, ``parts`` the RunParts (analysis.training.parts)."""
+    b = history[best["epoch"] - 1] if best.get("epoch") else history[-1]
+    last = history[-1]
+    head = cfg.head_spec()
+    best_pt = Path(run_dir) / "best.pt"
+    return {
+        "model": cfg.model, "head": head.kind, "head_spec": str(head),
+        "head_label": head.label, "hidden": list(head.hidden), "dropout": head.dropout,
+        "dataset": cfg.dataset, "regime": cfg.regime,
+        "train_size": len(parts.data.train_y), "img_size": parts.img_size,
+        "seed": cfg.seed, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+        "epochs": len(history), "test_acc": test[1],
+        "test_loss": test[0], "best_val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        # generalisation of the checkpoint the test accuracy comes from, then of the last
+        "train_acc": b["train_acc"], "val_acc": b["val_acc"], "gap_acc": b["gap_acc"],
+        "gap_loss": b["gap_loss"], "train_loss": b["train_loss"], "val_loss": b["val_loss"],
+        "final_train_acc": last["train_acc"], "final_val_acc": last["val_acc"],
+        "final_gap_acc": last["gap_acc"], "final_gap_loss": last["gap_loss"],
+        **parts.costs,
+        "time_s": totals["time_s"],  # wall time of training, evaluation and checkpoints
+        "train_time_s": totals["train_time_s"],
+        "epoch_time_s": sum(r["epoch_time_s"] for r in history) / len(history),
+        "img_per_s": totals["train_images"] / max(totals["train_time_s"], 1e-9),
+        "peak_mem_mb": max(r["peak_mem_mb"] for r in history),
+        # size of best.pt (the whole model, as surgery.save writes it) in MiB
+        "checkpoint_mb": best_pt.stat().st_size / 2**20 if best_pt.is_file() else None,
+        "device": str(device), "world_size": world_size,
+        "run_dir": str(run_dir),
+        # whether the head trained on cached features, and the extraction (not in time_s)
+        "feature_cache": parts.feature_cache,
+    }
 
 
 def run_path(out: str | Path, name: str) -> Path:
