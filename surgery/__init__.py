@@ -36,6 +36,7 @@ from .heads import (
     register_head,
 )
 from .layout import FeatureInfo, probe_features
+from .memory import free_bytes
 from .options import Option, format_value, parse_options, parse_value
 from .pooling import (
     AttentionPool,
@@ -57,7 +58,7 @@ __all__ = [
     "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "WeightsFile", "add_head_kind",
     "as_hidden", "atomic_write", "atomic_write_bytes", "build_head", "check_head_args",
     "check_timm_options", "check_writable", "checkpoint_settings", "closest_model_names", "expand_model_names", "feature_grid", "finite",
-    "format_value", "head_label", "load", "load_backbone", "make_spec", "one_line",
+    "format_value", "free_bytes", "head_label", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
     "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",
     "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report",

@@ -21,7 +21,8 @@ def tiny_config(out: str | Path, **kw: Any) -> TrainConfig:
     base: dict[str, Any] = dict(
         model="test_resnet", head="gap", dataset="synthetic", val_size=32,
         data_options=dict(num_classes=4, n_train=96, n_test=32, image_size=16),
-        epochs=1, batch_size=8, lr=1e-2, progress=False, out=str(out), ckpt_minutes=0)
+        epochs=1, batch_size=8, lr=1e-2, progress=False, out=str(out), ckpt_minutes=0,
+        min_steps=0)
     base.update(kw)
     return TrainConfig(**base)
 

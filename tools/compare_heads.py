@@ -41,12 +41,14 @@ from analysis.reporting import format_table
 from analysis.studies import (
     KEEP,
     StudySpec,
+    add_sweep_options,
     cancel_study,
     collect,
     parse_shard,
     run_study,
     study_status,
     submit_study,
+    sweep_settings,
     wait_study,
 )
 from analysis.training import (
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-sizes", nargs="+", type=_train_size, default=[None],
                    help="stratified training subsets, or 'all' (default all)")
     add_training_options(p, per_run=False)  # the options of tools/finetune.py, shared by every run
+    add_sweep_options(p, grid_by_default=False)
     r = p.add_argument_group("robustness")
     r.add_argument("--robust-sizes", nargs="+", type=int, default=[],
                    help="input sizes (px) to evaluate each trained model at (default: 0.5x to "
@@ -165,7 +168,8 @@ def spec_from_args(args: argparse.Namespace, command: str = "") -> StudySpec:
                      tuple(args.robust_sizes), args.robust_images or None, args.test_size,
                      command, shifts=tuple(args.shifts),
                      shift_images=args.shift_images or None, keep=args.keep,
-                     head_lr=dict(args.head_lr))
+                     head_lr=dict(args.head_lr),
+                     **sweep_settings(args, grid_by_default=False))
 
 
 def _print_summary(report: dict, out: Path) -> None:
@@ -282,12 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     command = "python tools/compare_heads.py " + shlex.join(argv_text)
     spec = spec_from_args(args, command)
     if args.launcher != "local":
+        if len(spec.lrs) > 1 or len(spec.weight_decays) > 1:
+            raise ValueError("--lrs / --weight-decays train every setting in one pass in this "
+                             "process; use --launcher local (or one --lr per cluster study)")
         with one_line_warnings():
             return _on_cluster(args, spec)
     with one_line_warnings():
         result = run_study(spec, args.out, jobs=args.jobs, shard=args.shard,
                            progress=args.progress, threads=args.threads,
-                           runs_per_worker=args.runs_per_worker)
+                           runs_per_worker=args.runs_per_worker,
+                           sweep_mem_gb=args.sweep_mem_gb)
     print(f"ran {len(result['ran'])}, skipped {len(result['skipped'])} (already done), "
           f"failed {len(result['failed'])}, busy {len(result['busy'])} (running elsewhere)")
     _print_timing(result["timing"])

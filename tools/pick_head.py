@@ -39,7 +39,16 @@ from _cli import CliParser, run
 
 from analysis.machine import cpu_seconds, describe_machine
 from analysis.reporting import format_table
-from analysis.studies import JSON_KEYS, VARIANTS, run_pick, table_rows, write_pick
+from analysis.studies import (
+    JSON_KEYS,
+    VARIANTS,
+    add_sweep_options,
+    lr_rows,
+    run_pick,
+    sweep_settings,
+    table_rows,
+    write_pick,
+)
 from analysis.training import add_training_options, config_values
 from surgery import one_line_warnings, parse_head, spec_help
 
@@ -58,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--heads", nargs="+", type=_head, default=None, metavar="HEAD",
                    help=f"compare these heads only, each {spec_help()}. Default: every kind "
                         f"that applies, plus {' '.join(VARIANTS)}")
-    g.add_argument("--train-size", type=int, default=10000,
-                   help="training images per seed (default 10000)")
+    g.add_argument("--train-size", type=int, default=None,
+                   help="training images per seed (default: all the data holds after "
+                        "validation)")
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="(default 0 1 2)")
     add_training_options(p, per_run=False)  # the options of tools/finetune.py
+    add_sweep_options(p, grid_by_default=True)
     p.set_defaults(regime="linear-probe", epochs=10, test_size=2000)
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=None,
@@ -83,16 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.train_size < 1:
+    if args.train_size is not None and args.train_size < 1:
         raise ValueError(f"--train-size must be at least 1, got {args.train_size}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     base = config_values(args)
-    for k in ("out", "progress", "threads", "runs_per_worker"):
+    for k in ("out", "progress", "threads", "runs_per_worker"):  # not TrainConfig fields
         base.pop(k, None)
-    out = args.out or Path("picks") / f"{args.model}-{args.dataset}-n{args.train_size}"
+    out = args.out or Path("picks") / f"{args.model}-{args.dataset}-n{args.train_size or 'all'}"
     argv_text = sys.argv[1:] if argv is None else list(argv)
     command = "python tools/pick_head.py " + shlex.join(argv_text)
     t0, cpu0 = time.perf_counter(), cpu_seconds()
@@ -105,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_pick(args.model, base, seeds=args.seeds, train_size=args.train_size,
                           out=out, heads=args.heads, jobs=args.jobs, progress=args.progress,
                           command=command, threads=args.threads,
-                          runs_per_worker=args.runs_per_worker)
+                          runs_per_worker=args.runs_per_worker,
+                          sweep=sweep_settings(args, grid_by_default=True),
+                          sweep_mem_gb=args.sweep_mem_gb)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     study = result["study"]
     meta = {"command": f"`{command}`", "wall time": f"{wall:.1f} s (including extraction)",
@@ -120,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "json":
         print(json.dumps({k: result[k] for k in JSON_KEYS}, indent=2))
     else:
-        print(format_table(table_rows(result["table"]), floatfmt=".4g"))
+        print(format_table(table_rows(result["table"], result["choices"]), floatfmt=".4g"))
+        if result["choices"]:
+            print(format_table(lr_rows(result["choices"], result["curves"]), floatfmt=".4g"))
         print(f"recommended: {result['recommended']}: {result['reason']}")
         print(f"{wall:.1f} s; written: {', '.join(str(p) for p in files.values())}")
     failed, busy = study.get("failed") or [], study.get("busy") or []

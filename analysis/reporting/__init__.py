@@ -12,6 +12,7 @@ from .plots import (
     plot_curves,
     plot_gap_vs_train_size,
     plot_learning_curves,
+    plot_lr_curves,
     plot_pick,
     pyplot,
     save_figure,
@@ -21,5 +22,5 @@ from .tables import TABLE_FORMATS, columns_of, flatten_row, format_table, to_csv
 
 __all__ = ["TABLE_FORMATS", "LineProgress", "columns_of", "figure_format", "flatten_row",
            "format_table", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
-           "plot_gap_vs_train_size", "plot_learning_curves", "plot_pick", "progress_bar", "pyplot",
+           "plot_gap_vs_train_size", "plot_learning_curves", "plot_lr_curves", "plot_pick", "progress_bar", "pyplot",
            "save_figure", "to_csv", "to_json"]

@@ -233,3 +233,47 @@ def plot_acc_vs_shift(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
         ax.legend(fontsize=7)
     return save_figure(fig, path)
 
+
+
+def plot_lr_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+                   chosen: Mapping[str, float] | None = None) -> Path | None:
+    """Validation accuracy (%, mean ± std over seeds) against the learning rate, one line per
+    head (and weight decay, when several); pruned settings hollow, diverged ones crossed at
+    the bottom, each head's chosen rate ringed. The legend sits outside the axes."""
+    rows = [r for r in rows if r.get("lr")]
+    if not rows:
+        return None
+    plt = pyplot()
+    decays = sorted({r["weight_decay"] for r in rows})
+    keys = list(dict.fromkeys((r["head"], r["weight_decay"]) for r in rows))
+    colours = _colours([f"{h} wd={wd:g}" if len(decays) > 1 else h for h, wd in keys])
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    floor = min((_pct(r["val_acc_mean"]) for r in rows if r.get("val_acc_mean") is not None),
+                default=0.0)
+    for (head, wd), name in zip(keys, colours, strict=True):
+        pts = sorted((r for r in rows if (r["head"], r["weight_decay"]) == (head, wd)),
+                     key=lambda r: r["lr"])
+        colour = colours[name]
+        done = [r for r in pts if r.get("val_acc_mean") is not None]
+        ax.errorbar([r["lr"] for r in done], [_pct(r["val_acc_mean"]) for r in done],
+                    yerr=[_pct(r.get("val_acc_std") or 0.0) for r in done], color=colour,
+                    marker="o", capsize=2, label=name, linewidth=1)
+        for r in done:
+            if r["status"] == "pruned":
+                ax.plot(r["lr"], _pct(r["val_acc_mean"]), marker="o", color="white",
+                        markeredgecolor=colour, linestyle="none")
+        for r in pts:
+            if r["status"] == "diverged":
+                ax.plot(r["lr"], floor, marker="x", color=colour, linestyle="none")
+        if chosen and head in chosen:
+            best = next((r for r in done if r["lr"] == chosen[head]), None)
+            if best is not None:
+                ax.plot(best["lr"], _pct(best["val_acc_mean"]), marker="o", markersize=11,
+                        markerfacecolor="none", markeredgecolor="black", linestyle="none")
+    ax.set(xscale="log", xlabel="learning rate (peak)", ylabel="best validation accuracy (%)",
+           title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              title="hollow: pruned; x: diverged; ringed: chosen", title_fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)

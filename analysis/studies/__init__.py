@@ -17,19 +17,23 @@ from .cluster import StudyTask, cancel_study, study_status, submit_study, wait_s
 from .collect import collect, load_records, study_records
 from .frozen import clear_views, frozen_scorer, view_features
 from .jobs import JOBS_FILE, RunState, read_jobs
+from .lr_grid import Choice, choose_settings, default_lrs
+from .onepass import add_sweep_options, one_pass_applies, sweep_pending, sweep_settings
 from .pick import (
+    FIT_THRESHOLD,
     JSON_KEYS,
     ROW_KEYS,
+    SWEEP_KEYS,
     VARIANTS,
     candidate_heads,
     pick_rows,
     pool_for,
-    recommend,
+    resolve_train_size,
     run_pick,
-    table_rows,
-    write_pick,
 )
+from .pick_report import lr_rows, table_rows, write_pick
 from .pool import Job, JobResult, WorkerPool
+from .recommend import RULE, compare_to_best, holm, recommend
 from .reevaluate import find_runs, reevaluate_runs, summarise_reevaluation
 from .report import write_report
 from .robustness import default_sizes, evaluate_run, evaluate_sizes
@@ -38,7 +42,9 @@ from .shifts import DIRECTIONS, SHIFT_FILE, evaluate_run_shifts, evaluate_shifts
 from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
 from .verdicts import ALPHA, VERDICTS, paired_test, verdict
 
-__all__ = ["find_runs", "reevaluate_runs", "summarise_reevaluation", "ALPHA", "CLAIMS", "DIRECTIONS", "JOBS_FILE", "JSON_KEYS", "KEEP", "PLACEMENT_FILE",
+__all__ = ["FIT_THRESHOLD", "RULE", "SWEEP_KEYS", "compare_to_best", "holm", "lr_rows",
+           "resolve_train_size", "Choice", "add_sweep_options", "choose_settings", "default_lrs", "one_pass_applies",
+           "sweep_pending", "sweep_settings", "find_runs", "reevaluate_runs", "summarise_reevaluation", "ALPHA", "CLAIMS", "DIRECTIONS", "JOBS_FILE", "JSON_KEYS", "KEEP", "PLACEMENT_FILE",
            "ROW_KEYS", "SHIFT_FILE", "STUDY_FILE", "VARIANTS", "VERDICTS", "WORKER_TARGET",
            "Claim", "Combo", "Job", "JobResult", "RunState", "StudySpec", "StudyTask",
            "WorkerPool", "cancel_study", "candidate_heads", "claim_rows", "claims_markdown",

@@ -46,6 +46,9 @@ def settings_mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
     if (old.get("head_lr") or {}) != (new.get("head_lr") or {}):  # absent in older studies
         diff.append(f"head_lr {old.get('head_lr') or {}!r} -> {new.get('head_lr') or {}!r}")
+    for k in ("lrs", "weight_decays", "prune_at", "prune_keep"):  # the grid a study searched
+        if k in old and old.get(k) != new.get(k):
+            diff.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
     return diff
 
 

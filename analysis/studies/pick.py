@@ -5,9 +5,11 @@ training-set size: every head kind registered in ``surgery.HEADS`` that builds o
 (``original`` included where the model has a classifier of its own: the baseline), plus the
 fixed list :data:`VARIANTS` of hidden / dropout variants, each for every seed. Under the
 default linear probe the backbone's features are extracted once and every run trains its head
-on them. The runs' validation accuracy gives a ranked table (:func:`pick_rows`) and a one-line
-recommendation with its reason (:func:`recommend`); :func:`write_pick` writes it as
-``pick.md``, ``pick.csv``, ``pick.json`` and ``pick.png``.
+on them, every head at every learning rate of a grid in one pass (analysis.studies.onepass),
+each keeping its best on validation. The runs' validation accuracy gives a ranked table
+(:func:`pick_rows`), compared with the best head pairwise over the seeds, and a one-line
+recommendation with its reason (analysis.studies.recommend); analysis.studies.pick_report
+writes ``pick.md``, ``pick.csv``, ``pick.json``, ``pick.png``, ``sweep.csv`` and ``lr.png``.
 
 Seeds share a pool of ``train_size`` + validation images (a fixed stratified subset of the
 training split); each seed draws its own validation split from it, so the spread over seeds
@@ -16,7 +18,6 @@ covers both the split and the head's initialisation.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,17 +26,19 @@ from typing import Any
 import torch
 
 import surgery
-from surgery import HEADS, HeadSpec, atomic_write_bytes, parse_head
+from surgery import HEADS, HeadSpec, parse_head, read_json
 
-from ..reporting import format_table, plot_pick, to_csv
 from ..training import TrainConfig, load_run_data, timm_kwargs
 from .aggregate import mean_std
 from .collect import load_records
+from .onepass import sweep_dir
+from .recommend import compare_to_best, recommend
 from .runner import run_study
 from .spec import StudySpec
 
-__all__ = ["COARSER", "JSON_KEYS", "ROW_KEYS", "VARIANTS", "candidate_heads", "pick_rows", "pool_for",
-           "recommend", "run_pick", "table_rows", "write_pick"]
+__all__ = ["COARSER", "FIT_THRESHOLD", "JSON_KEYS", "ROW_KEYS", "SWEEP_KEYS", "VARIANTS",
+           "candidate_heads", "pick_rows", "pool_for", "read_sweep", "resolve_train_size",
+           "run_pick"]
 
 # hidden / dropout variants tried on top of the plain heads (when their kind applies)
 VARIANTS = ("gap:dropout=0.5", "gap:hidden=256:dropout=0.5", "gmp:hidden=256:dropout=0.5",
@@ -45,9 +48,12 @@ VARIANTS = ("gap:dropout=0.5", "gap:hidden=256:dropout=0.5", "gmp:hidden=256:dro
 # in order: spp's default levels 1x2x4 need a 4x4 grid, which small inputs do not give (resnet18
 # at 64 px has 2x2); levels 1x2 still pool a pyramid there. (levels=1 would be gmp again.)
 COARSER: dict[str, tuple[str, ...]] = {"spp": ("spp:levels=1x2",)}
-JSON_KEYS = ("backbone", "dataset", "train_size", "seeds", "rows", "recommended", "reason")
+JSON_KEYS = ("backbone", "dataset", "train_size", "seeds", "rows", "recommended", "reason", "lrs",
+             "sweep")
 ROW_KEYS = ("head", "val_acc_mean", "val_acc_std", "gap_acc_mean", "head_params", "head_gmacs",
-            "any_size")
+            "any_size", "lr")
+FIT_THRESHOLD = 0.99  # a head whose final training accuracy is below this does not fit its set
+SWEEP_KEYS = ("head", "lr", "weight_decay", "seed", "val_acc", "status")
 
 
 def candidate_heads(model: str, *, img_size: int, in_chans: int,
@@ -96,8 +102,10 @@ def pool_for(train_size: int, val_size: int | float) -> tuple[int, int]:
 
 def pick_rows(records: Sequence[dict[str, Any]], heads: Sequence[HeadSpec]) -> list[dict[str, Any]]:
     """One row per head, best mean validation accuracy first: the :data:`ROW_KEYS` (accuracies
-    as fractions; ``gap_acc_mean`` train minus validation accuracy at the best epoch), plus
-    ``seeds`` and ``test_acc_mean`` for the table."""
+    as fractions; ``gap_acc_mean`` train minus validation accuracy at the best epoch; ``lr`` the
+    learning rate its runs trained at), plus ``seeds``, ``test_acc_mean``, ``train_acc_mean``
+    (the final epoch's, on the fixed training sample) and ``per_seed`` (seed -> validation
+    accuracy, for the paired comparison)."""
     rows = []
     for head in heads:
         recs = [r for r in records if r["head_label"] == head.label]
@@ -106,61 +114,62 @@ def pick_rows(records: Sequence[dict[str, Any]], heads: Sequence[HeadSpec]) -> l
         val_mean, val_std = mean_std([r.get("best_val_acc") for r in recs])
         gap_mean, _ = mean_std([r.get("gap_acc") for r in recs])
         test_mean, _ = mean_std([r.get("test_acc") for r in recs])
+        fit_mean, _ = mean_std([r.get("final_train_acc") for r in recs])
         kind = HEADS.get(head.kind)
+        lrs = sorted({r["lr"] for r in recs if r.get("lr") is not None})
         rows.append({"head": head.label, "val_acc_mean": val_mean, "val_acc_std": val_std or 0.0,
                      "gap_acc_mean": gap_mean, "head_params": recs[0].get("head_params"),
                      "head_gmacs": recs[0].get("head_gmacs"),
                      "any_size": bool(kind.any_input_size) if kind is not None else None,
-                     "seeds": len(recs), "test_acc_mean": test_mean})
+                     "lr": lrs[0] if len(lrs) == 1 else None,
+                     "seeds": len(recs), "test_acc_mean": test_mean, "train_acc_mean": fit_mean,
+                     "per_seed": {int(r["seed"]): float(r["best_val_acc"]) for r in recs
+                                  if r.get("best_val_acc") is not None}})
     return sorted(rows, key=lambda r: -(r["val_acc_mean"] if r["val_acc_mean"] is not None
                                         else -1.0))
 
 
-def recommend(rows: Sequence[dict[str, Any]]) -> tuple[str | None, str]:
-    """The head with the fewest parameters among those whose mean validation accuracy is within
-    the seed spread (one standard deviation) of the best; ``(head, reason)``."""
-    rows = [r for r in rows if r["val_acc_mean"] is not None]
-    if not rows:
-        return None, "no run finished"
-    best = max(rows, key=lambda r: r["val_acc_mean"])
-    floor = best["val_acc_mean"] - (best["val_acc_std"] or 0.0)
-    close = [r for r in rows if r["val_acc_mean"] >= floor]
-    pick = min(close, key=lambda r: (r["head_params"] if r["head_params"] is not None
-                                     else float("inf"), -r["val_acc_mean"]))
-
-    def acc(r: dict[str, Any]) -> str:
-        return f"{100 * r['val_acc_mean']:.2f} ± {100 * (r['val_acc_std'] or 0):.2f}%"
-
-    if pick is best:
-        others = len(close) - 1
-        return pick["head"], (f"best mean validation accuracy ({acc(best)}); "
-                              + (f"the {others} head(s) within its seed spread have more "
-                                 "parameters" if others else
-                                 "no other head is within its seed spread"))
-    return pick["head"], (f"{acc(pick)} is within the seed spread of the best ({best['head']}, "
-                          f"{acc(best)}) with the fewest head parameters "
-                          f"({pick['head_params']:,} vs {best['head_params']:,})")
+def resolve_train_size(data: Any, train_size: int | None, val_size: int | float,
+                       dataset: str) -> tuple[int | None, int | None, int]:
+    """``(train_size, pool_size, validation count)``: ``train_size`` None takes what the data
+    holds (the training pool minus validation, the pool being the whole training split); a
+    size the data cannot hold is a ValueError naming ``--train-size``."""
+    available = len(data.train_y) + len(data.val_y)
+    if train_size is None:
+        return None, None, len(data.val_y)
+    pool, n_val = pool_for(train_size, val_size)
+    if pool > available:
+        most = available - n_val if isinstance(val_size, int) or val_size >= 1 else \
+            int(available * (1 - float(val_size)))
+        raise ValueError(f"--train-size {train_size} with its {n_val} validation images "
+                         f"(--val-size {val_size}) needs {pool} training images, and {dataset} "
+                         f"has {available}: give --train-size at most {max(1, most)}, or leave "
+                         "it out to train on all of them")
+    return train_size, pool, n_val
 
 
-def run_pick(model: str, base: dict[str, Any], *, seeds: Sequence[int], train_size: int,
-             out: str | Path, heads: Sequence[HeadSpec] | None = None, jobs: int = 0,
-             progress: bool = True, command: str = "", threads: int | None = None,
-             runs_per_worker: int = 0) -> dict[str, Any]:
+def run_pick(model: str, base: dict[str, Any], *, seeds: Sequence[int],
+             train_size: int | None, out: str | Path, heads: Sequence[HeadSpec] | None = None,
+             sweep: dict[str, Any] | None = None, jobs: int = 0, progress: bool = True,
+             command: str = "", threads: int | None = None, runs_per_worker: int = 0,
+             sweep_mem_gb: float | None = None) -> dict[str, Any]:
     """Train every candidate head (or ``heads``) x ``seeds`` on ``model`` and rank them.
 
     ``base`` holds TrainConfig fields shared by every run (dataset, regime, epochs, ...);
-    ``jobs``, ``threads`` and ``runs_per_worker`` are run_study's (``jobs=0``: in this process,
-    the feature cache in memory; else worker processes reading it from disk).
-    Returns the JSON result (:data:`JSON_KEYS`) plus ``table`` (rows with seeds and test
-    accuracy), ``skipped`` heads and ``study`` (what run_study returned)."""
+    ``sweep`` the StudySpec fields of the one pass (``lrs``, ``weight_decays``, ``one_pass``,
+    ``prune_at``, ``prune_keep``: analysis.studies.onepass), by which each head trains at its
+    own best learning rate; ``train_size`` None takes what the data holds. ``jobs``,
+    ``threads`` and ``runs_per_worker`` are run_study's. Returns the JSON result
+    (:data:`JSON_KEYS`) plus ``table`` (rows with the paired comparison to the best), ``choices``
+    and ``curves`` (the sweep's, per head), ``skipped`` heads and ``study``."""
     base = dict(base)
-    pool, n_val = pool_for(train_size, base.get("val_size", TrainConfig.val_size))
-    if base.get("pool_size") is None:
-        base.update(pool_size=pool, val_size=n_val)
-    probe = TrainConfig.from_dict({**base, "model": model, "train_size": train_size,
-                                   "seed": seeds[0]})
+    probe = TrainConfig.from_dict({**base, "model": model, "train_size": None,
+                                   "seed": seeds[0], "pool_size": None})
     probe.check()
     data = load_run_data(probe)
+    train_size, pool, n_val = resolve_train_size(data, train_size, probe.val_size, probe.dataset)
+    if base.get("pool_size") is None and pool is not None:
+        base.update(pool_size=pool, val_size=n_val)
     img_size = probe.img_size or data.image_size[0]
     weights = probe.pretrained or probe.checkpoint is not None
     in_chans = probe.in_chans or (3 if weights else data.channels)
@@ -170,49 +179,34 @@ def run_pick(model: str, base: dict[str, Any], *, seeds: Sequence[int], train_si
                                          timm_options=probe.timm_options)
     spec = StudySpec((model,), tuple(heads), tuple(seeds), (train_size,), base,
                      test_size=base.pop("test_size", None), robust_images=None,
-                     command=command, robustness=False)
+                     command=command, robustness=False, **(sweep or {}))
     study = run_study(spec, out, jobs=jobs, progress=progress, threads=threads,
-                      runs_per_worker=runs_per_worker)
-    table = pick_rows(load_records([out], spec), spec.heads)
+                      runs_per_worker=runs_per_worker, sweep_mem_gb=sweep_mem_gb)
+    swept = read_sweep(out, model, train_size)
+    table = compare_to_best(pick_rows(load_records([out], spec), spec.heads),
+                            {h.label: {} for h in spec.heads} | _per_seed(out, spec))
     head, reason = recommend(table)
-    return {"backbone": model, "dataset": probe.dataset, "train_size": train_size,
-            "seeds": list(seeds), "rows": [{k: r[k] for k in ROW_KEYS} for r in table],
-            "recommended": head, "reason": reason, "table": table, "skipped": skipped,
-            "study": study}
+    lrs = swept.get("lrs") or sorted({r["lr"] for r in table if r.get("lr") is not None})
+    n_train = train_size if train_size is not None else len(data.train_y)
+    return {"backbone": model, "dataset": probe.dataset, "train_size": n_train,
+            "seeds": list(seeds), "rows": [{k: r.get(k) for k in ROW_KEYS} for r in table],
+            "recommended": head, "reason": reason, "lrs": lrs,
+            "sweep": [{k: m.get(k) for k in SWEEP_KEYS} for m in swept.get("members", [])],
+            "table": table, "choices": swept.get("choices", {}),
+            "curves": swept.get("curves", []), "skipped": skipped, "study": study,
+            "study_train_size": train_size}
 
 
-def table_rows(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ranked table as people read it: percentages and points, parameters, GMACs."""
-    def pct(v: Any) -> Any:
-        return None if v is None else round(100 * float(v), 2)
-    return [{"rank": i + 1, "head": r["head"], "val acc %": pct(r["val_acc_mean"]),
-             "± std": pct(r["val_acc_std"]), "train-val gap pts": pct(r["gap_acc_mean"]),
-             "head params": r["head_params"], "head GMACs": r["head_gmacs"],
-             "any size": "yes" if r["any_size"] else "no", "seeds": r["seeds"],
-             "test acc %": pct(r["test_acc_mean"])} for i, r in enumerate(table)]
+def _per_seed(out: str | Path, spec: StudySpec) -> dict[str, dict[int, float]]:
+    """head -> seed -> best validation accuracy of the study's finished runs."""
+    per: dict[str, dict[int, float]] = {}
+    for r in load_records([out], spec):
+        if r.get("best_val_acc") is not None:
+            per.setdefault(r["head_label"], {})[int(r["seed"])] = float(r["best_val_acc"])
+    return per
 
 
-def write_pick(out: str | Path, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Path]:
-    """``pick.md``, ``pick.csv``, ``pick.json`` and ``pick.png`` in ``out``; ``meta`` (command,
-    machine, wall time, ...) goes into the markdown and a ``meta`` key of nothing else."""
-    out = Path(out)
-    rows = table_rows(result["table"])
-    doc = {k: result[k] for k in JSON_KEYS}
-    lines = [f"# Which head for {result['backbone']} on {result['dataset']}?", "",
-             f"**Recommended: {result['recommended']}**: {result['reason']}.", "",
-             format_table(rows, floatfmt=".4g"), ""]
-    lines += [f"- {k}: {v}" for k, v in meta.items()]
-    if result.get("skipped"):
-        lines += ["", "Head kinds that do not apply:"]
-        lines += [f"- {k}: {why}" for k, why in result["skipped"]]
-    files = {
-        "pick.md": atomic_write_bytes(out / "pick.md", ("\n".join(lines) + "\n").encode()),
-        "pick.csv": atomic_write_bytes(out / "pick.csv", to_csv(rows).encode()),
-        "pick.json": atomic_write_bytes(out / "pick.json",
-                                        (json.dumps(doc, indent=2) + "\n").encode()),
-    }
-    title = f"{result['backbone']} on {result['dataset']}, n={result['train_size']}"
-    png = plot_pick(result["table"], out / "pick.png", title, result["recommended"])
-    if png is not None:
-        files["pick.png"] = png
-    return files
+def read_sweep(out: str | Path, model: str, train_size: int | None) -> dict[str, Any]:
+    """The one pass's record of this pick (``sweep.json``), or {} without one."""
+    path = sweep_dir(out, model, train_size) / "sweep.json"
+    return dict(read_json(path)) if path.is_file() else {}

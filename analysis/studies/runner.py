@@ -7,7 +7,7 @@ Resuming is the default: a combination whose run directory has ``summary.json`` 
 n machines split one study; analysis.studies.collect merges their directories into one report.
 With ``jobs >= 1`` the runs go to that many worker processes (analysis.studies.pool), each
 importing torch and timm once and running many of them; a crash loses one run (the worker is
-replaced). ``jobs=0`` runs them in this process (tests). Either way each run's peak memory is its
+replaced). ``jobs=0`` runs them in this process. Either way each run's peak memory is its
 own (analysis.training resets the peak at the start of a run), and each run directory is locked
 while a job runs it: a run that another process (an earlier invocation, or its orphaned worker)
 is running is left alone and reported busy.
@@ -24,7 +24,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from surgery import one_line, one_line_warnings, read_json, write_json
+import torch
+
+from surgery import free_bytes, one_line, one_line_warnings, read_json, write_json
 
 from ..data import decodes_files
 from ..reporting import progress_bar, pyplot
@@ -37,6 +39,7 @@ from ..training import (
     warm_feature_caches,
 )
 from .collect import is_done, load_records, settings_mismatch
+from .onepass import one_pass_applies, sweep_pending
 from .pool import Job, WorkerPool
 from .report import write_report
 from .robustness import evaluate_run
@@ -176,7 +179,8 @@ def _worker_env(threads: int) -> dict[str, str]:
 
 def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
               shard: tuple[int, int] | None = None, progress: bool = True,
-              threads: int | None = None, runs_per_worker: int = 0) -> dict[str, Any]:
+              threads: int | None = None, runs_per_worker: int = 0,
+              sweep_mem_gb: float | None = None) -> dict[str, Any]:
     """Run this shard's combinations not yet done, then write the report of the directory.
 
     Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "busy": [(name,
@@ -188,8 +192,8 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     processes run the jobs, each many of them (its imports paid once; ``runs_per_worker`` > 0
     replaces a worker after that many); ``threads``: torch threads per worker (default: cores /
     jobs; on a shared, busy CPU 1 is faster). A failed run is recorded with the last line of its
-    error (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process
-    (tests), where errors propagate. ``timing``: the wall time of the runs, the sum of the jobs'
+    error (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process,
+    where a failed run is recorded the same way (its error's last line) and the others go on. ``timing``: the wall time of the runs, the sum of the jobs'
     own times, the image folder's decoding (or opening its cache) in this process before the
     workers start (``data_load_s``), the feature extraction (``features_s``) and the rest
     (``overhead_s``: process starts, imports, waiting).
@@ -207,6 +211,17 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
         [TrainConfig.from_dict(job.payload["config"]) for job in pending],
         directory=out / "features", shared=jobs > 0, progress=progress)
     t_features = time.perf_counter() - t_features
+    # frozen backbones on cached features: every head x setting x seed in one pass, which
+    # writes the chosen runs; the jobs below then only evaluate them
+    t_sweep = time.perf_counter()
+    if one_pass_applies(spec) and pending:
+        swept = sweep_pending(spec, out, [job.name for job in pending], progress=progress,
+                              mem_bytes=_sweep_bytes(sweep_mem_gb))
+        result["failed"] += swept["failed"]
+        result["sweeps"] = swept["groups"]
+        failed = {name for name, _ in swept["failed"]}
+        pending = [job for job in pending if job.name not in failed]
+    t_sweep = time.perf_counter() - t_sweep
     bar = progress_bar(len(pending), "study runs", "run", per_update=True) \
         if progress and pending else None
     seconds: list[float] = []
@@ -227,7 +242,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     if bar is not None:
         bar.close()
     result["timing"] = _timing(time.perf_counter() - t0, seconds, jobs, started, t_features,
-                               warm)
+                               warm, t_sweep)
     result["report"] = write_report(out, load_records([out], spec), spec,
                                     session=result["timing"])
     return result
@@ -244,6 +259,8 @@ def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_wo
                 status, message = "ok", ""
             except RunInUseError as err:
                 status, message = "busy", str(err)
+            except Exception as err:  # a failed run (one that diverged, say) is reported
+                status, message = "failed", one_line(err)
             record(job.name, status, message, time.perf_counter() - t)
         return 0
     if not pending:
@@ -257,10 +274,19 @@ def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_wo
 
 
 def _timing(wall: float, seconds: list[float], jobs: int, workers: int,
-            features: float, data_load: float = 0.0) -> dict[str, Any]:
+            features: float, data_load: float = 0.0, sweep: float = 0.0) -> dict[str, Any]:
     """Wall time of this invocation's runs against the sum of the jobs' own times, the image
-    decoding and the shared feature extraction before them."""
+    decoding, the shared feature extraction and the one-pass sweep before them."""
     busy = sum(seconds)
     return {"runs": len(seconds), "jobs": max(1, jobs), "workers_started": workers,
             "wall_s": wall, "jobs_s": busy, "features_s": features, "data_load_s": data_load,
-            "overhead_s": wall - data_load - features - busy / max(1, jobs)}
+            "sweep_s": sweep,
+            "overhead_s": wall - data_load - features - sweep - busy / max(1, jobs)}
+
+
+def _sweep_bytes(gb: float | None) -> int | None:
+    """The one pass's memory budget: ``gb`` GiB, or half of what is available now."""
+    if gb is not None:
+        return int(gb * 2**30)
+    free = free_bytes(torch.device("cpu"))
+    return None if free is None else free // 2

@@ -16,6 +16,7 @@ from typing import Any
 from surgery import HeadSpec, make_spec, parse_head
 
 from ..training import TrainConfig, run_name
+from .lr_grid import check_grid
 
 __all__ = ["KEEP", "STUDY_FILE", "Combo", "StudySpec", "combinations", "parse_shard",
            "select_shard"]
@@ -39,6 +40,10 @@ class StudySpec:
     its checkpoints (``best``: best.pt only, ``none``: neither, ``all``: best.pt and last.pt).
     ``head_lr``: learning rates that differ from ``base['lr']`` for some heads, by head label
     (a 120 M-parameter Flatten+Dense head diverges at a rate a 2,565-parameter GAP head needs).
+    ``lrs`` / ``weight_decays``: grids a frozen-backbone study searches per head (empty: the one
+    value of ``base``); ``one_pass``: its runs train together over the feature cache
+    (analysis.studies.onepass), with successive halving after the fractions ``prune_at`` of
+    the epochs keeping ``prune_keep`` of each head's settings.
     """
 
     models: tuple[str, ...]
@@ -55,6 +60,11 @@ class StudySpec:
     shift_images: int | None = 2000
     keep: str = "best"
     head_lr: dict[str, float] = field(default_factory=dict)
+    lrs: tuple[float, ...] = ()
+    weight_decays: tuple[float, ...] = ()
+    one_pass: bool = True
+    prune_at: tuple[float, ...] = (0.25, 0.5)
+    prune_keep: float = 0.5
 
     def check(self) -> None:
         """Raise ValueError for an empty or ambiguous grid, or a setting train() rejects."""
@@ -89,6 +99,7 @@ class StudySpec:
                if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0}
         if bad:
             raise ValueError(f"--head-lr learning rates must be > 0, got {bad}")
+        self._check_grid()
         if self.keep not in KEEP:
             raise ValueError(f"--keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.robust_images is not None and self.robust_images < 1:
@@ -96,6 +107,23 @@ class StudySpec:
         for model in self.models:  # names and settings, before any data is read
             for head in self.heads:
                 Combo(model, head, self.train_sizes[0], self.seeds[0]).config(self, Path(".")).check()
+
+    def _check_grid(self) -> None:
+        """The learning-rate and weight-decay grids: searched in one pass over cached features."""
+        for flag, values in (("--lrs", self.lrs), ("--weight-decays", self.weight_decays)):
+            if values:
+                check_grid(values, flag)
+        grid = len(self.lrs) > 1 or len(self.weight_decays) > 1
+        if grid and self.head_lr:
+            raise ValueError("--head-lr fixes one head's learning rate and --lrs searches every "
+                             "head's: give one of them")
+        if grid and not (self.one_pass and self.base.get("regime") == "linear-probe"):
+            raise ValueError("--lrs / --weight-decays search each head's setting in one pass over "
+                             "a frozen backbone's cached features: they need --regime "
+                             "linear-probe (and no --no-one-pass); otherwise give one --lr")
+        if not 0 < self.prune_keep <= 1 or any(not 0 < f < 1 for f in self.prune_at):
+            raise ValueError(f"--prune-keep must be in (0, 1] and --prune-at fractions in (0, 1), "
+                             f"got {self.prune_keep} and {list(self.prune_at)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -111,7 +139,10 @@ class StudySpec:
                    dict(d["base"]), tuple(d.get("robust_sizes") or ()), d.get("robust_images"),
                    d.get("test_size"), d.get("command", ""), bool(d.get("robustness", True)),
                    tuple(d.get("shifts") or ()), d.get("shift_images", 2000),
-                   d.get("keep", "best"), dict(d.get("head_lr") or {}))
+                   d.get("keep", "best"), dict(d.get("head_lr") or {}),
+                   tuple(d.get("lrs") or ()), tuple(d.get("weight_decays") or ()),
+                   bool(d.get("one_pass", False)), tuple(d.get("prune_at") or ()),
+                   float(d.get("prune_keep", 0.5)))
 
 
 def _stored_head(stored: str | dict[str, Any]) -> HeadSpec:
@@ -134,6 +165,8 @@ class Combo:
     def config(self, spec: StudySpec, runs_dir: Path) -> TrainConfig:
         """The TrainConfig of this run, named by ``run_name``."""
         lr = spec.head_lr.get(self.head.label, spec.base.get("lr", TrainConfig.lr))
+        if spec.lrs:  # the grid's first value until the sweep chooses
+            lr = spec.lrs[0]
         cfg = TrainConfig.from_dict({**spec.base, "lr": lr, "model": self.model, "head": str(self.head),
                                      "hidden": (), "dropout": 0.0,
                                      "train_size": self.train_size, "seed": self.seed,

@@ -25,10 +25,11 @@ from ..data import (
 )
 from .ranges import NUMERIC_RULES, check_number, option_flag
 
-__all__ = ["FEATURE_CACHE", "FEATURE_DTYPES", "OPTIMIZERS", "REGIMES", "TrainConfig",
+__all__ = ["FEATURE_CACHE", "FEATURE_DTYPES", "LINEAR_PROBE_MIN_STEPS", "OPTIMIZERS", "REGIMES", "TrainConfig",
            "config_from_record", "load_run_data", "run_name"]
 
 REGIMES = ("full", "linear-probe", "two-stage")
+LINEAR_PROBE_MIN_STEPS = 1000  # a linear probe's default --min-steps
 OPTIMIZERS = ("adamw", "sgd")
 FEATURE_CACHE = ("auto", "off")
 FEATURE_DTYPES = ("float16", "float32")
@@ -66,7 +67,7 @@ class TrainConfig:
     data_cache_dir: str | None = None  # None: $HEADSWAP_DATA_CACHE or ~/.cache/headswap/data
     # optimisation
     epochs: int = 5
-    min_steps: int = 0                # optimiser steps in the run at least: short epochs get more passes
+    min_steps: int | None = None      # optimiser steps at least (None: 1000 for a linear probe, else 0)
     batch_size: int = 64
     eval_batch_size: int | None = None  # None: 2 x batch_size
     optimizer: str = "adamw"
@@ -163,6 +164,15 @@ class TrainConfig:
                              "--feature-cache auto (for fresh random crops every epoch without "
                              "the cache, use --augment)")
 
+    def steps_floor(self) -> int:
+        """Optimiser steps the run takes at least: ``min_steps``, by default
+        :data:`LINEAR_PROBE_MIN_STEPS` for a linear probe (a head on a frozen backbone is trained
+        to convergence whatever the data size, as DINOv2's linear evaluation trains a fixed
+        number of iterations) and none otherwise (epochs decide)."""
+        if self.min_steps is not None:
+            return self.min_steps
+        return LINEAR_PROBE_MIN_STEPS if self.regime == "linear-probe" else 0
+
     def frozen(self, epoch: int) -> bool:
         """Whether the backbone is frozen in ``epoch`` (0-based): a linear probe always, two-stage
         during its head epochs."""
@@ -204,8 +214,10 @@ def config_from_record(record: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a run's ``config.json`` (its ``config`` part).
 
     A record written before ``--resize`` existed resumes as it ran: image files squashed to a
-    square, and decoded at the reader's own default size (64 px) rather than at ``--img-size``."""
+    square, and decoded at the reader's own default size (64 px) rather than at ``--img-size``;
+    one from before ``--min-steps``, with no floor."""
     d = dict(record)
+    d.setdefault("min_steps", 0)  # runs from before --min-steps: epochs alone decided
     if "resize" not in d:
         d["resize"] = "squash"
         if decodes_files(str(d.get("dataset"))):

@@ -16,7 +16,14 @@ from typing import Any
 from surgery import parse_options, resolve_head, spec_help
 
 from ..data import DATASETS, RESIZE_POLICIES, parse_classes
-from .config import FEATURE_CACHE, FEATURE_DTYPES, OPTIMIZERS, REGIMES, TrainConfig
+from .config import (
+    FEATURE_CACHE,
+    FEATURE_DTYPES,
+    LINEAR_PROBE_MIN_STEPS,
+    OPTIMIZERS,
+    REGIMES,
+    TrainConfig,
+)
 
 __all__ = ["add_training_options", "config_from_args", "config_values", "given_config_values"]
 
@@ -119,10 +126,11 @@ def _add_optimisation(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
-    o.add_argument("--min-steps", type=int, default=d.min_steps, metavar="N",
+    o.add_argument("--min-steps", type=int, default=None, metavar="N",
                    help="optimiser steps in the whole run at least: when --epochs passes over "
                         "the training set give fewer, each epoch takes further passes, so a small "
-                        f"training set is still trained to convergence (default {d.min_steps})")
+                        "training set is still trained to convergence (default: "
+                        f"{LINEAR_PROBE_MIN_STEPS} for --regime linear-probe, else 0)")
     o.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     o.add_argument("--eval-batch-size", type=int, default=None, help="(default 2x batch size)")
     o.add_argument("--opt", dest="optimizer", default=d.optimizer, choices=OPTIMIZERS,

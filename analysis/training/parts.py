@@ -129,10 +129,10 @@ def _wrap_for_regime(model: HeadSwapped, cfg: TrainConfig, dist: DistInfo, devic
 
 def epoch_sampler(cfg: TrainConfig, n: int, dist: DistInfo) -> EpochSampler:
     """The run's batch order over ``n`` training images: shuffled by seed and epoch, each epoch
-    at least ``min_steps / epochs`` steps (further passes over a small training set)."""
+    at least ``steps_floor() / epochs`` steps (further passes over a small training set)."""
     return EpochSampler(n, cfg.batch_size, seed=cfg.seed, drop_last=n > cfg.batch_size,
                         rank=dist.rank, world_size=dist.world_size,
-                        min_steps=math.ceil(cfg.min_steps / cfg.epochs))
+                        min_steps=math.ceil(cfg.steps_floor() / cfg.epochs))
 
 
 def _schedule(cfg: TrainConfig, sampler: EpochSampler) -> Schedule:

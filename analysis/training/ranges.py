@@ -83,7 +83,7 @@ NUMERIC_RULES: dict[str, Range] = {
     "test_size": _whole(1, optional=True, hint="leave it out to test on the whole test split"),
     "img_size": _whole(1, optional=True, hint="leave it out for the data's own size"),
     "epochs": _whole(1),
-    "min_steps": _whole(0, hint="0: each epoch is one pass over the training set"),
+    "min_steps": _whole(0, optional=True, hint="0: each epoch is one pass over the training set"),
     "batch_size": _whole(1),
     "eval_batch_size": _whole(1, optional=True),
     "lr": Range(0, low_open=True),

@@ -129,8 +129,8 @@ def test_min_steps_sets_a_runs_length(tmp_path):
 
 def test_head_init_does_not_depend_on_the_backbone_built_before(tmp_path):
     cfg = tiny_config(tmp_path, head="gap:hidden=8")
-    from analysis.training.model import build_backbone, build_model
     from analysis.training import load_run_data
+    from analysis.training.model import build_backbone, build_model
     data = load_run_data(cfg)
     torch.manual_seed(0)
     alone, *_ = quiet(build_model, cfg, data, 16)
