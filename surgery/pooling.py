@@ -220,7 +220,7 @@ class AttentionPool(nn.Module):
         if position_dim(self.info) == 2:
             tokens = tokens.transpose(1, 2)  # (B, L, C)
         b, c, h = tokens.shape[0], tokens.shape[2], self.num_heads
-        q = self.q(self.query.expand(b, -1, -1)).reshape(b, 1, h, c // h).transpose(1, 2)
+        q = self.q(self.query).expand(b, -1, -1).reshape(b, 1, h, c // h).transpose(1, 2)
         k = self.k(tokens).reshape(b, -1, h, c // h).transpose(1, 2)
         v = self.v(tokens).reshape(b, -1, h, c // h).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, C / heads)

@@ -15,6 +15,7 @@ time on the same stacked tensors.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,23 +103,46 @@ class StackedHeads:
     # -- forward -------------------------------------------------------------------------------
     def _record_shapes(self, x: torch.Tensor) -> None:
         """The input shape (without the batch) of each dropout layer, from one forward of
-        member 0 in train mode, and whether vmap batches this head."""
+        member 0 in train mode; then whether to run the members through vmap or one at a time
+        (:meth:`_choose_mode`)."""
         shapes: dict[str, tuple[int, ...]] = {}
         hooks = [m.register_forward_hook(lambda _m, i, _o, n=n: shapes.__setitem__(
             n, tuple(i[0].shape[1:]))) for n, m in self.dropouts]
         self.template.train()
         with torch.no_grad():  # on copies: a module with running statistics updates them
-            one = {n: t[:1].clone() for n, t in {**self.params, **self.buffers}.items()}
-            try:
-                self._call(one, {}, x[:2], batched=True)
-                self.batched = True
-            except Exception:  # an operator or module vmap cannot batch: one member at a time
-                self.batched = False
             first = {n: t[0].clone() for n, t in {**self.params, **self.buffers}.items()}
-            functional_call(self.template, first, (x[:2],))  # the hooks see unbatched shapes
+            functional_call(self.template, first, (x[:2],))
         for h in hooks:
             h.remove()
         self._input_shapes = shapes
+        self.batched = self._choose_mode(x)
+
+    def _choose_mode(self, x: torch.Tensor) -> bool:
+        """vmap when it batches this head and a forward and backward through it is faster than
+        one member at a time (a Linear on an unbatched 3-D input, as attention pooling's keys,
+        can be slower batched), timed once on copies of the weights and masks of ones."""
+        if len(self) == 1:
+            return False
+        times = {}
+        for batched in (True, False):
+            try:
+                times[batched] = min(self._time_step(x, batched) for _ in range(2))
+            except Exception:  # an operator or module vmap cannot batch
+                if not batched:
+                    raise
+        return times.get(True, float("inf")) <= times[False]
+
+    def _time_step(self, x: torch.Tensor, batched: bool) -> float:
+        state = {n: t.detach().clone().requires_grad_(t.requires_grad)
+                 for n, t in {**self.params, **self.buffers}.items()}
+        masks = {f"{name}.mask": torch.ones(len(self), *m.mask_shape(
+            (len(x), *self._input_shapes[name])), device=self.device)  # type: ignore[index]
+            for name, m in self.dropouts}
+        t0 = time.perf_counter()
+        with self._autocast():
+            logits = self._call(state, masks, x, batched)
+        logits.float().logsumexp(-1).sum().backward()
+        return time.perf_counter() - t0
 
     def _masks(self, batch: int) -> dict[str, torch.Tensor]:
         """This step's dropout masks, (members, *noise shape), each member from its generator."""
@@ -176,7 +200,7 @@ class StackedHeads:
 
     def finite(self) -> torch.Tensor:
         """Per member: whether all its trainable weights are finite."""
-        flags = [torch.isfinite(p.detach()).flatten(1).all(1) for p in self.params.values()
+        flags = [torch.isfinite(p.detach()).reshape(len(p), -1).all(1) for p in self.params.values()
                  if p.requires_grad]
         if not flags:
             return torch.ones(len(self), dtype=torch.bool)

@@ -114,7 +114,7 @@ def clip_members(params: dict[str, torch.Tensor], max_norm: float) -> None:
     grads = [p.grad for p in params.values() if p.grad is not None]
     if not grads:
         return
-    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1)  # (members, tensors)
+    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in grads], dim=1)  # (members, tensors)
     total = norms.norm(dim=1)
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:

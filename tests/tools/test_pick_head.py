@@ -21,7 +21,8 @@ from analysis.features import clear_memory  # noqa: E402
 TINY = ["test_resnet", "--dataset", "synthetic", "--data-option", "num_classes=3",
         "--data-option", "n_train=120", "--data-option", "n_test=24", "--data-option",
         "image_size=32", "--train-size", "48", "--val-size", "16", "--seeds", "0", "1",
-        "--epochs", "1", "--batch-size", "16", "--test-size", "12", "--no-progress"]
+        "--epochs", "1", "--batch-size", "16", "--test-size", "12", "--min-steps", "20",
+        "--no-progress"]
 
 
 def _dests(parser) -> set[str]:
@@ -60,13 +61,21 @@ def test_json_output_has_exactly_the_promised_keys_and_files(tmp_path, capsys):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out) == ["backbone", "dataset", "train_size", "seeds", "rows", "recommended",
-                         "reason"]
+                         "reason", "lrs", "sweep"]
     assert [list(r) for r in out["rows"]] == [["head", "val_acc_mean", "val_acc_std",
                                                "gap_acc_mean", "head_params", "head_gmacs",
-                                               "any_size"]] * 2
+                                               "any_size", "lr"]] * 2
+    grid = [1e-4, 0.0003162, 1e-3, 0.003162, 0.01, 0.03162, 0.1]
+    assert [lr for lr in out["lrs"] if lr in grid] == grid
+    assert set(out["lrs"]) - set(grid) <= {0.3163, 3.162e-5}  # one step beyond an edge, once
+    assert {(m["head"], m["lr"], m["seed"]) for m in out["sweep"]} >= {
+        (h, lr, s) for h in ("gap", "gmp") for lr in grid for s in (0, 1)}
+    assert all(set(m) == {"head", "lr", "weight_decay", "seed", "val_acc", "status"}
+               for m in out["sweep"])
+    assert all(r["lr"] in out["lrs"] for r in out["rows"])
     assert out["seeds"] == [0, 1] and out["train_size"] == 48
     assert out["recommended"] in {"gap", "gmp"}
-    for name in ("pick.md", "pick.csv", "pick.json", "pick.png"):
+    for name in ("pick.md", "pick.csv", "pick.json", "pick.png", "sweep.csv", "lr.png"):
         assert (tmp_path / name).is_file(), name
     assert json.loads((tmp_path / "pick.json").read_text()) == out
     assert "Recommended:" in (tmp_path / "pick.md").read_text()

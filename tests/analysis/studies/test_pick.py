@@ -14,6 +14,8 @@ from analysis.studies import (
     ROW_KEYS,
     VARIANTS,
     candidate_heads,
+    compare_to_best,
+    holm,
     pick_rows,
     pool_for,
     recommend,
@@ -22,26 +24,61 @@ from analysis.studies import (
 from surgery import parse_head
 
 
-def _row(head, mean, std, params):
-    return {"head": head, "val_acc_mean": mean, "val_acc_std": std, "gap_acc_mean": 0.0,
-            "head_params": params, "head_gmacs": 0.0, "any_size": True}
+def _row(head, accs, params):
+    return {"head": head, "val_acc_mean": sum(accs) / len(accs), "head_params": params}
 
 
-def test_recommendation_is_the_smallest_head_within_the_seed_spread_of_the_best():
-    rows = [_row("flatten", 0.90, 0.02, 50_000), _row("gap", 0.89, 0.01, 5_000),
-            _row("gmp", 0.87, 0.01, 5_000), _row("nin", 0.885, 0.01, 4_000)]
-    head, reason = recommend(rows)
-    assert head == "nin"  # 0.885 >= 0.90 - 0.02 and fewest parameters; gmp (0.87) is outside
-    assert "flatten" in reason and "4,000 vs 50,000" in reason
-    head, reason = recommend([_row("a", 0.9, 0.0, 10), _row("b", 0.8, 0.0, 1)])
-    assert head == "a" and "no other head is within its seed spread" in reason
+def _compare(heads):
+    rows = [_row(h, accs, params) for h, accs, params in heads]
+    per_seed = {h: dict(enumerate(accs)) for h, accs, _ in heads}
+    return compare_to_best(rows, per_seed)
+
+
+def test_a_smaller_head_within_noise_of_the_best_is_recommended():
+    compared = _compare([("attn", [0.900, 0.910, 0.920], 1_000_000),
+                         ("gap", [0.896, 0.913, 0.915], 5_000),  # -0.2 points, seeds disagree
+                         ("nin", [0.800, 0.810, 0.820], 100)])    # -10 points on every seed
+    verdicts = {r["head"]: r["verdict"] for r in compared}
+    assert verdicts == {"attn": "best", "gap": "within noise", "nin": "clearly worse"}
+    head, reason = recommend(compared)
+    assert head == "gap" and "attn" in reason and "5,000 vs 1,000,000" in reason
+
+
+def test_a_clearly_worse_head_is_not_recommended_even_when_smallest():
+    compared = _compare([("flatten", [0.90, 0.91, 0.92], 50_000),
+                         ("gap", [0.88, 0.895, 0.90], 5_000)])  # 1.5-2 points below on each seed
+    gap = next(r for r in compared if r["head"] == "gap")
+    assert gap["diff_mean"] == pytest.approx(-0.055 / 3) and gap["p"] < 0.05
+    assert recommend(compared)[0] == "flatten"
+
+
+def test_the_correction_counts_the_heads_compared():
+    # the same pair of heads: p 0.027 alone is clearly worse; among four heads Holm lifts it
+    worse = [0.90, 0.91, 0.92], [0.885, 0.898, 0.914]
+    alone = _compare([("a", worse[0], 10), ("b", worse[1], 1)])
+    p_alone = next(r["p"] for r in alone if r["head"] == "b")
+    crowd = _compare([("a", worse[0], 10), ("b", worse[1], 1),
+                      ("c", [0.899, 0.912, 0.918], 5), ("d", [0.901, 0.905, 0.921], 5)])
+    p_crowd = next(r["p"] for r in crowd if r["head"] == "b")
+    assert p_alone < 0.05 < p_crowd
+    assert p_crowd == pytest.approx(3 * p_alone)  # Holm: the smallest of 3 p-values times 3
+    assert {r["head"]: r["verdict"] for r in alone}["b"] == "clearly worse"
+    assert {r["head"]: r["verdict"] for r in crowd}["b"] == "within noise"
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+
+
+def test_one_seed_recommends_the_best():
+    compared = _compare([("flatten", [0.9], 50_000), ("gap", [0.899], 5_000)])
+    head, reason = recommend(compared)
+    assert head == "flatten" and "one seed" in reason
 
 
 def test_rows_average_over_seeds_and_rank_by_validation_accuracy():
     recs = [{"head_label": "gap", "best_val_acc": v, "gap_acc": g, "test_acc": 0.5,
-             "head_params": 10, "head_gmacs": 1e-6} for v, g in ((0.8, 0.1), (0.6, 0.3))]
+             "head_params": 10, "head_gmacs": 1e-6, "seed": s, "lr": 1e-3}
+            for s, (v, g) in enumerate(((0.8, 0.1), (0.6, 0.3)))]
     recs += [{"head_label": "flatten", "best_val_acc": 0.75, "gap_acc": 0.0, "test_acc": 0.5,
-              "head_params": 40, "head_gmacs": 4e-6}]
+              "head_params": 40, "head_gmacs": 4e-6, "seed": 0, "lr": 1e-2}]
     rows = pick_rows(recs, [parse_head("gap"), parse_head("flatten")])
     assert [r["head"] for r in rows] == ["flatten", "gap"]
     gap = rows[1]
@@ -49,6 +86,7 @@ def test_rows_average_over_seeds_and_rank_by_validation_accuracy():
     assert gap["val_acc_std"] == pytest.approx(0.1414213, rel=1e-5)  # sample std of 0.8, 0.6
     assert rows[0]["any_size"] is False and gap["any_size"] is True  # from surgery.HEADS
     assert set(ROW_KEYS) <= set(gap)
+    assert gap["lr"] == 1e-3 and gap["per_seed"] == {0: 0.8, 1: 0.6}
 
 
 def test_pool_holds_train_size_plus_validation():
@@ -104,7 +142,7 @@ def test_one_extraction_serves_every_head_and_seed(tmp_path):
     clear_memory()
     base = dict(dataset="synthetic", val_size=16, epochs=1, batch_size=16, regime="linear-probe",
                 data_options=dict(num_classes=3, n_train=120, n_test=24, image_size=32),
-                checkpoint=None, test_size=12)
+                checkpoint=None, test_size=12, min_steps=20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_pick("test_resnet", base, seeds=[0, 1], train_size=48, out=tmp_path,
