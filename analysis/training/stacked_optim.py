@@ -1,121 +1,77 @@
-"""AdamW and SGD over stacked parameters: every member of a stack has its own learning rate and
-weight decay, and all members update in the same few tensor operations.
+"""One optimiser per member of a stack, each the optimiser its run alone would have.
 
-A sweep (analysis.training.sweep) trains the heads of one kind at many learning rates as one
+A sweep (analysis.training.sweep) holds the heads of one kind at many learning rates as one
 stack of parameters, member ``i`` of every tensor being one head. torch.optim cannot give the
-members of one tensor different learning rates, so :class:`StackedOptimizer` performs the update
-of ``torch.optim.AdamW`` (decoupled weight decay) or ``torch.optim.SGD`` (momentum, Nesterov) as
-torch's single-tensor implementation writes it, with the per-member scalars as a column of
-factors: on the CPU a member then ends where the same head trained alone with torch.optim ends,
-up to float rounding (tested, 1e-5 relative on the logits). Tensors of one dimension per member
-(biases, norms) get no weight decay, as in :func:`analysis.training.build_optimizer`.
+members of one tensor different learning rates, so :class:`MemberOptimizers` gives every member
+its own optimiser (analysis.training.make_optimizer: the fused AdamW, or SGD), built over
+views of its slice of the stacked tensors, with the parameter groups a run alone has (weight
+decay on tensors of more than one dimension, none on biases and norms): a member's update is
+the same kernel on the same numbers as its run alone. Gradient clipping is each member's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["StackedOptimizer", "clip_members"]
+__all__ = ["MemberOptimizers"]
 
-_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as build_optimizer uses it
-_EPS = 1e-8
-
-
-def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """Per-member scalars as float64 -> the tensor's dtype, shaped to broadcast over a member."""
-    col = torch.tensor(list(values), dtype=torch.float64).to(like.dtype).to(like.device)
-    return col.view(-1, *([1] * (like.dim() - 1)))
+MakeOptimizer = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
 
-class StackedOptimizer:
-    """The optimiser of one stack: ``kind`` ``adamw`` or ``sgd``; ``weight_decays`` one per member.
+class MemberOptimizers:
+    """The optimisers of a stack's members over views of ``params`` (name -> stacked tensor);
+    ``make`` builds one from parameter groups; ``weight_decays`` one per member."""
 
-    ``step(lrs)`` takes this step's learning rate of each member (schedule applied); ``keep``
-    drops members (their state goes with them).
-    """
+    def __init__(self, params: dict[str, torch.Tensor], weight_decays: Sequence[float],
+                 make: MakeOptimizer):
+        self.names = [n for n, p in params.items() if p.requires_grad]
+        self.views = [self._views(params, i) for i in range(len(weight_decays))]
+        self.optimizers = []
+        for views, wd in zip(self.views, weight_decays, strict=True):
+            decay = [views[n] for n in self.names if views[n].dim() > 1]
+            no_decay = [views[n] for n in self.names if views[n].dim() <= 1]
+            groups = [{"params": ps, "weight_decay": w, "lr_scale": 1.0}
+                      for ps, w in ((decay, wd), (no_decay, 0.0))]
+            self.optimizers.append(make(groups))
 
-    def __init__(self, params: dict[str, torch.Tensor], kind: str,
-                 weight_decays: Sequence[float], momentum: float = 0.9):
-        if kind not in ("adamw", "sgd"):
-            raise ValueError(f"unknown optimizer {kind!r}; choose from: adamw, sgd")
-        self.kind, self.momentum = kind, momentum
-        self.weight_decays = list(weight_decays)
-        self.steps = 0
-        self.state: dict[str, dict[str, torch.Tensor]] = {}
-        for name, p in params.items():
-            if not p.requires_grad:
-                continue
-            if kind == "adamw":
-                self.state[name] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-            else:
-                self.state[name] = {}
-
-    @staticmethod
-    def decays(p: torch.Tensor) -> bool:
-        """Weight decay applies to a member's tensor of more than one dimension."""
-        return p.dim() - 1 > 1
+    def _views(self, params: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+        """Member ``i``'s slice of each trainable tensor: leaves sharing the stack's storage."""
+        return {n: params[n].detach()[i] for n in self.names}
 
     @torch.no_grad()
-    def step(self, params: dict[str, torch.Tensor], lrs: Sequence[float]) -> None:
-        """One update of every member from the gradients in ``params[...].grad``."""
-        self.steps += 1
-        for name, p in params.items():
-            if name not in self.state or p.grad is None:
-                continue
-            wds = self.weight_decays if self.decays(p) else [0.0] * len(lrs)
-            if self.kind == "adamw":
-                self._adamw(p, self.state[name], lrs, wds)
-            else:
-                self._sgd(p, self.state[name], lrs, wds)
+    def step(self, params: dict[str, torch.Tensor], lrs: Sequence[float],
+             clip_grad: float | None = None) -> None:
+        """One update of every member from ``params[...].grad`` at this step's ``lrs``
+        (clipped first, each member alone, to a global L2 norm of ``clip_grad``)."""
+        for i, (views, opt) in enumerate(zip(self.views, self.optimizers, strict=True)):
+            grads = []
+            for n in self.names:
+                g = params[n].grad
+                views[n].grad = None if g is None else g[i]
+                if g is not None:
+                    grads.append(views[n])
+            if clip_grad and grads:
+                torch.nn.utils.clip_grad_norm_(grads, float(clip_grad))
+            for group in opt.param_groups:
+                group["lr"] = lrs[i] * group["lr_scale"]
+            opt.step()
+            for v in views.values():
+                v.grad = None
 
-    def _adamw(self, p: torch.Tensor, st: dict[str, torch.Tensor], lrs: Sequence[float],
-               wds: Sequence[float]) -> None:
-        beta1, beta2 = _BETAS
-        grad, exp_avg, exp_avg_sq = p.grad, st["exp_avg"], st["exp_avg_sq"]
-        if any(wd != 0 for wd in wds):
-            p.mul_(_column([1 - lr * wd for lr, wd in zip(lrs, wds, strict=True)], p))
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        step = float(self.steps)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(_EPS)
-        # torch's addcdiv_ computes self + (value * t1) / t2, each in float32
-        p.add_(exp_avg.mul(_column([-(lr / bias_correction1) for lr in lrs], p)).div_(denom))
-
-    def _sgd(self, p: torch.Tensor, st: dict[str, torch.Tensor], lrs: Sequence[float],
-             wds: Sequence[float]) -> None:
-        grad = p.grad
-        if any(wd != 0 for wd in wds):
-            grad = grad + p * _column(wds, p)
-        if self.momentum:
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = grad.clone()
-            else:
-                buf.mul_(self.momentum).add_(grad)
-            grad = grad.add(buf, alpha=self.momentum)  # Nesterov, as build_optimizer asks
-        p.add_(grad * _column([-lr for lr in lrs], p))
-
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep members ``index`` (positions in the stack, in order) and their state."""
-        self.weight_decays = [self.weight_decays[int(i)] for i in index]
-        for st in self.state.values():
-            for key, t in st.items():
-                st[key] = t[index.to(t.device)].contiguous()
-
-
-@torch.no_grad()
-def clip_members(params: dict[str, torch.Tensor], max_norm: float) -> None:
-    """``torch.nn.utils.clip_grad_norm_`` for each member alone: its gradients scaled so that
-    their global L2 norm is at most ``max_norm``."""
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    if not grads:
-        return
-    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in grads], dim=1)  # (members, tensors)
-    total = norms.norm(dim=1)
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+    def keep(self, index: Sequence[int], params: dict[str, torch.Tensor]) -> None:
+        """Keep members ``index`` (old positions, in order), now at positions 0, 1, ... of the
+        new stacked ``params``: their optimisers move, with their state, onto the new views."""
+        views, optimizers = [], []
+        for new, old in enumerate(index):
+            opt, fresh = self.optimizers[old], self._views(params, new)
+            swap = {id(self.views[old][n]): fresh[n] for n in self.names}
+            for group in opt.param_groups:
+                group["params"] = [swap[id(p)] for p in group["params"]]
+            opt.state = defaultdict(dict, {swap[id(p)]: s for p, s in opt.state.items()})
+            views.append(fresh)
+            optimizers.append(opt)
+        self.views, self.optimizers = views, optimizers

@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from ..reporting import plot_curves, progress_bar
 from . import checkpoints as ckpt
 from .config import TrainConfig, load_run_data
 from .distributed import DistInfo
-from .model import build_backbone, resolve_system, step_seed
+from .model import build_backbone, make_optimizer, resolve_system, step_seed
 from .parts import Feed, RunParts, assemble_run, run_config_record
 from .rundir import run_summary, write_metrics
 from .stacked import StackedHeads
@@ -225,9 +226,8 @@ class Sweep:
                                    parts.eval_batch_size, first.seed)
             self.costs[(first.head, first.seed)] = dict(parts.costs)
             heads = StackedHeads(
-                [parts.model.head] * len(group), [m.lr for m in group],
-                [m.weight_decay for m in group], [step_seed(m.seed) for m in group],
-                optimizer=self.base.optimizer, momentum=self.base.momentum,
+                [parts.model.head] * len(group), [m.weight_decay for m in group],
+                partial(make_optimizer, cfg=self.base), step_seed(first.seed),
                 label_smoothing=self.base.label_smoothing, clip_grad=self.base.clip_grad,
                 amp_dtype=_sweep_amp(self.system["amp_dtype"]), device=self.system["device"])
             stacks.append(_Stack(heads, list(group), key))

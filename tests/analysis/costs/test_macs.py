@@ -123,10 +123,11 @@ NEW_HEAD_MACS = {
     # x^p at every position, the mean, the root of each channel, then the Linear
     "gem": C * P16 + C * P16 + C + C * K,
     "gem:hidden=64": 2 * C * P16 + C + C * 64 + 64 * K,
-    # q on the one query, k and v at every position, proj: (2 P + 2) C^2; scores and the
-    # weighted sum: 2 P C (whatever the number of heads)
-    "attn": (2 * P16 + 2) * C * C + 2 * P16 * C + C * K,
-    "attn:num_heads=2": (2 * P16 + 2) * C * C + 2 * P16 * C + C * K,
+    # q on the one query, the query folded into the keys (K_h^T q_h), the values and proj on
+    # the pooled features: 4 C^2; the query against the key bias: C; each head's scores and
+    # weighted sum over the P positions: 2 H P C (8 heads for 512 channels by default)
+    "attn": 4 * C * C + C + 2 * 8 * P16 * C + C * K,
+    "attn:num_heads=2": 4 * C * C + C + 2 * 2 * P16 * C + C * K,
     # levels 1, 2, 4 on 4x4: every level reads the 16 cells once; 21 bins of C features
     "spp": 3 * P16 * C + 21 * C * K,
     "spp:pool=avg": 3 * P16 * C + 21 * C * K,
