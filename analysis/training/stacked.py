@@ -186,7 +186,8 @@ class StackedHeads:
         if mode == "vmap":
             batched = {k: v.expand(n, *v.shape) for k, v in masks.items()}
             return vmap(one, in_dims=(0, 0))(state, batched)
-        return torch.stack([one({k: v[i] for k, v in state.items()}, masks) for i in range(n)])
+        members = {k: v.unbind(0) for k, v in state.items()}  # one stack in the backward pass
+        return torch.stack([one({k: v[i] for k, v in members.items()}, masks) for i in range(n)])
 
     def _mlp(self, state: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
              x: torch.Tensor) -> torch.Tensor:
