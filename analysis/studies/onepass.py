@@ -191,6 +191,8 @@ def _record(where: Path, spec: StudySpec, members: list[SweepMember], base: Trai
            "prune_at": list(spec.prune_at), "prune_keep": spec.prune_keep,
            "train_s": seconds, "members_trained": len(members),
            "status": {s: sum(m.status == s for m in members) for s in ("ok", "diverged", "pruned")},
+           "head_time_s": {label: sum(m.totals["time_s"] for m in members if m.label == label)
+                           for label in dict.fromkeys(m.label for m in members)},
            "choices": {k: {"lr": c.lr, "weight_decay": c.weight_decay,
                            "val_acc_mean": c.val_acc_mean, "val_acc_std": c.val_acc_std,
                            "edge": c.edge, "extended": c.lrs != tuple(lrs0)

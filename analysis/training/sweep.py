@@ -196,18 +196,24 @@ class Sweep:
 
     def _passes(self, groups: list[list[SweepMember]]) -> list[list[list[SweepMember]]]:
         """Groups into passes that fit the memory budget (five copies of each member's head:
-        weights, gradients, two optimiser moments, the best epoch's)."""
+        weights, gradients, two optimiser moments, the best epoch's); a group larger than the
+        budget is cut into stacks of as many members as fit (halving then compares the
+        settings trained in the same pass)."""
         if self.mem_bytes is None:
             return [groups]
         passes: list[list[list[SweepMember]]] = [[]]
         used = 0
         for group in groups:
-            need = 5 * 4 * _head_numel(replace(self.base, head=group[0].head), self) * len(group)
-            if passes[-1] and used + need > self.mem_bytes:
-                passes.append([])
-                used = 0
-            passes[-1].append(group)
-            used += need
+            each = 5 * 4 * _head_numel(replace(self.base, head=group[0].head), self)
+            per_stack = max(1, self.mem_bytes // max(1, each))
+            for start in range(0, len(group), per_stack):
+                chunk = group[start:start + per_stack]
+                need = each * len(chunk)
+                if passes[-1] and used + need > self.mem_bytes:
+                    passes.append([])
+                    used = 0
+                passes[-1].append(chunk)
+                used += need
         return passes
 
     def _build(self, groups: list[list[SweepMember]]) -> tuple[list[_Stack], dict[str, _Feed]]:

@@ -38,7 +38,7 @@ def test_row_by_hand() -> None:
     assert row["gmacs_gem"] - row["gmacs_backbone"] == pytest.approx((2 * c * p + c + c * k) / 1e9)
     assert row["params_attn"] == backbone + 4 * c * c + 5 * c + c * k + k
     assert row["gmacs_attn"] - row["gmacs_backbone"] == pytest.approx(
-        ((2 * p + 2) * c * c + 2 * p * c + c * k) / 1e9)
+        (4 * c * c + c + 2 * 8 * p * c + c * k) / 1e9)  # 8 heads: the query folded into keys
     assert row["params_spp"] == backbone + 21 * c * k + k
     assert row["gmacs_spp"] - row["gmacs_backbone"] == pytest.approx((213 * c + 21 * c * k) / 1e9)
     assert row["params_token"] is None and row["gmacs_token"] is None  # no class token

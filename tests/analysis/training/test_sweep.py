@@ -140,3 +140,18 @@ def test_head_init_does_not_depend_on_the_backbone_built_before(tmp_path):
     given, *_ = quiet(build_model, cfg, data, 16, backbone=backbone)
     for k, v in alone.state_dict().items():
         assert torch.equal(v, given.state_dict()[k]), k
+
+
+def test_a_memory_budget_splits_the_pass_without_changing_a_member(tmp_path):
+    clear_memory()
+    base = probe(tmp_path)
+    together = [SweepMember(h, lr, 0.05, 0) for h in ("gap", "gmp") for lr in (1e-3, 1e-2)]
+    apart = [SweepMember(h, lr, 0.05, 0) for h in ("gap", "gmp") for lr in (1e-3, 1e-2)]
+    quiet(Sweep(base, run_dir=tmp_path / "a", progress=False).train, together)
+    small = Sweep(base, run_dir=tmp_path / "b", progress=False, mem_bytes=1)  # one per pass
+    groups = [[m] for m in apart]
+    assert small._passes([apart[:2], apart[2:]]) == [[g] for g in groups]
+    quiet(small.train, apart)
+    for a, b in zip(together, apart, strict=True):
+        for ra, rb in zip(a.history, b.history, strict=True):
+            assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-6)
