@@ -99,6 +99,8 @@ def recommend(compared: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]:
         return f"{100 * r['val_acc_mean']:.2f}%"
 
     others = len(close) - 1
+    if len(compared) == 1:
+        return best["head"], f"the only head compared ({acc(best)})"
     if pick is best:
         tail = (f"the {others} head(s) within noise of it have as many or more parameters" if others else
                 "every other head is clearly worse (paired over seeds, Holm-corrected p < 0.05)"

@@ -100,3 +100,45 @@ def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
     code = run(lambda: pick_head.main([*argv, "--out", str(tmp_path)]))
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") <= 2
+
+
+def test_a_diverging_grid_point_is_recorded_and_the_command_goes_on(tmp_path, capsys):
+    clear_memory()
+    argv = [*TINY, "--heads", "gap", "--opt", "sgd", "--lrs", "1e-2", "1e38", "--prune-at",
+            "--out", str(tmp_path), "--format", "json"]
+    assert run(lambda: pick_head.main(argv)) == 0
+    out = json.loads(capsys.readouterr().out)
+    status = {(m["lr"], m["seed"]): m["status"] for m in out["sweep"]}
+    assert status[(1e38, 0)] == status[(1e38, 1)] == "diverged"
+    assert out["rows"][0]["lr"] == 1e-2 and out["recommended"] == "gap"
+    assert "diverged" in (tmp_path / "sweep.csv").read_text()
+
+
+def test_a_best_at_the_grid_edge_is_extended_once_and_flagged(tmp_path, capsys):
+    clear_memory()
+    argv = [*TINY, "--heads", "gap", "--lrs", "1e-7", "1e-6", "--prune-at", "--out",
+            str(tmp_path), "--format", "json"]  # both far too small: the best is the larger
+    assert run(lambda: pick_head.main(argv)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["lrs"] in ([1e-8, 1e-7, 1e-6], [1e-7, 1e-6, 1e-5])  # one step beyond, once
+    md = (tmp_path / "pick.md").read_text()
+    if out["rows"][0]["lr"] in (out["lrs"][0], out["lrs"][-1]):
+        assert "end of the grid (extended once)" in md
+    assert f"{out['rows'][0]['lr']:.3g}: " in md  # the chosen rate with its accuracy
+
+
+def test_train_size_defaults_to_what_the_data_holds(tmp_path, capsys):
+    clear_memory()
+    argv = [a for a in TINY if a not in ("--train-size", "48")]
+    argv += ["--heads", "gap", "--lrs", "1e-2", "--out", str(tmp_path), "--format", "json"]
+    assert run(lambda: pick_head.main(argv)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["train_size"] == 120 - 16  # the synthetic training split minus validation
+
+
+def test_a_train_size_the_data_cannot_hold_names_the_option(tmp_path, capsys):
+    argv = [*[a if a != "48" else "1000" for a in TINY], "--out", str(tmp_path)]
+    code = run(lambda: pick_head.main(argv))
+    err = capsys.readouterr().err
+    assert code == 2 and "--train-size 1000" in err and "has 120" in err
+    assert "pool-size" not in err
