@@ -33,7 +33,7 @@ def _grid(head, accs, lrs=(1e-3, 1e-2, 1e-1), statuses=None):
 def test_the_default_grid_is_seven_values_half_a_decade_apart():
     lrs = default_lrs("adamw")
     assert len(lrs) == 7 and lrs[0] == 1e-4 and lrs[-1] == 0.1
-    assert all(b / a == pytest.approx(10 ** 0.5, rel=1e-3) for a, b in zip(lrs, lrs[1:]))
+    assert all(b / a == pytest.approx(10 ** 0.5, rel=1e-3) for a, b in zip(lrs, lrs[1:], strict=False))
     assert default_lrs("sgd")[0] == 1e-3
 
 
