@@ -2,7 +2,7 @@
 """Which head should this backbone have? Every head that applies, on your data, in one command.
 
     python tools/pick_head.py resnet18 --dataset fashion-mnist --img-size 64 \\
-        --train-size 10000 --seeds 0 1 2 [--pretrained | --checkpoint FILE] [--heads ...]
+        [--train-size N] --seeds 0 1 2 [--pretrained | --checkpoint FILE] [--heads ...]
 
 Under the default linear probe the backbone's features are extracted once (a progress bar) and
 every head trains on them: every kind registered in surgery.HEADS that builds on the backbone,
@@ -10,18 +10,24 @@ with its default options (gap, gmp, gapmp, flatten, nin, gem, attn; token only o
 a class token, spp only where the feature grid holds its finest level, "original" where the
 model has a head of its own), and the fixed variants gap:dropout=0.5,
 gap/gmp/gapmp:hidden=256:dropout=0.5, flatten:dropout=0.5 and flatten:hidden=256:dropout=0.5
-of the kinds that apply, each for every seed. The kinds left out are listed with the reason in
-pick.md; --heads takes head specs (spp:levels=1x2, gem:p=4, ...). Each seed trains on
---train-size images and validates on its own split of a pool of train-size + validation images
-(--val-size: a count, or a fraction of the pool).
+of the kinds that apply. Each head trains at every learning rate of --lrs (default seven, 1e-4
+to 1e-1 half a decade apart) and every seed, all of them in one pass over the cached features
+(successive halving stops the hopeless settings early; a setting that diverges is recorded as
+such), and keeps the rate with the best mean validation accuracy; a head whose best sits at an
+end of the grid gets one more rate that way. A run is at least --min-steps optimiser steps
+(default 1000 for a linear probe), however small the training set. Each seed trains on
+--train-size images (default: all the data holds after validation) and validates on its own
+split of the pool (--val-size: a count, or a fraction of the pool).
 
-Prints a ranked table (validation accuracy mean +- std over seeds, train-validation gap, head
-parameters and GMACs, whether the head takes any input size) and a one-line recommendation:
-the head with the fewest parameters among those within the seed spread of the best. Writes
-pick.md, pick.csv, pick.json and pick.png (accuracy against head parameters) into --out, next
-to the study's runs (rerunning the command resumes). --format json prints the result as JSON.
-Every fine-tuning option of tools/finetune.py applies (defaults here: --regime linear-probe,
---epochs 10, --test-size 2000).
+Prints a ranked table (validation accuracy mean +- std over seeds, the paired difference to the
+best head with its Holm-corrected p, the chosen learning rate, training accuracy, head
+parameters and GMACs, whether the head takes any input size), each head's learning rate with
+the accuracy at its neighbours, and a one-line recommendation: the head with the fewest
+parameters among the best and the heads within noise of it (analysis.studies.recommend). Writes
+pick.md, pick.csv, pick.json, pick.png, sweep.csv and lr.png into --out, next to the study's
+runs (rerunning the command resumes). --format json prints the result as JSON. Every
+fine-tuning option of tools/finetune.py applies (defaults here: --regime linear-probe,
+--epochs 10, --test-size 2000); --no-one-pass trains one run per head at one --lr instead.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ _AVERAGED = {
     "best_epoch": "best_epoch", "checkpoint_mb": "checkpoint_mb",
 }
 # properties of the architecture: the same for every seed
-_CONSTANT = ("params", "head_params", "gmacs", "head_gmacs", "img_size", "epochs", "dataset")
+_CONSTANT = ("params", "head_params", "gmacs", "head_gmacs", "img_size", "epochs", "dataset",
+             "lr", "weight_decay")  # a head's learning rate: one per head, chosen or given
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
@@ -276,7 +277,8 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
         "",
     ]
     table = [{"model": r["model"], "head": r["head"], "train size": r["train_size"],
-              "seeds": r["seeds"], "head params": r["head_params"], "params": r["params"],
+              "seeds": r["seeds"], "lr": _fmt(r.get("lr"), 3),
+              "head params": r["head_params"], "params": r["params"],
               "GMACs": _fmt(r["gmacs"]), "test acc": pm(r["test_acc_mean"], r["test_acc_std"]),
               "train acc": pm(r["train_acc_mean"], r["train_acc_std"]),
               "train-test gap": pm(r["train_test_gap_mean"], r["train_test_gap_std"]),
