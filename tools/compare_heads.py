@@ -195,6 +195,8 @@ def _print_timing(t: dict) -> None:
                 if t.get("features_s") else "")
     decoding = (f"; image folder decoded (or its cache opened) {t['data_load_s']:.1f} s"
                 if t.get("data_load_s") else "")
+    if t.get("sweep_s"):
+        features += f"; one pass over the cached features {t['sweep_s']:.1f} s"
     print(f"time: {t['runs']} runs in {t['wall_s']:.1f} s wall; the runs themselves "
           f"{t['jobs_s']:.1f} s ({t['jobs']} at a time){decoding}{features}; overhead "
           f"{t['overhead_s']:.1f} s ({share:.0f}%; {workers} worker "
