@@ -8,7 +8,9 @@ way, trained in a second pass), and writes each head's chosen member of every se
 study's run directory: the rest of the study (robustness, shifts, the report) reads those runs
 as if each had trained alone. ``sweeps/MODEL-nN/`` keeps what the pass measured
 (``sweep.json``, ``sweep.csv``, ``lr.png``) and the chosen members' weights (``chosen.pt``), so
-an invocation interrupted while writing the runs finishes them without training again.
+an invocation interrupted while writing the runs finishes them without training again; one
+interrupted while training resumes from the sweep's progress (``state.pt``, written at most
+every ``--ckpt-minutes``: analysis.training.sweep_state).
 """
 
 from __future__ import annotations
@@ -131,8 +133,10 @@ def _sweep_group(spec: StudySpec, out: Path, model: str, n: int | None, todo: li
     t0 = time.perf_counter()
     chosen = _reread(where) if (where / "chosen.pt").is_file() else None
     if chosen is None:
-        members = _train_grid(spec, sweep, base)
+        members = _train_grid(spec, sweep, base, where)
         chosen = _record(where, spec, members, base, time.perf_counter() - t0)
+        for name in ("state.pt", "state-extension.pt"):  # the progress of a finished sweep
+            (where / name).unlink(missing_ok=True)
     written, failed = [], []
     for combo in todo:
         member = chosen.get((combo.head.label, combo.seed))
@@ -157,11 +161,14 @@ def _base_config(spec: StudySpec, combo: Combo, out: Path) -> TrainConfig:
     return replace(cfg, name=None, progress=False)
 
 
-def _train_grid(spec: StudySpec, sweep: Sweep, base: TrainConfig) -> list[SweepMember]:
-    """Every head x setting x seed, then one more learning rate for heads chosen at an end."""
+def _train_grid(spec: StudySpec, sweep: Sweep, base: TrainConfig,
+                where: Path) -> list[SweepMember]:
+    """Every head x setting x seed, then one more learning rate for heads chosen at an end
+    (each part's progress in ``where``, so an interrupted sweep resumes)."""
     lrs, wds = _grid(spec)
     members = [SweepMember(str(h), lr, wd, s) for h in spec.heads for lr in lrs for wd in wds
                for s in spec.seeds]
+    sweep.state_path = where / "state.pt"
     sweep.train(members, _halving(spec, base.epochs))
     extra = []
     for choice in choose_settings(members).values():
@@ -171,6 +178,7 @@ def _train_grid(spec: StudySpec, sweep: Sweep, base: TrainConfig) -> list[SweepM
         head = next(str(h) for h in spec.heads if h.label == choice.head)
         extra += [SweepMember(head, lr, choice.weight_decay, s) for s in spec.seeds]
     if extra:
+        sweep.state_path = where / "state-extension.pt"
         sweep.train(extra)
     return members + extra
 

@@ -117,7 +117,7 @@ class StackedHeads:
         self.dropouts = [(n, m) for n, m in self.template.named_modules()
                          if isinstance(m, MaskDropout) and m.p > 0]
         self._layers = _mlp_layers(self.template)
-        self._input_shapes: dict[str, tuple[int, ...]] | None = None
+        self.input_shapes: dict[str, tuple[int, ...]] | None = None
         self.mode: str | None = None  # one of MODES, decided on the first batch
 
     def __len__(self) -> int:
@@ -136,7 +136,7 @@ class StackedHeads:
             functional_call(self.template, first, (x[:2],))
         for h in hooks:
             h.remove()
-        self._input_shapes = shapes
+        self.input_shapes = shapes
         self.mode = "mlp" if self._layers is not None else self._choose_mode(x)
 
     def _choose_mode(self, x: torch.Tensor) -> str:
@@ -156,7 +156,7 @@ class StackedHeads:
     def _time_step(self, x: torch.Tensor, mode: str) -> float:
         state = {n: t.detach().clone().requires_grad_(t.requires_grad)
                  for n, t in {**self.params, **self.buffers}.items()}
-        masks = {f"{name}.mask": torch.ones(m.mask_shape((len(x), *self._input_shapes[name])),
+        masks = {f"{name}.mask": torch.ones(m.mask_shape((len(x), *self.input_shapes[name])),
                                             device=self.device)  # type: ignore[index]
                  for name, m in self.dropouts}
         t0 = time.perf_counter()
@@ -169,7 +169,7 @@ class StackedHeads:
         """This step's dropout masks, each drawn once for all members (they share a seed)."""
         masks = {}
         for name, m in self.dropouts:
-            shape = m.mask_shape((batch, *self._input_shapes[name]))  # type: ignore[index]
+            shape = m.mask_shape((batch, *self.input_shapes[name]))  # type: ignore[index]
             draw = torch.empty(shape).bernoulli_(1 - m.p, generator=self.generator)
             masks[f"{name}.mask"] = draw.div_(1 - m.p).to(self.device)
         return masks

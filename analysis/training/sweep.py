@@ -16,10 +16,11 @@ hopeless settings as ``pruned``. :meth:`Sweep.write_run` writes a member as a ru
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,84 +40,10 @@ from .parts import Feed, RunParts, assemble_run, run_config_record
 from .rundir import run_summary, write_metrics
 from .stacked import StackedHeads
 from .step import evaluate, lr_factor, peak_mem_mb
+from .sweep_members import MEMBER_STATUS, Halving, SweepMember
+from .sweep_state import SweepState
 
 __all__ = ["MEMBER_STATUS", "Halving", "Sweep", "SweepMember"]
-
-MEMBER_STATUS = ("ok", "diverged", "pruned")
-
-
-@dataclass
-class SweepMember:
-    """One (head, learning rate, weight decay, seed) of a sweep and what became of it:
-    ``status`` (:data:`MEMBER_STATUS`), why it stopped early (``stopped``), its metrics rows
-    per epoch (as ``metrics.jsonl``), its best epoch and that epoch's head weights."""
-
-    head: str  # a head spec, as TrainConfig.head takes it
-    lr: float
-    weight_decay: float
-    seed: int
-    status: str = "ok"
-    stopped: str = ""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
-    best_state: dict[str, torch.Tensor] | None = None
-    totals: dict[str, Any] = field(
-        default_factory=lambda: {"time_s": 0.0, "train_time_s": 0.0, "train_images": 0})
-
-    @property
-    def label(self) -> str:
-        return surgery.head_label(surgery.parse_head(self.head))
-
-    @property
-    def setting(self) -> tuple[str, float, float]:
-        """(head label, lr, weight decay): what the seeds of one setting share."""
-        return self.label, self.lr, self.weight_decay
-
-    def config(self, base: TrainConfig) -> TrainConfig:
-        """The TrainConfig of this member's run alone."""
-        return replace(base, head=self.head, hidden=(), dropout=0.0, lr=self.lr,
-                       weight_decay=self.weight_decay, seed=self.seed)
-
-    def record(self) -> dict[str, Any]:
-        """JSON-ready: the setting, status, best validation accuracy and epoch, the history."""
-        return {"head": self.label, "head_spec": self.head, "lr": self.lr,
-                "weight_decay": self.weight_decay, "seed": self.seed, "status": self.status,
-                "stopped": self.stopped, "epochs": len(self.history),
-                "val_acc": self.best["val_acc"] if self.best["epoch"] else None,
-                "best_epoch": self.best["epoch"] or None, "history": self.history}
-
-
-@dataclass(frozen=True)
-class Halving:
-    """Successive halving (Jamieson and Talwalkar 2016): after each epoch of ``rungs``, keep
-    per head the ``keep`` fraction (at least ``min_keep``) of its settings with the best mean
-    best-so-far validation accuracy over seeds; the rest stop, ``pruned``. A setting with a
-    diverged seed is pruned at the next rung (it cannot be chosen)."""
-
-    rungs: tuple[int, ...] = ()
-    keep: float = 0.5
-    min_keep: int = 2
-
-    @classmethod
-    def at_fractions(cls, epochs: int, fractions: Sequence[float], keep: float = 0.5,
-                     min_keep: int = 2) -> Halving:
-        """Rungs after these fractions of ``epochs`` (rounded up; the last epoch never)."""
-        rungs = sorted({max(1, math.ceil(f * epochs)) for f in fractions} - {epochs})
-        return cls(tuple(r for r in rungs if r < epochs), keep, min_keep)
-
-    def survivors(self, members: Sequence[SweepMember]) -> set[tuple[str, float, float]]:
-        """The settings that go on, of the members still training."""
-        by_setting: dict[tuple[str, float, float], list[SweepMember]] = {}
-        for m in members:
-            by_setting.setdefault(m.setting, []).append(m)
-        keep: set[tuple[str, float, float]] = set()
-        for label in {s[0] for s in by_setting}:
-            scored = [(sum(m.best["val_acc"] for m in ms) / len(ms), s)
-                      for s, ms in by_setting.items() if s[0] == label
-                      and all(m.status == "ok" for m in ms)]
-            n = max(self.min_keep, math.ceil(self.keep * len(scored)))
-            keep |= {s for _, s in sorted(scored, key=lambda t: -t[0])[:n]}
-        return keep
 
 
 @dataclass
@@ -152,7 +79,7 @@ class Sweep:
     """
 
     def __init__(self, base: TrainConfig, *, run_dir: str | Path, progress: bool = True,
-                 mem_bytes: int | None = None):
+                 mem_bytes: int | None = None, state_path: str | Path | None = None):
         if base.regime != "linear-probe":
             raise ValueError(f"a sweep trains heads on a frozen backbone (--regime linear-probe), "
                              f"not --regime {base.regime}")
@@ -160,6 +87,7 @@ class Sweep:
         self.system = resolve_system(base)
         self.dist = DistInfo()
         self.mem_bytes = mem_bytes
+        self.state_path = state_path
         self._data: dict[int, Any] = {}
         self._backbones: dict[int, torch.nn.Module] = {}
         self.costs: dict[tuple[str, int], dict[str, Any]] = {}
@@ -190,9 +118,28 @@ class Sweep:
         groups: dict[tuple[str, int], list[SweepMember]] = {}
         for m in members:
             groups.setdefault((m.head, m.seed), []).append(m)
-        for batch in self._passes(list(groups.values())):
+        context = json.dumps({k: v for k, v in asdict(self.base).items()
+                              if k not in ("name", "out", "progress", "overwrite")},
+                             sort_keys=True, default=str)
+        state = SweepState(self.state_path, members, self.base.ckpt_minutes, context)
+        saved = state.load()
+        for index, batch in enumerate(self._passes(list(groups.values()))):
+            if saved is not None and index < saved["pass"]:
+                continue  # finished before the interruption: its members were read back
             stacks, feeds = self._build(batch)
-            self._fit(stacks, feeds, halving or Halving())
+            first = 0
+            if saved is not None and index == saved["pass"]:
+                for stack, kept in zip(stacks, saved["stacks"], strict=True):
+                    _drop(stack, state.restore_stack(stack, kept))
+                    state.load_weights(stack, kept)
+                first = saved["epoch"]
+
+            def save(epoch: int, stacks: list[_Stack] = stacks, index: int = index) -> None:
+                if state.due():
+                    state.save(index, epoch, stacks)
+
+            self._fit(stacks, feeds, halving or Halving(), first, save)
+            state.save(index + 1, 0, [])
 
     def _passes(self, groups: list[list[SweepMember]]) -> list[list[list[SweepMember]]]:
         """Groups into passes that fit the memory budget (five copies of each member's head:
@@ -245,12 +192,15 @@ class Sweep:
                              "for every seed")
         return stacks, feeds
 
-    def _fit(self, stacks: list[_Stack], feeds: dict[str, _Feed], halving: Halving) -> None:
+    def _fit(self, stacks: list[_Stack], feeds: dict[str, _Feed], halving: Halving,
+             first: int = 0, save: Any = None) -> None:
+        """Epochs ``first`` ... of the stacks: steps, metrics, halving; ``save(epochs done)``
+        after each epoch but the last (it writes the progress when due)."""
         epochs = self.base.epochs
         steps = len(next(iter(feeds.values())).sampler)
-        bar = (progress_bar(epochs * steps, "sweep", "step", per_update=False)
-               if self.progress else None)
-        for epoch in range(epochs):
+        bar = (progress_bar(epochs * steps, "sweep", "step", initial=first * steps,
+                            per_update=False) if self.progress else None)
+        for epoch in range(first, epochs):
             alive = [s for s in stacks if len(s.heads)]
             if not alive:
                 break
@@ -260,6 +210,8 @@ class Sweep:
             self._epoch_rows(alive, feeds, epoch, train_s)
             if epoch + 1 in halving.rungs:
                 self._prune(alive, halving, epoch + 1)
+            if save is not None and epoch + 1 < epochs:
+                save(epoch + 1)
         if bar is not None:
             bar.close()
 
@@ -390,11 +342,15 @@ class Sweep:
 
 
 def _drop(stack: _Stack, out: Sequence[int]) -> None:
-    keep = [i for i in range(len(stack.members)) if i not in set(out)]
+    """Stop the members at positions ``out`` of the stack (their records stay)."""
+    n, gone = len(stack.members), set(out)
+    keep = [i for i in range(n) if i not in gone]
     stack.heads.keep(keep)
     stack.members = [stack.members[i] for i in keep]
-    stack.running = [stack.running[i] for i in keep]
-    stack.last_lrs = [stack.last_lrs[i] for i in keep] if stack.last_lrs else []
+    if len(stack.running) == n:
+        stack.running = [stack.running[i] for i in keep]
+    if len(stack.last_lrs) == n:
+        stack.last_lrs = [stack.last_lrs[i] for i in keep]
 
 
 @torch.inference_mode()

@@ -155,3 +155,41 @@ def test_a_memory_budget_splits_the_pass_without_changing_a_member(tmp_path):
     for a, b in zip(together, apart, strict=True):
         for ra, rb in zip(a.history, b.history, strict=True):
             assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-6)
+
+
+def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    clear_memory()
+    base = probe(tmp_path, epochs=4, ckpt_minutes=1e-9)  # progress written after every epoch
+
+    def grid():
+        return [SweepMember(h, lr, 0.05, s) for h in ("gap:dropout=0.5", "gmp")
+                for lr in (1e-3, 1e-2, 1e-1) for s in (0, 1)]
+
+    halving = Halving((2,), keep=0.5, min_keep=1)
+    whole = grid()
+    quiet(Sweep(base, run_dir=tmp_path / "w", progress=False).train, whole, halving)
+
+    cut = grid()
+    state = tmp_path / "state.pt"
+    original = Sweep._epoch_steps
+
+    def stop_in_epoch_3(self, stacks, feeds, epoch, bar):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, stacks, feeds, epoch, bar)
+
+    monkeypatch.setattr(Sweep, "_epoch_steps", stop_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(Sweep(base, run_dir=tmp_path / "c", progress=False, state_path=state).train,
+              cut, halving)
+    assert state.is_file() and all(len(m.history) == 2 for m in cut)
+    monkeypatch.setattr(Sweep, "_epoch_steps", original)
+    resumed = grid()
+    quiet(Sweep(base, run_dir=tmp_path / "c", progress=False, state_path=state).train,
+          resumed, halving)
+    for a, b in zip(whole, resumed, strict=True):
+        assert (a.status, a.stopped, len(a.history)) == (b.status, b.stopped, len(b.history))
+        for ra, rb in zip(a.history, b.history, strict=True):
+            assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-6)
+            assert rb["train_loss_running"] == pytest.approx(ra["train_loss_running"], rel=1e-6)
+        assert a.best["epoch"] == b.best["epoch"]
