@@ -170,3 +170,15 @@ def test_child_processes_run_and_failures_are_reported(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "failed: test_resnet-gap-synthetic" in err and "ValueError" in err
     assert "leaves no training data" in err  # the error, as its log ends
+
+
+def test_a_diverging_run_in_process_is_reported_and_the_study_goes_on(tmp_path, capsys):
+    argv = ["test_resnet", "--heads", "gap", "gmp", *SYNTH, "--opt", "sgd", "--momentum", "0",
+            "--head-lr", "gmp=1e38", "--jobs", "0", "--robust-sizes", "16", "--out",
+            str(tmp_path)]  # a full fine-tune: one run per head, in this process
+    code = run(lambda: compare_heads.main(argv))
+    captured = capsys.readouterr()
+    assert code == 1 and "failed: test_resnet-gmp" in captured.err
+    assert "NaN or inf" in captured.err
+    assert (tmp_path / "runs" / "test_resnet-gap-synthetic-nall-s0" / "summary.json").is_file()
+    assert (tmp_path / "summary.md").is_file()  # the report of what finished
