@@ -35,6 +35,7 @@ from .heads import (
     check_head_args,
     register_head,
 )
+from .hub import check_weights_reachable
 from .layout import FeatureInfo, probe_features
 from .memory import free_bytes
 from .options import Option, format_value, parse_options, parse_value
@@ -57,7 +58,7 @@ __all__ = [
     "FeaturePool", "GeMPool", "HeadKind", "HeadSpec", "HeadSwapped", "NinHead", "Option",
     "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "WeightsFile", "add_head_kind",
     "as_hidden", "atomic_write", "atomic_write_bytes", "build_head", "check_head_args",
-    "check_timm_options", "check_writable", "checkpoint_settings", "closest_model_names", "expand_model_names", "feature_grid", "finite",
+    "check_timm_options", "check_weights_reachable", "check_writable", "checkpoint_settings", "closest_model_names", "expand_model_names", "feature_grid", "finite",
     "format_value", "free_bytes", "head_label", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
     "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",

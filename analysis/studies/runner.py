@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from surgery import free_bytes, one_line, one_line_warnings, read_json, write_json
+from surgery import (
+    check_weights_reachable,
+    free_bytes,
+    one_line,
+    one_line_warnings,
+    read_json,
+    write_json,
+)
 
 from ..data import decodes_files
 from ..reporting import progress_bar, pyplot
@@ -200,6 +207,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     """
     t0 = time.perf_counter()
     spec.check()
+    _check_weights(spec)  # before anything is written: a study that cannot start leaves nothing
     out = Path(out)
     open_study(spec, out, shard)
     pending, done = pending_jobs(spec, out, shard)
@@ -246,6 +254,13 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     result["report"] = write_report(out, load_records([out], spec), spec,
                                     session=result["timing"])
     return result
+
+
+def _check_weights(spec: StudySpec) -> None:
+    """Pretrained weights that cannot be had (offline, not cached) stop the study at once."""
+    if spec.base.get("pretrained"):
+        for model in spec.models:
+            check_weights_reachable(model, dict(spec.base.get("timm_options") or {}))
 
 
 def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_worker: int,

@@ -142,3 +142,13 @@ def test_a_train_size_the_data_cannot_hold_names_the_option(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--train-size 1000" in err and "has 120" in err
     assert "pool-size" not in err
+
+
+def test_pretrained_weights_out_of_reach_leave_nothing_behind(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "pick"
+    argv = ["resnet18", "--pretrained", *TINY[1:], "--heads", "gap", "--out", str(out)]
+    code = run(lambda: pick_head.main(argv))
+    err = capsys.readouterr().err
+    assert code == 2 and "HF_HUB_OFFLINE" in err
+    assert not (out / "study.json").exists()
