@@ -40,7 +40,7 @@ from .distributed import DistInfo
 from .model import set_regime, step_seed
 from .parts import RunParts, assemble_run, run_config_record
 from .rundir import remove_run_files, run_summary, write_metrics
-from .step import NonFiniteLossError, RunningLoss, evaluate, lr_factor, peak_mem_mb
+from .step import NonFiniteLossError, RunningLoss, evaluate, head_threads, lr_factor, peak_mem_mb
 
 __all__ = ["RunLoop", "StepHook"]
 
@@ -122,18 +122,11 @@ class RunLoop:
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch (from the checkpointed step when resuming); return its metrics row.
-
-        Epochs on cached features run on one CPU thread: a head's small operations wait on
-        thread synchronisation more than they gain (a linear head's step measured 2.3 ms on one
-        thread and 154 ms on two, on this 2-core machine while other jobs loaded it)."""
-        if not self.parts.feed(self.cfg, epoch).cached or self.device.type != "cpu":
+        Epochs on cached features run on one CPU thread (analysis.training.step.head_threads)."""
+        if not self.parts.feed(self.cfg, epoch).cached:
             return self._epoch_steps(epoch)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with head_threads(self.device):
             return self._epoch_steps(epoch)
-        finally:
-            torch.set_num_threads(threads)
 
     def _epoch_steps(self, epoch: int) -> dict[str, Any]:
         set_regime(self.parts.model, self.cfg, epoch)

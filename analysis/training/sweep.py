@@ -39,7 +39,7 @@ from .model import build_backbone, make_optimizer, resolve_system, step_seed
 from .parts import Feed, RunParts, assemble_run, run_config_record
 from .rundir import run_summary, write_metrics
 from .stacked import StackedHeads
-from .step import evaluate, lr_factor, peak_mem_mb
+from .step import evaluate, head_threads, lr_factor, peak_mem_mb
 from .sweep_members import MEMBER_STATUS, Halving, SweepMember
 from .sweep_state import SweepState
 
@@ -138,7 +138,8 @@ class Sweep:
                 if state.due():
                     state.save(index, epoch, stacks)
 
-            self._fit(stacks, feeds, halving or Halving(), first, save)
+            with head_threads(self.system["device"]):
+                self._fit(stacks, feeds, halving or Halving(), first, save)
             state.save(index + 1, 0, [])
 
     def _passes(self, groups: list[list[SweepMember]]) -> list[list[list[SweepMember]]]:
