@@ -140,6 +140,10 @@ def why_unreadable(path: str | Path, err: BaseException) -> str:
         return one_line(os_err)
     if size == 0:
         return "the file is empty (0 bytes)"
+    if "weights_only" in str(err) or "Weights only load failed" in str(err):
+        # torch's text would advise weights_only=False: that runs code stored in the file
+        return ("it holds pickled Python objects beyond tensors (a whole pickled module, say), "
+                "which are not unpickled here because unpickling runs code from the file")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:

@@ -172,3 +172,13 @@ def test_an_exporter_failure_is_one_line_even_at_the_file_descriptor(tmp_path, c
     assert captured.err.count("\n") == 1 and captured.err.startswith(
         "error: dynamo exporter: it writes opsets 18-23, not 7; TorchScript exporter: ")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_pickled_object_is_named_without_unsafe_advice(tmp_path, capsys):
+    path = tmp_path / "random.pt"
+    torch.save(torch.nn.Linear(2, 2), path)  # a whole pickled module, not a headswap file
+    code = run(lambda: tool.main(["--model", str(path), "--out", str(tmp_path / "m.onnx")]))
+    err = capsys.readouterr().err
+    assert code == 2 and "random.pt" in err and "surgery.save" in err
+    assert "pickled Python objects" in err
+    assert "weights_only" not in err and "will likely succeed" not in err
