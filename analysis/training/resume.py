@@ -9,6 +9,7 @@ is an error that says whether ``best.pt`` is intact and how to go on.
 
 from __future__ import annotations
 
+import json
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def read_run_config(run_dir: str | Path, options: dict[str, Any] | None = None) 
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"cannot resume {str(run_dir)!r}: no config.json there (is it "
                                 "a run directory written by tools/finetune.py?)")
-    raw = dict(read_json(run_dir / "config.json")["config"])
+    raw = _read_config(run_dir / "config.json")
     for f in fields(TrainConfig):
         if f.name in raw and raw[f.name] is None and f.default is not None \
                 and f.default_factory is MISSING:  # type: ignore[misc]
@@ -43,11 +44,46 @@ def read_run_config(run_dir: str | Path, options: dict[str, Any] | None = None) 
             raise ValueError(f"cannot resume {str(run_dir)!r}: its config.json has {f.name} = null "
                              f"(NaN or inf when it was written), so it never trained; delete it "
                              f"and start the run again with a valid {flag}")
-    cfg = config_from_record(raw)
-    cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
+    try:
+        cfg = config_from_record(raw)
+        cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
+        _check_stored(cfg, run_dir)
+    except TypeError as err:  # a field of the wrong type in the file
+        raise ValueError(f"cannot resume {str(run_dir)!r}: its config.json holds a value of the "
+                         f"wrong type ({one_line(err)}); was it edited? Start the run over with "
+                         "--overwrite") from None
     cfg = resume_options(cfg, options or {}, run_dir)
     cfg.check()
     return cfg
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``config`` part of a run's config.json; a file cut short or damaged is a ValueError
+    naming it (not the JSON parser's position alone)."""
+    try:
+        record = read_json(path)
+        config = record["config"]
+        if not isinstance(config, dict):
+            raise TypeError("its 'config' is not an object")
+        return dict(config)
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        why = (f"not valid JSON ({one_line(err)})" if isinstance(err, json.JSONDecodeError)
+               else "it has no 'config' settings" if isinstance(err, KeyError) else one_line(err))
+        raise ValueError(f"cannot resume {str(path.parent)!r}: its {path.name} is damaged or cut "
+                         f"short: {why}; the run's settings cannot be recovered from it: start "
+                         "the run over with --overwrite (its metrics.csv still shows what it "
+                         "measured)") from None
+
+
+def _check_stored(cfg: TrainConfig, run_dir: Path) -> None:
+    """The stored settings pass the same checks as a new run's; a value out of range is named
+    as a field of the file (it was edited or damaged), not as a command-line flag."""
+    try:
+        cfg.check()
+    except ValueError as err:
+        raise ValueError(f"cannot resume {str(run_dir)!r}: its config.json holds a setting a run "
+                         f"cannot have ({one_line(err).replace('--', '')}); was the file edited? "
+                         "Restore it, or start the run over with --overwrite") from None
 
 
 def resume_options(cfg: TrainConfig, options: dict[str, Any], run_dir: str | Path) -> TrainConfig:

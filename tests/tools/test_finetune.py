@@ -195,3 +195,22 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert rows["full"] == rows["cut"] and len(rows["full"]) == 2
     a, b = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("full", "cut"))
     assert (a["test_acc"], a["test_loss"]) == (b["test_acc"], b["test_loss"])
+
+
+@pytest.mark.parametrize("damage, expect, refused", [
+    (lambda text: text[: len(text) // 2], "config.json is damaged or cut short", "Unterminated"),
+    (lambda text: text.replace('"epochs": 2', '"epochs": -1'), "config.json holds a setting",
+     "--epochs"),
+])
+def test_a_damaged_config_json_names_the_file_and_the_run(damage, expect, refused, tmp_path,
+                                                          capsys):
+    assert run(lambda: finetune.main([*TINY, "--out", str(tmp_path), "--name", "r"])) == 0
+    config = tmp_path / "r" / "config.json"
+    (tmp_path / "r" / "summary.json").unlink()  # unfinished: a resume reads its config
+    config.write_text(damage(config.read_text()))
+    capsys.readouterr()
+    code = run(lambda: finetune.main(["--resume", str(tmp_path / "r")]))
+    err = capsys.readouterr().err
+    assert code == 2 and expect in err and str(tmp_path / "r") in err
+    assert refused not in err.split("(")[0]  # the file is named, not a flag or a parser position
+    assert err.count("\n") == 1
