@@ -11,6 +11,7 @@ import gzip
 import os
 import struct
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from .arrays import ImageArray, take
-from .decode_cache import DecodeSpec, decode_folder
+from .decode_cache import DecodeSpec, decode_folder, scan_folder
 from .images import IMAGE_EXTENSIONS, BadImageError
 from .lock import exclusive_lock
 from .registry import RawData, register_dataset
@@ -195,15 +196,16 @@ def _read_tree(root: Path, classes: list[str], spec: DecodeSpec, skip_bad: bool,
 def _imagefolder(data_dir: str | Path | None = None, download: bool = False, *,
                  image_size: int | None = None, gray: bool = False, test_fraction: float = 0.2,
                  skip_bad_images: bool = False, seed: int = 0, resize: str = DEFAULT_RESIZE,
-                 decode_workers: int | None = None,
-                 cache_dir: str | Path | None = None) -> RawData:
+                 decode_workers: int | None = None, cache_dir: str | Path | None = None,
+                 skip_empty_classes: bool = False) -> RawData:
     """Any class-per-folder tree. With ``train/`` and ``test/`` (or ``val/``) subfolders those are
     the splits; otherwise a stratified ``test_fraction`` of the tree becomes the test split.
 
     Images are decoded once into the decode cache (analysis.data.decode_cache, in ``cache_dir``)
     at ``image_size`` px (default 64) under resize policy ``resize``, by ``decode_workers``
     processes (default: every core), and read back memory-mapped. An unreadable image is an
-    error naming it, or (``skip_bad_images``) is left out with a warning."""
+    error naming it, or (``skip_bad_images``) is left out with a warning. A class folder without
+    images is an error naming it, or (``skip_empty_classes``) is left out with a warning."""
     if data_dir is None:
         raise ValueError("imagefolder needs --data-dir ROOT (ROOT/CLASS/IMAGE, or "
                          "ROOT/train/CLASS/IMAGE and ROOT/test/CLASS/IMAGE)")
@@ -217,11 +219,18 @@ def _imagefolder(data_dir: str | Path | None = None, download: bool = False, *,
     spec = DecodeSpec(size, check_resize(resize), bool(gray))
     test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
     train_dir = root / "train" if (root / "train").is_dir() and test_dir else root
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    classes = _nonempty_classes(train_dir, sorted(p.name for p in train_dir.iterdir()
+                                                  if p.is_dir()), skip_empty_classes)
     if len(classes) < 2:
         raise ValueError(f"imagefolder {str(train_dir)!r} needs one folder per class (found "
                          f"{len(classes)})")
     x, y = _read_tree(train_dir, classes, spec, skip_bad_images, cache_dir, decode_workers)
+    counts = torch.bincount(y, minlength=len(classes)).tolist()
+    unread = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if unread:  # every image of the class was unreadable and skipped
+        raise ValueError(f"imagefolder class folder(s) {_names(train_dir, unread)} hold no "
+                         "readable image; a class without images cannot be learned: fix the "
+                         "images or remove the folder")
     if test_dir is not None:
         tx, ty = _read_tree(test_dir, classes, spec, skip_bad_images, cache_dir, decode_workers)
         return RawData(x, y, tx, ty, classes, source=str(root))
@@ -231,6 +240,27 @@ def _imagefolder(data_dir: str | Path | None = None, download: bool = False, *,
     keep[test_idx] = False
     return RawData(take(x, keep), y[keep], take(x, test_idx), y[test_idx], classes,
                    source=str(root))
+
+
+def _names(root: Path, classes: Sequence[str]) -> str:
+    return ", ".join(repr(str(root / c)) for c in classes)
+
+
+def _nonempty_classes(root: Path, classes: list[str], skip_empty: bool) -> list[str]:
+    """The class folders that hold an image; an empty one is an error naming it (a class with
+    no image would still get an output, never trained), or with ``skip_empty`` is left out with
+    a warning naming it."""
+    empty = [c for c in classes if not scan_folder(root, [c])]
+    if not empty:
+        return classes
+    if not skip_empty:
+        raise ValueError(f"imagefolder class folder(s) {_names(root, empty)} hold no images "
+                         f"({', '.join(IMAGE_EXTENSIONS)}); a class without images cannot be "
+                         "learned: add images, remove the folder, or give --data-option "
+                         "skip_empty_classes=true to leave it out")
+    warnings.warn(f"left out {len(empty)} class folder(s) without images: {_names(root, empty)}",
+                  stacklevel=3)
+    return [c for c in classes if c not in empty]
 
 
 # ---------------------------------------------------------------- synthetic

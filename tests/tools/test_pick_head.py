@@ -152,3 +152,34 @@ def test_pretrained_weights_out_of_reach_leave_nothing_behind(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert code == 2 and "HF_HUB_OFFLINE" in err
     assert not (out / "study.json").exists()
+
+
+def _folder_with_an_empty_class(root):
+    from PIL import Image
+
+    for k, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (20, 20), (40 * k + 3 * i, 90, 200 - 9 * i)).save(
+                root / cls / f"{i}.png")
+    (root / "c").mkdir()  # a class folder without images
+
+
+def test_an_empty_class_folder_is_named_not_trained(tmp_path, capsys):
+    _folder_with_an_empty_class(tmp_path / "imgs")
+    argv = ["test_resnet", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "imgs"),
+            "--data-cache-dir", str(tmp_path / "cache"), "--img-size", "16", "--heads", "gap",
+            "--lrs", "1e-2", "--seeds", "0", "--min-steps", "5", "--no-progress",
+            "--out", str(tmp_path / "pick")]
+    code = run(lambda: pick_head.main(argv))
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path / "imgs" / "c") in err and "no images" in err
+    assert "skip_empty_classes=true" in err
+    code = run(lambda: pick_head.main([*argv, "--data-option", "skip_empty_classes=true",
+                                       "--format", "json"]))
+    captured = capsys.readouterr()
+    assert code == 0 and "left out 1 class folder(s) without images" in captured.err
+    assert str(tmp_path / "imgs" / "c") in captured.err
+    run_dir = next((tmp_path / "pick" / "runs").iterdir())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resolved"]["num_classes"] == 2 and config["resolved"]["classes"] == ["a", "b"]
