@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,7 @@ from surgery import read_json, write_error, write_json
 from .decode_pool import decode_files
 from .images import BadImageError
 
-__all__ = ["VERSION", "DecodeSpec", "Entry", "array_name", "decode_missing", "promote",
-           "start_partial"]
+__all__ = ["CHUNK_BYTES", "VERSION", "DecodeSpec", "Entry", "array_name", "chunk_checksums", "damaged_rows", "decode_missing", "promote", "start_partial", "write_manifest"]
 
 VERSION = 1  # of the cache layout and of decoding: a new version decodes again
 Entry = tuple[str, int, int, int]  # path relative to the folder, size (bytes), mtime (ns), label
@@ -180,14 +180,54 @@ def _write_rows(rows: Generator[tuple[int, np.ndarray | None, str], None, None],
             data[row] = pixels
             done[row] = 1
             if time.monotonic() - flushed > 30:  # pixels on disk before the flags that vouch
-                data.flush()
-                done.flush()
+                _flush(data, done)
                 flushed = time.monotonic()
     finally:
         rows.close()
-        data.flush()
-        done.flush()
+        _flush(data, done)
     return sorted(bad)
+
+
+CHUNK_BYTES = 4 * 2**20  # the array's checksums cover chunks of about this many bytes
+
+
+def chunk_checksums(array: np.ndarray) -> dict[str, Any]:
+    """CRC-32 of consecutive chunks of rows (about :data:`CHUNK_BYTES` each): what the
+    manifest stores, so that damaged bytes are found and only their rows decoded again."""
+    row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.itemsize)
+    rows = max(1, CHUNK_BYTES // row_bytes)
+    crcs = [zlib.crc32(np.ascontiguousarray(array[s:s + rows]).data)
+            for s in range(0, len(array), rows)]
+    return {"rows": int(rows), "crc32": crcs}
+
+
+def damaged_rows(array: np.ndarray, stored: dict[str, Any]) -> list[int]:
+    """The rows of every chunk whose checksum differs from ``stored``."""
+    now = chunk_checksums(array)
+    if now["rows"] != stored.get("rows") or len(now["crc32"]) != len(stored.get("crc32", [])):
+        return list(range(len(array)))
+    rows = now["rows"]
+    return [r for k, (a, b) in enumerate(zip(now["crc32"], stored["crc32"], strict=True))
+            if a != b for r in range(k * rows, min(len(array), (k + 1) * rows))]
+
+
+def write_manifest(folder: Path, name: str, settings: dict[str, Any], digest: str,
+                   entries: list[Entry], bad: list[tuple[str, str]], seconds: float) -> None:
+    """The manifest of the complete array ``name`` (with its chunk checksums), atomically."""
+    array = np.load(folder / name, mmap_mode="r")
+    write_json(folder / "manifest.json", {
+        "version": VERSION, "digest": digest, "array": name, **settings,
+        "images": len(entries) - len(bad), "bad": [list(b) for b in bad],
+        "decode_seconds": round(seconds, 3), "checksums": chunk_checksums(array),
+        "files": [list(e) for e in entries]})
+
+
+def _flush(*arrays: np.ndarray) -> None:
+    """Write memory-mapped arrays to disk (plain arrays, such as a repair's flags, have
+    nothing to write)."""
+    for a in arrays:
+        if isinstance(a, np.memmap):
+            a.flush()
 
 
 def promote(folder: Path, data: np.memmap, settings: dict[str, Any], digest: str,
@@ -199,10 +239,7 @@ def promote(folder: Path, data: np.memmap, settings: dict[str, Any], digest: str
     del data
     name = array_name(digest)
     os.replace(array_path, folder / name)
-    write_json(folder / "manifest.json", {
-        "version": VERSION, "digest": digest, "array": name, **settings,
-        "images": len(entries) - len(bad), "bad": [list(b) for b in bad],
-        "decode_seconds": round(seconds, 3), "files": [list(e) for e in entries]})
+    write_manifest(folder, name, settings, digest, entries, bad, seconds)
     _remove(done_path, info_path)
     for old in folder.glob("images-*.npy"):
         if old.name != name:

@@ -5,7 +5,9 @@ One directory per (folder, image size, resize policy, colour mode) under the cac
 
   ``images-<digest>.npy``  the decoded images, uint8 ``(N, C, S, S)``, opened memory-mapped;
   ``manifest.json``        what it holds: every file with its size, mtime and label, the
-                           unreadable ones with the reason, and the digest of that list;
+                           unreadable ones with the reason, the digest of that list, and a
+                           CRC-32 of every 4 MiB chunk of the array (checked at each open:
+                           rows of a damaged chunk are decoded again, with a warning);
   ``partial-<digest>.*``   a decode in progress: array, per-row done flags, its file list;
   ``lock``                 held while the cache is checked, opened or built.
 
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +43,11 @@ from .decode_build import (
     DecodeSpec,
     Entry,
     array_name,
+    damaged_rows,
     decode_missing,
     promote,
     start_partial,
+    write_manifest,
 )
 from .images import IMAGE_EXTENSIONS, BadImageError
 from .lock import exclusive_lock
@@ -97,6 +102,9 @@ def _digest(settings: dict[str, Any], entries: list[Entry]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+_SETTINGS = ("version", "root", "size", "resize", "mode")  # what _settings writes
+
+
 def _settings(root: Path, spec: DecodeSpec) -> dict[str, Any]:
     return {"version": VERSION, "root": str(root.resolve()), "size": spec.size,
             "resize": spec.resize, "mode": "L" if spec.gray else "RGB"}
@@ -128,7 +136,7 @@ def decode_folder(root: str | Path, classes: Sequence[str], spec: DecodeSpec, *,
     if not (folder / "manifest.json").is_file():
         check_writable(cache_dir, "--data-cache-dir", directory=True)
     with exclusive_lock(folder, f"decoding {root}", progress):
-        found = _open_complete(folder, digest, len(entries), spec)
+        found = _open_complete(folder, digest, spec, _Repair(root, workers, progress))
         if found is not None:
             _check_bad(found.bad, root, stop_on_bad)
             return found
@@ -145,8 +153,19 @@ def _check_bad(bad: list[tuple[str, str]], root: Path, stop_on_bad: bool) -> Non
         raise BadImageError(root / bad[0][0], bad[0][1])
 
 
-def _open_complete(folder: Path, digest: str, n: int, spec: DecodeSpec) -> DecodedFolder | None:
-    """The cached folder when its manifest says it holds exactly these files, else None."""
+@dataclass
+class _Repair:
+    """What decoding damaged rows again needs: the folder, the workers, the progress bar."""
+
+    root: Path
+    workers: int | None
+    progress: bool
+
+
+def _open_complete(folder: Path, digest: str, spec: DecodeSpec,
+                   repair: _Repair) -> DecodedFolder | None:
+    """The cached folder when its manifest says it holds exactly these files, else None. Its
+    chunk checksums are checked first: damaged rows are decoded again, with a warning."""
     try:
         manifest = read_json(folder / "manifest.json")
     except (OSError, ValueError):
@@ -156,9 +175,33 @@ def _open_complete(folder: Path, digest: str, n: int, spec: DecodeSpec) -> Decod
     entries = [tuple(e) for e in manifest["files"]]
     bad = [(str(rel), str(why)) for rel, why in manifest.get("bad", [])]
     try:
+        if manifest.get("checksums"):
+            _repair(folder, manifest, entries, spec, repair)  # type: ignore[arg-type]
         return _finish(folder, digest, entries, spec, bad, 0)  # type: ignore[arg-type]
     except (OSError, ValueError):
         return None  # a missing or damaged array: decode again
+
+
+def _repair(folder: Path, manifest: dict[str, Any], entries: list[Entry], spec: DecodeSpec,
+            repair: _Repair) -> None:
+    """Decode again the rows of every chunk whose checksum no longer matches (bytes damaged
+    on disk), then store the new checksums; one warning says what was rebuilt."""
+    path = folder / manifest["array"]
+    rows = damaged_rows(np.load(path, mmap_mode="r"), manifest["checksums"])
+    if not rows:
+        return
+    warnings.warn(f"decode cache {str(path)!r}: {len(rows)} row(s) failed their checksum "
+                  "(damaged on disk); decoding those images again", stacklevel=5)
+    data = np.load(path, mmap_mode="r+")
+    done = np.ones(len(entries), dtype=np.uint8)
+    done[rows] = 0
+    decode_missing(data, done, repair.root, entries, spec, repair.workers, False,
+                   repair.progress)
+    data.flush()
+    del data
+    write_manifest(folder, manifest["array"], {k: manifest[k] for k in _SETTINGS},
+                   manifest["digest"], entries, [tuple(b) for b in manifest.get("bad", [])],
+                   float(manifest.get("decode_seconds", 0.0)))
 
 
 def _finish(folder: Path, digest: str, entries: list[Entry], spec: DecodeSpec,

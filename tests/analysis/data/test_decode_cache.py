@@ -250,3 +250,28 @@ def test_the_data_fingerprint_is_the_caches_own_digest_and_follows_the_files(tmp
     photo(4321).save(root / "cat" / "00002.jpg")                 # an edited file
     os.utime(root / "cat" / "00002.jpg", ns=(1, 10**18))
     assert _fingerprint(read(root, **options)) != before
+
+
+def test_damaged_bytes_in_the_array_are_decoded_again(tmp_path, monkeypatch):
+    import analysis.data.decode_build as build
+
+    monkeypatch.setattr(build, "CHUNK_BYTES", 4 * 12 * 12 * 3)  # chunks of 4 rows
+    root = make_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    first = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
+    clean = first.images[list(range(len(first.labels)))].numpy().copy()
+    path, stat = first.path, first.path.stat()
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 256] = bytes(255 - b for b in raw[middle:middle + 256])  # flip 256 bytes
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same time
+    with pytest.warns(UserWarning, match="failed their checksum") as caught:
+        again = decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1)
+    assert len(caught) == 1
+    assert np.array_equal(again.images[list(range(len(again.labels)))].numpy(), clean)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # repaired: the next open checks clean
+        assert decode_folder(root, ["cat", "dog"], SPEC, cache_dir=cache, workers=1).decoded == 0
