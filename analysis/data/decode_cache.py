@@ -195,7 +195,7 @@ def _repair(folder: Path, manifest: dict[str, Any], entries: list[Entry], spec: 
     data = np.load(path, mmap_mode="r+")
     done = np.ones(len(entries), dtype=np.uint8)
     done[rows] = 0
-    decode_missing(data, done, repair.root, entries, spec, repair.workers, False,
+    decode_missing(data, done, repair.root, entries, spec, repair.workers, False,  # type: ignore[arg-type]
                    repair.progress)
     data.flush()
     del data

@@ -193,7 +193,7 @@ def _record(where: Path, spec: StudySpec, members: list[SweepMember], base: Trai
               if m.label in choices and m.setting == (m.label, choices[m.label].lr,
                                                       choices[m.label].weight_decay)}
     grid = sorted({m.lr for m in members})
-    doc = {"model": base.model, "train_size": base.train_size, "lrs": grid,
+    doc: dict[str, Any] = {"model": base.model, "train_size": base.train_size, "lrs": grid,
            "lrs_asked": list(lrs0), "weight_decays": list(wds), "seeds": list(spec.seeds),
            "epochs": base.epochs, "min_steps": base.min_steps,
            "prune_at": list(spec.prune_at), "prune_keep": spec.prune_keep,

@@ -184,7 +184,7 @@ def run_pick(model: str, base: dict[str, Any], *, seeds: Sequence[int],
                       runs_per_worker=runs_per_worker, sweep_mem_gb=sweep_mem_gb)
     swept = read_sweep(out, model, train_size)
     table = compare_to_best(pick_rows(load_records([out], spec), spec.heads),
-                            {h.label: {} for h in spec.heads} | _per_seed(out, spec))
+                            _per_seed(out, spec))
     head, reason = recommend(table)
     lrs = swept.get("lrs") or sorted({r["lr"] for r in table if r.get("lr") is not None})
     n_train = train_size if train_size is not None else len(data.train_y)

@@ -41,7 +41,7 @@ def _one_sided_p(diffs: Sequence[float]) -> float | None:
         return 0.0 if (mean or 0.0) < 0 else 1.0
     from scipy.stats import t as student_t
 
-    stat = float(mean) / (float(std) / math.sqrt(len(diffs)))
+    stat = float(mean or 0.0) / (float(std) / math.sqrt(len(diffs)))
     return float(student_t.cdf(stat, df=len(diffs) - 1))
 
 

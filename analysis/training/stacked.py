@@ -51,7 +51,8 @@ class MaskDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        return x * self.mask
+        mask: torch.Tensor = self.mask  # type: ignore[assignment]
+        return x * mask
 
     def mask_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """The noise shape ``F.dropout`` (elements) or ``F.dropout2d`` (channels) draws."""
@@ -156,9 +157,9 @@ class StackedHeads:
     def _time_step(self, x: torch.Tensor, mode: str) -> float:
         state = {n: t.detach().clone().requires_grad_(t.requires_grad)
                  for n, t in {**self.params, **self.buffers}.items()}
-        masks = {f"{name}.mask": torch.ones(m.mask_shape((len(x), *self.input_shapes[name])),
-                                            device=self.device)  # type: ignore[index]
-                 for name, m in self.dropouts}
+        shapes = self.input_shapes or {}
+        masks = {f"{name}.mask": torch.ones(m.mask_shape((len(x), *shapes[name])),
+                                            device=self.device) for name, m in self.dropouts}
         t0 = time.perf_counter()
         with self._autocast():
             logits = self._forward(state, masks, x, mode)
@@ -169,7 +170,7 @@ class StackedHeads:
         """This step's dropout masks, each drawn once for all members (they share a seed)."""
         masks = {}
         for name, m in self.dropouts:
-            shape = m.mask_shape((batch, *self.input_shapes[name]))  # type: ignore[index]
+            shape = m.mask_shape((batch, *(self.input_shapes or {})[name]))
             draw = torch.empty(shape).bernoulli_(1 - m.p, generator=self.generator)
             masks[f"{name}.mask"] = draw.div_(1 - m.p).to(self.device)
         return masks
