@@ -261,15 +261,16 @@ def plot_lr_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: s
         for r in done:
             if r["status"] == "pruned":
                 ax.plot(r["lr"], _pct(r["val_acc_mean"]), marker="o", color="white",
-                        markeredgecolor=colour, linestyle="none")
+                        markeredgecolor=colour, linestyle="none", zorder=4)
         for r in pts:
             if r["status"] == "diverged":
-                ax.plot(r["lr"], floor, marker="x", color=colour, linestyle="none")
+                ax.plot(r["lr"], floor, marker="x", color=colour, linestyle="none", zorder=4)
         if chosen and head in chosen:
             best = next((r for r in done if r["lr"] == chosen[head]), None)
             if best is not None:
                 ax.plot(best["lr"], _pct(best["val_acc_mean"]), marker="o", markersize=11,
-                        markerfacecolor="none", markeredgecolor="black", linestyle="none")
+                        markerfacecolor="none", markeredgecolor="black", linestyle="none",
+                        zorder=5)
     ax.set(xscale="log", xlabel="learning rate (peak)", ylabel="best validation accuracy (%)",
            title=title)
     ax.grid(alpha=0.3)
