@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arrays import ImageArray, Images, take
+from .arrays import ImageArray, ImageRows, Images, take
 from .registry import DATASETS, RawData
 from .subsets import ClassRef, classes_label, select_classes
 
@@ -192,17 +192,17 @@ def _fingerprint(raw: RawData) -> str:
     h = hashlib.blake2b(digest_size=16)
     for t in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
         h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-        if isinstance(t, ImageArray):
-            _digest_rows(h, t)
-        else:
+        if isinstance(t, torch.Tensor):
             h.update(t.contiguous().numpy().data)
+        else:
+            _digest_rows(h, t)
     return h.hexdigest()
 
 
-def _digest_rows(h: Any, x: ImageArray, chunk: int = 256) -> None:
+def _digest_rows(h: Any, x: ImageArray | ImageRows, chunk: int = 256) -> None:
     """Feed ``x`` into digest ``h``: its key and row numbers when it has a key, else its pixels
     a chunk of images at a time."""
-    if x.key:
+    if isinstance(x, ImageArray) and x.key:
         h.update(x.key.encode())
         h.update(x.rows(slice(None)).tobytes())
         return

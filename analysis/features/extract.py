@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import BatchTransform, crop_params
+from ..data import BatchTransform, Images, crop_params
 
 __all__ = ["FLOAT16_MAX", "Extractor", "shard_block"]
 
@@ -45,13 +45,13 @@ class Extractor:
     views: int = 0
     view_seed: int = 0
 
-    def row_shape(self, image: torch.Tensor) -> tuple[int, ...]:
+    def row_shape(self, image: Images) -> tuple[int, ...]:
         """Shape of one image's row (``(K, *features)`` with views), from one forward."""
         with self._running():
             shape = tuple(self.forward(self.transform(image[:1])).shape[1:])
         return (self.views, *shape) if self.views else shape
 
-    def batches(self, images: torch.Tensor, ids: torch.Tensor,
+    def batches(self, images: Images, ids: torch.Tensor,
                 progress: Any = None) -> Iterator[torch.Tensor]:
         """Feature rows of ``images`` (uint8, ``ids`` name them for the views), in batches of
         the stored dtype on the CPU; ``progress`` (a tqdm bar or None) advances per image."""

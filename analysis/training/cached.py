@@ -121,7 +121,10 @@ def _images(data: DataSplits, ids: torch.Tensor) -> ImageRows:
     bounds = torch.tensor([len(data.ids["train"]), len(data.ids["train"]) + len(data.ids["val"])])
     which = torch.bucketize(pos, bounds, right=True)  # 0 train, 1 val, 2 test
     starts = torch.cat([torch.zeros(1, dtype=torch.long), bounds])
-    return ImageRows((data.train_x, data.val_x, data.test_x), which, pos - starts[which])
+    splits = [x for x in (data.train_x, data.val_x, data.test_x)]
+    if any(isinstance(x, ImageRows) for x in splits):  # rows of rows: gather the sources first
+        return ImageRows.concat(splits).subset(pos)
+    return ImageRows(splits, which, pos - starts[which])  # type: ignore[arg-type]
 
 
 def feature_requests(cfg: TrainConfig, model: HeadSwapped, data: DataSplits,

@@ -152,7 +152,7 @@ def _training_tensors(data: DataSplits, device: torch.device) -> tuple[Images, t
     """The training images and labels, moved to the GPU when they are small enough (images on
     disk are copied a chunk at a time); on the CPU they stay where they are."""
     x = data.train_x
-    size = x.nbytes if isinstance(x, ImageArray) else x.numel()
+    size = x.nbytes if isinstance(x, ImageArray) else len(x) * int(torch.Size(x.shape[1:]).numel())
     if device.type == "cuda" and size < 2**31:
         return to_device(x, device), data.train_y.to(device)
     return x, data.train_y
