@@ -30,6 +30,7 @@ from surgery import atomic_write, one_line
 
 from ..data import Images, take
 from ..data.lock import exclusive_lock
+from ..reporting import progress_bar
 from .extract import Extractor, shard_block
 from .keys import CacheKey
 from .store import DTYPES, CacheFileError, FeatureTable, read_header, read_table, write_table
@@ -155,11 +156,10 @@ def _remember(table: FeatureTable, budget: int) -> None:
 
 
 def _progress(n: int, storage: Storage, ranks: Ranks | None) -> Any:
-    from tqdm.auto import tqdm
-
+    """tqdm on a terminal, one line at the end in a log file or pipe (never a line per frame);
+    None without progress, or on a rank other than 0."""
     main = ranks is None or ranks.rank == 0
-    return tqdm(total=n, desc="features", unit="img", leave=False, dynamic_ncols=True,
-                disable=not (storage.progress and main))
+    return progress_bar(n, "features", "img") if storage.progress and main else None
 
 
 def _my_block(request: CacheRequest, ranks: Ranks | None) -> slice:
@@ -178,7 +178,8 @@ def _build_in_memory(request: CacheRequest, row: tuple[int, ...], storage: Stora
     for rows in ex.batches(take(request.images, block), request.ids[block], bar):
         part[at:at + len(rows)] = rows
         at += len(rows)
-    bar.close()
+    if bar is not None:
+        bar.close()
     data = part
     if ranks is not None and ranks.world_size > 1:
         if storage.gather is None:
@@ -272,7 +273,8 @@ def _on_disk(request: CacheRequest, storage: Storage, ranks: Ranks | None) -> Fe
                     put(rows)
 
             write_table(path, header, request.ids, fill)
-            bar.close()
+            if bar is not None:
+                bar.close()
     if multi and ranks is not None:
         ranks.wait()
     table = read_table(path, digest, verify=not main)
@@ -296,7 +298,8 @@ def _write_parts_then_join(request: CacheRequest, storage: Storage, ranks: Any, 
     except OSError as err:
         raise ValueError(f"cannot write the feature cache part {str(part)!r} "
                          f"({one_line(err)}); free space or use --feature-cache-dir") from None
-    bar.close()
+    if bar is not None:
+        bar.close()
     ranks.wait()
     if ranks.rank != 0:
         return
