@@ -252,7 +252,9 @@ def _print_problems(result: dict, out: Path) -> int:
     for name, msg in result["busy"]:
         print(f"busy: {name}: left alone: {msg}; rerun this command when it is done to include "
               "it", file=sys.stderr)
-    return 1 if result["failed"] or result["busy"] else 0
+    for name, msg in result.get("cancelled") or []:
+        print(f"cancelled: {name}: {msg}", file=sys.stderr)
+    return 1 if result["failed"] or result["busy"] or result.get("cancelled") else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             cancelled = cancel_study(args.out)
             print(f"cancelled the jobs of {len(cancelled)} runs: "
                   f"{', '.join(s.name for s in cancelled) or '-'}")
+            _print_states(args.out)
+            return 0  # the cancel did what it was asked (Slurm refusing is an error, exit 2)
         return _print_states(args.out)
     check_writable(args.out, "--out", directory=True)
     if args.collect:

@@ -38,7 +38,7 @@ from ..training import (
     warm_feature_caches,
 )
 from .collect import is_done, load_records
-from .jobs import BUSY_PREFIX, LOCAL_MARKER, RunState, record_jobs, run_states
+from .jobs import BUSY_PREFIX, LOCAL_MARKER, RunState, record_cancelled, record_jobs, run_states
 from .pool import Job
 from .report import write_report
 from .runner import open_study, pending_jobs, run_job, where_this_runs
@@ -114,7 +114,8 @@ def _submit(pending: list[Job], launcher: str, slurm: SlurmOptions, out: Path,
     if launcher == "slurm" and not slurm.array_parallelism:
         ex.update_parameters(array_parallelism=len(pending))  # submitit's own default caps at 256
     tasks = [StudyTask(j.name, j.payload, j.log, threads) for j in pending]
-    with job_environment(threads):
+    output = out / "logs" / "submitit" / "controllers.log" if launcher == "submitit-local" else None
+    with job_environment(threads, output):
         handles = ex.submit_array(tasks)
     jobs = dict(zip([j.name for j in pending], handles, strict=True))
     record_jobs(out, launcher, {n: str(h.job_id) for n, h in jobs.items()},
@@ -194,12 +195,13 @@ def wait_study(spec: StudySpec, out: str | Path, submission: dict[str, Any], *,
     local = submission["handles"] if launcher == "submitit-local" else {}
     final = _wait(out, submission["pending"], local,
                   poll_s if poll_s is not None else _POLL_S.get(launcher, 30.0), progress)
-    result: dict[str, Any] = {"ran": [], "failed": [], "busy": []}
+    result: dict[str, Any] = {"ran": [], "failed": [], "busy": [], "cancelled": []}
     for s in final.values():
         if s.state == "finished":
             result["ran"].append(s.name)
         else:
-            result["busy" if s.state == "busy" else "failed"].append((s.name, s.message))
+            key = s.state if s.state in ("busy", "cancelled") else "failed"
+            result[key].append((s.name, s.message))
     result["timing"] = {"runs": len(final), "wall_s": time.perf_counter() - t0}
     missing = [name for name, _ in result["failed"] + result["busy"]]
     result["report"] = write_report(out, load_records([out], spec), spec, missing=missing)
@@ -232,4 +234,5 @@ def cancel_study(out: str | Path) -> list[RunState]:
         raise ValueError(f"could not cancel the study's Slurm jobs: {error}")
     local = [s for s in live if s.launcher != "slurm" and stop_process(int(s.job or 0),
                                                                        LOCAL_MARKER)]
+    record_cancelled(out, [s.name for s in slurm + local])
     return slurm + local

@@ -25,7 +25,8 @@ from ..training import SLURM_LIVE, process_alive, run_owner, slurm_end_states, s
 from .collect import is_done
 from .spec import STUDY_FILE, StudySpec
 
-__all__ = ["JOBS_FILE", "RunState", "local_job_alive", "read_jobs", "record_jobs", "run_states"]
+__all__ = ["JOBS_FILE", "RunState", "local_job_alive", "read_jobs", "record_cancelled",
+           "record_jobs", "run_states"]
 
 JOBS_FILE = "jobs.json"
 LOCAL_MARKER = "submitit"  # in the command line of a local job's process
@@ -34,8 +35,8 @@ BUSY_PREFIX = "busy: "  # a job's last log line when another process held its ru
 
 @dataclass
 class RunState:
-    """One run of a study: ``state`` (finished, queued, running, failed, not submitted,
-    unknown; for local studies interrupted, not started), its last job (``job``, ``launcher``), where it ran or runs, its log, and for a
+    """One run of a study: ``state`` (finished, queued, running, failed, cancelled, not
+    submitted, unknown; for local studies interrupted, not started), its last job (``job``, ``launcher``), where it ran or runs, its log, and for a
     failed run why (``message``)."""
 
     name: str
@@ -70,6 +71,17 @@ def record_jobs(out: Path, launcher: str, jobs: dict[str, str], logs: dict[str, 
         first = next(iter(jobs.values()))
         book["arrays"].append({"job": first.split("_")[0], "launcher": launcher,
                                "runs": len(jobs), "submitted": when, "host": host})
+    write_json(Path(out) / JOBS_FILE, book)
+
+
+def record_cancelled(out: Path, names: list[str]) -> None:
+    """Mark the jobs of these runs as cancelled in ``jobs.json`` (a new submission of a run
+    replaces its record, and with it the mark)."""
+    book = read_jobs(out)
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for name in names:
+        if name in book["runs"]:
+            book["runs"][name]["cancelled"] = when
     write_json(Path(out) / JOBS_FILE, book)
 
 
@@ -108,6 +120,11 @@ def run_states(out: Path, names: list[str]) -> dict[str, RunState]:
             if states[name].state == "running":
                 states[name].where = run_owner(run_dir).get("host") or states[name].where
     _explain_failures(out, [s for s in states.values() if s.state == "failed"], book)
+    for s in states.values():  # a cancelled Slurm job that Slurm says ended so (or cannot say)
+        record = book.get(s.name) or {}
+        if s.state == "failed" and record.get("cancelled") and s.message.startswith(
+                ("the job ended (CANCELLED", "the job ended without")):
+            _cancelled(s, record)
     return states
 
 
@@ -137,7 +154,15 @@ def _job_state(name: str, record: dict[str, Any], queue: dict[str, str] | None,
             state.state = "queued" if queue[job] == "PENDING" else "running"
     elif local_job_alive(record):
         state.state, state.where = "running", record.get("host")
+    if state.state == "failed" and record.get("cancelled") and launcher != "slurm":
+        _cancelled(state, record)  # (a Slurm job: its accounting decides, _explain_failures)
     return state
+
+
+def _cancelled(state: RunState, record: dict[str, Any]) -> None:
+    state.state = "cancelled"
+    state.message = (f"cancelled at {record['cancelled']}; run the study's command again to "
+                     "resume it")
 
 
 def _explain_failures(out: Path, failed: list[RunState], book: dict[str, Any]) -> None:

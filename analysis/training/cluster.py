@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -242,9 +243,49 @@ def make_executor(launcher: str, folder: str | Path, opts: SlurmOptions, *,
 
 
 @contextmanager
-def job_environment(threads: int | None = None) -> Iterator[None]:
+def job_environment(threads: int | None = None,
+                    output: str | Path | None = None) -> Iterator[None]:
     """The environment jobs are submitted with (sbatch and the local executor pass it on): our
-    packages importable from this checkout, and ``threads`` OpenMP threads when given."""
+    packages importable from this checkout, and ``threads`` OpenMP threads when given.
+    ``output``: submitit's local executor starts a controller process per job that inherits
+    the submitting process's terminal; with a file here, the controllers get that file for
+    their stdout and stderr (and no stdin) instead, so that they never write into the user's
+    terminal or hold a pipe open after the command returned."""
+    with _stdio_to(output):
+        with _environment(threads):
+            yield
+
+
+@contextmanager
+def _stdio_to(path: str | Path | None) -> Iterator[None]:
+    """Point file descriptors 0, 1 and 2 at /dev/null, ``path``, ``path`` while the block
+    runs (the processes it starts inherit them), then back."""
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    log = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((0, 1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(log)
+        os.close(null)
+
+
+@contextmanager
+def _environment(threads: int | None) -> Iterator[None]:
     root = str(Path(__file__).resolve().parent.parent.parent)
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, saved["PYTHONPATH"]]))

@@ -115,7 +115,9 @@ def submit_finetune(launcher: str, slurm: SlurmOptions, config: TrainConfig | No
         refuse_taken(run_dir, config.overwrite)
         job = FinetuneJob(run_dir, asdict(config), None, slurm.cpus_per_task)
     ex = make_executor(launcher, finetune_logs(run_dir), slurm, name=run_dir.name)
-    with job_environment(slurm.cpus_per_task):
+    output = (finetune_logs(run_dir) / "controllers.log" if launcher == "submitit-local"
+              else None)
+    with job_environment(slurm.cpus_per_task, output):
         return ex.submit(job)
 
 

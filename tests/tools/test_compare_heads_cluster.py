@@ -98,7 +98,7 @@ def test_a_slurm_study_is_one_array_followed_until_it_ends(tmp_path, fake_slurm,
     assert read_jobs(out)["runs"][failed]["job"] == "1001"
 
     fake_slurm.set_queue({"1000_0": "RUNNING", "1000_1": "PENDING", "1001": "PENDING"})
-    assert compare_heads.main(["--cancel", "--out", str(out)]) == 1  # not all finished
+    assert compare_heads.main(["--cancel", "--out", str(out)]) == 0  # the cancel worked
     assert "cancelled the jobs of 3 runs" in capsys.readouterr().out
     assert fake_slurm.calls("scancel") == [["1000_0", "1000_1", "1001"]]
 
@@ -328,3 +328,32 @@ def test_the_tasks_of_a_linear_probe_study_share_one_feature_cache(tmp_path, cap
     for run_dir in (out / "runs").iterdir():  # each run reads the study's file, builds nothing
         info = json.loads((run_dir / "summary.json").read_text())["feature_cache"]
         assert info["used"] and info["path"] == str(cache) and not info["built"], info
+
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_local_jobs_let_go_of_the_terminal_and_a_cancel_says_cancelled(tmp_path):
+    """--no-wait returns with the pipes closed (the local controllers write to the study's
+    log, not the caller's terminal); --cancel exits 0 and lists the runs as cancelled, with no
+    traceback anywhere but the controllers' log."""
+    import subprocess
+
+    out = tmp_path / "s"
+    tool = [sys.executable, str(ROOT / "tools" / "compare_heads.py")]
+    argv = [*tool, *GRID[:4], *SYNTH, "--epochs", "2000", "--launcher", "submitit-local",
+            "--slurm-cpus-per-run", "1", "--no-wait", "--out", str(out)]
+    t0 = time.monotonic()
+    # communicate() reads to EOF: a controller holding the pipe would block it until its job ends
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - t0 < 100 and "submitted 2 runs" in done.stdout
+    cancel = subprocess.run([*tool, "--cancel", "--out", str(out)], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    said = cancel.stdout + cancel.stderr
+    assert cancel.returncode == 0, said
+    assert "cancelled the jobs of 2 runs" in said and "Traceback" not in said
+    status = subprocess.run([*tool, "--status", "--out", str(out)], capture_output=True,
+                            text=True, timeout=120, cwd=ROOT)
+    assert set(_states(status.stdout).values()) == {"cancelled"}, status.stdout
+    assert "failed" not in status.stdout
+    assert (out / "logs" / "submitit" / "controllers.log").is_file()

@@ -92,7 +92,7 @@ def test_cancel_interrupts_a_local_job_and_its_children(tmp_path, monkeypatch, s
             time.sleep(0.05)
         else:
             raise AssertionError(f"the job's child {child} still runs")
-        assert [s.state for s in study_status(tmp_path)] == ["failed"]
+        assert [s.state for s in study_status(tmp_path)] == ["cancelled"]  # not "failed"
         assert cancel_study(tmp_path) == []  # nothing live any more
     finally:
         job.kill()
