@@ -62,8 +62,10 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
 
 
 def _colours(labels: Sequence[str]) -> dict[str, Any]:
-    cmap = pyplot().get_cmap("tab10")
-    return {lab: cmap(i % 10) for i, lab in enumerate(dict.fromkeys(labels))}
+    """A colour per label: tab10, or tab20 beyond ten labels (pick_head compares 15 heads)."""
+    names = list(dict.fromkeys(labels))
+    cmap = pyplot().get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(names)}
 
 
 def _pct(v: float | None) -> float:
@@ -257,7 +259,7 @@ def plot_lr_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: s
         done = [r for r in pts if r.get("val_acc_mean") is not None]
         ax.errorbar([r["lr"] for r in done], [_pct(r["val_acc_mean"]) for r in done],
                     yerr=[_pct(r.get("val_acc_std") or 0.0) for r in done], color=colour,
-                    marker="o", capsize=2, label=name, linewidth=1)
+                    marker="o", capsize=2, label=name, linewidth=1, alpha=0.9)
         for r in done:
             if r["status"] == "pruned":
                 ax.plot(r["lr"], _pct(r["val_acc_mean"]), marker="o", color="white",
