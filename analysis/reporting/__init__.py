@@ -18,9 +18,17 @@ from .plots import (
     save_figure,
 )
 from .progress import LineProgress, progress_bar
-from .tables import TABLE_FORMATS, columns_of, flatten_row, format_table, to_csv, to_json
+from .tables import (
+    TABLE_FORMATS,
+    columns_of,
+    flatten_row,
+    format_table,
+    macs_text,
+    to_csv,
+    to_json,
+)
 
 __all__ = ["TABLE_FORMATS", "LineProgress", "columns_of", "figure_format", "flatten_row",
-           "format_table", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
+           "format_table", "macs_text", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
            "plot_gap_vs_train_size", "plot_learning_curves", "plot_lr_curves", "plot_pick", "progress_bar", "pyplot",
            "save_figure", "to_csv", "to_json"]

@@ -17,10 +17,26 @@ from typing import Any
 
 import tabulate as _tabulate
 
-__all__ = ["TABLE_FORMATS", "format_table", "flatten_row", "to_csv", "to_json", "columns_of"]
+__all__ = ["TABLE_FORMATS", "columns_of", "flatten_row", "format_table", "macs_text", "to_csv",
+           "to_json"]
 
 #: every accepted ``fmt``: csv, json and all of tabulate's formats
 TABLE_FORMATS: tuple[str, ...] = ("csv", "json", *_tabulate.tabulate_formats)
+
+
+_SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def macs_text(gmacs: float | None) -> str:
+    """GMACs as a person reads them: ``7.17 kMACs``, ``1.45 MMACs``, ``1.82 GMACs`` (three
+    significant digits; empty for None)."""
+    if gmacs is None:
+        return ""
+    macs = float(gmacs) * 1e9
+    for scale, prefix in _SI:
+        if abs(macs) >= scale:
+            return f"{macs / scale:.3g} {prefix}MACs"
+    return f"{macs:.3g} MACs"
 
 
 def flatten_row(row: Mapping[str, Any], sep: str = "@") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from surgery import atomic_write_bytes
 
-from ..reporting import format_table, plot_pick, to_csv
+from ..reporting import format_table, macs_text, plot_pick, to_csv
 from .lr_grid import Choice, neighbours
 from .onepass import sweep_dir
 from .pick import FIT_THRESHOLD, JSON_KEYS
@@ -54,7 +54,7 @@ def table_rows(table: Sequence[dict[str, Any]],
             "lr": None if r.get("lr") is None else f"{r['lr']:.3g}" + (f" ({edge} end)" if edge
                                                                     else ""),
             "train acc %": _fits(r), "train-val gap pts": _pct(r["gap_acc_mean"]),
-            "head params": r["head_params"], "head GMACs": r["head_gmacs"],
+            "head params": r["head_params"], "head MACs": macs_text(r["head_gmacs"]),
             "any size": "yes" if r["any_size"] else "no", "seeds": r["seeds"],
             "test acc %": _pct(r["test_acc_mean"])})
     return rows

@@ -67,3 +67,11 @@ def test_a_grid_is_positive_finite_and_distinct():
                          ([1e-3, 1e-3], "twice")):
         with pytest.raises(ValueError, match=message):
             check_grid(bad, "--lrs")
+
+
+def test_macs_read_in_units_a_person_reads():
+    from analysis.reporting import macs_text
+
+    assert macs_text(7.168e-06) == "7.17 kMACs"  # a GAP head: 512 x 14 MACs, not 7.168e-06 G
+    assert macs_text(0.001453) == "1.45 MMACs"
+    assert macs_text(1.82) == "1.82 GMACs" and macs_text(None) == ""
