@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint data clean zoo-table zoo-coverage bench-train \
+.PHONY: install demo test test-slow test-all lint docs data clean zoo-table zoo-coverage bench-train \
 	bench-heads export-coverage bench-export
 
 $(STAMP): pyproject.toml
@@ -52,6 +52,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check surgery analysis tools tests benchmarks
 	$(VENV)/bin/mypy surgery analysis
 
+# the documentation site (docs/ + mkdocs.yml) into site/; --strict: a broken link fails it
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 zoo-table: $(STAMP)
 	$(PY) benchmarks/zoo_table_time.py --jobs 2
 
@@ -66,4 +71,4 @@ bench-export: $(STAMP)
 	$(PY) benchmarks/export_latency.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info site
