@@ -292,3 +292,18 @@ def test_spp_exports_to_onnx_with_dynamic_sizes(dynamo):
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(got), head(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("grid, levels", [(7, (1, 2, 4)), (4, (1, 2, 4)), (5, (1, 3))])
+def test_pyramid_kernels_give_the_bins_the_explicit_slices_give(pool, grid, levels):
+    """Eager (adaptive pooling, one kernel per level) equals the traced path (explicit slices,
+    what ONNX export and the MAC counters see), also on post-ReLU features full of ties."""
+    from surgery.pooling import PyramidPool
+    info = FeatureInfo(channels=16, layout="NCHW", grid=(grid, grid), num_prefix_tokens=0,
+                       input_size=(grid * 32, grid * 32), shape=(1, 16, grid, grid))
+    head = PyramidPool(info, levels, pool)
+    x = torch.randn(3, info.channels, grid, grid).relu()
+    eager = head(x)
+    traced = torch.jit.trace(head, x)(x)  # the explicit bins
+    assert torch.equal(eager, traced) if pool == "max" else torch.allclose(eager, traced, atol=1e-6)
