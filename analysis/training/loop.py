@@ -125,7 +125,8 @@ class RunLoop:
         Epochs on cached features run on one CPU thread (analysis.training.step.head_threads)."""
         if not self.parts.feed(self.cfg, epoch).cached:
             return self._epoch_steps(epoch)
-        with head_threads(self.device):
+        params = sum(p.numel() for p in self.parts.model.head_parameters())
+        with head_threads(self.device, params):
             return self._epoch_steps(epoch)
 
     def _epoch_steps(self, epoch: int) -> dict[str, Any]:

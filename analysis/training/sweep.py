@@ -138,7 +138,8 @@ class Sweep:
                 if state.due():
                     state.save(index, epoch, stacks)
 
-            with head_threads(self.system["device"]):
+            params = sum(t.numel() for st in stacks for t in st.heads.params.values())
+            with head_threads(self.system["device"], params):
                 self._fit(stacks, feeds, halving or Halving(), first, save)
             state.save(index + 1, 0, [])
 
