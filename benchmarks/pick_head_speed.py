@@ -13,7 +13,9 @@ loading and feature extraction included in its wall time):
   (b) the same with one learning rate (--lrs 1e-3);
   (c) the feature extraction alone (the caches (a) and (b) build, nothing trained);
   (d) the same heads at one learning rate through one run per head and seed
-      (--lrs 1e-3 --no-one-pass: how pick_head trained before the one pass).
+      (--lrs 1e-3 --no-one-pass: how pick_head trained before the one pass);
+  (e) (a) with earlier halving (--prune-at 0.125 0.25 0.5): what it saves, and whether it
+      changes any head's chosen learning rate or the recommendation.
 
 Targets: (a) <= 2 x (b); (a) <= (d); the plain heads' (gap, gmp, gapmp, nin, gem, flatten)
 training in (a) <= 0.5 x (c) at 224 px. ``--study`` adds the cached linear-probe study against
@@ -108,12 +110,14 @@ def _pick(size: int, args: argparse.Namespace, checkpoint: Path, work: Path) -> 
               "--seeds", *map(str, args.seeds), "--no-progress", "--format", "json"]
     runs: dict[str, Any] = {}
     for key, extra in (("a", []), ("b", ["--lrs", "1e-3"]),
-                       ("d", ["--lrs", "1e-3", "--no-one-pass"])):
+                       ("d", ["--lrs", "1e-3", "--no-one-pass"]),
+                       ("e", ["--prune-at", "0.125", "0.25", "0.5"])):
         out = work / f"{key}-{size}"
         runs[key] = _timed(["tools/pick_head.py", *common, *extra, "--out", str(out)],
                            work / f"{key}-{size}.log")
         pick = json.loads((out / "pick.json").read_text())
         runs[key]["recommended"] = pick["recommended"]
+        runs[key]["lr"] = {r["head"]: r["lr"] for r in pick["rows"]}
         sweeps = list((out / "sweeps").glob("*/sweep.json"))
         if sweeps:
             swept = json.loads(sweeps[0].read_text())
@@ -149,17 +153,23 @@ def _report(record: dict[str, Any]) -> str:
              "weights: timm's random initialisation, seed 0, saved to a file). Each variant is "
              "its own process: imports, data, extraction and writing included.", ""]
     names = {"a": "(a) default grid, one pass", "b": "(b) one lr, one pass",
-             "c": "(c) extraction alone", "d": "(d) one lr, one run per head"}
+             "c": "(c) extraction alone", "d": "(d) one lr, one run per head",
+             "e": "(e) default grid, halving at 1/8, 1/4, 1/2"}
     for size, runs in record["sizes"].items():
         rows = [{"variant": names[k], "wall s": r["wall_s"], "CPU s": r["cpu_s"],
                  "sweep train s": r.get("train_s"), "plain heads s": r.get("plain_train_s"),
                  "members": r.get("members"), "recommended": r.get("recommended")}
                 for k, r in sorted(runs.items())]
         a, b, c, d = (runs[k]["wall_s"] for k in "abcd")
+        moved = sorted(h for h, lr in runs["e"]["lr"].items() if runs["a"]["lr"].get(h) != lr)
         lines += [f"## {size} px", "", format_table(rows, floatfmt=".1f"), "",
                   f"- (a) / (b) = {a / b:.2f} (target <= 2); (a) / (d) = {a / d:.2f} (target "
                   f"<= 1); plain heads' training in (a) / (c) = "
-                  f"{runs['a']['plain_train_s'] / c:.2f} (target <= 0.5 at 224 px)", ""]
+                  f"{runs['a']['plain_train_s'] / c:.2f} (target <= 0.5 at 224 px)",
+                  f"- (e) / (a) = {runs['e']['wall_s'] / a:.2f}; heads whose chosen learning "
+                  f"rate differs between (a) and (e): {', '.join(moved) or 'none'}; "
+                  f"recommended: (a) {runs['a']['recommended']}, (e) "
+                  f"{runs['e']['recommended']}", ""]
     if record.get("study"):
         rows = [{"study": k, "wall s": v["wall_s"], "CPU s": v["cpu_s"]}
                 for k, v in record["study"].items()]
