@@ -10,6 +10,7 @@ from typing import Any
 from surgery import read_json, write_json
 
 from ..data import decodes_files
+from .committed import committed_records
 from .report import write_report
 from .shifts import SHIFT_FILE
 from .spec import STUDY_FILE, Combo, StudySpec, combinations
@@ -91,12 +92,14 @@ def _record(run_dir: Path, combo: Combo) -> dict[str, Any]:
 
 
 def study_records(directory: str | Path) -> tuple[StudySpec, list[dict[str, Any]]]:
-    """A study directory's spec (its ``study.json``) and the records of its finished runs."""
+    """A study directory's spec (its ``study.json``) and the records of its finished runs: from
+    its run directories, or where none are here (they are not committed) from its committed
+    tables (analysis.studies.committed)."""
     path = Path(directory) / STUDY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{str(directory)!r} is not a study directory (no {STUDY_FILE})")
     spec = StudySpec.from_dict(read_json(path))
-    return spec, load_records([directory], spec)
+    return spec, load_records([directory], spec) or committed_records(directory)
 
 
 def collect(dirs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
