@@ -234,6 +234,9 @@ def _session_lines(session: Mapping[str, Any] | None) -> list[str]:
     workers = session["workers_started"]
     features = (f"; shared feature extraction {session['features_s']:.1f} s"
                 if session.get("features_s") else "")
+    if session.get("sweep_s"):
+        features += (f"; one pass over the cached features (every head x learning rate x "
+                     f"seed) {session['sweep_s']:.1f} s")
     return [f"Last invocation: {session['runs']} runs in {session['wall_s']:.1f} s wall, the "
             f"runs themselves {session['jobs_s']:.1f} s ({session['jobs']} at a time){features}; "
             f"overhead {session['overhead_s']:.1f} s ({workers} worker "
