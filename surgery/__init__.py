@@ -47,6 +47,7 @@ from .pooling import (
     PyramidPool,
     feature_grid,
 )
+from .registry import head_names
 from .report import swap_report
 from .serialize import load, read_model_file, save, state_checksum
 from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spec_help
@@ -59,7 +60,7 @@ __all__ = [
     "OriginalHead", "PoolHead", "PyramidPool", "RemovedModule", "WeightsFile", "add_head_kind",
     "as_hidden", "atomic_write", "atomic_write_bytes", "build_head", "check_head_args",
     "check_timm_options", "check_weights_reachable", "check_writable", "checkpoint_settings", "closest_model_names", "expand_model_names", "feature_grid", "finite",
-    "format_value", "free_bytes", "head_label", "load", "load_backbone", "make_spec", "one_line",
+    "format_value", "free_bytes", "head_label", "head_names", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
     "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",
     "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report",

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import one_line
+
 __all__ = ["atomic_write", "atomic_write_bytes", "check_writable", "finite", "read_json",
            "why_unreadable", "write_error", "write_json"]
 
@@ -129,8 +131,6 @@ def read_json(path: str | Path) -> Any:
 def why_unreadable(path: str | Path, err: BaseException) -> str:
     """Why ``torch.load`` (or another reader) failed on ``path``, in words: an empty file, a text
     file, or the reader's own one-line error for anything else."""
-    from .errors import one_line
-
     path = Path(path)
     try:
         size = path.stat().st_size

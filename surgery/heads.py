@@ -15,7 +15,6 @@ spec, ``gem:p=3:learn_p=0`` (surgery.spec parses it against these declarations).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +31,7 @@ from .pooling import (
     GridMismatchError,
     PyramidPool,
 )
+from .registry import HEADS, HeadBuilder, HeadKind, add_head_kind
 
 __all__ = [
     "HEADS", "HeadKind", "add_head_kind", "register_head", "build_head", "check_head_args",
@@ -116,40 +116,6 @@ class NinHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.class_maps(x)
         return maps.mean((2, 3)) if maps.dim() == 4 else maps.mean(1)
-
-
-# (features, num_classes, hidden, dropout, **kind options) -> head module
-HeadBuilder = Callable[..., nn.Module]
-
-
-@dataclass(frozen=True)
-class HeadKind:
-    """One entry of the registry: the name users type, a one-line description, a factory, the
-    options it takes (the MLP options included) and when to choose it."""
-
-    name: str
-    description: str
-    build: HeadBuilder | None  # None: built by swap_head from the backbone itself (``original``)
-    any_input_size: bool = True
-    options: tuple[Option, ...] = ()
-    needs_class_token: bool = False
-
-    def option(self, name: str) -> Option | None:
-        return next((o for o in self.options if o.name == name), None)
-
-    def __str__(self) -> str:
-        return self.name
-
-
-HEADS: dict[str, HeadKind] = {}
-
-
-def add_head_kind(kind: HeadKind) -> HeadKind:
-    """Add ``kind`` to :data:`HEADS`; a name already taken is refused (as in every registry)."""
-    if kind.name in HEADS:
-        raise ValueError(f"head kind {kind.name!r} is already registered; choose another name")
-    HEADS[kind.name] = kind
-    return kind
 
 
 def register_head(name: str, description: str, any_input_size: bool = True,

@@ -14,6 +14,7 @@ import torch
 
 from .heads import build_head
 from .layout import FeatureInfo
+from .registry import head_names
 
 __all__ = ["check_head_fits", "free_bytes"]
 
@@ -53,5 +54,5 @@ def check_head_fits(head: str, info: FeatureInfo, num_classes: int, hidden: tupl
             f"a {head} head on a {grid} grid of {info.channels} channels (input "
             f"{info.input_size[0]}x{info.input_size[1]}) needs {params:,} parameters "
             f"({need / 2**30:.1f} GiB), more than the {free / 2**30:.1f} GiB of {device.type} "
-            "memory available; use a smaller input size, or a pooling head (gap, gmp, gapmp, nin), "
-            "whose size does not grow with the input")
+            "memory available; use a smaller input size, or a pooling head "
+            f"({head_names(any_input_size=True)}), whose size does not grow with the input")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layout import FeatureInfo
+from .registry import head_names
 
 __all__ = [
     "POOLINGS", "FeaturePool", "GeMPool", "AttentionPool", "ClassTokenPool", "PyramidPool",
@@ -44,7 +45,7 @@ class GridMismatchError(ValueError):
         seen = f" (input {got_input[0]}x{got_input[1]})" if got_input else ""
         return (f"Flatten head was built for a {grid(self.built)} grid (input "
                 f"{self.built_input[0]}x{self.built_input[1]}) but got {grid(self.got)}{seen}; "
-                "pooling heads (gap, gmp, gapmp, gem, attn, spp, nin) take any size")
+                f"pooling heads ({head_names(any_input_size=True)}) take any size")
 
 
 class GridTooSmallError(ValueError):
@@ -271,7 +272,7 @@ def no_class_token_reason(info: FeatureInfo, name: str = "this model") -> str:
     else:
         why = "its tokens are all patch tokens, no cls_token"
     return (f"{name} has no class token ({why}), so the token head does not apply; the pooling "
-            "heads do (gap, gmp, gapmp, gem, attn, spp, flatten, nin)")
+            f"heads do ({head_names()})")
 
 
 def _tracing(x: torch.Tensor) -> bool:

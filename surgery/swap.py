@@ -30,6 +30,7 @@ from .layout import (
 )
 from .memory import check_head_fits
 from .pooling import GridMismatchError, GridTooSmallError, no_class_token_reason
+from .registry import head_names
 from .spec import HeadSpec, resolve_head
 
 __all__ = ["HeadSwapped", "OriginalHead", "swap_head", "RemovedModule"]
@@ -242,8 +243,7 @@ def _reset_own_classifier(model: nn.Module, num_classes: int, name: str) -> None
     if not callable(reset):
         raise ValueError(
             f"{name} has no classifier of its own (timm builds it as a feature encoder), so "
-            "there is no original head to reset; use a pooling head (gap, gmp, gapmp, "
-            "flatten, nin)")
+            f"there is no original head to reset; use a pooling head ({head_names()})")
     reset(num_classes)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .files import why_unreadable
+from .model_file import read_model_file
 
 has_safetensors = importlib.util.find_spec("safetensors") is not None  # only .safetensors need it
 
@@ -64,8 +65,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _headswap(path: Path) -> WeightsFile:
     """A headswap model file's backbone weights and recipe (its checksum verified)."""
-    from .serialize import read_model_file  # serialize builds models, which load backbones
-
     payload = read_model_file(path)
     state = {k.removeprefix("backbone."): v for k, v in payload["state_dict"].items()
              if k.startswith("backbone.")}

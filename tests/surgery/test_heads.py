@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import surgery
 from surgery import HEADS, build_head
 from surgery.heads import GridMismatchError
 from surgery.layout import FeatureInfo
+from surgery.pooling import no_class_token_reason
 
 
 def nchw(c: int = 4, h: int = 3, w: int = 2) -> FeatureInfo:
@@ -159,3 +161,19 @@ def test_channels_first_sequences_pool_over_the_last_dim():
         torch.testing.assert_close(head(x), _linear(ref, head.fc))
     nin = build_head("nin", info, num_classes=3)
     torch.testing.assert_close(nin(x), _linear(x.transpose(1, 2), nin.fc).mean(1))
+
+
+def test_messages_name_every_registered_head_kind(monkeypatch):
+    """Head lists in messages come from the registry: a kind registered later is named too, a
+    class-token head or ``original`` is not offered to a model without a class token."""
+    from surgery import registry
+
+    monkeypatch.setattr(registry, "HEADS", dict(registry.HEADS))
+    fixed = surgery.HeadKind("fixed_grid", "test", surgery.HEADS["flatten"].build, False)
+    registry.add_head_kind(fixed)
+    assert surgery.head_names().endswith(", spp, fixed_grid")
+    assert "fixed_grid" not in surgery.head_names(any_input_size=True)
+    err = GridMismatchError((3, 2), (4, 4), (96, 64))
+    assert str(err).endswith("pooling heads (gap, gmp, gapmp, nin, gem, attn, spp) take any size")
+    said = no_class_token_reason(nchw(), "resnet")
+    assert said.endswith("heads do (gap, gmp, gapmp, flatten, nin, gem, attn, spp, fixed_grid)")

@@ -195,7 +195,7 @@ def test_token_head_ignores_every_other_token():
 ])
 def test_token_head_is_refused_without_a_class_token(name, kwargs, why):
     with pytest.raises(ValueError, match=rf"{name} has no class token \({re.escape(why)}.*the "
-                                         r"pooling heads do \(gap, gmp, gapmp, gem, attn, spp"):
+                                         r"pooling heads do \(gap, gmp, gapmp, flatten, nin, gem, attn, spp\)"):
         swap_head(name, head="token", num_classes=3, **kwargs)
 
 
