@@ -23,7 +23,9 @@ the same study with --feature-cache off (tools/compare_heads.py resnet10t, gap g
 seeds 0 1, 1,024 images, 3 epochs, 64 px), with the step floor (the default) and without
 (--min-steps 0, the grid as it ran before the floor). Wall time, CPU time (user + system of
 the process and its children) and the machine's load average go to
-docs/benchmarks/pick_head_speed.md and .json.
+docs/benchmarks/pick_head_speed.md and .json. Each finished variant is kept in
+``--work``/results.json: a benchmark stopped part-way and started again with the same
+``--work`` reruns only what it had not finished.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extract-only", nargs=argparse.REMAINDER, default=None,
                    help=argparse.SUPPRESS)  # (c): pick_head's options; builds the caches only
     return p
+
+
+def _kept(work: Path, name: str, measure: Any) -> dict[str, Any]:
+    """``measure()``'s result for variant ``name``, kept in ``work/results.json``.
+
+    A benchmark stopped part-way reruns only the variants it had not finished.
+    """
+    store = work / "results.json"
+    done = json.loads(store.read_text()) if store.is_file() else {}
+    if name not in done:
+        done[name] = measure()
+        store.write_text(json.dumps(done, indent=1) + "\n")
+    return done[name]
 
 
 def _timed(argv: list[str], log: Path) -> dict[str, Any]:
@@ -112,22 +127,29 @@ def _pick(size: int, args: argparse.Namespace, checkpoint: Path, work: Path) -> 
     for key, extra in (("a", []), ("b", ["--lrs", "1e-3"]),
                        ("d", ["--lrs", "1e-3", "--no-one-pass"]),
                        ("e", ["--prune-at", "0.125", "0.25", "0.5"])):
-        out = work / f"{key}-{size}"
-        runs[key] = _timed(["tools/pick_head.py", *common, *extra, "--out", str(out)],
-                           work / f"{key}-{size}.log")
-        pick = json.loads((out / "pick.json").read_text())
-        runs[key]["recommended"] = pick["recommended"]
-        runs[key]["lr"] = {r["head"]: r["lr"] for r in pick["rows"]}
-        sweeps = list((out / "sweeps").glob("*/sweep.json"))
-        if sweeps:
-            swept = json.loads(sweeps[0].read_text())
-            runs[key]["train_s"] = swept["train_s"]
-            runs[key]["plain_train_s"] = sum(v for k, v in swept["head_time_s"].items()
-                                             if k in PLAIN)
-            runs[key]["members"] = swept["members_trained"]
-            runs[key]["status"] = swept["status"]
-    runs["c"] = _timed([__file__, "--extract-only", *common[:-2]], work / f"c-{size}.log")
+        runs[key] = _kept(work, f"{key}-{size}",
+                          lambda key=key, extra=extra: _pick_variant(key, size, common + extra,
+                                                                     work))
+    runs["c"] = _kept(work, f"c-{size}", lambda: _timed(
+        [__file__, "--extract-only", *common[:-2]], work / f"c-{size}.log"))
     return runs
+
+
+def _pick_variant(key: str, size: int, argv: list[str], work: Path) -> dict[str, Any]:
+    """One pick_head process, timed, with what it chose and what its sweep measured."""
+    out = work / f"{key}-{size}"
+    run = _timed(["tools/pick_head.py", *argv, "--out", str(out)], work / f"{key}-{size}.log")
+    pick = json.loads((out / "pick.json").read_text())
+    run["recommended"] = pick["recommended"]
+    run["lr"] = {r["head"]: r["lr"] for r in pick["rows"]}
+    sweeps = list((out / "sweeps").glob("*/sweep.json"))
+    if sweeps:
+        swept = json.loads(sweeps[0].read_text())
+        run["train_s"] = swept["train_s"]
+        run["plain_train_s"] = sum(v for k, v in swept["head_time_s"].items() if k in PLAIN)
+        run["members"] = swept["members_trained"]
+        run["status"] = swept["status"]
+    return run
 
 
 def _study(work: Path) -> dict[str, Any]:
@@ -135,9 +157,10 @@ def _study(work: Path) -> dict[str, Any]:
     for floor, extra in (("floor", []), ("no floor", ["--min-steps", "0"])):
         for cache in ("auto", "off"):
             name = f"study-{cache}-{floor.replace(' ', '')}"
-            out[f"{floor}, cache {cache}"] = _timed(
+            out[f"{floor}, cache {cache}"] = _kept(work, name, lambda name=name, extra=extra,
+                                                   cache=cache: _timed(
                 ["tools/compare_heads.py", *STUDY, *extra, "--feature-cache", cache,
-                 "--out", str(work / name)], work / f"{name}.log")
+                 "--out", str(work / name)], work / f"{name}.log"))
     return out
 
 
