@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from analysis.features import clear_memory  # noqa: E402
 from analysis.machine import describe_machine, machine_info  # noqa: E402
 from analysis.reporting import format_table  # noqa: E402
-from analysis.studies import StudySpec, parse_head, pool_for, run_study  # noqa: E402
+from analysis.studies import StudySpec, pool_for, run_study  # noqa: E402
+from surgery import parse_head  # noqa: E402
 
 HEADS = ("gap", "gmp", "gapmp", "flatten", "nin", "original")
 
