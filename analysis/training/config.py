@@ -100,7 +100,6 @@ class TrainConfig:
     ckpt_steps: int = 0               # also checkpoint every N steps inside an epoch (0: off)
     ckpt_minutes: float = 5.0         # ... and at least every this many minutes (0: off)
     progress: bool = True
-    kill_after_steps: int | None = None  # testing: SIGKILL this process after N steps
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, int | list):  # 512 is one hidden layer; JSON gives lists

@@ -42,9 +42,20 @@ from .parts import RunParts, assemble_run, run_config_record
 from .rundir import remove_run_files, run_summary, write_metrics
 from .step import NonFiniteLossError, RunningLoss, evaluate, head_threads, lr_factor, peak_mem_mb
 
-__all__ = ["RunLoop", "StepHook"]
+__all__ = ["KILL_AFTER_STEPS_ENV", "RunLoop", "StepHook"]
 
 StepHook = Callable[[dict[str, Any]], None]
+
+# fault injection for the resume tests: "N" kills (SIGKILL) any run after N optimiser steps,
+# "NAME=N" only the run whose directory is NAME
+KILL_AFTER_STEPS_ENV = "HEADSWAP_TEST_KILL_AFTER_STEPS"
+
+
+def kill_after_steps(run_name: str) -> int | None:
+    """The step count after which this run kills itself, from $HEADSWAP_TEST_KILL_AFTER_STEPS."""
+    value = os.environ.get(KILL_AFTER_STEPS_ENV, "")
+    name, _, steps = value.rpartition("=")
+    return int(steps) if steps and name in ("", run_name) else None
 
 
 class RunLoop:
@@ -63,6 +74,7 @@ class RunLoop:
         self.first_epoch = int(self.resume_state.get("epoch", 0))
         self.first_step = int(self.resume_state.get("step", 0))
         self.own_cache = OwnCache.of(cfg, run_dir, fresh=fresh and dist.is_main)
+        self.kill_after = kill_after_steps(run_dir.name)
         try:
             self.parts: RunParts = assemble_run(cfg, state, data, dist, system,
                                                 self.first_epoch, run_dir)
@@ -180,7 +192,7 @@ class RunLoop:
                             epoch_time_s=running["epoch_time_s"] + now - t0)
                 self._checkpoint(epoch, step + 1, snap, aug)
                 t_ckpt = time.perf_counter()
-            if cfg.kill_after_steps is not None and gstep + 1 >= cfg.kill_after_steps:
+            if self.kill_after is not None and gstep + 1 >= self.kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
         if bar is not None:
             bar.close()

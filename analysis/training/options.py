@@ -196,8 +196,6 @@ def _add_run_dir(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ckpt-minutes", type=float, default=d.ckpt_minutes,
                    help=f"checkpoint at least this often inside an epoch (default {d.ckpt_minutes})")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    r.add_argument("--kill-after-steps", type=int, default=None,
-                   help="testing: kill this process (SIGKILL) after N optimiser steps")
 
 
 def add_training_options(parser: argparse.ArgumentParser, *, per_run: bool = True) -> None:

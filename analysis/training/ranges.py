@@ -100,7 +100,6 @@ NUMERIC_RULES: dict[str, Range] = {
     "seed": Range(0, 2**32, high_open=True, whole=True),
     "ckpt_steps": _whole(0, hint="0 turns it off"),
     "ckpt_minutes": Range(0, hint="0 turns it off"),
-    "kill_after_steps": _whole(1, optional=True),
     "decode_workers": _whole(1, optional=True, hint="leave it out to decode on every core"),
     "pool_size": _whole(2, optional=True, hint="leave it out to draw from the whole split"),
     "feature_cache_views": _whole(0, hint="0 caches the plain features, no augmentation"),

@@ -24,8 +24,8 @@ __all__ = ["RESUME_FREE", "read_resume_state", "read_run_config", "resume_option
 # options a resume may change: they do not change what the run computes (how it is watched and
 # checkpointed; how its image files are decoded and where that cache lives; where the feature
 # cache is kept only changes where it is extracted again, if the interrupted one is gone)
-RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "kill_after_steps", "decode_workers",
-               "data_cache_dir", "feature_cache_mem_gb", "feature_cache_dir")
+RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "decode_workers", "data_cache_dir",
+               "feature_cache_mem_gb", "feature_cache_dir")
 _NEW_RUN_ONLY = ("out", "name", "overwrite")
 
 
@@ -46,7 +46,6 @@ def read_run_config(run_dir: str | Path, options: dict[str, Any] | None = None) 
                              f"and start the run again with a valid {flag}")
     try:
         cfg = config_from_record(raw)
-        cfg.kill_after_steps = None  # a testing switch of the interrupted invocation only
         _check_stored(cfg, run_dir)
     except TypeError as err:  # a field of the wrong type in the file
         raise ValueError(f"cannot resume {str(run_dir)!r}: its config.json holds a value of the "

@@ -30,7 +30,7 @@ __all__ = ["warm_feature_caches"]
 _NOT_FEATURES = {"head", "hidden", "dropout", "seed", "train_size", "val_size", "test_size",
                  "name", "out", "overwrite", "progress", "epochs", "min_steps", "lr", "min_lr",
                  "weight_decay", "momentum", "warmup_epochs", "label_smoothing", "clip_grad",
-                 "optimizer", "ckpt_steps", "ckpt_minutes", "kill_after_steps", "head_epochs",
+                 "optimizer", "ckpt_steps", "ckpt_minutes", "head_epochs",
                  "backbone_lr_scale", "train_eval_size", "sync_bn", "batch_size"}
 
 

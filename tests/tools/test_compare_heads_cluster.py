@@ -22,6 +22,7 @@ from _cli import run  # noqa: E402
 
 from analysis.studies import cluster as study_cluster  # noqa: E402
 from analysis.studies import read_jobs  # noqa: E402
+from analysis.training.loop import KILL_AFTER_STEPS_ENV  # noqa: E402
 
 SYNTH = ["--dataset", "synthetic", "--data-option", "num_classes=3", "--data-option",
          "n_train=48", "--data-option", "n_test=24", "--data-option", "image_size=16",
@@ -263,18 +264,9 @@ def test_a_local_executor_study_survives_a_killed_run_and_equals_the_uninterrupt
     capsys.readouterr()
     cmd = [*LOCAL, "--launcher", "submitit-local", "--out", str(out)]
     victim = "test_resnet-gmp-synthetic-nall-s1"
-    pending_jobs = study_cluster.pending_jobs
-
-    def one_killed(spec, where, shard=None):
-        jobs, done = pending_jobs(spec, where, shard)
-        for job in jobs:
-            if job.name == victim:
-                job.payload["config"]["kill_after_steps"] = 3  # SIGKILL itself after step 3
-        return jobs, done
-
-    monkeypatch.setattr(study_cluster, "pending_jobs", one_killed)
+    monkeypatch.setenv(KILL_AFTER_STEPS_ENV, f"{victim}=3")  # SIGKILLs itself after step 3
     assert compare_heads.main([*cmd, "--no-wait"]) == 0
-    monkeypatch.setattr(study_cluster, "pending_jobs", pending_jobs)
+    monkeypatch.delenv(KILL_AFTER_STEPS_ENV)
     said = capsys.readouterr().out
     assert "submitted 4 runs (submitit-local jobs" in said and "not waiting" in said
     book = read_jobs(out)["runs"]

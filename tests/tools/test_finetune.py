@@ -20,6 +20,7 @@ from _cli import run  # noqa: E402
 
 from analysis.data import readers as data_mod  # noqa: E402
 from analysis.training import run_name  # noqa: E402
+from analysis.training.loop import KILL_AFTER_STEPS_ENV  # noqa: E402
 from tests.tiny_runs import TINY_ARGS as TINY  # noqa: E402
 
 TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
@@ -172,8 +173,8 @@ def test_an_out_that_cannot_be_written_is_one_line(out, expect, tmp_path, capsys
     assert code == 2 and expect in err and "Traceback" not in err
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+def _cli(*args: str, **environ: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **environ)
     return subprocess.run([sys.executable, str(ROOT / "tools" / "finetune.py"), *args],
                           capture_output=True, text=True, env=env, timeout=600)
 
@@ -183,7 +184,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     opts = TINY + ["--hidden", "16", "--dropout", "0.5", "--ckpt-steps", "3", "--out", str(tmp_path)]
     assert _cli(*opts, "--name", "full").returncode == 0
-    killed = _cli(*opts, "--name", "cut", "--kill-after-steps", "13")  # epoch 2, step 5 of 8
+    killed = _cli(*opts, "--name", "cut", **{KILL_AFTER_STEPS_ENV: "13"})  # epoch 2, step 5 of 8
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "cut" / "summary.json").exists()
     resumed = _cli("--resume", str(tmp_path / "cut"))
