@@ -31,6 +31,7 @@ from .pooling import (
     GridMismatchError,
     PyramidPool,
 )
+from .ranges import Range
 from .registry import HEADS, HeadBuilder, HeadKind, add_head_kind
 
 __all__ = [
@@ -41,9 +42,9 @@ __all__ = [
 
 MLP_OPTIONS = (
     Option("hidden", "ints", (), "widths of Linear-ReLU-Dropout layers before the output layer",
-           low=1, short="h"),
+           range=Range(1), short="h"),
     Option("dropout", "float", 0.0, "dropout before the output layer (and after each hidden)",
-           low=0.0, high=1.0, high_open=True, short="d"),
+           range=Range(0.0, 1.0, high_open=True), short="d"),
 )
 
 
@@ -152,10 +153,10 @@ register_head("nin", "1x1 convolution to the classes, then global average (Netwo
 
 @register_head("gem", "generalized mean pooling (mean(clamp(x, eps)^p))^(1/p), learnable p",
                options=(Option("p", "float", 3.0, "initial exponent: 1 is the mean, large is "
-                               "near the maximum", low=1.0),
+                               "near the maximum", range=Range(1.0)),
                         Option("learn_p", "bool", True, "learn p with the head (0: frozen)"),
                         Option("eps", "float", 1e-6, "features below eps count as eps",
-                               low=0.0, low_open=True)))
+                               range=Range(0.0, low_open=True))))
 def _gem(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: float,
          p: float = 3.0, learn_p: bool = True, eps: float = 1e-6) -> nn.Module:
     return PoolHead(GeMPool(info, p, learn_p, eps), info, num_classes, hidden, dropout)
@@ -163,7 +164,7 @@ def _gem(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: fl
 
 @register_head("attn", "attention pooling: a learned query attends over all positions",
                options=(Option("num_heads", "int", None, "attention heads (default: the "
-                               "largest divisor of the channels <= channels // 64)", low=1,
+                               "largest divisor of the channels <= channels // 64)", range=Range(1),
                                short="heads"),))
 def _attn(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: float,
           num_heads: int | None = None) -> nn.Module:
@@ -179,7 +180,7 @@ def _token(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: 
 
 @register_head("spp", "spatial pyramid pooling: n x n bins per level, concatenated",
                options=(Option("levels", "ints", (1, 2, 4), "bins per side at each level",
-                               low=1),
+                               range=Range(1)),
                         Option("pool", "choice", "max", "pooling in each bin",
                                choices=("max", "avg"), short="")))
 def _spp(info: FeatureInfo, num_classes: int, hidden: Sequence[int], dropout: float,

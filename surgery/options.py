@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .ranges import Range
+
 __all__ = ["parse_value", "parse_options", "format_value", "Option"]
 
 
@@ -72,8 +74,8 @@ class Option:
     """One option a head kind declares: its name, type, default and allowed range.
 
     ``type`` is ``int``, ``float``, ``bool``, ``ints`` (a tuple of integers, written ``512x256``)
-    or ``choice`` (one of ``choices``). ``low`` / ``high`` bound numbers (and each item of
-    ``ints``); ``high_open`` / ``low_open`` exclude the bound itself (dropout < 1, eps > 0). ``default`` None means
+    or ``choice`` (one of ``choices``). ``range`` (a :class:`surgery.ranges.Range`, the range
+    type of every option) bounds numbers and each item of ``ints``. ``default`` None means
     "chosen from the features" (the help says how). ``short`` is the option's prefix in run
     names (``h`` for hidden: ``gap-h512``); empty for a choice, whose value alone is written.
     """
@@ -82,10 +84,7 @@ class Option:
     type: str
     default: Any
     help: str
-    low: float | None = None
-    high: float | None = None
-    high_open: bool = False
-    low_open: bool = False
+    range: Range | None = None
     choices: tuple[str, ...] = ()
     short: str | None = None
 
@@ -94,12 +93,9 @@ class Option:
         if self.type == "choice":
             return "one of " + ", ".join(self.choices)
         words = _TYPE_WORDS[self.type]
-        if self.low is not None and self.high is not None:
-            open_, close = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{words} in {open_}{format_value(self.low)}, {format_value(self.high)}{close}"
-        if self.low is not None:
-            return f"{words} {'>' if self.low_open else '>='} {format_value(self.low)}"
-        return words
+        if self.range is None or self.type == "bool":
+            return words
+        return self.range.describe(words)
 
     def coerce(self, value: Any, where: str = "") -> Any:
         """``value`` (text as typed, or a Python value) as this option's type; ValueError if not."""
@@ -114,17 +110,10 @@ class Option:
         return checked
 
     def _in_range(self, value: Any) -> bool:
-        if self.type not in ("int", "float", "ints"):
+        if self.type not in ("int", "float", "ints") or self.range is None:
             return True
         items = value if self.type == "ints" else (value,)
-        if self.type == "ints" and not items:
-            return True
-        lo = self.low
-        lo_ok = lo is None or all((v > lo) if self.low_open else (v >= lo) for v in items)
-        if self.high is None:
-            return lo_ok
-        hi_ok = all((v < self.high) if self.high_open else (v <= self.high) for v in items)
-        return lo_ok and hi_ok
+        return all(self.range.holds(v) for v in items)
 
 
 def _parse_typed(text: str, type_: str) -> Any:

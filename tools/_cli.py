@@ -21,6 +21,9 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from surgery.ranges import POSITIVE_FLOAT, POSITIVE_INT  # noqa: E402
+
+
 class CliParser(argparse.ArgumentParser):
     """argparse with the tools' one-line errors: ``error: MESSAGE (see PROG --help)``, exit 2."""
 
@@ -28,29 +31,12 @@ class CliParser(argparse.ArgumentParser):
         self.exit(USER_ERROR_EXIT, f"error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes: a whole number >= 1 (``--sizes 0`` is refused)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+# argparse types for counts and sizes (``--sizes 0`` is refused) and for durations and budgets
+positive_int = POSITIVE_INT.arg_type("a positive integer")
+positive_float = POSITIVE_FLOAT.arg_type("a positive number")
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
-
-
-def positive_float(text: str) -> float:
-    """argparse type for durations and budgets: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def exit_code(err: BaseException) -> int:

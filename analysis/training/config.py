@@ -5,101 +5,257 @@ Stored in a run's ``config.json`` so that ``--resume`` and studies rebuild the s
 
 from __future__ import annotations
 
+import argparse
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import surgery
 from surgery import HeadSpec, as_hidden, check_timm_options
+from surgery.ranges import Range
 
 from ..data import (
+    DATASETS,
     DEFAULT_RESIZE,
+    RESIZE_POLICIES,
     DataSplits,
     check_reader_options,
     check_resize,
     classes_label,
     decodes_files,
     load_dataset,
+    parse_classes,
     stratified_indices,
     take,
 )
-from .ranges import NUMERIC_RULES, check_number, option_flag
+from .declare import Declared, option, whole
 
-__all__ = ["FEATURE_CACHE", "FEATURE_DTYPES", "LINEAR_PROBE_MIN_STEPS", "OPTIMIZERS", "REGIMES", "TrainConfig",
-           "config_from_record", "load_run_data", "run_name"]
+__all__ = ["AMP", "DECLARED", "FEATURE_CACHE", "FEATURE_DTYPES", "LINEAR_PROBE_MIN_STEPS",
+           "NOT_FEATURES", "NUMERIC_RULES", "OPTIMIZERS", "REGIMES", "RESUME_FREE", "TrainConfig",
+           "check_number", "config_from_record", "load_run_data", "option_flag", "run_name"]
 
 REGIMES = ("full", "linear-probe", "two-stage")
 LINEAR_PROBE_MIN_STEPS = 1000  # a linear probe's default --min-steps
 OPTIMIZERS = ("adamw", "sgd")
 FEATURE_CACHE = ("auto", "off")
 FEATURE_DTYPES = ("float16", "float32")
+AMP = ("auto", "on", "off")
+
+# the argument groups of the training flags, in --help order
+MODEL, DATA = "model", "data"
+DECODING = "image files (imagefolder): decoded once, cached on disk"
+OPTIM = "optimisation"
+FEATURES = "feature cache (frozen backbone: linear-probe, two-stage head epochs)"
+SYSTEM, RUN_DIR = "system", "run directory"
+
+
+def _size(text: str) -> int | float:
+    """``--val-size``: a count (``500``), or a fraction of the training split (``0.1``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
+    return value if value < 1 else int(value)
+
+
+def _classes(text: str) -> tuple[int | str, ...]:
+    """``--classes``: class indices or names separated by commas (argparse shows the error)."""
+    try:
+        return parse_classes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; stored in ``config.json`` so ``--resume`` can rebuild it."""
+    """Everything a run needs; stored in ``config.json`` so ``--resume`` can rebuild it.
+
+    Each field declares its flag, help, range and rules once (analysis.training.declare)."""
 
     # model (surgery.swap_head)
-    model: str = "resnet18"
-    head: str = "gap"                 # a head spec: gap, gem:p=3:learn_p=0, spp:levels=1x2, ...
-    hidden: tuple[int, ...] = ()      # or in the spec (hidden=512x256), not both
-    dropout: float = 0.0              # or in the spec (dropout=0.5), not both
-    pretrained: bool = False
-    checkpoint: str | None = None     # local backbone weights
-    in_chans: int | None = None       # None: the data's channels from scratch, 3 when pretrained
-    timm_options: dict[str, Any] = field(default_factory=dict)  # timm.create_model keywords
+    model: str = option("resnet18")
+    head: str = option("gap", group=MODEL, per_run=True, features=False, cli={"metavar": "SPEC"},
+                       help=surgery.spec_help)  # called when a parser is built: every head kind
+    hidden: tuple[int, ...] = option(
+        (), group=MODEL, per_run=True, features=False, unset_default=True,
+        cli={"type": int, "nargs": "*"},
+        help="hidden Linear-ReLU-Dropout widths before the output layer (or hidden= in the head "
+             "spec, not both)")
+    dropout: float = option(
+        0.0, group=MODEL, per_run=True, features=False, unset_default=True,
+        range=Range(0, 1, high_open=True),
+        help="dropout in the head (or dropout= in the head spec, not both)")
+    pretrained: bool = option(False, group=MODEL, cli={"action": "store_true"},
+                              help="start from timm's pretrained weights")
+    checkpoint: str | None = option(None, group=MODEL,
+                                    help="start from a local backbone weights file")
+    in_chans: int | None = option(
+        None, group=MODEL, range=whole(1, optional=True),
+        help="model input channels (default: the data's from scratch; 3 when pretrained, "
+             "grayscale repeated)")
+    timm_options: dict[str, Any] = option(
+        factory=dict, group=MODEL, flag="--timm-option",
+        cli={"action": "append", "default": [], "metavar": "KEY=VALUE", "dest": "timm_option"},
+        help="timm.create_model option, repeatable (e.g. drop_path_rate=0.1, output_stride=16)")
     # data (analysis.data)
-    dataset: str = "fashion-mnist"
-    classes: tuple[int | str, ...] = ()  # a subset (indices or names), relabelled 0..k-1; (): all
-    data_dir: str | None = None
-    download: bool = False
-    train_size: int | None = None     # stratified subset of the training pool; None: all
-    val_size: int | float = 0.1       # held out from train: a count, or a fraction if < 1
-    train_eval_size: int | None = None  # fixed train sample for eval-mode metrics; None: as val
-    test_size: int | None = None      # stratified subset of the test split (seed 0); None: all
-    pool_size: int | None = None      # val and train drawn from this stratified subset (seed 0)
-    img_size: int | None = None       # None: the data's own size
-    augment: bool | None = None       # random crop and flip; None: on unless the backbone is frozen
-    data_options: dict[str, Any] = field(default_factory=dict)
+    dataset: str = option("fashion-mnist", group=DATA, cli={"choices": list(DATASETS)},
+                          help="data set")
+    classes: tuple[int | str, ...] = option(
+        (), group=DATA, unset_default=True, cli={"type": _classes, "metavar": "C,C,..."},
+        help="train and test on these classes only (indices, e.g. 0,2,3,4,6, or names without "
+             "commas), relabelled 0..k-1 in the order given; the run name shows the subset "
+             "(default: all classes)")
+    data_dir: str | None = option(
+        None, group=DATA, help="where the data lives (fashion-mnist: also $HEADSWAP_DATA, "
+                               "/usr/share/datasets/fashion-mnist)")
+    download: bool = option(False, group=DATA, cli={"action": "store_true"},
+                            help="download with torchvision if missing")
+    train_size: int | None = option(
+        None, group=DATA, per_run=True, features=False,
+        range=whole(1, optional=True, hint="leave it out to train on all the data"),
+        help="stratified training subset (default: all after validation)")
+    val_size: int | float = option(
+        0.1, group=DATA, features=False, cli={"type": _size},
+        range=Range(0, low_open=True, hint="a count (500) or a fraction of train (0.1)"),
+        help="validation held out from train: a count, or a fraction if < 1 (default {default})")
+    train_eval_size: int | None = option(
+        None, group=DATA, features=False, range=whole(1, optional=True),
+        help="fixed train sample for eval-mode train metrics (default: as val)")
+    test_size: int | None = option(
+        None, group=DATA, features=False,
+        range=whole(1, optional=True, hint="leave it out to test on the whole test split"),
+        help="test on a stratified subset of the test split, the same images for every run "
+             "(default: all of it)")
+    pool_size: int | None = option(
+        None, group=DATA,
+        range=whole(2, optional=True, hint="leave it out to draw from the whole split"),
+        help="draw validation and the training subset from a fixed stratified subset of this "
+             "many training images, the same for every seed (default: all)")
+    img_size: int | None = option(
+        None, group=DATA,
+        range=whole(1, optional=True, hint="leave it out for the data's own size"),
+        help="resize to this (default: native); image folders are decoded at it")
+    augment: bool | None = option(
+        None, group=DATA, cli={"action": argparse.BooleanOptionalAction},
+        help="random crop and flip (default: on while the backbone trains, off while it is "
+             "frozen)")
+    data_options: dict[str, Any] = option(
+        factory=dict, group=DATA, flag="--data-option",
+        cli={"action": "append", "default": [], "metavar": "KEY=VALUE", "dest": "data_option"},
+        help="reader option, repeatable (synthetic: num_classes, n_train, n_test, image_size, "
+             "channels; imagefolder: gray, test_fraction, image_size (default: --img-size, "
+             "else 64))")
     # image files (imagefolder): decoded once at img_size into the decode cache
-    resize: str = DEFAULT_RESIZE      # shorter-crop | squash | pad (analysis.data.resize)
-    decode_workers: int | None = None  # decoding processes; None: every core
-    data_cache_dir: str | None = None  # None: $HEADSWAP_DATA_CACHE or ~/.cache/headswap/data
+    resize: str = option(
+        DEFAULT_RESIZE, group=DECODING, cli={"choices": RESIZE_POLICIES},
+        help="how an image becomes a square: shorter-crop (shorter side to the size, centre "
+             "crop, as timm's eval transform), squash (both sides to the size), pad (letterbox, "
+             "black) (default {default})")
+    decode_workers: int | None = option(
+        None, group=DECODING, resume=True, cli={"metavar": "N"},
+        range=whole(1, optional=True, hint="leave it out to decode on every core"),
+        help="decoding processes (default: every core)")
+    data_cache_dir: str | None = option(
+        None, group=DECODING, resume=True, cli={"metavar": "DIR"},
+        help="where decoded image folders are cached (default: $HEADSWAP_DATA_CACHE, else "
+             "~/.cache/headswap/data)")
     # optimisation
-    epochs: int = 5
-    min_steps: int | None = None      # optimiser steps at least (None: 1000 for a linear probe, else 0)
-    batch_size: int = 64
-    eval_batch_size: int | None = None  # None: 2 x batch_size
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    momentum: float = 0.9             # SGD only
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
-    clip_grad: float | None = None    # max global L2 norm of the gradients
-    regime: str = "full"
-    head_epochs: int = 1              # two-stage: epochs of head-only training first
-    backbone_lr_scale: float = 0.1    # two-stage: backbone lr = lr * this in stage two
+    epochs: int = option(5, group=OPTIM, features=False, range=whole(1),
+                         help="(default {default})")
+    min_steps: int | None = option(
+        None, group=OPTIM, features=False, cli={"metavar": "N"},
+        range=whole(0, optional=True, hint="0: each epoch is one pass over the training set"),
+        help="optimiser steps in the whole run at least: when --epochs passes over the training "
+             "set give fewer, each epoch takes further passes, so a small training set is still "
+             f"trained to convergence (default: {LINEAR_PROBE_MIN_STEPS} for --regime "
+             "linear-probe, else 0)")
+    batch_size: int = option(64, group=OPTIM, features=False, range=whole(1),
+                             help="(default {default})")
+    eval_batch_size: int | None = option(None, group=OPTIM, range=whole(1, optional=True),
+                                         help="(default 2x batch size)")
+    optimizer: str = option("adamw", group=OPTIM, features=False, flag="--opt",
+                            cli={"choices": OPTIMIZERS}, help="optimiser (default {default})")
+    lr: float = option(1e-3, group=OPTIM, features=False, range=Range(0, low_open=True),
+                       help="peak learning rate (default {default})")
+    min_lr: float = option(0.0, group=OPTIM, features=False, range=Range(0),
+                           help="lr at the end of the cosine")
+    weight_decay: float = option(0.05, group=OPTIM, features=False, range=Range(0),
+                                 help="(default {default}; not on biases and norms)")
+    momentum: float = option(0.9, group=OPTIM, features=False, range=Range(0, 1, high_open=True),
+                             help="SGD momentum (Nesterov)")
+    warmup_epochs: float = option(0.5, group=OPTIM, features=False, range=Range(0),
+                                  help="linear warm-up length (default {default})")
+    label_smoothing: float = option(
+        0.0, group=OPTIM, features=False,
+        range=Range(0, 1, high_open=True, hint="0 is plain cross-entropy, 0.1 a common choice"),
+        help="label smoothing of the cross-entropy (default {default})")
+    clip_grad: float | None = option(
+        None, group=OPTIM, features=False,
+        range=Range(0, low_open=True, optional=True,
+                    hint="the largest gradient L2 norm; leave it out for no clipping"),
+        help="max gradient L2 norm")
+    regime: str = option(
+        "full", group=OPTIM, cli={"choices": REGIMES},
+        help="full: everything trains; linear-probe: backbone frozen; two-stage: head first, "
+             "then all with a lower backbone lr")
+    head_epochs: int = option(1, group=OPTIM, features=False, range=whole(0),
+                              help="two-stage: head-only epochs first")
+    backbone_lr_scale: float = option(0.1, group=OPTIM, features=False, range=Range(0),
+                                      help="two-stage: backbone lr = lr x this")
     # feature cache (analysis.features): frozen-backbone epochs train the head on cached features
-    feature_cache: str = "auto"       # auto: whenever the backbone is frozen; off: never
-    feature_cache_views: int = 0      # K fixed augmented views per training image (0: none)
-    feature_cache_mem_gb: float = 4.0  # in memory up to this many GiB, else a file on disk
-    feature_cache_dir: str | None = None  # where the file goes (None: RUN_DIR/features)
-    feature_cache_dtype: str = "float16"  # float32 for exactness against an uncached run
+    feature_cache: str = option(
+        "auto", group=FEATURES, cli={"choices": FEATURE_CACHE},
+        help="auto: extract the frozen backbone's features once and train the head on them; "
+             "off: run the backbone every step (default auto)")
+    feature_cache_views: int = option(
+        0, group=FEATURES, cli={"metavar": "K"},
+        range=whole(0, hint="0 caches the plain features, no augmentation"),
+        help="cache K fixed augmented views (crop and flip drawn once) of each training image; "
+             "each epoch samples among them (default 0: no augmentation)")
+    feature_cache_mem_gb: float = option(
+        4.0, group=FEATURES, resume=True,
+        range=Range(0, hint="GiB of features kept in memory; beyond, a file"),
+        help="keep the cache in memory up to this many GiB, else in a file on disk "
+             "(default {default:g})")
+    feature_cache_dir: str | None = option(
+        None, group=FEATURES, resume=True,
+        help="where an on-disk cache goes (default: the run's or study's directory)")
+    feature_cache_dtype: str = option(
+        "float16", group=FEATURES, cli={"choices": FEATURE_DTYPES},
+        help="stored precision (default float16; float32 matches an uncached run)")
     # system
-    device: str = "auto"
-    amp: str = "auto"                 # auto: on for CUDA (bf16 if supported, else fp16)
-    channels_last: bool | None = None  # None: on (CPU and CUDA)
-    sync_bn: bool = False             # under torchrun: BatchNorm statistics over all ranks
-    seed: int = 0
+    device: str = option("auto", group=SYSTEM,
+                         help="auto (CUDA if present), cpu, cuda, cuda:1")
+    amp: str = option("auto", group=SYSTEM, cli={"choices": AMP},
+                      help="mixed precision (auto: on for CUDA)")
+    channels_last: bool | None = option(
+        None, group=SYSTEM, cli={"action": argparse.BooleanOptionalAction},
+        help="channels-last memory format (default: on)")
+    sync_bn: bool = option(False, group=SYSTEM, per_run=True, features=False,
+                           cli={"action": "store_true"},
+                           help="under torchrun: BatchNorm statistics over all processes")
+    seed: int = option(0, group=SYSTEM, per_run=True, features=False,
+                       range=Range(0, 2**32, high_open=True, whole=True),
+                       help="seed of the split, the head and the batch order (default {default})")
     # run directory
-    out: str = "runs"
-    name: str | None = None
-    overwrite: bool = False
-    ckpt_steps: int = 0               # also checkpoint every N steps inside an epoch (0: off)
-    ckpt_minutes: float = 5.0         # ... and at least every this many minutes (0: off)
-    progress: bool = True
+    out: str = option("runs", group=RUN_DIR, per_run=True, features=False,
+                      help="parent directory of runs (default {default})")
+    name: str | None = option(None, group=RUN_DIR, per_run=True, features=False,
+                              help="run directory name (default: from the options)")
+    overwrite: bool = option(False, group=RUN_DIR, per_run=True, features=False,
+                             cli={"action": "store_true"},
+                             help="replace an existing run of that name")
+    ckpt_steps: int = option(0, group=RUN_DIR, per_run=True, features=False, resume=True,
+                             range=whole(0, hint="0 turns it off"),
+                             help="also checkpoint every N steps inside an epoch (0: off)")
+    ckpt_minutes: float = option(5.0, group=RUN_DIR, per_run=True, features=False, resume=True,
+                                 range=Range(0, hint="0 turns it off"),
+                                 help="checkpoint at least this often inside an epoch "
+                                      "(default {default})")
+    progress: bool = option(True, group=RUN_DIR, per_run=True, features=False, resume=True,
+                            flag="--no-progress", cli={"action": "store_false"},
+                            help="no progress bar")
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, int | list):  # 512 is one hidden layer; JSON gives lists
@@ -118,7 +274,7 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from: "
                              f"{', '.join(OPTIMIZERS)}")
-        if self.amp not in ("auto", "on", "off"):
+        if self.amp not in AMP:
             raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
         for name, rule in NUMERIC_RULES.items():
             check_number(name, getattr(self, name), rule)
@@ -202,6 +358,27 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         return cls(**d)
+
+
+# every field's declaration, and the tables read from them
+DECLARED: dict[str, Declared] = {f.name: f.metadata["option"] for f in fields(TrainConfig)}
+NUMERIC_RULES: dict[str, Range] = {k: d.range for k, d in DECLARED.items() if d.range is not None}
+RESUME_FREE = tuple(k for k, d in DECLARED.items() if d.resume)
+NOT_FEATURES = frozenset(k for k, d in DECLARED.items() if not d.features)
+
+
+def option_flag(field_name: str) -> str:
+    """The command-line flag of a TrainConfig field: ``clip_grad`` -> ``--clip-grad``."""
+    declared = DECLARED.get(field_name)
+    return (declared and declared.flag) or "--" + field_name.replace("_", "-")
+
+
+def check_number(field_name: str, value: Any, rule: Range) -> None:
+    """Raise ValueError naming the flag, the bad value and the range when ``value`` is outside."""
+    if rule.holds(value):
+        return
+    hint = f" ({rule.hint})" if rule.hint else ""
+    raise ValueError(f"{option_flag(field_name)} must be {rule.describe()}{hint}, got {value!r}")
 
 
 _DECODE_FLAGS = {"resize": "--resize", "decode_workers": "--decode-workers",

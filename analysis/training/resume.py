@@ -17,15 +17,10 @@ from typing import Any
 from surgery import one_line, read_json
 
 from .checkpoints import is_head_only, read_checkpoint
-from .config import TrainConfig, config_from_record
+from .config import RESUME_FREE, TrainConfig, config_from_record
 
 __all__ = ["RESUME_FREE", "read_resume_state", "read_run_config", "resume_options"]
 
-# options a resume may change: they do not change what the run computes (how it is watched and
-# checkpointed; how its image files are decoded and where that cache lives; where the feature
-# cache is kept only changes where it is extracted again, if the interrupted one is gone)
-RESUME_FREE = ("progress", "ckpt_steps", "ckpt_minutes", "decode_workers", "data_cache_dir",
-               "feature_cache_mem_gb", "feature_cache_dir")
 _NEW_RUN_ONLY = ("out", "name", "overwrite")
 
 

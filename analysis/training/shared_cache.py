@@ -19,24 +19,17 @@ import torch
 
 from ..features import CacheRequest, open_cache
 from .cached import cache_decision, feature_requests, merge_requests, storage_for
-from .config import TrainConfig, load_run_data
+from .config import NOT_FEATURES, TrainConfig, load_run_data
 from .distributed import DistInfo
 from .model import build_model, resolve_system
 from .parts import batch_transforms, place_model
 
 __all__ = ["warm_feature_caches"]
 
-# options that do not change the features (a study varies some of them per run)
-_NOT_FEATURES = {"head", "hidden", "dropout", "seed", "train_size", "val_size", "test_size",
-                 "name", "out", "overwrite", "progress", "epochs", "min_steps", "lr", "min_lr",
-                 "weight_decay", "momentum", "warmup_epochs", "label_smoothing", "clip_grad",
-                 "optimizer", "ckpt_steps", "ckpt_minutes", "head_epochs",
-                 "backbone_lr_scale", "train_eval_size", "sync_bn", "batch_size"}
-
 
 def _backbone_signature(cfg: TrainConfig) -> str:
     """Options that decide the features; the seed too when the weights are random."""
-    values = {k: v for k, v in vars(cfg).items() if k not in _NOT_FEATURES}
+    values = {k: v for k, v in vars(cfg).items() if k not in NOT_FEATURES}
     if not (cfg.pretrained or cfg.checkpoint):
         values["seed"] = cfg.seed  # each seed initialises its own random backbone
     return json.dumps(values, sort_keys=True, default=str)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from analysis.training import TrainConfig, train
-from analysis.training.ranges import NUMERIC_RULES, option_flag
+from analysis.training.config import NUMERIC_RULES, option_flag
 
 NAN, INF = math.nan, math.inf
 
@@ -73,3 +73,24 @@ def test_train_refuses_before_writing_anything(tmp_path):
         train(_cfg(clip_grad=-1.0, out=str(tmp_path), name="r", epochs=1, val_size=4,
                    data_options=tiny, progress=False))
     assert not (tmp_path / "r").exists()
+
+
+def test_every_option_is_declared_once_on_its_field():
+    """Flags, ranges, resume rules and the feature-sharing key are read from the fields."""
+    import argparse
+
+    from analysis.training import add_training_options
+    from analysis.training.config import DECLARED, NOT_FEATURES, RESUME_FREE
+
+    assert set(DECLARED) == set(TrainConfig.__dataclass_fields__)
+    parser = argparse.ArgumentParser()
+    add_training_options(parser)
+    plural = {"timm_option": "timm_options", "data_option": "data_options"}  # repeatable flags
+    dests = {plural.get(a.dest, a.dest) for a in parser._actions} - {"help", "skip_bad_images"}
+    assert dests == {name for name, d in DECLARED.items() if d.group}
+    assert {"progress", "ckpt_steps", "decode_workers"} <= set(RESUME_FREE)
+    assert "lr" in NOT_FEATURES and "img_size" not in NOT_FEATURES
+    study = argparse.ArgumentParser()
+    add_training_options(study, per_run=False)
+    assert not {"--seed", "--head", "--train-size", "--out"} & set(study._option_string_actions)
+    assert option_flag("progress") == "--no-progress" and option_flag("timm_options") == "--timm-option"
