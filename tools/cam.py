@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("cam.png"),
                    help="image to write, in the format its suffix names (.png, .jpg, .pdf, .svg; "
                         "default cam.png)")
-    p.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run (default best.pt)")
+    p.add_argument("--run-file", default="best.pt", choices=("best.pt", "last.pt"),
+                   help="which model file of each run to draw (default best.pt; --checkpoint is "
+                        "a backbone weights file everywhere else)")
     p.add_argument("--target", default="pred", choices=_TARGETS,
                    help="whose map to draw: the predicted class or the true class")
     p.add_argument("--seed", type=int, default=0, help="which test images (stratified draw)")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.images < 1:
         raise ValueError(f"--images must be at least 1, got {args.images}")
     device = resolve_device(args.device)
-    runs = [(d, *_load_run(d, args.checkpoint, device)) for d in args.run_dirs]
+    runs = [(d, *_load_run(d, args.run_file, device)) for d in args.run_dirs]
     _check_same_inputs(runs)
     for run_dir, model, _, _ in runs:  # every refusal before any work
         try:

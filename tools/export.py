@@ -38,6 +38,7 @@ from analysis.export import (
     source_from_name,
     source_from_path,
 )
+from analysis.training import add_model_options
 from surgery.report import neighbour_sizes
 from surgery.spec import SPEC_SYNTAX
 
@@ -52,20 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None, metavar="FILE_OR_RUN_DIR",
                    help="a headswap model file (surgery.save) or a fine-tuning run directory "
                         "(its best.pt; class names and mean/std from its config.json)")
-    g = p.add_argument_group("head (with a model name)")
-    g.add_argument("--head", default=None, metavar="SPEC",
-                   help=surgery.spec_help() + ". " + "; ".join(
-                       f"{k}: {v.description}" for k, v in surgery.HEADS.items()))
-    g.add_argument("--num-classes", type=positive_int, default=None, help="output classes (default 10)")
-    g.add_argument("--hidden", type=positive_int, nargs="*", default=None,
-                   help="hidden widths (or hidden= in the head spec, not both)")
-    g.add_argument("--dropout", type=float, default=None,
-                   help="dropout before each Linear (or dropout= in the head spec, not both)")
-    g.add_argument("--timm-option", metavar="KEY=VALUE", action="append", default=[],
-                   help="timm.create_model option, e.g. dynamic_img_size=True (repeatable)")
-    g.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (online)")
-    g.add_argument("--checkpoint", type=Path, default=None, help="local backbone weights")
-    g.add_argument("--in-chans", type=positive_int, default=3, help="input channels (default 3)")
+    add_model_options(p, head=None, in_chans=3, num_classes=None)  # with a model name
     e = p.add_argument_group("export")
     e.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     e.add_argument("--input-size", type=positive_int, default=None,

@@ -27,6 +27,7 @@ import surgery
 from analysis.costs import FLOP_COUNTERS, cost_row
 from analysis.machine import resolve_device
 from analysis.reporting import TABLE_FORMATS, format_table
+from analysis.training import add_num_classes
 
 __all__ = ["build_parser", "main", "render"]
 
@@ -43,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_argument_group("what to compare")
     what.add_argument("--heads", nargs="+", default=["gap", "gmp", "flatten"], metavar="SPEC",
                       help=f"heads, each {surgery.spec_help()} (default: gap gmp flatten)")
-    what.add_argument("--num-classes", type=positive_int, default=1000,
-                      help="classes of the new head (default: 1000)")
+    add_num_classes(what, 1000)
     what.add_argument("--sizes", nargs="+", type=positive_int, default=None, metavar="PX",
                       help="input sizes to try; the first is the one counted and the one the "
                            "flatten head is built for (default: the model's own)")

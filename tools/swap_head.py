@@ -16,13 +16,12 @@ from pathlib import Path
 
 from _cli import CliParser, positive_int, run
 
+from analysis.training import add_model_options
 from surgery import (
-    HEADS,
     check_timm_options,
     check_writable,
     parse_options,
     save,
-    spec_help,
     swap_head,
     swap_report,
 )
@@ -31,26 +30,9 @@ from surgery import (
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", help="any name of timm.list_models() (e.g. resnet18, vit_small_patch16_224)")
-    g = p.add_argument_group("head")
-    g.add_argument("--head", default="gap", metavar="SPEC",
-                   help=spec_help() + ". " + "; ".join(f"{k}: {v.description}"
-                                                       for k, v in HEADS.items()))
-    g.add_argument("--num-classes", type=positive_int, default=10,
-                   help="output classes (default 10)")
-    g.add_argument("--hidden", type=positive_int, nargs="*", default=None,
-                   help="hidden Linear-ReLU-Dropout widths before the output layer (or hidden= "
-                        "in the head spec, not both)")
-    g.add_argument("--dropout", type=float, default=None,
-                   help="dropout before each Linear (or dropout= in the head spec, not both)")
+    g = add_model_options(p, head="gap", in_chans=3, num_classes=10)
     g.add_argument("--input-size", type=positive_int, default=None,
                    help="square input size the head is built for (default: the model's)")
-    b = p.add_argument_group("backbone")
-    b.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (online)")
-    b.add_argument("--checkpoint", type=Path, default=None, help="local weights file")
-    b.add_argument("--in-chans", type=positive_int, default=3, help="input channels")
-    b.add_argument("--timm-option", metavar="KEY=VALUE", action="append", default=[],
-                   help="extra timm.create_model option, e.g. dynamic_img_size=True or "
-                        "img_size=64 (values are Python literals; repeatable)")
     o = p.add_argument_group("output")
     o.add_argument("--sizes", type=positive_int, nargs="*", default=None,
                    help="input sizes to try (default: the built size, ~0.75x and ~1.25x)")

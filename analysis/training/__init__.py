@@ -56,7 +56,14 @@ from .model import (
     set_regime,
     timm_kwargs,
 )
-from .options import add_training_options, config_from_args, config_values, given_config_values
+from .options import (
+    add_model_options,
+    add_num_classes,
+    add_training_options,
+    config_from_args,
+    config_values,
+    given_config_values,
+)
 from .resume import RESUME_FREE, read_run_config
 from .rundir import METRIC_COLUMNS, RUN_FILES, run_path
 from .scheduler import (
@@ -82,7 +89,7 @@ __all__ = ["CLUSTER_EXTRA", "FEATURE_CACHE", "FEATURE_DTYPES", "LAUNCHERS", "MET
            "OPTIMIZERS", "REGIMES", "RESUME_FREE", "RUN_FILES", "SLURM_LIVE", "ClusterJobError",
            "DistInfo", "FinetuneJob", "NonFiniteLossError", "RunInUseError", "RunningLoss",
            "SlurmOptions", "TrainConfig", "TrainStep", "add_launcher_options",
-           "add_training_options", "build_model", "build_optimizer", "cache_decision",
+           "add_model_options", "add_num_classes", "add_training_options", "build_model", "build_optimizer", "cache_decision",
            "cancel_slurm_jobs", "config_from_args", "config_from_record", "config_values",
            "evaluate", "feature_requests", "finetune_logs", "given_config_values", "has_submitit",
            "head_costs", "job_environment", "job_error_line", "load_run_data", "lock_run_dir",

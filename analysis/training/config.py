@@ -12,7 +12,7 @@ from typing import Any
 
 import surgery
 from surgery import HeadSpec, as_hidden, check_timm_options
-from surgery.ranges import Range
+from surgery.ranges import POSITIVE_INT, Range
 
 from ..data import (
     DATASETS,
@@ -58,6 +58,15 @@ def _size(text: str) -> int | float:
     return value if value < 1 else int(value)
 
 
+_positive_int = POSITIVE_INT.arg_type("a positive integer")
+
+
+def head_help() -> str:
+    """The help of ``--head``: the spec syntax and every registered kind with its description."""
+    return surgery.spec_help() + ". " + "; ".join(f"{k}: {v.description}"
+                                                  for k, v in surgery.HEADS.items())
+
+
 def _classes(text: str) -> tuple[int | str, ...]:
     """``--classes``: class indices or names separated by commas (argparse shows the error)."""
     try:
@@ -76,10 +85,10 @@ class TrainConfig:
     # model (surgery.swap_head)
     model: str = option("resnet18")
     head: str = option("gap", group=MODEL, per_run=True, features=False, cli={"metavar": "SPEC"},
-                       help=surgery.spec_help)  # called when a parser is built: every head kind
+                       help=lambda: head_help())  # built with the parser: every head kind
     hidden: tuple[int, ...] = option(
         (), group=MODEL, per_run=True, features=False, unset_default=True,
-        cli={"type": int, "nargs": "*"},
+        cli={"type": _positive_int, "nargs": "*"},
         help="hidden Linear-ReLU-Dropout widths before the output layer (or hidden= in the head "
              "spec, not both)")
     dropout: float = option(
@@ -91,7 +100,7 @@ class TrainConfig:
     checkpoint: str | None = option(None, group=MODEL,
                                     help="start from a local backbone weights file")
     in_chans: int | None = option(
-        None, group=MODEL, range=whole(1, optional=True),
+        None, group=MODEL, range=whole(1, optional=True), cli={"type": _positive_int},
         help="model input channels (default: the data's from scratch; 3 when pretrained, "
              "grayscale repeated)")
     timm_options: dict[str, Any] = option(

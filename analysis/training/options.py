@@ -13,6 +13,7 @@ from dataclasses import Field, fields
 from typing import Any
 
 from surgery import parse_options, resolve_head
+from surgery.ranges import POSITIVE_INT
 
 from .config import (
     DATA,
@@ -27,14 +28,16 @@ from .config import (
 )
 from .declare import Declared
 
-__all__ = ["add_training_options", "config_from_args", "config_values", "given_config_values"]
+__all__ = ["add_model_options", "add_num_classes", "add_training_options", "config_from_args", "config_values", "given_config_values"]
 
 _DEFAULTS = TrainConfig()
 GROUPS = (MODEL, DATA, DECODING, OPTIM, FEATURES, SYSTEM, RUN_DIR)
 
 
-def _add_flag(group: argparse._ArgumentGroup, f: Field[Any], declared: Declared) -> None:
-    """The flag of one TrainConfig field, as its declaration says."""
+def _add_flag(group: argparse._ArgumentGroup, f: Field[Any], declared: Declared,
+              **override: Any) -> None:
+    """The flag of one TrainConfig field, as its declaration says (``override``: add_argument
+    keywords a tool changes, e.g. its own default)."""
     default = getattr(_DEFAULTS, f.name)
     help_ = declared.help() if callable(declared.help) else declared.help
     kwargs: dict[str, Any] = {"dest": f.name, "help": help_.format(default=default) or None,
@@ -42,7 +45,38 @@ def _add_flag(group: argparse._ArgumentGroup, f: Field[Any], declared: Declared)
     if "action" not in declared.cli and "choices" not in declared.cli and declared.range:
         kwargs["type"] = int if declared.range.whole else float
     kwargs.update(declared.cli)
+    kwargs.update(override)
     group.add_argument(declared.flag or "--" + f.name.replace("_", "-"), **kwargs)
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, head: str | None = "gap",
+                      in_chans: int | None = 3, num_classes: int | None = 10
+                      ) -> argparse._ArgumentGroup:
+    """The model flags of the tools that build a model without training it (swap_head, export):
+    the training tools' model flags, declared on the same fields, with these defaults, and
+    ``--num-classes``. A default of None means "not given" (export tells a model name from a
+    model file by it). Returns the group, for a tool's own model flags."""
+    group = parser.add_argument_group("model")
+    for f in fields(TrainConfig):
+        declared = DECLARED[f.name]
+        if declared.group != MODEL:
+            continue
+        override: dict[str, Any] = {}
+        if f.name == "head":
+            override["default"] = head
+        elif f.name == "in_chans":
+            override.update(default=in_chans, help="model input channels" + (
+                f" (default {in_chans})" if in_chans else ""))
+        _add_flag(group, f, declared, **override)
+    add_num_classes(group, num_classes)
+    return group
+
+
+def add_num_classes(group: argparse._ActionsContainer, default: int | None) -> None:
+    """``--num-classes``: the new head's outputs (default ``default``; None: 10 unless the
+    model file says otherwise)."""
+    group.add_argument("--num-classes", type=POSITIVE_INT.arg_type("a positive integer"),
+                       default=default, help=f"output classes (default {default or 10})")
 
 
 def add_training_options(parser: argparse.ArgumentParser, *, per_run: bool = True) -> None:
