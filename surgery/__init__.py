@@ -48,7 +48,7 @@ from .pooling import (
     feature_grid,
 )
 from .registry import head_names
-from .report import swap_report
+from .report import swap_report, try_input_size
 from .serialize import load, read_model_file, save, state_checksum
 from .spec import HeadSpec, head_label, make_spec, parse_head, resolve_head, spec_help
 from .swap import HeadSwapped, OriginalHead, RemovedModule, swap_head
@@ -63,6 +63,6 @@ __all__ = [
     "format_value", "free_bytes", "head_label", "head_names", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
     "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",
-    "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report",
+    "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report", "try_input_size",
     "write_error", "write_json",
 ]

@@ -20,20 +20,10 @@ from .macs import count_flops
 from .params import count_params
 from .timing import measure
 
-__all__ = ["MEASURE_KEYS", "cost_row", "runs_at"]
+__all__ = ["MEASURE_KEYS", "cost_row"]
 
 MEASURE_KEYS = ("infer_latency_ms", "infer_throughput", "infer_peak_mib", "train_latency_ms",
                 "train_throughput", "train_peak_mib")
-
-
-def runs_at(model: torch.nn.Module, chw: tuple[int, ...], device: torch.device) -> str | None:
-    """None if ``model`` runs on a (channels, height, width) input, else why not (one line)."""
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *chw, device=device))
-    except Exception as err:  # noqa: BLE001 - any failure is the answer
-        return one_line(err)
-    return None
 
 
 def _build_at_first_size(name: str, head: str, num_classes: int, tried: Sequence[Any],
@@ -93,10 +83,10 @@ def cost_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | None
             for s in tried:
                 if s in refused:
                     continue
-                reason = runs_at(model, (chw[0], *hw) if s == base else (chw[0], s, s), ctx)
-                row["sizes"][s] = reason is None
-                if reason:
-                    row["size_errors"][s] = reason
+                check = surgery.try_input_size(model, tuple(hw) if s == base else (s, s))
+                row["sizes"][s] = check["ok"]
+                if not check["ok"]:
+                    row["size_errors"][s] = check["error"]
         total, head_params = int(params["total"] or 0), int(params["head"] or 0)
         row.update(params_total=total, params_head=head_params,
                    head_share_pct=100.0 * head_params / max(total, 1),
