@@ -3,7 +3,7 @@
 :class:`RunLoop` is what :func:`analysis.training.train` (analysis.training.launch) runs once it
 holds the run directory: it assembles the run (analysis.training.parts: the model from
 ``surgery.swap_head``, in-memory data from analysis.data), trains it and writes the run
-directory (analysis.training.rundir). Each epoch records train loss/accuracy measured in eval
+directory through analysis.training.outputs. Each epoch records train loss/accuracy measured in eval
 mode on a fixed train sample, validation loss/accuracy, their gap, time, img/s and peak memory.
 
 Resume is exact: checkpoints (analysis.training.checkpoints) hold the model, optimiser, RNG states and the
@@ -29,18 +29,17 @@ from typing import Any
 
 import torch
 
-from surgery import write_json
-
-from ..reporting import plot_curves, progress_bar
+from ..reporting import progress_bar
 from . import checkpoints as ckpt
 from . import distributed
 from .cached import OwnCache
 from .config import TrainConfig
 from .distributed import DistInfo
 from .model import set_regime, step_seed
+from .outputs import RunOutputs
 from .parts import RunParts, assemble_run, run_config_record
-from .rundir import remove_run_files, run_summary, write_metrics
-from .step import NonFiniteLossError, RunningLoss, evaluate, head_threads, lr_factor, peak_mem_mb
+from .rundir import run_summary
+from .step import RunningLoss, evaluate, head_threads, lr_factor, peak_mem_mb
 
 __all__ = ["KILL_AFTER_STEPS_ENV", "RunLoop", "StepHook"]
 
@@ -66,20 +65,19 @@ class RunLoop:
                  hooks: dict[str, StepHook | None], fresh: bool):
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.on_step, self.on_epoch = hooks["step"], hooks["epoch"]
-        # a new run takes the directory over after its first step and, until its first
-        # checkpoint, removes what it wrote if it fails
-        self.fresh, self.started, self.wrote_last = fresh, not fresh, False
+        self.fresh = fresh
         self.device, self.amp = system["device"], system["amp_dtype"]
         self.resume_state: dict[str, Any] = state["extra"] if state is not None else {}
         self.first_epoch = int(self.resume_state.get("epoch", 0))
         self.first_step = int(self.resume_state.get("step", 0))
-        self.own_cache = OwnCache.of(cfg, run_dir, fresh=fresh and dist.is_main)
+        own_cache = OwnCache.of(cfg, run_dir, fresh=fresh and dist.is_main)
+        self.outputs = RunOutputs(cfg, run_dir, dist, fresh, own_cache)
         self.kill_after = kill_after_steps(run_dir.name)
         try:
             self.parts: RunParts = assemble_run(cfg, state, data, dist, system,
                                                 self.first_epoch, run_dir)
         except BaseException:
-            self.own_cache.drop(started=False)
+            own_cache.drop(started=False)
             raise
         # what was measured before an interruption
         self.history, self.best, self.totals = ckpt.resumed_progress(self.resume_state)
@@ -94,7 +92,6 @@ class RunLoop:
             torch.manual_seed(step_seed(cfg.seed))
         self.config_record = run_config_record(cfg, self.parts, system, dist)
         self._tick_at = time.perf_counter()
-        self._plotted_at = time.perf_counter()
 
     def position(self) -> dict[str, Any]:
         """Where this run starts: ``epoch`` epochs and ``step`` steps of the next one done."""
@@ -102,15 +99,6 @@ class RunLoop:
         return {"status": status, "run_dir": self.run_dir, "epoch": self.first_epoch,
                 "step": self.first_step, "epochs": self.cfg.epochs,
                 "steps_per_epoch": self.parts.schedule.steps_per_epoch}
-
-    def _take_over(self) -> None:
-        """After the first good step of a new run: replace an old run there (its files and the
-        feature caches this run does not read), write config.json."""
-        if self.dist.is_main:
-            remove_run_files(self.run_dir)
-            self.own_cache.keep_only(self.parts.feature_cache)
-            write_json(self.run_dir / "config.json", self.config_record)
-        self.started = True
 
     def _tick(self) -> None:
         """Add the wall time since the last tick to ``time_s`` (kept across resumed segments)."""
@@ -125,10 +113,7 @@ class RunLoop:
                 row = self._epoch(epoch)
                 self._end_epoch(row)
         except BaseException:
-            if self.fresh and not self.wrote_last and self.dist.is_main:
-                if self.started:
-                    remove_run_files(self.run_dir)  # nothing to resume: leave nothing behind
-                self.own_cache.drop(self.started)
+            self.outputs.abandon()  # a new run with nothing to resume leaves nothing behind
             raise
         return self._finish()
 
@@ -175,8 +160,8 @@ class RunLoop:
             running["seen"] += len(idx)
             if loss_sum.free_to_read or step % 20 == 0 or step == steps - 1:
                 self._check_finite(loss_sum, epoch, step)
-            if not self.started:
-                self._take_over()
+            if not self.outputs.started:
+                self.outputs.take_over(parts, self.config_record)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0:
@@ -221,22 +206,16 @@ class RunLoop:
                 "peak_mem_mb": peak_mem_mb(self.device)}
 
     def _end_epoch(self, row: dict[str, Any]) -> None:
-        """Record the row; best.pt when validation improved; last.pt, metrics and curves (at the
-        end, and on the way at most every 30 s: short cached epochs would spend more time
-        plotting than training)."""
+        """Record the row; best.pt when validation improved; last.pt, metrics and curves."""
         self.history.append(row)
         epoch = row["epoch"]
         if row["val_acc"] > self.best["val_acc"]:
             self.best = {"val_acc": row["val_acc"], "epoch": epoch}
             if self.dist.is_main:
-                self._save(self.run_dir / "best.pt", {"kind": "best", "epoch": epoch, "row": row})
+                self.outputs.save(self.parts, "best.pt",
+                                  {"kind": "best", "epoch": epoch, "row": row})
         self._checkpoint(epoch, 0, ckpt.fresh_running(), torch.Generator())
-        if self.dist.is_main:
-            write_metrics(self.run_dir, self.history)
-            if epoch == self.cfg.epochs or time.perf_counter() - self._plotted_at > 30:
-                plot_curves(self.run_dir / "curves.png", self.history,
-                            f"{self.cfg.model} / {self.cfg.head} / {self.cfg.dataset}")
-                self._plotted_at = time.perf_counter()
+        self.outputs.epoch_files(self.history)
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -259,25 +238,14 @@ class RunLoop:
         Every rank hands its RNG, augmentation and running state to rank 0, which writes; the
         barrier after it means no rank moves on (or reads best.pt) before the files are there.
         """
-        self._check_weights(epoch, step)  # weights are the same on every rank: all stop together
+        # weights are the same on every rank: all stop together
+        self.outputs.check_weights(self.parts, epoch, step)
         mine, ranks = ckpt.gather_rank_states(aug, running, self.dist)
         self._tick()
-        if self.dist.is_main:
-            self._save(self.run_dir / "last.pt", ckpt.last_extra(
-                epoch=epoch, step=step, optimizer=self.parts.optimizer, scaler=self.parts.scaler,
-                mine=mine, ranks=ranks, history=self.history, best=self.best,
-                totals=self.totals, world_size=self.dist.world_size))
-        self.wrote_last = True
-        self.dist.wait()
-
-    def _save(self, path: Path, extra: dict[str, Any]) -> None:
-        """A checkpoint: the head alone when the backbone never trains (analysis.training
-        .checkpoints), else the whole model."""
-        if self.parts.head_only_checkpoints:
-            ckpt.save_head_checkpoint(path, self.parts.model, dict(
-                extra, backbone_weights=self.parts.feature_cache.get("weights")))
-        else:
-            ckpt.save_checkpoint(path, self.parts.model, extra)
+        self.outputs.save_last(self.parts, ckpt.last_extra(
+            epoch=epoch, step=step, optimizer=self.parts.optimizer, scaler=self.parts.scaler,
+            mine=mine, ranks=ranks, history=self.history, best=self.best,
+            totals=self.totals, world_size=self.dist.world_size))
 
     def _finish(self) -> dict[str, Any]:
         """Test the best-validation checkpoint and write ``summary.json``."""
@@ -295,35 +263,15 @@ class RunLoop:
         if best is not None and ckpt.is_head_only(best) and self.dist.is_main:
             ckpt.save_checkpoint(self.run_dir / "best.pt", parts.model, best["extra"])  # whole
         self._tick()
-        summary = self._summary(test_loss, test_acc)
-        if self.dist.is_main:
-            write_json(self.run_dir / "summary.json", summary)
+        summary = run_summary(self.cfg, self.parts, self.history, self.best, self.totals,
+                              (test_loss, test_acc), device=self.device,
+                              world_size=self.dist.world_size, run_dir=self.run_dir)
+        self.outputs.write_summary(summary)
         return summary
-
-    def _summary(self, test_loss: float, test_acc: float) -> dict[str, Any]:
-        return run_summary(self.cfg, self.parts, self.history, self.best, self.totals,
-                           (test_loss, test_acc), device=self.device,
-                           world_size=self.dist.world_size, run_dir=self.run_dir)
 
     def _check_finite(self, loss_sum: RunningLoss, epoch: int, step: int) -> None:
         if not math.isfinite(loss_sum.total):
-            last = self.run_dir / "last.pt"
-            kept = last.exists() and (self.wrote_last or not self.fresh)
-            keep = (f"the last good checkpoint is {last}" if kept
-                    else "no checkpoint had been written yet: nothing is kept")
-            raise NonFiniteLossError(
-                f"training loss became NaN or inf at epoch {epoch + 1}, step {step + 1}; stopped "
-                f"({keep}); try a lower --lr, --clip-grad 1.0, or --amp off")
-
-    def _check_weights(self, epoch: int, step: int) -> None:
-        """Never checkpoint NaN/inf weights: the previous ``last.pt`` stays the last good one."""
-        # only what trains can have changed (a frozen backbone is not read every epoch)
-        flags = [torch.isfinite(p).all() for p in self.parts.model.parameters() if p.requires_grad]
-        if flags and not bool(torch.stack(flags).all()):
-            raise NonFiniteLossError(
-                f"weights became NaN or inf (after {epoch} epochs and {step} steps); stopped "
-                f"without overwriting {self.run_dir / 'last.pt'} (the last good checkpoint); try "
-                "a lower --lr, --clip-grad 1.0, or --amp off")
+            raise self.outputs.nonfinite_loss(epoch, step)
 
     def _progress(self, initial: int, epoch: int) -> Any:
         """tqdm on a terminal; one line per epoch in a file or pipe."""
