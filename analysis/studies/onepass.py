@@ -29,6 +29,7 @@ from surgery import atomic_write, atomic_write_bytes, read_json, write_json
 from ..reporting import plot_lr_curves, to_csv
 from ..training import TrainConfig, lock_run_dir
 from ..training.sweep import Halving, Sweep, SweepMember
+from ..training.sweep_runs import write_member_run
 from .lr_grid import choose_settings, default_lrs, extension, lr_curves, sweep_rows
 from .spec import Combo, StudySpec, combinations
 
@@ -147,7 +148,7 @@ def _sweep_group(spec: StudySpec, out: Path, model: str, n: int | None, todo: li
             continue
         run_dir = out / "runs" / name
         with lock_run_dir(run_dir, create=True):
-            sweep.write_run(member, run_dir)
+            write_member_run(sweep, member, run_dir)
         written.append(name)
     info = dict(read_json(where / "sweep.json"))
     info.pop("members", None)

@@ -10,7 +10,7 @@ reads it; every member is evaluated on the training sample and the validation sp
 epoch. A member ends where the same run alone ends (float32 cache: logits within 1e-5
 relative, tested), and each member is its own: one whose loss or weights become NaN or inf is
 recorded as ``diverged`` and the others go on; successive halving (:class:`Halving`) records
-hopeless settings as ``pruned``. :meth:`Sweep.write_run` writes a member as a run directory like
+hopeless settings as ``pruned``. :func:`analysis.training.sweep_runs.write_member_run` writes a member as a run directory like
 ``train()``'s (config, metrics, summary, curves, a whole-model ``best.pt``).
 """
 
@@ -28,18 +28,16 @@ from typing import Any
 import torch
 
 import surgery
-from surgery import write_json
 
 from ..data import iterate
-from ..reporting import plot_curves, progress_bar
+from ..reporting import progress_bar
 from . import checkpoints as ckpt
 from .config import TrainConfig, load_run_data
 from .distributed import DistInfo
 from .model import build_backbone, make_optimizer, resolve_system, step_seed
-from .parts import Feed, RunParts, assemble_run, run_config_record
-from .rundir import run_summary, write_metrics
+from .parts import Feed, RunParts, assemble_run
 from .stacked import StackedHeads
-from .step import evaluate, head_threads, lr_factor, peak_mem_mb
+from .step import head_threads, lr_factor, peak_mem_mb
 from .sweep_members import MEMBER_STATUS, Halving, SweepMember
 from .sweep_state import SweepState
 
@@ -206,12 +204,10 @@ class Sweep:
             alive = [s for s in stacks if len(s.heads)]
             if not alive:
                 break
-            t0 = time.perf_counter()
             self._epoch_steps(alive, feeds, epoch, bar)
-            train_s = time.perf_counter() - t0
-            self._epoch_rows(alive, feeds, epoch, train_s)
+            _epoch_rows(alive, feeds, epoch, peak_mem_mb(self.system["device"]))
             if epoch + 1 in halving.rungs:
-                self._prune(alive, halving, epoch + 1)
+                _prune(alive, halving, epoch + 1)
             if save is not None and epoch + 1 < epochs:
                 save(epoch + 1)
         if bar is not None:
@@ -262,85 +258,53 @@ class Sweep:
             if bar is not None:
                 bar.update(1)
 
-    def _epoch_rows(self, stacks: list[_Stack], feeds: dict[str, _Feed], epoch: int,
-                    train_s: float) -> None:
-        """Evaluate every member on its training sample and validation split; its metrics row,
-        best epoch and weights; members whose weights are not finite stop, diverged."""
-        peak = peak_mem_mb(self.system["device"])
-        for s in stacks:
-            if not len(s.heads):
-                continue
-            f = feeds[s.feed].feed
-            t = time.perf_counter()
-            train = _evaluate_stack(s.heads, *f.train_eval, f.transform,
-                                    feeds[s.feed].eval_batch_size)
-            val = _evaluate_stack(s.heads, *f.val, f.transform, feeds[s.feed].eval_batch_size)
-            share = (time.perf_counter() - t) / len(s.members)
-            finite = s.heads.finite().tolist()
-            bad = []
-            for i, m in enumerate(s.members):
-                m.totals["time_s"] += share
-                row = {"epoch": epoch + 1, "lr": s.last_lrs[i], "train_loss": train[i][0],
-                       "train_acc": train[i][1], "val_loss": val[i][0], "val_acc": val[i][1],
-                       "gap_acc": train[i][1] - val[i][1], "gap_loss": val[i][0] - train[i][0],
-                       "train_loss_running": s.running[i] / max(1, s.seen),
-                       "epoch_time_s": m.totals["time_s"] - sum(r["epoch_time_s"]
-                                                                for r in m.history),
-                       "img_per_s": m.totals["train_images"] / max(m.totals["train_time_s"],
-                                                                   1e-9),
-                       "peak_mem_mb": peak}
-                m.history.append(row)
-                if not finite[i]:
-                    m.status, m.stopped = "diverged", (f"weights became NaN or inf after "
-                                                       f"epoch {epoch + 1}")
-                    bad.append(i)
-                elif row["val_acc"] > m.best["val_acc"]:
-                    m.best = {"val_acc": row["val_acc"], "epoch": epoch + 1}
-                    m.best_state = s.heads.state_dict(i)
-            if bad:
-                _drop(s, bad)
+def _epoch_rows(stacks: list[_Stack], feeds: dict[str, _Feed], epoch: int, peak: float) -> None:
+    """Evaluate every member on its training sample and validation split; its metrics row,
+    best epoch and weights; members whose weights are not finite stop, diverged."""
+    for s in stacks:
+        if not len(s.heads):
+            continue
+        f = feeds[s.feed].feed
+        t = time.perf_counter()
+        train = _evaluate_stack(s.heads, *f.train_eval, f.transform,
+                                feeds[s.feed].eval_batch_size)
+        val = _evaluate_stack(s.heads, *f.val, f.transform, feeds[s.feed].eval_batch_size)
+        share = (time.perf_counter() - t) / len(s.members)
+        finite = s.heads.finite().tolist()
+        bad = []
+        for i, m in enumerate(s.members):
+            m.totals["time_s"] += share
+            row = {"epoch": epoch + 1, "lr": s.last_lrs[i], "train_loss": train[i][0],
+                   "train_acc": train[i][1], "val_loss": val[i][0], "val_acc": val[i][1],
+                   "gap_acc": train[i][1] - val[i][1], "gap_loss": val[i][0] - train[i][0],
+                   "train_loss_running": s.running[i] / max(1, s.seen),
+                   "epoch_time_s": m.totals["time_s"] - sum(r["epoch_time_s"]
+                                                            for r in m.history),
+                   "img_per_s": m.totals["train_images"] / max(m.totals["train_time_s"],
+                                                               1e-9),
+                   "peak_mem_mb": peak}
+            m.history.append(row)
+            if not finite[i]:
+                m.status, m.stopped = "diverged", (f"weights became NaN or inf after "
+                                                   f"epoch {epoch + 1}")
+                bad.append(i)
+            elif row["val_acc"] > m.best["val_acc"]:
+                m.best = {"val_acc": row["val_acc"], "epoch": epoch + 1}
+                m.best_state = s.heads.state_dict(i)
+        if bad:
+            _drop(s, bad)
 
-    @staticmethod
-    def _prune(stacks: list[_Stack], halving: Halving, epoch: int) -> None:
-        training = [m for s in stacks for m in s.members]
-        keep = halving.survivors(training)
-        for s in stacks:
-            out = [i for i, m in enumerate(s.members) if m.setting not in keep]
-            for i in out:
-                s.members[i].status = "pruned"
-                s.members[i].stopped = f"pruned after epoch {epoch} (successive halving)"
-            if out:
-                _drop(s, out)
 
-    # -- output --------------------------------------------------------------------------------
-    def write_run(self, member: SweepMember, run_dir: str | Path) -> dict[str, Any]:
-        """``member`` as a finished run directory: ``config.json``, ``metrics.csv/.jsonl``,
-        ``best.pt`` (the whole model at its best epoch), ``curves.png`` and, last,
-        ``summary.json`` with the test metrics of that epoch. Returns the summary."""
-        if member.best_state is None:
-            raise ValueError(f"{member.label} at lr {member.lr:g} (seed {member.seed}) has no "
-                             f"finished epoch to write ({member.stopped or member.status})")
-        run_dir = Path(run_dir)
-        cfg = replace(member.config(self.base), out=str(run_dir.parent), name=run_dir.name)
-        parts = self.assemble(cfg)
-        parts.model.head.load_state_dict(member.best_state)
-        feed = parts.frozen_feed
-        test = evaluate(feed.evaluated, *feed.test, feed.transform, parts.eval_batch_size,
-                        self.system["amp_dtype"]) if feed.test else (float("nan"),) * 2
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", dict(run_config_record(cfg, parts, self.system,
-                                                                   self.dist),
-                                                 sweep={"status": member.status}))
-        write_metrics(run_dir, member.history)
-        row = member.history[member.best["epoch"] - 1]
-        ckpt.save_checkpoint(run_dir / "best.pt", parts.model,
-                             {"kind": "best", "epoch": member.best["epoch"], "row": row})
-        plot_curves(run_dir / "curves.png", member.history,
-                    f"{cfg.model} / {cfg.head} / {cfg.dataset}")
-        summary = run_summary(cfg, parts, member.history, member.best, member.totals, test,
-                              device=self.system["device"], world_size=1, run_dir=run_dir)
-        write_json(run_dir / "summary.json", summary)
-        return summary
+def _prune(stacks: list[_Stack], halving: Halving, epoch: int) -> None:
+    training = [m for s in stacks for m in s.members]
+    keep = halving.survivors(training)
+    for s in stacks:
+        out = [i for i, m in enumerate(s.members) if m.setting not in keep]
+        for i in out:
+            s.members[i].status = "pruned"
+            s.members[i].stopped = f"pruned after epoch {epoch} (successive halving)"
+        if out:
+            _drop(s, out)
 
 
 def _drop(stack: _Stack, out: Sequence[int]) -> None:

@@ -14,6 +14,7 @@ from analysis.data import EpochSampler
 from analysis.features import clear_memory
 from analysis.training import TrainConfig, train
 from analysis.training.sweep import Halving, Sweep, SweepMember
+from analysis.training.sweep_runs import write_member_run
 from tests.tiny_runs import quiet, tiny_config
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "train_loss_running", "lr")
@@ -98,7 +99,7 @@ def test_write_run_is_a_run_directory_like_trains(tmp_path):
     member = SweepMember("gap", 1e-2, 0.05, 0)
     sweep = Sweep(base, run_dir=tmp_path / "sweep", progress=False)
     quiet(sweep.train, [member])
-    summary = quiet(sweep.write_run, member, tmp_path / "runs" / "member")
+    summary = quiet(write_member_run, sweep, member, tmp_path / "runs" / "member")
     alone = quiet(train, replace(member.config(base), name="alone"))
     assert set(summary) == set(alone)
     assert summary["test_acc"] == pytest.approx(alone["test_acc"])
