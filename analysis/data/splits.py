@@ -252,25 +252,9 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
                                       digest_size=16).hexdigest()
     _check_classes(name, raw)
     whole = _pool(raw, pool_size, name, fingerprint)
-    n_all = len(whole)
-    n_val = _count(val_size, n_all, "val-size")
-    if n_val >= n_all:
-        raise ValueError(f"val-size {val_size} leaves no training data: {name} has {n_all} "
-                         "training images" + (f" in its pool of {pool_size}" if pool_size else ""))
-    val_idx = (whole[stratified_indices(raw.train_y[whole], n_val, seed)] if n_val
-               else torch.zeros(0, dtype=torch.long))
-    rest = torch.zeros(len(raw.train_y), dtype=torch.bool)
-    rest[whole] = True
-    rest[val_idx] = False
-    pool = torch.nonzero(rest).flatten()
-    if train_size is not None:
-        if train_size < 1:
-            raise ValueError(f"train-size must be at least 1, got {train_size}")
-        if train_size > len(pool):
-            raise ValueError(f"train-size {train_size} is larger than the data: {name} has "
-                             f"{n_all} training images, {len(pool)} after holding out "
-                             f"{n_val} for validation; use --train-size {len(pool)} or less")
-        pool = pool[stratified_indices(raw.train_y[pool], train_size, seed + 1)]
+    val_idx, pool = _split_indices(raw.train_y, whole, name, val_size=val_size,
+                                   train_size=train_size, seed=seed, pool_size=pool_size)
+    n_val = len(val_idx)
     tx, ty = _whole(take(raw.train_x, pool)), raw.train_y[pool].contiguous()
     mean, std = _channel_stats(tx)
     stats_key = (fingerprint, pool_size)
@@ -290,6 +274,33 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, download: boo
                       ids={"train": pool, "val": val_idx,
                            "test": torch.arange(len(raw.test_y))},
                       fingerprint=fingerprint)
+
+
+def _split_indices(train_y: torch.Tensor, whole: torch.Tensor, name: str, *,
+                   val_size: int | float, train_size: int | None, seed: int,
+                   pool_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation (stratified, by ``seed``) from the pool ``whole``, then the training subset
+    (stratified, by ``seed + 1``) from the rest: their indices into the official train split."""
+    n_all = len(whole)
+    n_val = _count(val_size, n_all, "val-size")
+    if n_val >= n_all:
+        raise ValueError(f"val-size {val_size} leaves no training data: {name} has {n_all} "
+                         "training images" + (f" in its pool of {pool_size}" if pool_size else ""))
+    val_idx = (whole[stratified_indices(train_y[whole], n_val, seed)] if n_val
+               else torch.zeros(0, dtype=torch.long))
+    rest = torch.zeros(len(train_y), dtype=torch.bool)
+    rest[whole] = True
+    rest[val_idx] = False
+    pool = torch.nonzero(rest).flatten()
+    if train_size is not None:
+        if train_size < 1:
+            raise ValueError(f"train-size must be at least 1, got {train_size}")
+        if train_size > len(pool):
+            raise ValueError(f"train-size {train_size} is larger than the data: {name} has "
+                             f"{n_all} training images, {len(pool)} after holding out "
+                             f"{n_val} for validation; use --train-size {len(pool)} or less")
+        pool = pool[stratified_indices(train_y[pool], train_size, seed + 1)]
+    return val_idx, pool
 
 
 def _whole(x: Images) -> Images:

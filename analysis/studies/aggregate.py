@@ -253,12 +253,27 @@ def _head_lr_text(head_lr: Mapping[str, float] | None) -> str:
 def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Mapping[str, Any]],
                      robustness: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     """The study's ``summary.md``: settings, machine, the summary table (mean ± std over seeds),
-    paired differences against the first head, the robustness table, the plots, missing runs."""
+    paired differences against the first head, the robustness tables, the plots, missing runs."""
+    lines = _header_lines(meta) + _summary_lines(rows) + _paired_lines(comparisons)
+    lines += _robustness_lines(robustness, meta)
+    for fig in meta.get("figures", []):
+        lines += [f"![{fig}]({fig})", ""]
+    if meta.get("ran_on"):
+        lines += ["## Where the runs ran", "", format_table(
+            [{"host": p["host"], "runs": p["runs"], "jobs": p["jobs"]} for p in meta["ran_on"]]),
+                  ""]
+    if meta.get("missing"):
+        lines += [f"Missing runs ({len(meta['missing'])}): {', '.join(meta['missing'])}", ""]
+    return "\n".join(lines)
+
+
+def _header_lines(meta: Mapping[str, Any]) -> list[str]:
+    """Title, command, machine and time, sessions, data and optimisation settings."""
     base, mach = meta.get("base", {}), meta.get("machine", {})
     lines = [f"# Head comparison: {', '.join(meta.get('models', []))}", ""]
     if meta.get("command"):
         lines += ["Command:", "", f"    {meta['command']}", ""]
-    lines += [
+    return lines + [
         f"Machine: {describe_machine(mach)}. Training + evaluation time of all runs: "
         f"{float(meta.get('train_time_s', 0)) / 60:.1f} min.",
         "",
@@ -271,14 +286,11 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
         f"{', '.join(map(str, meta.get('seeds', [])))}. Runs: {meta.get('runs')} of "
         f"{meta.get('expected')}.",
         "",
-        "## Summary (mean ± sample std over seeds)",
-        "",
-        "Accuracies in percent; train-test gap = train accuracy - test accuracy (percentage "
-        "points) of the "
-        "best-validation checkpoint; epoch time in seconds; peak memory in MiB (CPU: the run's "
-        "peak resident set; CUDA: max allocated).",
-        "",
     ]
+
+
+def _summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The summary table: one row per model x head x training size, mean ± std over seeds."""
     table = [{"model": r["model"], "head": r["head"], "train size": r["train_size"],
               "seeds": r["seeds"], "lr": _fmt(r.get("lr"), 3),
               "head params": r["head_params"], "params": r["params"],
@@ -288,16 +300,31 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
               "epoch s": pm(r["epoch_time_s_mean"], r["epoch_time_s_std"], 1.0),
               "peak MiB": pm(r["peak_mem_mb_mean"], None, 1.0, 0),
               "ckpt MiB": pm(r.get("checkpoint_mb_mean"), None, 1.0, 1)} for r in rows]
-    lines += [format_table(table, floatfmt=".4g"), ""]
-    if comparisons:
-        lines += [f"## Paired differences against {comparisons[0]['baseline']} (same seed: same "
-                  "data subset, batch order and backbone initialisation)", "",
-                  "diff = head - baseline in percentage points, mean ± std over seeds; wins = "
-                  "seeds where the head's value is higher; t = mean / standard error.", ""]
-        comp = [{"metric": c["metric"], "model": c["model"], "train size": c["train_size"],
-                 "head": c["head"], "n": c["n"], "diff": pm(c["diff_mean"], c["diff_std"], 100, 2),
-                 "wins": f"{c['wins']}/{c['n']}", "t": _fmt(c["t"], 2)} for c in comparisons]
-        lines += [format_table(comp, floatfmt=".4g"), ""]
+    return ["## Summary (mean ± sample std over seeds)", "",
+            "Accuracies in percent; train-test gap = train accuracy - test accuracy (percentage "
+            "points) of the best-validation checkpoint; epoch time in seconds; peak memory in "
+            "MiB (CPU: the run's peak resident set; CUDA: max allocated).", "",
+            format_table(table, floatfmt=".4g"), ""]
+
+
+def _paired_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Paired differences against the first head (same seed: same data, order, backbone)."""
+    if not comparisons:
+        return []
+    comp = [{"metric": c["metric"], "model": c["model"], "train size": c["train_size"],
+             "head": c["head"], "n": c["n"], "diff": pm(c["diff_mean"], c["diff_std"], 100, 2),
+             "wins": f"{c['wins']}/{c['n']}", "t": _fmt(c["t"], 2)} for c in comparisons]
+    return [f"## Paired differences against {comparisons[0]['baseline']} (same seed: same "
+            "data subset, batch order and backbone initialisation)", "",
+            "diff = head - baseline in percentage points, mean ± std over seeds; wins = "
+            "seeds where the head's value is higher; t = mean / standard error.", "",
+            format_table(comp, floatfmt=".4g"), ""]
+
+
+def _robustness_lines(robustness: Sequence[Mapping[str, Any]],
+                      meta: Mapping[str, Any]) -> list[str]:
+    """The input-size and shift robustness tables, when the study measured them."""
+    lines: list[str] = []
     if robustness:
         n_img = meta.get("robust_images")
         lines += ["## Input-size robustness (test accuracy %, mean ± std over seeds"
@@ -311,12 +338,4 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], comparisons: Sequence[Ma
                   f"{meta.get('shift_images') or 'all'} test images shifted by s pixels of the "
                   "stored images, zero fill, mean over right, left, down and up)", "",
                   format_table(shift_pivot(shifted), floatfmt=".4g"), ""]
-    for fig in meta.get("figures", []):
-        lines += [f"![{fig}]({fig})", ""]
-    if meta.get("ran_on"):
-        lines += ["## Where the runs ran", "", format_table(
-            [{"host": p["host"], "runs": p["runs"], "jobs": p["jobs"]} for p in meta["ran_on"]]),
-                  ""]
-    if meta.get("missing"):
-        lines += [f"Missing runs ({len(meta['missing'])}): {', '.join(meta['missing'])}", ""]
-    return "\n".join(lines)
+    return lines

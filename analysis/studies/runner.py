@@ -190,20 +190,20 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
               sweep_mem_gb: float | None = None) -> dict[str, Any]:
     """Run this shard's combinations not yet done, then write the report of the directory.
 
-    Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "busy": [(name,
-    message), ...], "feature_caches": [...], "timing": {...}, "report": {...}}`` (run names;
-    ``busy``: runs another process is running, left alone; ``feature_caches``: what building
-    the shared feature caches did). Before any run, the frozen-backbone runs' features are
-    extracted once into one cache per backbone under ``OUT/features``
-    (analysis.training.warm_feature_caches), on disk when workers read it. ``jobs`` worker
-    processes run the jobs, each many of them (its imports paid once; ``runs_per_worker`` > 0
-    replaces a worker after that many); ``threads``: torch threads per worker (default: cores /
-    jobs; on a shared, busy CPU 1 is faster). A failed run is recorded with the last line of its
-    error (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process,
-    where a failed run is recorded the same way (its error's last line) and the others go on. ``timing``: the wall time of the runs, the sum of the jobs'
-    own times, the image folder's decoding (or opening its cache) in this process before the
-    workers start (``data_load_s``), the feature extraction (``features_s``) and the rest
-    (``overhead_s``: process starts, imports, waiting).
+    Before the runs, image folders are decoded once, frozen backbones' features extracted once
+    per backbone (``OUT/features``) and, on cached features, every head x setting x seed trained
+    in one pass. ``jobs`` worker processes then run the jobs (0: this process); a failed run is
+    recorded with the last line of its error and the others go on.
+
+    Args:
+        spec, out: the study and its directory; ``shard``: (index, count) of a split study.
+        threads: torch threads per worker (default: cores / jobs).
+        runs_per_worker: replace a worker after that many runs (0: never).
+        sweep_mem_gb: memory the one pass may fill before it trains in several passes.
+
+    Returns ``{"ran", "skipped", "failed": [(name, message)], "busy", "feature_caches",
+    "timing", "report"}``; ``timing`` splits the wall time into data loading, features, the
+    one pass, the jobs' own time and the rest (process starts, imports, waiting).
     """
     t0 = time.perf_counter()
     spec.check()
@@ -212,16 +212,32 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     open_study(spec, out, shard)
     pending, done = pending_jobs(spec, out, shard)
     result: dict[str, Any] = {"ran": [], "skipped": done, "failed": [], "busy": []}
-    warm = _warm_decode_cache(pending[0].payload) if pending and jobs > 0 else 0.0
-    # frozen backbones: every image each run reads extracted once, before the runs
-    t_features = time.perf_counter()
+    pending, before = _before_runs(spec, out, pending, result, jobs=jobs, progress=progress,
+                                   sweep_mem_gb=sweep_mem_gb)
+    seconds, started = _run_with_progress(spec, out, pending, result, progress=progress,
+                                          jobs=jobs, threads=threads,
+                                          runs_per_worker=runs_per_worker)
+    result["timing"] = _timing(time.perf_counter() - t0, seconds, jobs, started,
+                               before["features"], before["decode"], before["sweep"])
+    result["report"] = write_report(out, load_records([out], spec), spec,
+                                    session=result["timing"])
+    return result
+
+
+def _before_runs(spec: StudySpec, out: Path, pending: list[Job], result: dict[str, Any], *,
+                 jobs: int, progress: bool, sweep_mem_gb: float | None
+                 ) -> tuple[list[Job], dict[str, float]]:
+    """Decode, extract and sweep before the jobs start; the jobs still to run and the seconds
+    each step took (``decode``, ``features``, ``sweep``)."""
+    seconds = {"decode": _warm_decode_cache(pending[0].payload) if pending and jobs > 0 else 0.0}
+    t = time.perf_counter()  # frozen backbones: every image each run reads extracted once
     result["feature_caches"] = warm_feature_caches(
         [TrainConfig.from_dict(job.payload["config"]) for job in pending],
         directory=out / "features", shared=jobs > 0, progress=progress)
-    t_features = time.perf_counter() - t_features
+    seconds["features"] = time.perf_counter() - t
     # frozen backbones on cached features: every head x setting x seed in one pass, which
-    # writes the chosen runs; the jobs below then only evaluate them
-    t_sweep = time.perf_counter()
+    # writes the chosen runs; the jobs then only evaluate them
+    t = time.perf_counter()
     if one_pass_applies(spec) and pending:
         swept = sweep_pending(spec, out, [job.name for job in pending], progress=progress,
                               mem_bytes=_sweep_bytes(sweep_mem_gb))
@@ -229,7 +245,14 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
         result["sweeps"] = swept["groups"]
         failed = {name for name, _ in swept["failed"]}
         pending = [job for job in pending if job.name not in failed]
-    t_sweep = time.perf_counter() - t_sweep
+    seconds["sweep"] = time.perf_counter() - t
+    return pending, seconds
+
+
+def _run_with_progress(spec: StudySpec, out: Path, pending: list[Job], result: dict[str, Any],
+                       *, progress: bool, jobs: int, threads: int | None,
+                       runs_per_worker: int) -> tuple[list[float], int]:
+    """Run the jobs, recording each in ``result``; their own seconds and the workers started."""
     bar = progress_bar(len(pending), "study runs", "run", per_update=True) \
         if progress and pending else None
     seconds: list[float] = []
@@ -249,11 +272,7 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
     started = _run_pending(pending, jobs, threads, runs_per_worker, out, record)
     if bar is not None:
         bar.close()
-    result["timing"] = _timing(time.perf_counter() - t0, seconds, jobs, started, t_features,
-                               warm, t_sweep)
-    result["report"] = write_report(out, load_records([out], spec), spec,
-                                    session=result["timing"])
-    return result
+    return seconds, started
 
 
 def _check_weights(spec: StudySpec) -> None:

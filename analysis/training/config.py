@@ -287,46 +287,15 @@ class TrainConfig:
             raise ValueError(f"amp must be auto, on or off, got {self.amp!r}")
         for name, rule in NUMERIC_RULES.items():
             check_number(name, getattr(self, name), rule)
-        self._check_relations()
-        self._check_feature_cache()
+        _check_relations(self)
+        _check_feature_cache(self)
         check_timm_options(self.timm_options, "--timm-option")
         check_reader_options(self.dataset, self.data_options)
         check_resize(self.resize)
         for key, flag in _DECODE_FLAGS.items():
             if key in self.data_options:
                 raise ValueError(f"--data-option {key}=... is set by {flag}; use {flag} instead")
-        self._check_names()
-
-    def _check_relations(self) -> None:
-        """Ranges that depend on two options, and the head's MLP widths."""
-        if self.min_lr > self.lr:
-            raise ValueError(f"{option_flag('min_lr')} {self.min_lr} is above {option_flag('lr')} "
-                             f"{self.lr}: the cosine would raise the learning rate; give a "
-                             "--min-lr at most --lr")
-        if self.val_size >= 1 and not float(self.val_size).is_integer():
-            raise ValueError(f"{option_flag('val_size')} must be a whole count (500) or a "
-                             f"fraction in (0, 1) (0.1), got {self.val_size}")
-        if any(isinstance(c, bool) or not isinstance(c, int | str) or c == "" or
-               (isinstance(c, int) and c < 0) or (isinstance(c, str) and "," in c)
-               for c in self.classes):
-            raise ValueError(f"{option_flag('classes')} takes class indices (>= 0) or names "
-                             f"without commas, got {list(self.classes)}")
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ValueError(f"{option_flag('hidden')} widths must be whole numbers >= 1, got "
-                             f"{' '.join(map(str, self.hidden))}")
-
-    def _check_feature_cache(self) -> None:
-        """The feature-cache choices, and views only where a frozen backbone is cached."""
-        if self.feature_cache not in FEATURE_CACHE:
-            raise ValueError(f"--feature-cache must be auto or off, got {self.feature_cache!r}")
-        if self.feature_cache_dtype not in FEATURE_DTYPES:
-            raise ValueError(f"--feature-cache-dtype must be float16 or float32, got "
-                             f"{self.feature_cache_dtype!r}")
-        if self.feature_cache_views and (self.feature_cache == "off" or self.regime == "full"):
-            raise ValueError("--feature-cache-views caches augmented views of a frozen backbone's "
-                             "features: it needs --regime linear-probe or two-stage and "
-                             "--feature-cache auto (for fresh random crops every epoch without "
-                             "the cache, use --augment)")
+        _check_names(self)
 
     def steps_floor(self) -> int:
         """Optimiser steps the run takes at least: ``min_steps``, by default
@@ -348,15 +317,6 @@ class TrainConfig:
         trains (a frozen-backbone epoch is a plain linear probe, cached or not)."""
         return self.augment if self.augment is not None else not self.frozen(epoch)
 
-    def _check_names(self) -> None:
-        """Model and head names, before any data is read."""
-        import timm
-
-        self.head_spec()  # the head spec parses and is not ambiguous
-        if not timm.is_model(self.model.split(".", 1)[0]):
-            close = ", ".join(surgery.closest_model_names(self.model.split(".", 1)[0])) or "none"
-            raise ValueError(f"unknown model {self.model!r}; closest: {close}")
-
     def head_spec(self) -> HeadSpec:
         """The head with every option: ``head`` parsed, ``hidden`` / ``dropout`` merged in when
         set here rather than in the spec (setting one in both is refused as ambiguous)."""
@@ -367,6 +327,47 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         return cls(**d)
+
+
+def _check_relations(cfg: TrainConfig) -> None:
+    """Ranges that depend on two options, and the head's MLP widths."""
+    if cfg.min_lr > cfg.lr:
+        raise ValueError(f"{option_flag('min_lr')} {cfg.min_lr} is above {option_flag('lr')} "
+                         f"{cfg.lr}: the cosine would raise the learning rate; give a "
+                         "--min-lr at most --lr")
+    if cfg.val_size >= 1 and not float(cfg.val_size).is_integer():
+        raise ValueError(f"{option_flag('val_size')} must be a whole count (500) or a "
+                         f"fraction in (0, 1) (0.1), got {cfg.val_size}")
+    if any(isinstance(c, bool) or not isinstance(c, int | str) or c == "" or
+           (isinstance(c, int) and c < 0) or (isinstance(c, str) and "," in c)
+           for c in cfg.classes):
+        raise ValueError(f"{option_flag('classes')} takes class indices (>= 0) or names "
+                         f"without commas, got {list(cfg.classes)}")
+    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in cfg.hidden):
+        raise ValueError(f"{option_flag('hidden')} widths must be whole numbers >= 1, got "
+                         f"{' '.join(map(str, cfg.hidden))}")
+
+def _check_feature_cache(cfg: TrainConfig) -> None:
+    """The feature-cache choices, and views only where a frozen backbone is cached."""
+    if cfg.feature_cache not in FEATURE_CACHE:
+        raise ValueError(f"--feature-cache must be auto or off, got {cfg.feature_cache!r}")
+    if cfg.feature_cache_dtype not in FEATURE_DTYPES:
+        raise ValueError(f"--feature-cache-dtype must be float16 or float32, got "
+                         f"{cfg.feature_cache_dtype!r}")
+    if cfg.feature_cache_views and (cfg.feature_cache == "off" or cfg.regime == "full"):
+        raise ValueError("--feature-cache-views caches augmented views of a frozen backbone's "
+                         "features: it needs --regime linear-probe or two-stage and "
+                         "--feature-cache auto (for fresh random crops every epoch without "
+                         "the cache, use --augment)")
+
+def _check_names(cfg: TrainConfig) -> None:
+    """Model and head names, before any data is read."""
+    import timm
+
+    cfg.head_spec()  # the head spec parses and is not ambiguous
+    if not timm.is_model(cfg.model.split(".", 1)[0]):
+        close = ", ".join(surgery.closest_model_names(cfg.model.split(".", 1)[0])) or "none"
+        raise ValueError(f"unknown model {cfg.model!r}; closest: {close}")
 
 
 # every field's declaration, and the tables read from them
