@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 224])
     p.add_argument("--train-size", type=int, default=3000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--halving-sizes", type=int, nargs="*", default=None, metavar="PX",
+                   help="the sizes at which (e) runs (default: every size)")
     p.add_argument("--study", action="store_true",
                    help="also time the cached study against --feature-cache off")
     p.add_argument("--work", type=Path, default=None, help="outputs (default: a temp dir)")
@@ -124,9 +126,10 @@ def _pick(size: int, args: argparse.Namespace, checkpoint: Path, work: Path) -> 
               "--img-size", str(size), "--train-size", str(args.train_size),
               "--seeds", *map(str, args.seeds), "--no-progress", "--format", "json"]
     runs: dict[str, Any] = {}
-    for key, extra in (("a", []), ("b", ["--lrs", "1e-3"]),
-                       ("d", ["--lrs", "1e-3", "--no-one-pass"]),
-                       ("e", ["--prune-at", "0.125", "0.25", "0.5"])):
+    variants = [("a", []), ("b", ["--lrs", "1e-3"]), ("d", ["--lrs", "1e-3", "--no-one-pass"])]
+    if args.halving_sizes is None or size in args.halving_sizes:
+        variants.append(("e", ["--prune-at", "0.125", "0.25", "0.5"]))
+    for key, extra in variants:
         runs[key] = _kept(work, f"{key}-{size}",
                           lambda key=key, extra=extra: _pick_variant(key, size, common + extra,
                                                                      work))
@@ -184,15 +187,18 @@ def _report(record: dict[str, Any]) -> str:
                  "members": r.get("members"), "recommended": r.get("recommended")}
                 for k, r in sorted(runs.items())]
         a, b, c, d = (runs[k]["wall_s"] for k in "abcd")
-        moved = sorted(h for h, lr in runs["e"]["lr"].items() if runs["a"]["lr"].get(h) != lr)
         lines += [f"## {size} px", "", format_table(rows, floatfmt=".1f"), "",
                   f"- (a) / (b) = {a / b:.2f} (target <= 2); (a) / (d) = {a / d:.2f} (target "
                   f"<= 1); plain heads' training in (a) / (c) = "
-                  f"{runs['a']['plain_train_s'] / c:.2f} (target <= 0.5 at 224 px)",
-                  f"- (e) / (a) = {runs['e']['wall_s'] / a:.2f}; heads whose chosen learning "
-                  f"rate differs between (a) and (e): {', '.join(moved) or 'none'}; "
-                  f"recommended: (a) {runs['a']['recommended']}, (e) "
-                  f"{runs['e']['recommended']}", ""]
+                  f"{runs['a']['plain_train_s'] / c:.2f} (target <= 0.5 at 224 px)"]
+        if "e" in runs:
+            moved = sorted(h for h, lr in runs["e"]["lr"].items()
+                           if runs["a"]["lr"].get(h) != lr)
+            lines.append(f"- (e) / (a) = {runs['e']['wall_s'] / a:.2f}; heads whose chosen "
+                         f"learning rate differs between (a) and (e): {', '.join(moved) or 'none'}"
+                         f"; recommended: (a) {runs['a']['recommended']}, (e) "
+                         f"{runs['e']['recommended']}")
+        lines.append("")
     if record.get("study"):
         rows = [{"study": k, "wall s": v["wall_s"], "CPU s": v["cpu_s"]}
                 for k, v in record["study"].items()]
