@@ -3,8 +3,8 @@
 Commands are read from code blocks (fenced, indented, ``$ `` prompts) and inline code
 (``python tools/X.py ...``); line continuations are joined, trailing comments, optional parts
 written as ``[--flag N]`` and ``...`` are dropped. A renamed or removed flag in a tool fails
-here until the page shows the new spelling. The README's swap_head example also runs, and its
-output is checked verbatim (tests/tools/test_swap_head.py).
+here until the page shows the new spelling. The short ones run: every swap_head example with
+its output (the README, docs/heads.md) prints exactly what the page shows.
 """
 
 from __future__ import annotations
@@ -85,3 +85,20 @@ def test_a_shown_command_parses(page: str, command: str):
         parser.parse_args(argv)
     except SystemExit as exit_:
         pytest.fail(f"{page} shows `{command}`, which {script}'s parser refuses (exit {exit_})")
+
+
+SHOWN_OUTPUT = re.compile(r"^```console\n\$ python tools/swap_head\.py ([^\n]*)\n(.*?)^```",
+                          re.M | re.S)
+EXAMPLES = sorted({(str(page.relative_to(ROOT)), m.group(1), m.group(2))
+                   for page in PAGES for m in SHOWN_OUTPUT.finditer(page.read_text())})
+
+
+def test_the_swap_head_examples_are_shown():
+    assert {page for page, _, _ in EXAMPLES} >= {"README.md", "docs/heads.md"}
+
+
+@pytest.mark.parametrize("page, args, shown", EXAMPLES)
+def test_a_shown_swap_head_example_prints_what_the_page_shows(page, args, shown, capsys):
+    """The short commands run: swap_head's output on every page equals what the page shows."""
+    assert _module("tools/swap_head.py").main(shlex.split(args)) == 0
+    assert capsys.readouterr().out == shown, f"{page}: `swap_head.py {args}` prints otherwise"
