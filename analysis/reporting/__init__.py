@@ -24,11 +24,12 @@ from .tables import (
     flatten_row,
     format_table,
     macs_text,
+    readable,
     to_csv,
     to_json,
 )
 
 __all__ = ["TABLE_FORMATS", "LineProgress", "columns_of", "figure_format", "flatten_row",
-           "format_table", "macs_text", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
+           "format_table", "macs_text", "readable", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
            "plot_gap_vs_train_size", "plot_learning_curves", "plot_lr_curves", "plot_pick", "progress_bar", "pyplot",
            "save_figure", "to_csv", "to_json"]

@@ -22,7 +22,8 @@ from typing import Any
 from surgery import atomic_write_bytes
 
 __all__ = ["figure_format", "plot_acc_vs_head_params", "plot_acc_vs_shift", "plot_curves",
-           "plot_gap_vs_train_size", "plot_learning_curves", "plot_pick", "pyplot", "save_figure"]
+           "plot_gap_vs_train_size", "plot_learning_curves", "plot_pick", "point_labels", "pyplot",
+           "save_figure"]
 
 
 def pyplot() -> Any:
@@ -72,6 +73,35 @@ def _pct(v: float | None) -> float:
     return float("nan") if v is None else 100.0 * v
 
 
+def _legend_outside(ax: Any, **kwargs: Any) -> None:
+    """The legend to the right of the axes, never over the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              **{"fontsize": 7, **kwargs})
+
+
+def _count_axis(axis: Any) -> None:
+    """Tick labels of a count axis in readable units (``10 k``, ``1 M``)."""
+    from matplotlib.ticker import EngFormatter
+
+    axis.set_major_formatter(EngFormatter(sep=" "))
+
+
+def point_labels(points: Sequence[tuple[str, float, float]], y_close: float = 0.5
+                 ) -> list[tuple[str, float, float]]:
+    """One label per cluster of points at the same x whose y lie within ``y_close`` of each
+    other (``gap = nin = original``: heads of the same cost and accuracy), placed at the
+    cluster's mean y; every other point keeps its own label."""
+    clusters: list[list[tuple[str, float, float]]] = []
+    for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
+        last = clusters[-1] if clusters else None
+        if last is not None and last[-1][1] == x and abs(y - last[-1][2]) <= y_close:
+            last.append((name, x, y))
+        else:
+            clusters.append([(name, x, y)])
+    return [(" = ".join(p[0] for p in c), c[0][1], sum(p[2] for p in c) / len(c))
+            for c in clusters]
+
+
 def plot_acc_vs_head_params(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path | None:
     """Test accuracy (%, mean ± std over seeds) against head parameters, per head and train size."""
     rows = [r for r in rows if r.get("head_params") and r.get("test_acc_mean") is not None]
@@ -82,7 +112,8 @@ def plot_acc_vs_head_params(rows: Sequence[Mapping[str, Any]], path: str | Path)
     sizes = list(dict.fromkeys(r["train_size"] for r in rows))
     markers = "osD^v<>p*h"
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    width = 5.5 + 1.6 * (1 + len(rows) // 24)  # room for the legend beside the axes
+    fig, axes = plt.subplots(1, len(models), figsize=(width * len(models), 4.4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         for r in (r for r in rows if r["model"] == model):
             ax.errorbar(r["head_params"], _pct(r["test_acc_mean"]),
@@ -90,8 +121,9 @@ def plot_acc_vs_head_params(rows: Sequence[Mapping[str, Any]], path: str | Path)
                         marker=markers[sizes.index(r["train_size"]) % len(markers)], capsize=3,
                         linestyle="none", label=f"{r['head']}, n={r['train_size']}")
         ax.set(xscale="log", xlabel="head parameters", ylabel="test accuracy (%)", title=model)
+        _count_axis(ax.xaxis)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend_outside(ax, ncols=1 + len(rows) // 24)
     return save_figure(fig, path)
 
 
@@ -109,14 +141,17 @@ def plot_pick(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = 
         x, y = r["head_params"], _pct(r["val_acc_mean"])
         ax.errorbar(x, y, yerr=_pct(r.get("val_acc_std") or 0.0), color=colours[r["head"]],
                     marker="o", capsize=3, linestyle="none")
-        ax.annotate(r["head"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
         if r["head"] == recommended:
             ax.plot(x, y, marker="o", markersize=14, markerfacecolor="none",
                     markeredgecolor="black", linestyle="none", label=f"recommended: {recommended}")
+    points = [(r["head"], r["head_params"], _pct(r["val_acc_mean"])) for r in rows]
+    for label, x, y in point_labels(points):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set(xscale="log", xlabel="head parameters", ylabel="validation accuracy (%)", title=title)
+    _count_axis(ax.xaxis)
     ax.grid(alpha=0.3)
     if recommended is not None:
-        ax.legend(fontsize=8, loc="lower right")
+        _legend_outside(ax, fontsize=8)
     return save_figure(fig, path)
 
 
@@ -142,7 +177,7 @@ def plot_gap_vs_train_size(rows: Sequence[Mapping[str, Any]], path: str | Path) 
         ax.set(xscale="log", xlabel="training images", ylabel="train-test gap (accuracy points)",
                title=model)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_outside(ax)
     return save_figure(fig, path)
 
 
@@ -181,7 +216,7 @@ def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str | Path)
                         label=head if key == "val_acc" else None)
         ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{model}, n={size}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, title="solid: val, dashed: train", title_fontsize=7)
+        _legend_outside(ax, title="solid: val, dashed: train", title_fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     return save_figure(fig, path)
@@ -232,7 +267,7 @@ def plot_acc_vs_shift(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
         ax.set(xlabel="shift (pixels of the stored image)", ylabel="test accuracy (%)",
                title=f"{model}, {size} training images")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _legend_outside(ax)
     return save_figure(fig, path)
 
 
@@ -276,7 +311,6 @@ def plot_lr_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, title: s
     ax.set(xscale="log", xlabel="learning rate (peak)", ylabel="best validation accuracy (%)",
            title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-              title="hollow: pruned; x: diverged; ringed: chosen", title_fontsize=7)
+    _legend_outside(ax, title="hollow: pruned; x: diverged; ringed: chosen", title_fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -17,8 +17,8 @@ from typing import Any
 
 import tabulate as _tabulate
 
-__all__ = ["TABLE_FORMATS", "columns_of", "flatten_row", "format_table", "macs_text", "to_csv",
-           "to_json"]
+__all__ = ["TABLE_FORMATS", "columns_of", "flatten_row", "format_table", "macs_text", "readable",
+           "to_csv", "to_json"]
 
 #: every accepted ``fmt``: csv, json and all of tabulate's formats
 TABLE_FORMATS: tuple[str, ...] = ("csv", "json", *_tabulate.tabulate_formats)
@@ -27,16 +27,23 @@ TABLE_FORMATS: tuple[str, ...] = ("csv", "json", *_tabulate.tabulate_formats)
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
-def macs_text(gmacs: float | None) -> str:
-    """GMACs as a person reads them: ``7.17 kMACs``, ``1.45 MMACs``, ``1.82 GMACs`` (three
-    significant digits; empty for None)."""
-    if gmacs is None:
+def readable(value: float | None, unit: str = "") -> str:
+    """A count as a person reads it, in three significant digits with an SI prefix:
+    ``2565`` -> ``2.56 k``, ``11181642`` -> ``11.2 M``, ``7168, "MACs"`` -> ``7.17 kMACs``
+    (empty for None). The one formatter of counts and MACs in tables, plots and reports;
+    CSV and JSON keep the exact numbers."""
+    if value is None:
         return ""
-    macs = float(gmacs) * 1e9
+    value = float(value)
     for scale, prefix in _SI:
-        if abs(macs) >= scale:
-            return f"{macs / scale:.3g} {prefix}MACs"
-    return f"{macs:.3g} MACs"
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def macs_text(gmacs: float | None) -> str:
+    """GMACs as a person reads them: ``7.17 kMACs``, ``1.45 MMACs``, ``1.82 GMACs``."""
+    return "" if gmacs is None else readable(float(gmacs) * 1e9, "MACs")
 
 
 def flatten_row(row: Mapping[str, Any], sep: str = "@") -> dict[str, Any]:

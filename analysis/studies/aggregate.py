@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..machine import describe_machine
-from ..reporting import format_table
+from ..reporting import format_table, readable
 
 __all__ = [
     "mean_std", "generalisation_gap", "run_row", "group_rows", "paired_differences",
@@ -293,8 +293,9 @@ def _summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The summary table: one row per model x head x training size, mean ± std over seeds."""
     table = [{"model": r["model"], "head": r["head"], "train size": r["train_size"],
               "seeds": r["seeds"], "lr": _fmt(r.get("lr"), 3),
-              "head params": r["head_params"], "params": r["params"],
-              "GMACs": _fmt(r["gmacs"]), "test acc": pm(r["test_acc_mean"], r["test_acc_std"]),
+              "head params": readable(r["head_params"]), "params": readable(r["params"]),
+              "MACs per image": readable(None if r["gmacs"] is None else r["gmacs"] * 1e9),
+              "test acc": pm(r["test_acc_mean"], r["test_acc_std"]),
               "train acc": pm(r["train_acc_mean"], r["train_acc_std"]),
               "train-test gap": pm(r["train_test_gap_mean"], r["train_test_gap_std"]),
               "epoch s": pm(r["epoch_time_s_mean"], r["epoch_time_s_std"], 1.0),

@@ -17,7 +17,7 @@ from typing import Any
 
 from surgery import atomic_write_bytes
 
-from ..reporting import format_table, macs_text, plot_pick, to_csv
+from ..reporting import format_table, plot_pick, readable, to_csv
 from .lr_grid import Choice, neighbours
 from .onepass import sweep_dir
 from .pick import FIT_THRESHOLD, JSON_KEYS
@@ -37,9 +37,10 @@ def _fits(r: dict[str, Any]) -> str:
     return f"{100 * acc:.1f}" + ("" if acc >= FIT_THRESHOLD else " (does not fit)")
 
 
-def table_rows(table: Sequence[dict[str, Any]],
-               choices: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The ranked table as people read it: percentages and points, parameters, GMACs."""
+def table_rows(table: Sequence[dict[str, Any]], choices: dict[str, Any] | None = None, *,
+               exact: bool = False) -> list[dict[str, Any]]:
+    """The ranked table as people read it: percentages and points, parameters and MACs in
+    readable units (``exact``: as counts, for CSV)."""
     choices = choices or {}
     rows = []
     for i, r in enumerate(table):
@@ -54,7 +55,9 @@ def table_rows(table: Sequence[dict[str, Any]],
             "lr": None if r.get("lr") is None else f"{r['lr']:.3g}" + (f" ({edge} end)" if edge
                                                                     else ""),
             "train acc %": _fits(r), "train-val gap pts": _pct(r["gap_acc_mean"]),
-            "head params": r["head_params"], "head MACs": macs_text(r["head_gmacs"]),
+            "head params": r["head_params"] if exact else readable(r["head_params"]),
+            "head MACs": (None if r["head_gmacs"] is None else round(r["head_gmacs"] * 1e9))
+            if exact else readable(None if r["head_gmacs"] is None else r["head_gmacs"] * 1e9),
             "any size": "yes" if r["any_size"] else "no", "seeds": r["seeds"],
             "test acc %": _pct(r["test_acc_mean"])})
     return rows
@@ -112,7 +115,8 @@ def write_pick(out: str | Path, result: dict[str, Any], meta: dict[str, Any]) ->
         lines += [f"- {k}: {why}" for k, why in result["skipped"]]
     files = {
         "pick.md": atomic_write_bytes(out / "pick.md", ("\n".join(lines) + "\n").encode()),
-        "pick.csv": atomic_write_bytes(out / "pick.csv", to_csv(rows).encode()),
+        "pick.csv": atomic_write_bytes(out / "pick.csv", to_csv(
+            table_rows(result["table"], choices, exact=True)).encode()),
         "pick.json": atomic_write_bytes(out / "pick.json",
                                         (json.dumps(doc, indent=2) + "\n").encode()),
     }
