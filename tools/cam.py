@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN",
                    help="run directories written by tools/finetune.py or tools/compare_heads.py "
                         "(its runs/NAME); several: one row each, on the same images")
-    p.add_argument("--method", default="auto", choices=("auto", "cam", "gradcam"),
-                   help="cam (exact, gap and nin heads), gradcam (every head) or auto (cam where "
-                        "it exists, else gradcam; the default)")
+    p.add_argument("--method", default="auto", choices=("auto", "cam", "gradcam", "gradcam-abs"),
+                   help="cam (exact, gap and nin heads), gradcam (every head), gradcam-abs "
+                        "(Grad-CAM's sum without its ReLU, as a magnitude: evidence for or "
+                        "against, where gradcam's map is zero) or auto (cam where it exists, "
+                        "else gradcam; the default)")
     p.add_argument("--images", type=int, default=16, help="test images to draw (default 16)")
     p.add_argument("--out", type=Path, default=Path("cam.png"),
                    help="image to write, in the format its suffix names (.png, .jpg, .pdf, .svg; "
@@ -94,7 +96,7 @@ def _row(run_dir: Path, model: Any, res: dict, images: Any, labels: Any, names: 
          args: argparse.Namespace, device: Any) -> tuple[tuple[str, Any, list[str]], str]:
     """One figure row: the run's label, its maps and titles; and a line for the console."""
     from analysis.data import BatchTransform
-    from analysis.saliency import head_maps
+    from analysis.saliency import ZERO_GRADCAM, flat_maps, head_maps
 
     transform = BatchTransform(int(res["img_size"]), int(res["in_chans"]), res["mean"],
                                res["std"], device=device, augment=False)
@@ -106,6 +108,12 @@ def _row(run_dir: Path, model: Any, res: dict, images: Any, labels: Any, names: 
               "each map is a single value, so its tiles are flat and show nothing about where "
               "the model looks; train at a larger --img-size (a grid of 2x2 or more)",
               file=sys.stderr)
+    flat = int(flat_maps(result.maps).sum())
+    if flat:
+        why = ZERO_GRADCAM if result.method == "gradcam" else "the model's evidence is the same " \
+            "at every position"
+        print(f"warning: {run_dir.name}: {flat} of {len(x)} maps are constant ({result.method}) "
+              f"and drawn as such, not as a colour: {why}", file=sys.stderr)
     probs = result.logits.float().softmax(1).cpu()
     pred = probs.argmax(1)
     titles = [f"{names[p]} {probs[i, p]:.2f}\n(true {names[t]})"

@@ -13,8 +13,8 @@ from .cam import (
     flat_map_warning,
 )
 from .gradcam import grad_cam, has_captum
-from .maps import METHODS, HeadMaps, choose_method, head_maps
+from .maps import METHODS, ZERO_GRADCAM, HeadMaps, choose_method, flat_maps, head_maps
 
-__all__ = ["METHODS", "CamResult", "HeadMaps", "cam_support", "choose_method",
+__all__ = ["METHODS", "ZERO_GRADCAM", "CamResult", "HeadMaps", "flat_maps", "cam_support", "choose_method",
            "class_activation_maps", "draw_cams", "draw_runs", "flat_map_warning", "grad_cam",
            "has_captum", "head_maps"]

@@ -144,9 +144,17 @@ def draw_cams(images: torch.Tensor, maps: torch.Tensor, titles: Sequence[str],
 
 
 def _overlay(ax: Any, img: torch.Tensor, m: torch.Tensor, alpha: float) -> None:
-    """One image (C, H, W in 0..1) with its map scaled to its own range, jet colours."""
+    """One image (C, H, W in 0..1) with its map scaled to its own range, jet colours; a
+    constant map is not drawn: the panel says so instead of showing a blank colour."""
     m = m.detach().float().cpu()
     img = img.permute(1, 2, 0)
+    if float(m.max() - m.min()) <= 1e-12 * max(1.0, float(m.abs().max())):
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        what = "zero" if float(m.abs().max()) == 0.0 else "flat"
+        ax.text(0.5, 0.5, f"{what} map:\nno where\n(see the log)", transform=ax.transAxes,
+                ha="center", va="center", fontsize=7, color="black",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+        return
     if tuple(m.shape) != tuple(img.shape[:2]):
         m = F.interpolate(m[None, None], size=img.shape[:2], mode="bilinear",
                           align_corners=False)[0, 0]

@@ -144,10 +144,12 @@ def gradcam_layer(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, nn.Modu
     return _FeaturesThenHead(model, tap), tap.tap, "features"
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, str]:
+def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None,
+             relu: bool = True) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Grad-CAM maps (B, h, w) on the feature grid for class ``target`` (default: predicted),
-    ReLU applied, not normalised; also the logits and where the maps come from.
+    not normalised; also the logits and where the maps come from. ``relu``: Grad-CAM's ReLU
+    (positive evidence only); without it, the magnitude of the channel-weighted sum (evidence
+    for or against the class), which is not zero where Grad-CAM's is.
 
     Raises ValueError when captum is missing or the model has no grid to draw on.
     """
@@ -164,7 +166,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
             target = logits.argmax(1)
         forward: Callable[..., torch.Tensor] = runner
         maps = LayerGradCam(forward, layer).attribute(x, target=target.to(x.device),
-                                                      relu_attributions=True)
+                                                      relu_attributions=relu)
+        if not relu:
+            maps = maps.abs()
     finally:
         model.train(was_training)
     return maps[:, 0].detach(), logits, where

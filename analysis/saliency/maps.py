@@ -15,9 +15,15 @@ from torch import nn
 from .cam import cam_support, class_activation_maps
 from .gradcam import grad_cam, upsample
 
-__all__ = ["METHODS", "HeadMaps", "head_maps", "choose_method"]
+__all__ = ["METHODS", "ZERO_GRADCAM", "HeadMaps", "choose_method", "flat_maps", "head_maps"]
 
-METHODS = ("auto", "cam", "gradcam")
+METHODS = ("auto", "cam", "gradcam", "gradcam-abs")
+
+# why a Grad-CAM map can be zero everywhere, and the way out
+ZERO_GRADCAM = ("Grad-CAM is the ReLU of a channel-weighted sum of the features, zero wherever "
+                "that sum is negative: a head whose evidence is not a positive sum of channels "
+                "(e.g. flatten, which weighs every position on its own) can get a map of zeros; "
+                "--method gradcam-abs draws the sum's magnitude (evidence for or against)")
 
 
 @dataclass
@@ -57,5 +63,12 @@ def head_maps(model: nn.Module, x: torch.Tensor, method: str = "auto",
         rows = torch.arange(len(x), device=result.maps.device)
         return HeadMaps(result.maps[rows, pick.to(result.maps.device)], result.logits, "cam",
                         "features")
-    maps, logits, where = grad_cam(model, x, target)
-    return HeadMaps(upsample(maps, size), logits, "gradcam", where)
+    maps, logits, where = grad_cam(model, x, target, relu=chosen == "gradcam")
+    return HeadMaps(upsample(maps, size), logits, chosen, where)
+
+
+def flat_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Which maps (B, H, W) are constant (zero included): they say nothing about where."""
+    flat = maps.flatten(1)
+    spread = flat.amax(1) - flat.amin(1)
+    return spread <= 1e-12 * flat.abs().amax(1).clamp_min(1.0)

@@ -190,3 +190,21 @@ def test_side_by_side_runs_must_share_the_resize_policy_only_for_image_files():
     cam_tool._check_same_inputs(runs(folder, dict(folder, resize="squash")))
     fashion = {"dataset": "fashion-mnist"}                  # no image files: the policy is moot
     cam_tool._check_same_inputs(runs(fashion, dict(fashion, resize="shorter-crop")))
+
+
+def test_a_constant_map_is_said_in_its_panel_not_drawn_blank(monkeypatch, tmp_path):
+    """draw_runs on a zero map: the panel shows the image and says the map is zero."""
+    from analysis.saliency import cam as cam_mod
+
+    texts = []
+
+    def keep(fig, path, dpi=110):
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return Path(path)
+
+    monkeypatch.setattr(cam_mod, "save_figure", keep)
+    images = torch.full((2, 1, 16, 16), 128, dtype=torch.uint8)
+    maps = torch.zeros(2, 16, 16)
+    maps[1, :, :8] = 1.0
+    cam_mod.draw_runs(images, [("flatten", maps, ["a", "b"])], tmp_path / "x.png")
+    assert len(texts) == 1 and texts[0].startswith("zero map")

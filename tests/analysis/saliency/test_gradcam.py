@@ -91,3 +91,22 @@ def test_method_choice():
         choose_method(_model("gem"), "cam")
     with pytest.raises(ValueError, match="unknown method 'lime'"):
         choose_method(_model("gap"), "lime")
+
+
+def test_a_zero_gradcam_map_has_a_signed_alternative_and_is_named():
+    """A class whose evidence is negative at every position: Grad-CAM's ReLU leaves a map of
+    zeros, which is recognised as flat; gradcam-abs draws the magnitude of the same sum."""
+    from analysis.saliency import flat_maps
+
+    model = _model("gap")
+    with torch.no_grad():
+        model.head.fc.weight[0] = -1.0  # features after the last ReLU are >= 0: CAM_0 <= 0
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.zeros(2, dtype=torch.long)
+    zero = head_maps(model, x, "gradcam", target)
+    assert torch.all(zero.maps == 0) and flat_maps(zero.maps).all()
+    signed = head_maps(model, x, "gradcam-abs", target)
+    assert signed.method == "gradcam-abs" and not flat_maps(signed.maps).any()
+    cam = class_activation_maps(model, x).grid_maps[:, 0]
+    raw, _, _ = grad_cam(model, x, target, relu=False)
+    torch.testing.assert_close(raw, cam.abs() / cam[0].numel(), atol=1e-6, rtol=1e-5)
