@@ -8,7 +8,7 @@ plots of analysis.reporting, with the machine they were measured on (analysis.ma
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ..reporting import (
     to_csv,
     to_json,
 )
+from ..reporting.tensorboard import write_hparams
 from . import aggregate as agg
 from .spec import StudySpec, combinations
 
@@ -67,8 +68,24 @@ def write_report(out: str | Path, records: list[dict[str, Any]], spec: StudySpec
     }
     for name, text in texts.items():
         atomic_write_bytes(out / name, text.encode())
+    if spec.base.get("tensorboard") and records:
+        write_hparams(out, [_hparams(r) for r in records])
     return {"rows": rows, "comparisons": comps, "robustness": robust, "shifts": shifted,
             "meta": meta}
+
+
+def _hparams(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One run as TensorBoard's HParams view shows it: what was chosen against what it gave."""
+    row = agg.run_row(record)
+    name = str(record.get("run") or Path(str(row.get("run_dir"))).name)
+    gap = row.get(agg.TRAIN_TEST_GAP)
+    hparams = {"model": row["model"], "head": row["head"], "lr": float(record.get("lr") or 0.0),
+               "seed": int(row.get("seed") or 0), "train_size": int(row.get("train_size") or 0)}
+    metrics = {"val_acc": row.get("val_acc"), "test_acc": row.get("test_acc"),
+               "train_test_gap": gap, "head_params": row.get("head_params"),
+               "head_macs": None if row.get("head_gmacs") is None else row["head_gmacs"] * 1e9}
+    return {"name": name, "hparams": hparams,
+            "metrics": {k: float(v) for k, v in metrics.items() if v is not None}}
 
 
 def _placements(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from ..data import (
     stratified_indices,
     take,
 )
+from ..reporting.tensorboard import check_tensorboard
 from .declare import Declared, option, whole
 
 __all__ = ["AMP", "DECLARED", "FEATURE_CACHE", "FEATURE_DTYPES", "LINEAR_PROBE_MIN_STEPS",
@@ -247,6 +248,11 @@ class TrainConfig:
     seed: int = option(0, group=SYSTEM, per_run=True, features=False,
                        range=Range(0, 2**32, high_open=True, whole=True),
                        help="seed of the split, the head and the batch order (default {default})")
+    tensorboard: bool = option(
+        False, group=SYSTEM, resume=True, features=False, cli={"action": "store_true"},
+        help="also write TensorBoard event files: each run's per-epoch metrics in "
+             "RUN/tensorboard; a study's HParams (head, lr, seed, size against accuracy, gap "
+             "and costs) in STUDY/tensorboard (the tensorboard extra)")
     # run directory
     out: str = option("runs", group=RUN_DIR, per_run=True, features=False,
                       help="parent directory of runs (default {default})")
@@ -290,6 +296,8 @@ class TrainConfig:
         _check_relations(self)
         _check_feature_cache(self)
         check_timm_options(self.timm_options, "--timm-option")
+        if self.tensorboard:
+            check_tensorboard()
         check_reader_options(self.dataset, self.data_options)
         check_resize(self.resize)
         for key, flag in _DECODE_FLAGS.items():

@@ -17,6 +17,7 @@ import torch
 from surgery import write_json
 
 from ..reporting import plot_curves
+from ..reporting.tensorboard import EpochWriter
 from . import checkpoints as ckpt
 from .cached import OwnCache
 from .config import TrainConfig
@@ -40,6 +41,7 @@ class RunOutputs:
         # checkpoint, removes what it wrote if it fails
         self.fresh, self.started, self.wrote_last = fresh, not fresh, False
         self._plotted_at = time.perf_counter()
+        self.events = EpochWriter(run_dir) if cfg.tensorboard and dist.is_main else None
 
     def take_over(self, parts: RunParts, config_record: dict[str, Any]) -> None:
         """After the first good step of a new run: replace an old run there (its files and the
@@ -79,6 +81,8 @@ class RunOutputs:
         if not self.dist.is_main:
             return
         write_metrics(self.run_dir, history)
+        if self.events is not None:
+            self.events.add(history[-1])
         last = history[-1]["epoch"] == self.cfg.epochs
         if last or time.perf_counter() - self._plotted_at > PLOT_EVERY_S:
             plot_curves(self.run_dir / "curves.png", history,
@@ -106,5 +110,7 @@ class RunOutputs:
             f"({keep}); try a lower --lr, --clip-grad 1.0, or --amp off")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.events is not None:
+            self.events.close()
         if self.dist.is_main:
             write_json(self.run_dir / "summary.json", summary)

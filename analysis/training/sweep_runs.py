@@ -14,6 +14,7 @@ from typing import Any
 from surgery import write_json
 
 from ..reporting import plot_curves
+from ..reporting.tensorboard import EpochWriter
 from . import checkpoints as ckpt
 from .parts import run_config_record
 from .rundir import run_summary, write_metrics
@@ -43,6 +44,11 @@ def write_member_run(sweep: Sweep, member: SweepMember, run_dir: str | Path) -> 
                                                                sweep.dist),
                                              sweep={"status": member.status}))
     write_metrics(run_dir, member.history)
+    if cfg.tensorboard:
+        events = EpochWriter(run_dir)
+        for epoch_row in member.history:
+            events.add(epoch_row)
+        events.close()
     row = member.history[member.best["epoch"] - 1]
     ckpt.save_checkpoint(run_dir / "best.pt", parts.model,
                          {"kind": "best", "epoch": member.best["epoch"], "row": row})
