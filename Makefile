@@ -55,6 +55,7 @@ lint: $(STAMP)
 # the documentation site (docs/ + mkdocs.yml) into site/; --strict: a broken link fails it
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) tools/zoo_page.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 zoo-table: $(STAMP)
