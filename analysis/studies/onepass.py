@@ -16,6 +16,7 @@ every ``--ckpt-minutes``: analysis.training.sweep_state).
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -150,6 +151,7 @@ def _sweep_group(spec: StudySpec, out: Path, model: str, n: int | None, todo: li
         with lock_run_dir(run_dir, create=True):
             write_member_run(sweep, member, run_dir)
         written.append(name)
+    shutil.rmtree(where / "best_heads", ignore_errors=True)  # chosen.pt keeps the chosen
     info = dict(read_json(where / "sweep.json"))
     info.pop("members", None)
     return {**info, "written": written, "failed": failed, "dir": str(where),
@@ -214,7 +216,7 @@ def _record(where: Path, spec: StudySpec, members: list[SweepMember], base: Trai
     plot_lr_curves(doc["curves"], where / "lr.png",
                    f"{base.model}, n={base.train_size}: best validation accuracy by learning rate",
                    {k: c["lr"] for k, c in doc["choices"].items()})
-    payload = {f"{label}|{seed}": {"member": m.record(), "state": m.best_state, "best": m.best,
+    payload = {f"{label}|{seed}": {"member": m.record(), "state": m.head_state(), "best": m.best,
                                    "totals": m.totals}
                for (label, seed), m in chosen.items()}
     atomic_write(where / "chosen.pt", lambda f: torch.save(payload, f))

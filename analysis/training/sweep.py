@@ -90,6 +90,11 @@ class Sweep:
         self._backbones: dict[int, torch.nn.Module] = {}
         self.costs: dict[tuple[str, int], dict[str, Any]] = {}
 
+    @property
+    def spill_dir(self) -> Path:
+        """Where finished members' best head weights go when the sweep trains in passes."""
+        return (Path(self.state_path).parent if self.state_path else self.run_dir) / "best_heads"
+
     def data(self, seed: int) -> Any:
         if seed not in self._data:
             self._data[seed] = load_run_data(replace(self.base, seed=seed))
@@ -139,6 +144,9 @@ class Sweep:
             params = sum(t.numel() for st in stacks for t in st.heads.params.values())
             with head_threads(self.system["device"], params):
                 self._fit(stacks, feeds, halving or Halving(), first, save)
+            if self.mem_bytes is not None:  # passes: the finished ones' best copies to disk
+                for m in (m for group in batch for m in group):
+                    m.spill(self.spill_dir)
             state.save(index + 1, 0, [])
 
     def _passes(self, groups: list[list[SweepMember]]) -> list[list[list[SweepMember]]]:

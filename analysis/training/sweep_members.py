@@ -8,14 +8,17 @@ after each of its rung epochs, which settings of each head go on.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import surgery
+from surgery import atomic_write
 
 from .config import TrainConfig
 
@@ -39,6 +42,7 @@ class SweepMember:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0})
     best_state: dict[str, torch.Tensor] | None = None
+    best_file: str | None = None  # where best_state went once its pass ended (memory bounded)
     totals: dict[str, Any] = field(
         default_factory=lambda: {"time_s": 0.0, "train_time_s": 0.0, "train_images": 0})
 
@@ -50,6 +54,23 @@ class SweepMember:
     def setting(self) -> tuple[str, float, float]:
         """(head label, lr, weight decay): what the seeds of one setting share."""
         return self.label, self.lr, self.weight_decay
+
+    def spill(self, directory: Path) -> None:
+        """Move the best epoch's head weights to a file in ``directory``: a sweep in several
+        passes keeps in memory only the pass under way, not every finished member's copy."""
+        if self.best_state is None:
+            return
+        key = f"{self.head}|{self.lr!r}|{self.weight_decay!r}|{self.seed}"
+        path = directory / f"{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}.pt"
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: torch.save(self.best_state, f))
+        self.best_file, self.best_state = str(path), None
+
+    def head_state(self) -> dict[str, torch.Tensor] | None:
+        """The best epoch's head weights, from memory or from the file they were moved to."""
+        if self.best_state is None and self.best_file is not None:
+            return torch.load(self.best_file, map_location="cpu", weights_only=True)
+        return self.best_state
 
     def config(self, base: TrainConfig) -> TrainConfig:
         """The TrainConfig of this member's run alone."""

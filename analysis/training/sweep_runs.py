@@ -29,13 +29,14 @@ def write_member_run(sweep: Sweep, member: SweepMember, run_dir: str | Path) -> 
     """``member`` as a finished run directory: ``config.json``, ``metrics.csv/.jsonl``,
     ``best.pt`` (the whole model at its best epoch), ``curves.png`` and, last,
     ``summary.json`` with the test metrics of that epoch. Returns the summary."""
-    if member.best_state is None:
+    best_state = member.head_state()
+    if best_state is None:
         raise ValueError(f"{member.label} at lr {member.lr:g} (seed {member.seed}) has no "
                          f"finished epoch to write ({member.stopped or member.status})")
     run_dir = Path(run_dir)
     cfg = replace(member.config(sweep.base), out=str(run_dir.parent), name=run_dir.name)
     parts = sweep.assemble(cfg)
-    parts.model.head.load_state_dict(member.best_state)
+    parts.model.head.load_state_dict(best_state)
     feed = parts.frozen_feed
     test = evaluate(feed.evaluated, *feed.test, feed.transform, parts.eval_batch_size,
                     sweep.system["amp_dtype"]) if feed.test else (float("nan"),) * 2

@@ -25,7 +25,7 @@ from .sweep_members import SweepMember
 
 __all__ = ["SweepState"]
 
-_RECORD = ("status", "stopped", "history", "best", "best_state", "totals")
+_RECORD = ("status", "stopped", "history", "best", "best_state", "best_file", "totals")
 
 
 class SweepState:

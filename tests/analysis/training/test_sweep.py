@@ -156,6 +156,10 @@ def test_a_memory_budget_splits_the_pass_without_changing_a_member(tmp_path):
     for a, b in zip(together, apart, strict=True):
         for ra, rb in zip(a.history, b.history, strict=True):
             assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-6)
+        # a finished pass's best copies wait on disk, not in memory, and read back the same
+        assert b.best_state is None and b.best_file is not None and a.best_state is not None
+        for name, tensor in a.best_state.items():
+            torch.testing.assert_close(b.head_state()[name], tensor, rtol=1e-6, atol=1e-7)
 
 
 def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
