@@ -1,16 +1,11 @@
-"""Running a head comparison study: every pending run of the grid, resumable, in this process or
-in child processes, then the report.
+"""Running a head comparison study: every pending run of the grid, resumable, then the report.
 
-Resuming is the default: a combination whose run directory has ``summary.json`` (and
-``robustness.json``) is skipped, an interrupted one continues from its ``last.pt``.
-``shard=(i, n)`` runs only combinations ``i, i + n, i + 2n, ...`` (0-based) of the fixed order, so
-n machines split one study; analysis.studies.collect merges their directories into one report.
-With ``jobs >= 1`` the runs go to that many worker processes (analysis.studies.pool), each
-importing torch and timm once and running many of them; a crash loses one run (the worker is
-replaced). ``jobs=0`` runs them in this process. Either way each run's peak memory is its
-own (analysis.training resets the peak at the start of a run), and each run directory is locked
-while a job runs it: a run that another process (an earlier invocation, or its orphaned worker)
-is running is left alone and reported busy.
+A run directory with ``summary.json`` (and ``robustness.json``) is skipped, an interrupted one
+continues from its ``last.pt``. ``shard=(i, n)`` runs combinations ``i, i + n, ...`` of the
+fixed order, so n machines split one study (analysis.studies.collect merges them). With
+``jobs >= 1`` the runs go to reusable worker processes (analysis.studies.pool), ``jobs=0`` runs
+them in this process. Each run directory is locked while a job runs it: a run another process
+holds is left alone and reported busy. See docs/studies.md.
 """
 
 from __future__ import annotations
@@ -190,20 +185,19 @@ def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
               sweep_mem_gb: float | None = None) -> dict[str, Any]:
     """Run this shard's combinations not yet done, then write the report of the directory.
 
-    Returns ``{"ran": [...], "skipped": [...], "failed": [(name, message), ...], "busy": [(name,
-    message), ...], "feature_caches": [...], "timing": {...}, "report": {...}}`` (run names;
-    ``busy``: runs another process is running, left alone; ``feature_caches``: what building
-    the shared feature caches did). Before any run, the frozen-backbone runs' features are
-    extracted once into one cache per backbone under ``OUT/features``
-    (analysis.training.warm_feature_caches), on disk when workers read it. ``jobs`` worker
-    processes run the jobs, each many of them (its imports paid once; ``runs_per_worker`` > 0
-    replaces a worker after that many); ``threads``: torch threads per worker (default: cores /
-    jobs; on a shared, busy CPU 1 is faster). A failed run is recorded with the last line of its
-    error (its log: ``logs/NAME.log``) and the others continue. ``jobs=0`` runs in this process,
-    where a failed run is recorded the same way (its error's last line) and the others go on. ``timing``: the wall time of the runs, the sum of the jobs'
-    own times, the image folder's decoding (or opening its cache) in this process before the
-    workers start (``data_load_s``), the feature extraction (``features_s``) and the rest
-    (``overhead_s``: process starts, imports, waiting).
+    Frozen-backbone runs first get their features extracted once per backbone under
+    ``OUT/features``. A failed run is recorded with the last line of its error (its log:
+    ``logs/NAME.log``) and the others go on.
+
+    Args:
+        jobs: worker processes, each running many runs (0: in this process).
+        runs_per_worker: replace a worker after that many runs (0: never).
+        threads: torch threads per worker (default: cores / jobs; on a busy CPU 1 is faster).
+        sweep_mem_gb: memory budget of the one-pass sweep (default: half of what is free).
+
+    Returns ``ran``, ``skipped``, ``failed`` and ``busy`` (runs another process holds) as run names
+    or ``(name, message)``, ``feature_caches``, ``report`` and ``timing`` (wall time, the jobs' own
+    times, ``data_load_s``, ``features_s`` and ``overhead_s``: process starts, imports, waiting).
     """
     t0 = time.perf_counter()
     spec.check()
