@@ -3,9 +3,9 @@
 ``best.pt`` and ``last.pt`` are ``surgery.save`` files; ``last.pt`` also holds the optimiser,
 scaler, RNG states, the measurements so far and the position inside the epoch, and under DDP
 every rank's RNG, augmentation generator and running sums. A linear probe on cached features
-writes the head alone (:func:`save_head_checkpoint`, format ``headswap-head``; the backbone is
-rebuilt from the config and its weights digest checked on resume) until ``best.pt`` is
-rewritten as a whole model at the end.
+keeps the head alone in ``last.pt`` and, until the run ends, in ``best.pt``
+(:func:`save_head_checkpoint`, format ``headswap-head``); the backbone is rebuilt from the
+config and its weights digest checked on resume, and ``best.pt`` ends as a whole model.
 """
 
 from __future__ import annotations

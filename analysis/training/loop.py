@@ -3,10 +3,10 @@
 :class:`RunLoop` is what :func:`analysis.training.train` runs once it holds the run directory:
 it assembles the run (analysis.training.parts), trains it and writes the run directory. Each
 epoch records train loss/accuracy in eval mode on a fixed train sample, validation
-loss/accuracy, their gap, time, img/s and peak memory. Resume is exact, since checkpoints hold
-the RNG states and the position inside the epoch and batch order and augmentation depend only
-on (seed, epoch). Under ``torchrun`` every rank trains its shard of each epoch in
-DistributedDataParallel, evaluation sums are reduced, and only rank 0 writes.
+loss/accuracy, their gap, time, img/s and peak memory. Checkpoints hold the RNG states and the
+position inside the epoch, and batch order and augmentation depend only on (seed, epoch), so on
+CPU a resumed run ends as an uninterrupted one. Under ``torchrun`` every rank trains its shard
+of each epoch in DistributedDataParallel, evaluation sums are reduced, and only rank 0 writes.
 """
 
 from __future__ import annotations
