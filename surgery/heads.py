@@ -1,15 +1,10 @@
 """Head registry: one short name per kind of classifier, one factory per name, its options.
 
-A head is composition: a pooling (surgery.pooling: ``avg``, ``max``, ``avgmax``, ``flatten``,
-generalized mean, attention, class token, pyramid) over the backbone's feature positions, an
-optional MLP (``hidden`` sizes with ReLU and dropout), then the output Linear. ``nin`` (Network in
-Network: 1x1 convolution to the classes, then global average) is the one head with its own class,
-since its pooling comes last. ``original`` keeps timm's own head, reset to the new number of
-classes, as the baseline.
-
-Each kind declares its options (name, type, default, range) as :class:`surgery.options.Option`;
-every buildable kind takes ``hidden`` and ``dropout``. Users write a head with its options as a
-spec, ``gem:p=3:learn_p=0`` (surgery.spec parses it against these declarations).
+A head is a pooling (surgery.pooling) over the backbone's feature positions, an optional MLP
+(``hidden``, ``dropout``), then the output Linear; ``nin`` is the one head with its own class,
+since its pooling comes last, and ``original`` keeps timm's own head as the baseline. Each kind
+declares its options as :class:`surgery.options.Option`, which surgery.spec parses specs such
+as ``gem:p=3:learn_p=0`` against. The heads table is in docs/heads.md.
 """
 
 from __future__ import annotations

@@ -2,13 +2,9 @@
 
 Every pooling reads the features through the same layout handling (NCHW and NHWC maps, token
 sequences with prefix tokens, channels-first sequences), so each works on every layout the probe
-reports. They are ours, written against ``x.mean`` / ``x.amax``, never timm's ``global_pool``.
-
-- :class:`FeaturePool`: ``avg``, ``max``, ``avgmax`` (both, 2C) and ``flatten`` (fixed grid).
-- :class:`GeMPool`: generalized mean ``(mean(clamp(x, eps)^p))^(1/p)`` with a learnable ``p``.
-- :class:`AttentionPool`: a learned query attends over all positions (multi-head).
-- :class:`ClassTokenPool`: the model's class token.
-- :class:`PyramidPool`: spatial pyramid pooling, ``n x n`` bins per level, concatenated.
+reports. They are ours, written against ``x.mean`` / ``x.amax``, never timm's ``global_pool``:
+:class:`FeaturePool` (avg, max, avgmax, flatten), :class:`GeMPool`, :class:`AttentionPool`,
+:class:`ClassTokenPool` and :class:`PyramidPool`.
 """
 
 from __future__ import annotations
@@ -296,7 +292,7 @@ class PyramidPool(nn.Module):
     Traced, exported or counted, the bins are explicit slices with boundaries computed from the
     input size, so the head exports to ONNX with dynamic sizes; otherwise the same bins come
     from ``F.adaptive_max_pool2d`` / ``adaptive_avg_pool2d``, one kernel per level (the same
-    values; a 21-bin pyramid on a 7x7 grid ran 10x faster). Token sequences that form no
+    values, much faster than a slice per bin). Token sequences that form no
     rectangle are cut into ``n^2`` bins along the sequence.
     """
 
@@ -329,7 +325,7 @@ class PyramidPool(nn.Module):
         grid = feature_grid(x, self.info)
         rows, cols = grid.shape[2], grid.shape[3]
         self._check(rows, cols)
-        if not _tracing(grid):  # the same bins, in one kernel per level (10x faster on a CPU)
+        if not _tracing(grid):  # the same bins, in one kernel per level
             adaptive = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
             return torch.cat([adaptive(grid, (1, n * n) if self.one_d else (n, n)).flatten(1)
                               for n in self.levels], dim=1)

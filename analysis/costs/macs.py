@@ -1,18 +1,11 @@
 """MAC counting with two engines: fvcore (default) and torch's flop formulas.
 
-Convention (fvcore's, kept everywhere): one fused multiply-add counts as one, so every figure
-here is in MACs and tables say "GMACs". torch's formulas (the ``torch.utils.flop_counter``
-registry) give FLOPs = 2 x MACs; they are converted. fvcore traces real tensors with
-``torch.jit.trace`` (it cannot trace the meta device); the torch counter dispatches on meta or
-fake tensors, so it needs no memory for weights and computes nothing.
-
-fvcore misses operators that carry real multiply-adds (``scaled_dot_product_attention``,
-``baddbmm``, convolutions with ``padding='same'``, ...) and has no rule for the pooling operators
-our heads use (``mean``, ``amax``, max pooling), so a GMP head would cost nothing. The extra
-handles live in one table, :data:`FVCORE_EXTRA_HANDLES`; the torch counter gets the same rules
-(pooling, normalisation, resampling) in :data:`TORCH_EXTRA_FORMULAS`, so both counters follow one
-convention and GAP and GMP heads cost the same. Pooling and reductions: one MAC per input element.
-Anything neither counter has a rule for is reported under ``uncounted`` (op name -> calls).
+Every figure is in MACs (fvcore's convention: one fused multiply-add counts as one); torch's
+formulas give FLOPs = 2 x MACs and are converted. fvcore traces real tensors with
+``torch.jit.trace``; the torch counter dispatches on meta or fake tensors, so it needs no memory
+for weights. Both get our extra rules (analysis.costs.mac_rules: attention, pooling,
+normalisation, ...), so they follow one convention and GAP and GMP heads cost the same; what
+neither has a rule for is reported under ``uncounted``. See docs/costs.md.
 """
 
 from __future__ import annotations

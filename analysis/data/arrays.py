@@ -1,16 +1,10 @@
 """Images that stay on disk: rows of a uint8 array (a memory-mapped file), gathered per batch.
 
-An :class:`ImageArray` is a lazy selection of rows of a ``(N, C, H, W)`` uint8 numpy array,
-typically ``np.load(..., mmap_mode="r")`` of a decode cache (analysis.data.decode_cache).
-Selecting a subset (:func:`take`) composes row indices and copies nothing; indexing with a batch
-of indices or a slice gathers just those rows, in sorted order, into a new uint8 tensor. A data
-set larger than memory then trains with anonymous memory bounded by the batch: the page cache
-holds the rest and the kernel evicts it as needed.
-
-The training code indexes images the same way whether they are a tensor in memory or an
-ImageArray (``x[idx]``, ``x[a:b]``, ``len(x)``, ``x.shape``); :func:`take` is the one place
-that tells them apart when a subset is selected. :class:`ImageRows` draws rows from several
-such sources (a feature cache covers the train, validation and test splits at once).
+An :class:`ImageArray` is a lazy selection of rows of a ``(N, C, H, W)`` uint8 array, typically
+a decode cache opened memory-mapped; :class:`ImageRows` draws rows from several such sources.
+Both index like a tensor (``x[idx]``, ``x[a:b]``, ``len(x)``, ``x.shape``) and gather only the
+rows a batch needs, so a data set larger than memory trains within the page cache.
+:func:`take` is the one place that tells them apart from a tensor when a subset is selected.
 """
 
 from __future__ import annotations

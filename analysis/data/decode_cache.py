@@ -1,22 +1,11 @@
 """The decode cache: an image folder decoded once into a uint8 array file, reused by every run.
 
-One directory per (folder, image size, resize policy, colour mode) under the cache directory
-(``--data-cache-dir``; default ``$HEADSWAP_DATA_CACHE``, else ``~/.cache/headswap/data``) holds:
-
-  ``images-<digest>.npy``  the decoded images, uint8 ``(N, C, S, S)``, opened memory-mapped;
-  ``manifest.json``        what it holds: every file with its size, mtime and label, the
-                           unreadable ones with the reason, the digest of that list, and a
-                           CRC-32 of every 4 MiB chunk of the array (checked at each open:
-                           rows of a damaged chunk are decoded again, with a warning);
-  ``partial-<digest>.*``   a decode in progress: array, per-row done flags, its file list;
-  ``lock``                 held while the cache is checked, opened or built.
-
-A load scans the folder (names, sizes, modification times); when the digest of that list matches
-the manifest the array opens at once. Otherwise the rows of files that did not change are
-copied from the previous array (or from an interrupted decode) and only the rest is decoded, by
-worker processes (analysis.data.decode_pool). The array is renamed into place and the manifest
-written (atomically) only when every row is done, so a decode that is killed resumes from its
-done rows and never reads as complete; the lock makes a second process wait for the first.
+A load scans the folder (names, sizes, modification times) and opens the array at once when the
+digest of that list matches the manifest; otherwise it copies the rows of unchanged files from
+the previous array (or an interrupted decode) and decodes only the rest, in worker processes
+(analysis.data.decode_pool). The array and manifest are put in place only when every row is
+done, and a lock makes a second process wait for the first. The files in a cache directory and
+what they hold are described in docs/finetuning.md.
 """
 
 from __future__ import annotations

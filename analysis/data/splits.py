@@ -1,15 +1,10 @@
-"""Splits: validation held out from the official train split, a stratified training subset,
-the official test split kept whole, all as uint8: tensors in memory, or ImageArrays whose rows
-stay in a memory-mapped file (a decoded image folder) until a batch is gathered. Selecting a
-split copies nothing from such a file (analysis.data.arrays.take).
+"""Splits: validation held out from the official train split, a stratified training subset and
+the official test split, as uint8 tensors or ImageArrays (analysis.data.arrays) over a
+memory-mapped file; selecting a split copies nothing from such a file.
 
-Every split remembers which images of the official splits it holds (``DataSplits.ids``), so a
-feature cache built once over those images (analysis.features) serves every seed's subset. The
-official splits are read once per process (the last data set read is kept), since a study reads
-the same data for each of its runs.
-
-Resizing, augmentation and normalisation happen per batch on the training device
-(analysis.data.batches), never per image in PIL.
+Every split remembers which official images it holds (``DataSplits.ids``), so one feature
+cache serves every seed's subset. The official splits are read once per process (the last data
+set read is kept), since a study reads the same data for each of its runs.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """What a deployment needs to feed the exported model, stored in the ONNX file's metadata.
 
-ONNX metadata is a list of string key/value pairs (``metadata_props``); lists are stored as
-JSON text. :func:`deployment_metadata` writes the keys below, :func:`read_metadata` turns them
-back into numbers and lists:
-
-``model`` (timm architecture), ``head`` (head kind), ``head_spec`` (the head with its options,
-e.g. ``gem:p=2.5``), ``num_classes``, ``input_size`` ("HxW" the
-model was built or trained for), ``input_layout`` ("NCHW"), ``channels``, ``dynamic_axes``
-(e.g. ``["batch", "height", "width"]``), ``mean`` / ``std`` (per channel, 0..1 pixel scale),
-``preprocess`` (the formula in words), ``class_names`` (from a fine-tuning run; absent
-otherwise), ``feature_layout`` (what the backbone hands the head: NCHW, NHWC, NLC or NCL).
+ONNX metadata are string key/value pairs; :func:`deployment_metadata` writes the keys of
+:data:`METADATA_KEYS` (lists as JSON text) and :func:`read_metadata` turns them back into
+numbers and lists. What each key holds is listed in docs/export.md.
 """
 
 from __future__ import annotations

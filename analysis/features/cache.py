@@ -1,14 +1,11 @@
 """Open or build a feature cache: in memory when it fits, else one file on disk, built once.
 
-:func:`open_cache` takes a :class:`CacheRequest` (the key, the images it must cover and how to
-extract them) and a :class:`Storage` policy. It looks in this process first (a study running
-in-process shares one table across its heads and seeds), then, for on-disk caches, in the cache
-directory for a file with the same key that covers the images, under the directory lock of
-:mod:`analysis.data.lock` (the one a data set download takes), so that
-several processes asking at once build it once. A truncated, damaged or other-version file is
-removed and rebuilt with a one-line warning. Under torchrun each rank extracts its block of the
-images; in memory the blocks are gathered to every rank, on disk rank 0 joins the ranks' part
-files into the one cache file.
+:func:`open_cache` takes a :class:`CacheRequest` (the key, the images to cover, how to extract
+them) and a :class:`Storage` policy. It looks in this process first (an in-process study shares
+one table across its heads and seeds), then in the cache directory under the lock of
+:mod:`analysis.data.lock`, so that processes asking at once build it once; a damaged file is
+rebuilt with a warning. Under torchrun each rank extracts its block of the images: in memory
+the blocks are gathered to every rank, on disk rank 0 joins the ranks' part files.
 """
 
 from __future__ import annotations

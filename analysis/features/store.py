@@ -1,16 +1,11 @@
 """Where cached features live: a table in memory, or a memory-mapped file written atomically.
 
 A :class:`FeatureTable` holds one feature tensor per image id (sorted ids, rows in that order);
-:class:`FeatureRows` is one run's view of it (its train subset, validation split, ...), indexed
-like a tensor. On disk a table is one file:
-
-    magic (8 bytes) | version (u32) | header length (u32) | JSON header, padded to 64 bytes
-    | ids (int64 x n) | rows (n x shape, float16 or float32)
-
-written through ``surgery.atomic_write`` (a temporary file, fsynced, then renamed), so a reader
-sees a whole file or none. The header holds the cache key, the shape, the dtype and a CRC-32 of
-ids and rows; :func:`read_table` checks magic, version, size and checksum and raises
-:class:`CacheFileError` for anything else, which the caller turns into a rebuild.
+:class:`FeatureRows` is one run's view of it, indexed like a tensor. On disk a table is one file,
+``magic | version (u32) | header length (u32) | JSON header, padded to 64 bytes | ids (int64) |
+rows (float16 or float32)``, written through ``surgery.atomic_write``. The header holds the
+cache key, shape, dtype and a CRC-32 of ids and rows; :func:`read_table` raises
+:class:`CacheFileError` for anything that does not check out, and the caller rebuilds.
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
 """The plots, one function each, written as PNG (atomically).
 
-- a run's learning curves: loss and accuracy per epoch, train vs validation.
-
-- test accuracy against head parameters (log scale): is a larger head worth it?
-- train-test (generalisation) gap against training-set size: which head overfits small data?
-- learning curves of the heads overlaid: validation (solid) and train (dashed) accuracy per epoch,
-  mean over seeds, one panel per model x train size.
-- test accuracy against the pixel shift of the test images, per head: which head keeps "where"?
-
-Each takes rows from analysis.studies.aggregate (or run records) and returns the path written, or None
-when there is nothing to draw.
+A run's learning curves; for a study, test accuracy against head parameters (is a larger head
+worth it?), the train-test gap against training-set size (which head overfits small data?),
+the heads' learning curves overlaid (mean over seeds) and test accuracy against the pixel shift
+of the test images (which head keeps "where"?); for pick_head, validation accuracy against head
+parameters and against the learning rate. Each takes rows from analysis.studies.aggregate (or
+run records) and returns the path written, or None when there is nothing to draw.
 """
 
 from __future__ import annotations

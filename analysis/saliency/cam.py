@@ -1,16 +1,11 @@
-"""Class activation maps (Zhou et al. 2016, "Learning Deep Features for Discriminative
-Localization"): where in the image the evidence for a class lies.
+"""Class activation maps (Zhou et al. 2016): where in the image the evidence for a class lies.
 
-CAM needs global average pooling right before a linear layer: then the logit of class k is
-``b_k + mean_xy sum_c w_kc f_c(x, y)``, so ``M_k(x, y) = sum_c w_kc f_c(x, y)`` is a map whose
-average plus the bias is exactly the logit. That holds for a ``gap`` head without hidden layers
-(dropout is the identity at inference) and for ``nin`` (its 1x1 convolutions run per position,
-pooling comes last; the bias is inside the map, so the offset is zero). Max pooling, Flatten and
-MLP heads have no such map: they are refused with the reason.
-
-Maps are computed on the feature grid and resized bilinearly to the input size; for an input that
-is a whole multiple of the grid (every stride-aligned size) the resize keeps the mean, so the
-identity ``maps[k].mean() + offset[k] == logit[k]`` holds at the input size too.
+With global average pooling right before a linear layer the logit of class k is
+``b_k + mean_xy sum_c w_kc f_c(x, y)``, so ``M_k = sum_c w_kc f_c`` is a map whose average plus
+the bias is the logit: true for a ``gap`` head without hidden layers and for ``nin`` (bias
+inside the map, offset zero); other heads are refused with the reason. Maps are resized
+bilinearly to the input size, which keeps ``maps[k].mean() + offset[k] == logit[k]`` for input
+sizes that are whole multiples of the grid.
 """
 
 from __future__ import annotations

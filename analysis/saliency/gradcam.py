@@ -1,18 +1,11 @@
 """Grad-CAM (Selvaraju et al. 2017) for every head, through captum's ``LayerGradCam``.
 
-Exact CAM exists only where global average pooling sits right before a linear layer (gap, nin).
 Grad-CAM weighs each feature channel by the average gradient of the class score over the grid,
-sums, and keeps the positive part, so it works for any head: gmp, gem, attention and pyramid
-pooling, flatten, MLP heads. For a gap head without hidden layers the two agree: the gradient of
-logit k with respect to f_c(x, y) is w_kc / (h w) everywhere, so Grad-CAM is
-ReLU(CAM_k) / (h w), the same map after normalisation.
-
-captum needs the layer's activations as maps (B, C, h, w); a small adapter turns the features of
-any layout (NHWC maps, token sequences with prefix tokens, channels-first sequences) into maps
-and back, and captum reads the maps in between. For the token head the class score does not
-depend on the final patch tokens (the class token is read off on its own), so its maps come from
-the input of the last block in timm's ``feature_info``, where the class token still attends to
-the patches (the usual choice for ViTs).
+so it works for any head, not only where exact CAM exists (gap, nin); on a gap head without
+hidden layers it equals ReLU(CAM_k) / (h w). A small adapter turns features of any layout into
+(B, C, h, w) maps for captum and back. For the token head the maps come from the input of the
+last block in timm's ``feature_info``, since the class score does not depend on the final patch
+tokens.
 """
 
 from __future__ import annotations

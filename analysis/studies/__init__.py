@@ -1,14 +1,11 @@
 """Head comparison studies: a grid of fine-tuning runs, its robustness checks, and its report.
 
-:class:`StudySpec` (spec) describes the grid, its heads written as surgery head specs;
-:func:`run_study` (runner) trains every pending run and writes the report (report, aggregate);
-:func:`collect` merges shard directories; robustness evaluates each trained model at other
-input sizes, shifts on shifted test images (a frozen backbone's views extracted once: frozen);
-claims compares two heads per claim with the verdict rule of verdicts; a :class:`WorkerPool`
-(pool, worker) runs the jobs in reusable worker processes; on a cluster :func:`submit_study`
-and :func:`wait_study` (cluster) submit them as one job array through submitit and follow them
-(jobs); pick (:func:`run_pick`) answers "which head for this backbone?" with every applicable
-head on one feature cache.
+:class:`StudySpec` (spec) describes the grid; :func:`run_study` (runner) trains every pending
+run and writes the report (report, aggregate); :func:`collect` merges shard directories;
+robustness and shifts test trained models at other sizes and on shifted images; claims applies
+the verdict rule (verdicts); pick (:func:`run_pick`) answers "which head for this backbone?".
+The runs go to worker processes (pool, worker) or, on a cluster, to one submitit job array
+(cluster, jobs).
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences

@@ -1,14 +1,10 @@
 """Study aggregation: run records in, rows out. Pure functions, no files, no printing.
 
-A *record* is one finished run: the run's ``summary.json`` plus ``head_label`` (the head as the
-study names it, e.g. ``flatten-h256-d0.5``), ``history`` (the epoch rows of ``metrics.jsonl``) and
-``robustness`` (rows of analysis.studies.robustness). Rows group the records by model x head x train size
-and give every measured figure as mean and sample standard deviation over the seeds.
-
-The generalisation gap, called the *train-test gap* everywhere it is shown (``gap`` alone names
-a head), is ``train_acc - test_acc``: accuracy on (an eval-mode sample of) the
-images the model trained on minus accuracy on the untouched test split, both for the checkpoint
-the test accuracy comes from (best validation epoch). Accuracies are fractions in [0, 1].
+A *record* is one finished run: its ``summary.json`` plus ``head_label``, ``history`` (the epoch
+rows of ``metrics.jsonl``) and ``robustness``. Rows group records by model x head x train size,
+each figure as mean and sample standard deviation over the seeds. The *train-test gap* is
+``train_acc - test_acc`` (an eval-mode sample of the training images against the test split,
+both at the best validation epoch); accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations

@@ -2,15 +2,11 @@
 
 For each (model, training-set size) of a linear-probe study on cached features,
 :func:`sweep_pending` trains every head x learning rate x weight decay x seed together
-(analysis.training.sweep, with successive halving), chooses each head's setting on validation
-(analysis.studies.lr_grid; a head chosen at an end of the grid gets one more learning rate that
-way, trained in a second pass), and writes each head's chosen member of every seed as the
-study's run directory: the rest of the study (robustness, shifts, the report) reads those runs
-as if each had trained alone. ``sweeps/MODEL-nN/`` keeps what the pass measured
-(``sweep.json``, ``sweep.csv``, ``lr.png``) and the chosen members' weights (``chosen.pt``), so
-an invocation interrupted while writing the runs finishes them without training again; one
-interrupted while training resumes from the sweep's progress (``state.pt``, written at most
-every ``--ckpt-minutes``: analysis.training.sweep_state).
+(analysis.training.sweep), chooses each head's setting on validation (analysis.studies.lr_grid)
+and writes each head's chosen member of every seed as the study's run directory, so the rest of
+the study reads them as if each had trained alone. ``sweeps/MODEL-nN/`` keeps what the pass
+measured and the chosen weights (``chosen.pt``), so an interrupted invocation resumes without
+training again (or from ``state.pt``, analysis.training.sweep_state, if it was still training).
 """
 
 from __future__ import annotations

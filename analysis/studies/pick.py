@@ -1,19 +1,12 @@
 """Which head should this backbone have? Every head that applies, trained on one feature cache.
 
 :func:`run_pick` is a head comparison study (analysis.studies.runner) on one backbone and one
-training-set size: every head kind registered in ``surgery.HEADS`` that builds on the backbone
-(``original`` included where the model has a classifier of its own: the baseline), plus the
-fixed list :data:`VARIANTS` of hidden / dropout variants, each for every seed. Under the
-default linear probe the backbone's features are extracted once and every run trains its head
-on them, every head at every learning rate of a grid in one pass (analysis.studies.onepass),
-each keeping its best on validation. The runs' validation accuracy gives a ranked table
-(:func:`pick_rows`), compared with the best head pairwise over the seeds, and a one-line
-recommendation with its reason (analysis.studies.recommend); analysis.studies.pick_report
-writes ``pick.md``, ``pick.csv``, ``pick.json``, ``pick.png``, ``sweep.csv`` and ``lr.png``.
-
-Seeds share a pool of ``train_size`` + validation images (a fixed stratified subset of the
-training split); each seed draws its own validation split from it, so the spread over seeds
-covers both the split and the head's initialisation.
+training-set size: every kind of ``surgery.HEADS`` that builds on the backbone plus the
+:data:`VARIANTS`, each for every seed, by default in one pass over cached features
+(analysis.studies.onepass). :func:`pick_rows` ranks them by validation accuracy,
+analysis.studies.recommend gives the recommendation and analysis.studies.pick_report writes
+the files. Seeds share one pool of ``train_size`` + validation images and each draws its own
+validation split from it. See docs/pick-head.md.
 """
 
 from __future__ import annotations

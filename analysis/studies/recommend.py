@@ -1,18 +1,12 @@
 """Which head to recommend: the smallest one the evidence cannot tell from the best.
 
-Every head is trained on the same seeds, and a seed fixes the validation split, the training
-subset and the batch order for every head, so the evidence about two heads is the paired
-difference per seed, not each head's own spread. The rule, stated once:
-
-1. The **best** head has the highest mean validation accuracy over the seeds.
-2. Every other head is compared with it by a one-sided paired t-test over the seeds (is the
-   head's accuracy lower?), and the p-values of the m heads compared are corrected for their
-   number with Holm's step-down method.
-3. A head is **clearly worse** when its corrected p is below 0.05, else **within noise** of the
-   best; with fewer than two seeds no head can be told from the best by this test, so only the
-   best is recommended.
-4. The recommendation is the head with the fewest parameters among the best and the heads
-   within noise (ties: the higher mean accuracy).
+A seed fixes the validation split, training subset and batch order for every head, so the
+evidence is the paired difference per seed. The rule, stated once: the **best** head has the
+highest mean validation accuracy; every other head gets a one-sided paired t-test over the
+seeds (is it lower?), Holm-corrected over the heads compared, and is **clearly worse** when
+that p < 0.05, else **within noise** (with fewer than two seeds, only the best is left). The
+recommendation is the head with the fewest parameters among the best and those within noise
+(ties: the higher mean accuracy).
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
-"""Running a head comparison study: every pending run of the grid, resumable, in this process or
-in child processes, then the report.
+"""Running a head comparison study: every pending run of the grid, resumable, then the report.
 
-Resuming is the default: a combination whose run directory has ``summary.json`` (and
-``robustness.json``) is skipped, an interrupted one continues from its ``last.pt``.
-``shard=(i, n)`` runs only combinations ``i, i + n, i + 2n, ...`` (0-based) of the fixed order, so
-n machines split one study; analysis.studies.collect merges their directories into one report.
-With ``jobs >= 1`` the runs go to that many worker processes (analysis.studies.pool), each
-importing torch and timm once and running many of them; a crash loses one run (the worker is
-replaced). ``jobs=0`` runs them in this process. Either way each run's peak memory is its
-own (analysis.training resets the peak at the start of a run), and each run directory is locked
-while a job runs it: a run that another process (an earlier invocation, or its orphaned worker)
-is running is left alone and reported busy.
+A run directory with ``summary.json`` (and ``robustness.json``) is skipped, an interrupted one
+continues from its ``last.pt``. ``shard=(i, n)`` runs combinations ``i, i + n, ...`` of the
+fixed order, so n machines split one study (analysis.studies.collect merges them). With
+``jobs >= 1`` the runs go to reusable worker processes (analysis.studies.pool), ``jobs=0`` runs
+them in this process. Each run directory is locked while a job runs it: a run another process
+holds is left alone and reported busy. See docs/studies.md.
 """
 
 from __future__ import annotations

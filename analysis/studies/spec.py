@@ -27,23 +27,20 @@ KEEP = ("best", "none", "all")  # checkpoints a finished run keeps
 
 @dataclass
 class StudySpec:
-    """The grid and the settings every run shares.
+    """The grid (models x heads x train sizes x seeds) and the settings every run shares.
 
-    ``base`` holds TrainConfig fields (dataset, epochs, img_size, lr, ...);
-    ``robust_sizes`` the input sizes (px) each trained model is evaluated at (empty: around the
-    training size, see analysis.studies.robustness.default_sizes), ``robust_images`` how many test
-    images that uses (None: all), ``robustness`` whether to evaluate them at all; ``test_size``
-    a stratified subset of the official test split, the same images for every run (None: all of
-    it), to bound the cost of testing on a CPU.
-    ``shifts``: pixel shifts each trained model is evaluated at (analysis.studies.shifts; empty:
-    none), on ``shift_images`` stratified test images. ``keep``: what a finished run keeps of
-    its checkpoints (``best``: best.pt only, ``none``: neither, ``all``: best.pt and last.pt).
-    ``head_lr``: learning rates that differ from ``base['lr']`` for some heads, by head label
-    (a 120 M-parameter Flatten+Dense head diverges at a rate a 2,565-parameter GAP head needs).
-    ``lrs`` / ``weight_decays``: grids a frozen-backbone study searches per head (empty: the one
-    value of ``base``); ``one_pass``: its runs train together over the feature cache
-    (analysis.studies.onepass), with successive halving after the fractions ``prune_at`` of
-    the epochs keeping ``prune_keep`` of each head's settings.
+    Args:
+        base: TrainConfig fields of every run (dataset, epochs, img_size, lr, ...).
+        robust_sizes: input sizes (px) each trained model is tested at when ``robustness``
+            (empty: around the training size), on ``robust_images`` test images (None: all).
+        test_size: a stratified subset of the test split, the same for every run (None: all).
+        shifts: pixel shifts each trained model is evaluated at, on ``shift_images`` test images.
+        keep: checkpoints a finished run keeps (``best``: best.pt, ``none``, ``all``: both).
+        head_lr: learning rates by head label where a head needs its own (a 120 M-parameter
+            Flatten+Dense head diverges at the rate a GAP head needs).
+        lrs, weight_decays: grids a frozen-backbone study searches per head (empty: ``base``'s).
+        one_pass: train those runs together over the feature cache (analysis.studies.onepass),
+            halving each head's settings to ``prune_keep`` after the fractions ``prune_at``.
     """
 
     models: tuple[str, ...]

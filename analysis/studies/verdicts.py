@@ -1,14 +1,10 @@
 """The verdict rule for a claim measured over seeds, stated once and applied everywhere.
 
-A claim says one head is better than another on some figure (higher test accuracy, a smaller
-train-test gap, ...). Runs with the same seed share the data subset, batch order and backbone,
-so the evidence is the paired difference per seed, ``claimed - other`` signed so that the claim
-predicts a positive value. With a two-sided paired t-test over the seeds (scipy.stats.ttest_rel):
-
-- **holds**: the mean difference is in the claimed direction and p < 0.05;
-- **holds weakly**: in the claimed direction, p >= 0.05 (or too few seeds for a test);
-- **does not hold**: in the opposite direction with p < 0.05;
-- **not supported**: otherwise (opposite direction without p < 0.05, or no difference).
+Runs with the same seed share data subset, batch order and backbone, so the evidence is the
+paired difference per seed, signed so that the claim predicts a positive value, tested with a
+two-sided paired t-test (scipy.stats.ttest_rel). **holds**: claimed direction, p < 0.05;
+**holds weakly**: claimed direction, p >= 0.05 or too few seeds; **does not hold**: opposite
+direction, p < 0.05; **not supported**: otherwise. docs/studies/README.md states it for readers.
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Fine-tuning: a swapped model trained on in-memory data, with a run directory to resume from.
 
 Reading order for one run: :class:`TrainConfig` (config) -> :func:`train` (launch: the run
-directory claimed under a lock, a resume checked against the run's config) -> the loop (loop:
-epochs, steps, checkpoints, the final test) -> the pieces it assembles (parts: data, model,
-optimiser, sampler) -> one optimiser step and evaluation (step) -> what is written (rundir,
+directory claimed, a resume checked) -> the loop (loop) -> what it assembles (parts: data,
+model, optimiser, sampler) -> one step and evaluation (step) -> what is written (rundir,
 checkpoints) -> DDP under torchrun (distributed). Frozen-backbone epochs train the head on
-cached features (cached; a study warms one cache for all its runs: shared_cache). On a cluster:
-the launcher options and submitit's executor (cluster), one fine-tune as a multi-node DDP job
-(cluster_job), and what Slurm's queue says about a job (scheduler, also asked by the
-run-directory lock).
+cached features (cached, shared_cache); sweep trains many heads in one pass. Cluster launch:
+cluster, cluster_job and scheduler.
 """
 
 from .cached import cache_decision, feature_requests, head_costs, merge_requests

@@ -1,16 +1,12 @@
 """Frozen-backbone epochs on cached features: the head trains on what the backbone gave once.
 
-Under a linear probe (and the head-only epochs of two-stage) the backbone's features of an image
-never change, so :func:`features_feed` extracts them once (analysis.features) and the epochs feed
-``model.head`` from the cache with the same optimiser, schedule, batch order, step and
-evaluation as the uncached run: with float32 storage the two end with the same head weights and
-metrics (up to float rounding, 1e-5 relative). The cache key covers the backbone's weights (a
-digest of its state dict), the data set and its images, the image size, the normalisation and
-the view, so a cache is only ever read by runs whose backbone would compute the same features.
-
-:func:`cache_decision` says when ``--feature-cache auto`` applies; :func:`feature_requests`
-describes what a run needs (a study merges its runs' requests to extract every image once);
-:func:`head_costs` counts parameters and MACs without tracing the backbone for every head.
+Under a linear probe (and two-stage's head-only epochs) :func:`open_features` extracts the
+backbone's features once (analysis.features) and the epochs feed ``model.head`` from the cache
+with the same optimiser, schedule, batch order, step and evaluation as the uncached run (with
+float32 storage, the same results up to float rounding). The cache key covers everything that
+changes the features (docs/feature-cache.md). :func:`cache_decision` says when
+``--feature-cache auto`` applies, :func:`feature_requests` what a run needs, and
+:func:`head_costs` counts a head's parameters and MACs without tracing the backbone again.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """Checkpoints of a training run and the RNG / per-rank state that makes resume exact.
 
-``best.pt`` and ``last.pt`` are ``surgery.save`` files (``surgery.load`` rebuilds the model from
-either); ``last.pt`` also holds the optimiser, scaler, global RNG states, the measurements so far
-and the position inside the epoch. Under DDP every rank's RNG, augmentation generator and running
-sums are gathered into it, so a run resumed with the same number of processes continues exactly;
-from an epoch boundary it resumes with any number.
-
-A run whose backbone never trains (a linear probe on cached features) does not write its
-frozen backbone every epoch: its ``last.pt`` and, until the run ends, its ``best.pt`` hold the
-head only (:func:`save_head_checkpoint`, format ``headswap-head``); the backbone is rebuilt
-from the run's config, and its weights digest is checked on resume. At the end ``best.pt`` is
-rewritten as a whole model, which ``surgery.load`` opens.
+``best.pt`` and ``last.pt`` are ``surgery.save`` files; ``last.pt`` also holds the optimiser,
+scaler, RNG states, the measurements so far and the position inside the epoch, and under DDP
+every rank's RNG, augmentation generator and running sums. A linear probe on cached features
+keeps the head alone in ``last.pt`` and, until the run ends, in ``best.pt``
+(:func:`save_head_checkpoint`, format ``headswap-head``); the backbone is rebuilt from the
+config and its weights digest checked on resume, and ``best.pt`` ends as a whole model.
 """
 
 from __future__ import annotations

@@ -35,24 +35,22 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
           on_start: StepHook | None = None) -> dict[str, Any]:
     """Run (or resume) one fine-tuning run and return its summary (also in ``summary.json``).
 
-    ``resume=RUN_DIR`` continues a run from its ``last.pt``; ``options`` are the training
-    options the caller gave with it: any that differs from the run's config is refused
-    (analysis.training.resume), as a resumed run must end as the uninterrupted one would.
-    ``data`` (a DataSplits) skips loading when the caller (a study) already holds the splits.
-    ``on_start`` receives ``{status, run_dir, epoch, step, epochs, steps_per_epoch}`` once the
-    run is assembled (status ``new``, ``resumed``, ``restarted`` without a checkpoint, or
-    ``finished``); ``on_step`` receives ``{epoch, step, global_step, loss, model, optimizer}``
-    after every optimiser step (a hook may raise to stop the run); ``on_epoch`` each epoch's
-    metrics row. Resuming a finished run returns its summary. Raises
-    :class:`NonFiniteLossError` when the loss or the weights become NaN or inf; ``last.pt``
-    then still holds the last good state.
+    The run directory is locked for the run (a second process gets :class:`RunInUseError`), and a
+    new run replaces an old one (``overwrite``) only after its first optimiser step. Started by
+    torchrun (``WORLD_SIZE`` > 1) without ``dist``, it joins the process group itself (gloo on CPU,
+    nccl on CUDA) and leaves it at the end. Raises :class:`NonFiniteLossError` when the loss or the
+    weights become NaN or inf; ``last.pt`` then still holds the last good state.
 
-    The run directory is locked for the run (analysis.training.lock; a second process gets
-    :class:`RunInUseError`). A new run replaces an old one (``overwrite``) only after its first
-    optimiser step, and one that fails before its first checkpoint leaves nothing behind.
-
-    Started by torchrun (``WORLD_SIZE`` > 1) and without ``dist``, it joins the process group
-    itself (gloo on CPU, nccl on CUDA, one GPU per ``LOCAL_RANK``) and leaves it at the end.
+    Args:
+        resume: a run directory to continue from its ``last.pt`` (a finished run: its summary).
+        options: the training options given with ``resume``; any that differs from the run's
+            config is refused (analysis.training.resume).
+        data: a DataSplits the caller (a study) already holds, used instead of loading.
+        on_start: called with ``{status, run_dir, epoch, step, epochs, steps_per_epoch}`` once the
+            run is assembled (status ``new``, ``resumed``, ``restarted`` or ``finished``).
+        on_step: called with ``{epoch, step, global_step, loss, model, optimizer}`` after every
+            optimiser step; it may raise to stop the run.
+        on_epoch: called with each epoch's metrics row.
     """
     if resume is not None:
         run_dir = Path(resume)

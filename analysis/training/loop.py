@@ -1,20 +1,12 @@
 """The loop of one fine-tuning run: epochs of steps, metrics, checkpoints and the final test.
 
-:class:`RunLoop` is what :func:`analysis.training.train` (analysis.training.launch) runs once it
-holds the run directory: it assembles the run (analysis.training.parts: the model from
-``surgery.swap_head``, in-memory data from analysis.data), trains it and writes the run
-directory through analysis.training.outputs. Each epoch records train loss/accuracy measured in eval
-mode on a fixed train sample, validation loss/accuracy, their gap, time, img/s and peak memory.
-
-Resume is exact: checkpoints (analysis.training.checkpoints) hold the model, optimiser, RNG states and the
-position inside the epoch, and batch order and augmentation are functions of (seed, epoch), so on CPU a resumed run
-ends with the same metrics as an uninterrupted one.
-
-Under ``torchrun`` (analysis.training.distributed) the same loop runs in every process with the model in
-DistributedDataParallel: each rank trains on its own shard of every epoch (EpochSampler's
-``rank`` / ``world_size``), evaluation sums are reduced so every sample counts once, and only
-rank 0 writes the run directory and shows the progress bar. Checkpoints hold every rank's RNG
-and augmentation state, so a run resumed with the same number of processes continues exactly.
+:class:`RunLoop` is what :func:`analysis.training.train` runs once it holds the run directory:
+it assembles the run (analysis.training.parts), trains it and writes the run directory (analysis.training.outputs). Each
+epoch records train loss/accuracy in eval mode on a fixed train sample, validation
+loss/accuracy, their gap, time, img/s and peak memory. Checkpoints hold the RNG states and the
+position inside the epoch, and batch order and augmentation depend only on (seed, epoch), so on
+CPU a resumed run ends as an uninterrupted one. Under ``torchrun`` every rank trains its shard
+of each epoch in DistributedDataParallel, evaluation sums are reduced, and only rank 0 writes.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ def resolve_system(cfg: TrainConfig) -> dict[str, Any]:
             amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             amp_dtype = torch.bfloat16
-    # channels-last: faster convolutions on CUDA and with oneDNN on CPU (1.9x for mobilenetv3
-    # in benchmarks/train_throughput.py), the same for models without 2-D convolutions
+    # channels-last: faster convolutions on CUDA and with oneDNN on CPU
+    # (benchmarks/train_throughput.py), the same for models without 2-D convolutions
     channels_last = True if cfg.channels_last is None else cfg.channels_last
     return {"device": device, "amp_dtype": amp_dtype, "channels_last": channels_last}
 
@@ -96,18 +96,14 @@ def build_model(cfg: TrainConfig, data: DataSplits, img_size: int, fresh: bool =
                 ) -> tuple[HeadSwapped, int, tuple[float, ...], tuple[float, ...]]:
     """``swap_head`` for the run; returns the model, its input channels and the normalisation.
 
-    From scratch the model takes the data's channels and the data's own statistics; pretrained
-    (or from a checkpoint) it keeps 3 channels (grayscale is repeated) and its own mean / std;
-    from a headswap model file (a run's ``best.pt``) the channels, timm options and mean / std
-    its backbone was trained with. The mean / std go into the model's recipe, so every file
-    saved from the run carries them.
-    Under a frozen backbone (linear probe, two-stage) the statistics from scratch are those of the
-    whole training pool, not of this seed's subset: the same for every seed, so that one feature
-    cache serves them all, with the cache on or off alike.
-    ``fresh=False`` (resuming) skips downloading weights that the checkpoint replaces anyway.
-    The head is initialised from :func:`head_init_seed` once the backbone is built. ``backbone``:
-    a timm model built as this config builds it (the same seed, weights and options), copied
-    instead of building another (a sweep builds many heads on one).
+    From scratch the model takes the data's channels and statistics (under a frozen backbone
+    those of the whole training pool, the same for every seed, so one feature cache serves them
+    all); pretrained it keeps 3 channels (grayscale is repeated) and its own mean / std; from a
+    headswap model file, what its backbone was trained with. The mean / std go into the recipe,
+    so every saved file carries them. ``fresh=False`` (resuming) skips downloading weights the
+    checkpoint replaces. ``backbone``: a timm model built as this config builds it, copied instead
+    of building another (a sweep builds many heads on one). The head is initialised from
+    :func:`head_init_seed`.
     """
     import surgery
 
@@ -181,7 +177,7 @@ def build_optimizer(model: HeadSwapped, cfg: TrainConfig) -> torch.optim.Optimiz
 def make_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The run's optimiser over ``groups``: SGD (momentum, Nesterov) or AdamW, the fused AdamW
     where torch has it for the parameters (float tensors on CPU or CUDA): one pass over memory
-    per step instead of a dozen (10x faster on a 6.4 M-parameter head on this machine's CPU).
+    per step instead of a dozen.
     A sweep (analysis.training.stacked) gives each member one of these too."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)

@@ -1,13 +1,10 @@
 """The run directory: every file written atomically (temp file, then rename).
 
-A run killed at any moment leaves each file either at its previous or at its new content, never
-half-written: ``config.json``, ``metrics.csv``, ``metrics.jsonl``, ``summary.json``, ``best.pt``,
-``last.pt`` and ``curves.png``. The checkpoints ``best.pt`` and ``last.pt`` are written by
-analysis.training.checkpoints.
-
-A new run writes nothing until its first optimiser step has succeeded: only then does it
-replace a run it overwrites (``--overwrite``) and write ``config.json``; a run that fails before
-its first ``last.pt`` removes what it wrote. One process at a time holds a run directory
+A run killed at any moment leaves each file (``config.json``, ``metrics.csv``/``.jsonl``,
+``summary.json``, ``curves.png``; the checkpoints through analysis.training.checkpoints) at its
+previous or its new content, never half-written. A new run writes nothing, and replaces no run
+(``--overwrite``), until its first optimiser step has succeeded; one that fails before its
+first ``last.pt`` removes what it wrote. One process at a time holds a run directory
 (analysis.training.lock).
 """
 

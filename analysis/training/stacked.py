@@ -1,21 +1,12 @@
 """Many heads of one kind as one stack: a learning-rate x weight-decay sweep in one wider pass.
 
-:class:`StackedHeads` holds ``L`` heads built alike (the same spec on the same features and the
-same seed, so the same initial weights) as stacked parameters, member ``i`` of every tensor
-being head ``i``. Three ways run them, the fastest that applies:
-
-- ``mlp``: a head whose pooling has no parameters (gap, gmp, gapmp, flatten, spp) followed by
-  Linear / ReLU / Dropout layers pools once, and its first Linear is one matmul ``L`` times as
-  wide (later ones one batched matmul);
-- ``vmap``: ``torch.func.vmap`` over ``functional_call`` of one template (features not copied,
-  parameter-free work once), when that is faster than
-- ``loop``: one member at a time on the same stacked tensors (a Linear on an unbatched 3-D
-  input, or a module vmap cannot batch).
-
-Members share one seed, so the dropout masks each would draw alone (from the global stream
-seeded by analysis.training.step_seed) are the same for all of them: the stack draws each mask
-once, in the order and shape ``nn.Dropout`` draws it, from its own generator. Each member has
-its own optimiser (analysis.training.stacked_optim).
+:class:`StackedHeads` holds ``L`` heads built alike (same spec, features and seed) as stacked
+parameters, member ``i`` of every tensor being head ``i``, and runs them the fastest way that
+applies: ``mlp`` (a parameter-free pooling then Linear / ReLU / Dropout: pooled once, the first
+Linear one matmul ``L`` times as wide), ``vmap`` (``torch.func.vmap`` over one template) or
+``loop`` (one member at a time), vmap or loop as timed once. Members share one seed, so the
+stack draws each dropout mask once, as ``nn.Dropout`` would for each member alone. Each member
+has its own optimiser (analysis.training.stacked_optim).
 """
 
 from __future__ import annotations

@@ -39,9 +39,7 @@ LARGE_HEADS = 20_000_000  # parameters from which heads' matmuls gain from every
 @contextmanager
 def head_threads(device: torch.device, params: int = 0) -> Iterator[None]:
     """One CPU thread while heads train on cached features: a head's small operations wait on
-    thread synchronisation more than they gain (a linear head's step measured 2.3 ms on one
-    thread and 154 ms on two on this 2-core machine while other jobs loaded it; a sweep of 315
-    heads ran 4x slower on two threads beside a test run). Heads of :data:`LARGE_HEADS`
+    thread synchronisation more than they gain from a second thread. Heads of :data:`LARGE_HEADS`
     ``params`` or more (a 4096-wide MLP on a 7x7 grid) keep every thread: their matmuls are
     large enough to share. Other devices are left alone."""
     if torch.device(device).type != "cpu" or params >= LARGE_HEADS:

@@ -1,17 +1,12 @@
 """Every head x learning rate x weight decay x seed of one frozen backbone, trained in one pass.
 
-Under a frozen backbone each run trains a small head on cached features; run one at a time, a
-study spends its time setting runs up rather than training. :class:`Sweep` assembles each
-(head, seed) once as its run alone would be assembled (analysis.training.parts: the same data
-split, head initialisation, feature cache, batch order and schedule), stacks that head's
-learning-rate x weight-decay members (analysis.training.stacked) and trains every stack
-together: each seed's batch of features is gathered once per step and every stack of that seed
-reads it; every member is evaluated on the training sample and the validation split after each
-epoch. A member ends where the same run alone ends (float32 cache: logits within 1e-5
-relative, tested), and each member is its own: one whose loss or weights become NaN or inf is
-recorded as ``diverged`` and the others go on; successive halving (:class:`Halving`) records
-hopeless settings as ``pruned``. :func:`analysis.training.sweep_runs.write_member_run` writes a member as a run directory like
-``train()``'s (config, metrics, summary, curves, a whole-model ``best.pt``).
+Run one at a time, small heads on cached features spend their time being set up. :class:`Sweep`
+assembles each (head, seed) once as its run alone would be (analysis.training.parts), stacks
+its learning-rate x weight-decay members (analysis.training.stacked) and trains all stacks
+together, each seed's batch gathered once per step. A member ends where its run alone ends
+(float32 cache: logits within 1e-5 relative, tested); one that becomes NaN or inf is
+``diverged``, :class:`Halving` marks hopeless ones ``pruned``, and :func:`analysis.training.sweep_runs.write_member_run` writes a member as a run directory like
+``train()``'s.
 """
 
 from __future__ import annotations
