@@ -5,8 +5,8 @@ assembles each (head, seed) once as its run alone would be (analysis.training.pa
 its learning-rate x weight-decay members (analysis.training.stacked) and trains all stacks
 together, each seed's batch gathered once per step. A member ends where its run alone ends
 (float32 cache: logits within 1e-5 relative, tested); one that becomes NaN or inf is
-``diverged``, :class:`Halving` marks hopeless ones ``pruned``, and :func:`analysis.training.sweep_runs.write_member_run` writes a member as a run directory like
-``train()``'s.
+``diverged``, :class:`Halving` marks hopeless ones ``pruned``; a member is written as a run
+directory like ``train()``'s by analysis.training.sweep_runs.
 """
 
 from __future__ import annotations
