@@ -32,7 +32,7 @@ from _cli import CliParser, positive_int, run
 from tqdm import tqdm
 
 import surgery
-from analysis.export import DEFAULT_OPSET, CpuBudgetExceeded, cpu_budget, require_export
+from analysis.export import DEFAULT_OPSET, require_export
 from analysis.export.coverage import (
     LAYOUTS,
     Candidate,
@@ -44,7 +44,7 @@ from analysis.export.coverage import (
 )
 from analysis.export.coverage_report import render_markdown, summarise
 from analysis.machine import describe_machine
-from analysis.studies.worker import die_with_parent
+from analysis.runtime import CpuBudgetExceeded, cpu_budget, die_with_parent
 
 __all__ = ["build_parser", "main", "run_order"]
 

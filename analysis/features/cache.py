@@ -4,7 +4,7 @@
 extract them) and a :class:`Storage` policy. It looks in this process first (a study running
 in-process shares one table across its heads and seeds), then, for on-disk caches, in the cache
 directory for a file with the same key that covers the images, under the directory lock of
-:mod:`analysis.data.lock` (the one a data set download takes), so that
+:mod:`analysis.runtime.cache_lock` (the one a data set download takes), so that
 several processes asking at once build it once. A truncated, damaged or other-version file is
 removed and rebuilt with a one-line warning. Under torchrun each rank extracts its block of the
 images; in memory the blocks are gathered to every rank, on disk rank 0 joins the ranks' part
@@ -29,8 +29,8 @@ import torch
 from surgery import atomic_write, one_line
 
 from ..data import Images, take
-from ..data.lock import exclusive_lock
 from ..reporting import progress_bar
+from ..runtime import exclusive_lock
 from .extract import Extractor, shard_block
 from .keys import CacheKey
 from .store import DTYPES, CacheFileError, FeatureTable, read_header, read_table, write_table

@@ -5,7 +5,7 @@ Resuming is the default: a combination whose run directory has ``summary.json`` 
 ``robustness.json``) is skipped, an interrupted one continues from its ``last.pt``.
 ``shard=(i, n)`` runs only combinations ``i, i + n, i + 2n, ...`` (0-based) of the fixed order, so
 n machines split one study; analysis.studies.collect merges their directories into one report.
-With ``jobs >= 1`` the runs go to that many worker processes (analysis.studies.pool), each
+With ``jobs >= 1`` the runs go to that many worker processes (analysis.runtime.worker_pool), each
 importing torch and timm once and running many of them; a crash loses one run (the worker is
 replaced). ``jobs=0`` runs them in this process. Either way each run's peak memory is its
 own (analysis.training resets the peak at the start of a run), and each run directory is locked
@@ -37,17 +37,10 @@ from surgery import (
 
 from ..data import decodes_files
 from ..reporting import progress_bar, pyplot
-from ..training import (
-    RunInUseError,
-    TrainConfig,
-    load_run_data,
-    lock_run_dir,
-    train,
-    warm_feature_caches,
-)
+from ..runtime import Job, RunInUseError, WorkerPool, lock_run_dir
+from ..training import TrainConfig, load_run_data, train, warm_feature_caches
 from .collect import is_done, load_records, settings_mismatch
 from .onepass import one_pass_applies, sweep_pending
-from .pool import Job, WorkerPool
 from .report import write_report
 from .robustness import evaluate_run
 from .shifts import SHIFT_FILE, evaluate_run_shifts

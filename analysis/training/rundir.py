@@ -8,7 +8,7 @@ analysis.training.checkpoints.
 A new run writes nothing until its first optimiser step has succeeded: only then does it
 replace a run it overwrites (``--overwrite``) and write ``config.json``; a run that fails before
 its first ``last.pt`` removes what it wrote. One process at a time holds a run directory
-(analysis.training.lock).
+(analysis.runtime.run_lock).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import export_coverage as tool
 import pytest
 
 from analysis.export.coverage import Candidate
-from analysis.training.scheduler import process_alive
+from analysis.runtime import process_alive
 
 ARGS = ["--models", "test_resnet", "test_vit", "--opset", "17", "--jobs", "1", "--no-progress"]
 
