@@ -11,7 +11,8 @@ The one room for process plumbing; every other subpackage uses it and it uses no
   :func:`ignore_interrupts` / :func:`sigterm_as_interrupt` (signals).
 - clusters: the ``--launcher`` / ``--slurm-*`` options (launcher), submitit's executors and
   requeueing (submitit_glue), what Slurm's queue and the process table say (scheduler).
-
+- sweeps: a resumable JSONL store, a pool with a per-item budget, and the report files of the
+  zoo sweeps (sweep; the sweeps themselves are in analysis.sweeps).
 """
 
 from .budgets import (
@@ -20,6 +21,7 @@ from .budgets import (
     WallBudgetExceeded,
     budget,
     cpu_budget,
+    one_torch_thread,
     wall_budget,
 )
 from .cache_lock import exclusive_lock
@@ -61,18 +63,20 @@ from .submitit_glue import (
     requeue,
     require_submitit,
 )
+from .sweep import ItemBudget, JsonlStore, SweepRun, command_line, run_sweep, write_files
 from .worker import die_with_parent, output_to
 from .worker_pool import Job, JobResult, WorkerPool
 
 __all__ = [
     "BUDGET_KINDS", "CLUSTER_EXTRA", "LAUNCHERS", "LOCK_FILE", "SLURM_LIVE", "START_METHODS",
-    "CpuBudgetExceeded", "Job", "JobResult", "RunInUseError", "SlurmOptions",
-    "WallBudgetExceeded", "WorkerPool", "add_launcher_options", "budget", "can_fork",
-    "cancel_slurm_jobs", "cpu_budget", "cpu_cores", "describe_owner", "die_with_parent",
-    "exclusive_lock", "export_torch_distributed", "has_submitit", "ignore_interrupts",
-    "job_environment", "job_error_line", "lock_owner", "lock_run_dir", "make_executor",
-    "map_unordered", "output_to", "parse_mem", "parse_time", "process_alive", "process_pool",
-    "read_owner", "refuse_slurm_flags", "require_submitit", "requeue", "run_owner",
-    "sigterm_as_interrupt", "slurm_end_states", "slurm_options_from_args", "slurm_queue",
-    "stop_process", "wall_budget",
+    "CpuBudgetExceeded", "ItemBudget", "Job", "JobResult", "JsonlStore", "RunInUseError",
+    "SlurmOptions", "SweepRun", "WallBudgetExceeded", "WorkerPool", "add_launcher_options",
+    "budget", "can_fork", "cancel_slurm_jobs", "command_line", "cpu_budget", "cpu_cores",
+    "describe_owner", "die_with_parent", "exclusive_lock", "export_torch_distributed",
+    "has_submitit", "ignore_interrupts", "job_environment", "job_error_line", "lock_owner",
+    "lock_run_dir", "make_executor", "map_unordered", "one_torch_thread", "output_to", "parse_mem",
+    "parse_time", "process_alive", "process_pool", "read_owner", "refuse_slurm_flags",
+    "require_submitit", "requeue", "run_owner", "run_sweep", "sigterm_as_interrupt",
+    "slurm_end_states", "slurm_options_from_args", "slurm_queue", "stop_process", "wall_budget",
+    "write_files"
 ]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["BUDGET_KINDS", "CpuBudgetExceeded", "WallBudgetExceeded", "budget", "cpu_budget",
-           "wall_budget"]
+           "one_torch_thread", "wall_budget"]
 
 BUDGET_KINDS = ("cpu", "wall")
 
@@ -123,3 +123,11 @@ def budget(kind: str, seconds: float | None) -> contextlib.AbstractContextManage
     if kind == "wall":
         return wall_budget(seconds)
     raise ValueError(f"unknown budget kind {kind!r}; choose one of {', '.join(BUDGET_KINDS)}")
+
+
+def one_torch_thread() -> None:
+    """A sweep worker's share of the CPU: one torch thread (the sweep runs one item per core,
+    and CPU-second budgets then mean one core's time)."""
+    import torch
+
+    torch.set_num_threads(1)
