@@ -12,7 +12,7 @@ The one room for process plumbing; every other subpackage uses it and it uses no
 - clusters: the ``--launcher`` / ``--slurm-*`` options (launcher), submitit's executors and
   requeueing (submitit_glue), what Slurm's queue and the process table say (scheduler).
 - sweeps: a resumable JSONL store, a pool with a per-item budget, and the report files of the
-  zoo sweeps (sweep; the sweeps themselves are in analysis.sweeps).
+  zoo sweeps (zoo_sweep; the sweeps themselves are in analysis.sweeps).
 """
 
 from .budgets import (
@@ -63,9 +63,9 @@ from .submitit_glue import (
     requeue,
     require_submitit,
 )
-from .sweep import ItemBudget, JsonlStore, SweepRun, command_line, run_sweep, write_files
 from .worker import die_with_parent, output_to
 from .worker_pool import Job, JobResult, WorkerPool
+from .zoo_sweep import ItemBudget, JsonlStore, SweepRun, command_line, run_sweep, write_files
 
 __all__ = [
     "BUDGET_KINDS", "CLUSTER_EXTRA", "LAUNCHERS", "LOCK_FILE", "SLURM_LIVE", "START_METHODS",

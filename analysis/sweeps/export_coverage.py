@@ -1,6 +1,6 @@
 """Export coverage as a sweep: ONNX export + onnxruntime verification over a sample of the zoo.
 
-Each architecture x head of the sample (analysis.export.coverage) is exported and verified, one
+Each architecture x head of the sample (analysis.sweeps.export_checks) is exported and verified, one
 architecture per worker task; rows are appended to a JSONL cache as they finish, so an
 interrupted run, or a run with a new head, resumes: only missing pairs are computed.
 Architectures run layout by layout in turn, each layout's smallest first (a run cut short has
@@ -22,16 +22,6 @@ from typing import Any
 import surgery
 
 from ..export import DEFAULT_OPSET, require_export
-from ..export.coverage import (
-    LAYOUTS,
-    Candidate,
-    coverage_heads,
-    coverage_rows,
-    failure_row,
-    sample_architectures,
-    zoo_candidates,
-)
-from ..export.coverage_report import render_markdown, summarise
 from ..machine import describe_machine
 from ..runtime import (
     CpuBudgetExceeded,
@@ -41,6 +31,16 @@ from ..runtime import (
     run_sweep,
     write_files,
 )
+from .export_checks import (
+    LAYOUTS,
+    Candidate,
+    coverage_heads,
+    coverage_rows,
+    failure_row,
+    sample_architectures,
+    zoo_candidates,
+)
+from .export_coverage_report import render_markdown, summarise
 
 __all__ = ["ExportCoverageSettings", "Task", "export_coverage_sweep", "export_pairs", "run_order"]
 

@@ -1,6 +1,6 @@
 """Zoo coverage as a sweep: every head kind on every timm architecture, resumable.
 
-Each architecture is checked by surgery.coverage.check_architecture.
+Each architecture is checked by analysis.sweeps.zoo_checks.check_architecture.
 
 Records accumulate in ``OUT_DIR/zoo_coverage.jsonl`` (one per architecture; a later check of
 more head kinds is merged into the earlier record); :func:`zoo_coverage_sweep` checks what is
@@ -22,11 +22,11 @@ import timm
 import torch
 
 from surgery import check_writable, expand_model_names
-from surgery.coverage import check_architecture, check_timm_max, merge_records, summarize
-from surgery.coverage_report import render_markdown
 
 from ..machine import describe_machine
 from ..runtime import JsonlStore, map_unordered, one_torch_thread, run_sweep, write_files
+from .zoo_checks import check_architecture, check_timm_max, merge_records, summarize
+from .zoo_coverage_report import render_markdown
 
 __all__ = ["ZooCoverageSettings", "timm_max_sweep", "zoo_coverage_sweep"]
 
@@ -115,7 +115,7 @@ def _missing(record: dict[str, Any] | None, heads: Sequence[str]) -> list[str]:
 
 def zoo_coverage_sweep(settings: ZooCoverageSettings, command: str) -> dict[str, Any]:
     """Check every missing (architecture, head) pair, resuming from the JSONL, and write
-    ``zoo_coverage.json`` / ``.md``; returns the summary (surgery.coverage.summarize).
+    ``zoo_coverage.json`` / ``.md``; returns the summary (zoo_checks.summarize).
     ``command``: the command line the report records. Ctrl-C keeps the records written."""
     names = _names(settings)
     store = JsonlStore(settings.out_dir / "zoo_coverage.jsonl", key=lambda r: r["model"])

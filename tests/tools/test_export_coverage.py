@@ -6,10 +6,10 @@ import json
 
 import export_coverage as tool
 
-import analysis.runtime.sweep as runtime_sweep
+import analysis.runtime.zoo_sweep as runtime_sweep
 import analysis.sweeps.export_coverage as sweep
-from analysis.export.coverage import Candidate
 from analysis.sweeps import export_pairs, run_order
+from analysis.sweeps.export_checks import Candidate
 
 ARGS = ["--models", "test_resnet", "test_vit", "--opset", "17", "--jobs", "1", "--no-progress"]
 
@@ -79,7 +79,7 @@ def test_report_only_computes_nothing_and_says_partial(tmp_path):
 def test_the_time_limit_counts_cpu_seconds_not_waiting(monkeypatch):
     import time
 
-    from analysis.export.coverage import failure_row
+    from analysis.sweeps.export_checks import failure_row
 
     def fake_rows(name, heads, opset, dynamo_budget):
         assert abs(dynamo_budget - 1 / 3) < 1e-9  # a third of the pair's CPU time
@@ -113,7 +113,7 @@ def test_run_order_takes_the_layouts_in_turn_smallest_first():
 
 
 def test_an_interrupted_run_keeps_its_rows_and_records_itself(tmp_path, monkeypatch, capsys):
-    from analysis.export.coverage import failure_row
+    from analysis.sweeps.export_checks import failure_row
 
     def pool(work, tasks, jobs, **options):
         yield [{**failure_row(tasks[0][0].name, h), "verified": True} for h in tasks[0][1]]
