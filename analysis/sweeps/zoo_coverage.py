@@ -126,6 +126,7 @@ def zoo_coverage_sweep(settings: ZooCoverageSettings, command: str) -> dict[str,
     def merged(rec: dict[str, Any]) -> list[dict[str, Any]]:
         return [merge_records(store.rows.get(rec["model"]), rec)]
 
+    machine = describe_machine()  # this process's threads, before a one-job sweep sets them
     run = run_sweep(_check, tasks, store, jobs=settings.jobs, rows=merged, fresh=settings.fresh,
                     start="spawn", max_tasks_per_child=_MAX_TASKS_PER_CHILD,
                     initializer=one_torch_thread, desc="architectures", unit="arch")
@@ -134,7 +135,7 @@ def zoo_coverage_sweep(settings: ZooCoverageSettings, command: str) -> dict[str,
     records = [store.rows[n] for n in names if n in store.rows]
     summary = summarize(records, settings.heads)
     meta = {"timm": timm.__version__, "torch": torch.__version__,
-            "python": platform.python_version(), "machine": describe_machine(),
+            "python": platform.python_version(), "machine": machine,
             "command": command, "seconds_this_run": round(run.seconds, 1),
             "num_classes": settings.num_classes,
             "worker_minutes": round(sum(r.get("seconds", 0) for r in records) / 60, 1)}
