@@ -8,7 +8,8 @@ The one room for process plumbing; every other subpackage uses it and it uses no
 - locks: :func:`lock_run_dir` (run_lock; one process per run directory, with an owner record
   a requeued Slurm job takes over) and :func:`exclusive_lock` (cache_lock; build a cache once).
 - budgets and signals: :func:`cpu_budget` / :func:`wall_budget` (budgets),
-  :func:`ignore_interrupts` / :func:`sigterm_as_interrupt` (signals).
+  :func:`ignore_interrupts` / :func:`sigterm_as_interrupt` (signals); :func:`run_command`
+  (commands) runs a command to its end, timed.
 - clusters: the ``--launcher`` / ``--slurm-*`` options (launcher), submitit's executors and
   requeueing (submitit_glue), what Slurm's queue and the process table say (scheduler).
 - sweeps: a resumable JSONL store, a pool with a per-item budget, and the report files of the
@@ -25,6 +26,7 @@ from .budgets import (
     wall_budget,
 )
 from .cache_lock import exclusive_lock
+from .commands import CommandRun, run_command
 from .launcher import (
     CLUSTER_EXTRA,
     LAUNCHERS,
@@ -69,14 +71,14 @@ from .zoo_sweep import ItemBudget, JsonlStore, SweepRun, command_line, run_sweep
 
 __all__ = [
     "BUDGET_KINDS", "CLUSTER_EXTRA", "LAUNCHERS", "LOCK_FILE", "SLURM_LIVE", "START_METHODS",
-    "CpuBudgetExceeded", "ItemBudget", "Job", "JobResult", "JsonlStore", "RunInUseError",
+    "CommandRun", "CpuBudgetExceeded", "ItemBudget", "Job", "JobResult", "JsonlStore", "RunInUseError",
     "SlurmOptions", "SweepRun", "WallBudgetExceeded", "WorkerPool", "add_launcher_options",
     "budget", "can_fork", "cancel_slurm_jobs", "command_line", "cpu_budget", "cpu_cores",
     "describe_owner", "die_with_parent", "exclusive_lock", "export_torch_distributed",
     "has_submitit", "ignore_interrupts", "job_environment", "job_error_line", "lock_owner",
     "lock_run_dir", "make_executor", "map_unordered", "one_torch_thread", "output_to", "parse_mem",
     "parse_time", "process_alive", "process_pool", "read_owner", "refuse_slurm_flags",
-    "require_submitit", "requeue", "run_owner", "run_sweep", "sigterm_as_interrupt",
+    "require_submitit", "requeue", "run_command", "run_owner", "run_sweep", "sigterm_as_interrupt",
     "slurm_end_states", "slurm_options_from_args", "slurm_queue", "stop_process", "wall_budget",
     "write_files"
 ]

@@ -103,7 +103,7 @@ def _earlier(store: JsonlStore, settings: ZooCoverageSettings) -> dict[str, dict
         redo = any(fnmatch.fnmatch(rec["model"], pat) for pat in settings.redo)
         if not (redo or (failed and settings.retry_failed)):
             done[str(model)] = rec
-    store.rows = dict(done)
+    store.rows = {model: rec for model, rec in done.items()}
     return done
 
 

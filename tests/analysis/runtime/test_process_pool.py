@@ -69,3 +69,13 @@ def test_pool_workers_die_with_a_parent_killed_alone(tmp_path):
         assert not any(map(process_alive, workers))
     finally:
         parent.kill()
+
+
+def test_run_command_times_a_command_and_keeps_its_output(tmp_path):
+    from analysis.runtime import run_command
+
+    log = tmp_path / "out.log"
+    done = run_command([sys.executable, "-c", "import sys; sum(range(10**6)); print('hi'); "
+                        "sys.exit(3)"], log=log, cwd=tmp_path)
+    assert done.code == 3 and log.read_text() == "hi\n"
+    assert done.wall_s >= done.cpu_s * 0.5 > 0

@@ -9,7 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 # what starts processes, takes locks or installs signal handlers
 PLUMBING = re.compile(r"\bflock\b|signal\.signal\(|\bmultiprocessing\b|ProcessPool|"
-                      r"subprocess\.Popen|^\s*(import|from) submitit\b", re.M)
+                      r"\bsubprocess\.|\bos\.(fork|system|spawn\w*|exec\w*)\(|"
+                      r"^\s*(import|from) (submitit|subprocess)\b", re.M)
 OTHER_ROOMS = ("training", "studies", "data", "export", "features", "sweeps", "costs",
                "saliency", "reporting")
 
@@ -19,7 +20,7 @@ def _sources(*folders: str) -> list[Path]:
 
 
 def test_no_module_outside_runtime_starts_processes_locks_or_handles_signals():
-    outside = [p for p in _sources("analysis", "surgery", "tools")
+    outside = [p for p in _sources("analysis", "surgery", "tools", "benchmarks")
                if "runtime" not in p.relative_to(ROOT).parts]
     found = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}" for p in outside
              for m in PLUMBING.finditer(p.read_text())]
@@ -37,3 +38,9 @@ def test_runtime_imports_no_other_room():
                 if top in OTHER_ROOMS:
                     found.append(f"{path.name}: from {module}")
     assert not found, found
+
+
+def test_the_room_test_sees_plumbing():
+    assert PLUMBING.search("import subprocess\n") and PLUMBING.search("x = subprocess.run(c)")
+    assert PLUMBING.search("fcntl.flock(fd, 2)") and PLUMBING.search("  from submitit import x")
+    assert not PLUMBING.search("Runs the tool in a subprocess with a fresh cache")

@@ -1,0 +1,44 @@
+"""Running a command to its end, timed: for benchmarks that measure a tool as a user runs it.
+
+:func:`run_command` starts the command as a child process, waits for it and reports its exit
+code, wall-clock seconds and CPU seconds (the child's and its waited-for descendants', from
+``RUSAGE_CHILDREN``: what the command cost, whatever else the machine was doing).
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CommandRun", "run_command"]
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    """One command's ``code`` (exit status), ``wall_s`` and ``cpu_s`` (user + system)."""
+
+    code: int
+    wall_s: float
+    cpu_s: float
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_command(cmd: Sequence[str], *, cwd: str | Path | None = None,
+                log: str | Path | None = None) -> CommandRun:
+    """Run ``cmd`` in ``cwd`` to its end, its stdout and stderr to ``log`` (default: this
+    process's), and time it."""
+    cpu, t0 = _children_cpu(), time.perf_counter()
+    if log is None:
+        code = subprocess.call(list(cmd), cwd=cwd)
+    else:
+        with open(log, "w") as f:
+            code = subprocess.call(list(cmd), stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
+    return CommandRun(code, time.perf_counter() - t0, _children_cpu() - cpu)
