@@ -26,7 +26,7 @@ from .budgets import (
     wall_budget,
 )
 from .cache_lock import exclusive_lock
-from .commands import CommandRun, run_command
+from .commands import CommandRun, child_environment, run_command
 from .launcher import (
     CLUSTER_EXTRA,
     LAUNCHERS,
@@ -54,6 +54,7 @@ from .scheduler import (
     slurm_end_states,
     slurm_queue,
     stop_process,
+    where_this_runs,
 )
 from .signals import ignore_interrupts, sigterm_as_interrupt
 from .submitit_glue import (
@@ -71,14 +72,15 @@ from .zoo_sweep import ItemBudget, JsonlStore, SweepRun, command_line, run_sweep
 
 __all__ = [
     "BUDGET_KINDS", "CLUSTER_EXTRA", "LAUNCHERS", "LOCK_FILE", "SLURM_LIVE", "START_METHODS",
-    "CommandRun", "CpuBudgetExceeded", "ItemBudget", "Job", "JobResult", "JsonlStore", "RunInUseError",
-    "SlurmOptions", "SweepRun", "WallBudgetExceeded", "WorkerPool", "add_launcher_options",
-    "budget", "can_fork", "cancel_slurm_jobs", "command_line", "cpu_budget", "cpu_cores",
-    "describe_owner", "die_with_parent", "exclusive_lock", "export_torch_distributed",
-    "has_submitit", "ignore_interrupts", "job_environment", "job_error_line", "lock_owner",
-    "lock_run_dir", "make_executor", "map_unordered", "one_torch_thread", "output_to", "parse_mem",
-    "parse_time", "process_alive", "process_pool", "read_owner", "refuse_slurm_flags",
-    "require_submitit", "requeue", "run_command", "run_owner", "run_sweep", "sigterm_as_interrupt",
-    "slurm_end_states", "slurm_options_from_args", "slurm_queue", "stop_process", "wall_budget",
+    "CommandRun", "CpuBudgetExceeded", "ItemBudget", "Job", "JobResult", "JsonlStore",
+    "RunInUseError", "SlurmOptions", "SweepRun", "WallBudgetExceeded", "WorkerPool",
+    "add_launcher_options", "budget", "can_fork", "cancel_slurm_jobs", "child_environment",
+    "command_line", "cpu_budget", "cpu_cores", "describe_owner", "die_with_parent",
+    "exclusive_lock", "export_torch_distributed", "has_submitit", "ignore_interrupts",
+    "job_environment", "job_error_line", "lock_owner", "lock_run_dir", "make_executor",
+    "map_unordered", "one_torch_thread", "output_to", "parse_mem", "parse_time", "process_alive",
+    "process_pool", "read_owner", "refuse_slurm_flags", "requeue", "require_submitit",
+    "run_command", "run_owner", "run_sweep", "sigterm_as_interrupt", "slurm_end_states",
+    "slurm_options_from_args", "slurm_queue", "stop_process", "wall_budget", "where_this_runs",
     "write_files"
 ]

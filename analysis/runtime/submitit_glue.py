@@ -20,6 +20,7 @@ from typing import Any
 
 from surgery import one_line
 
+from .commands import child_environment
 from .launcher import CLUSTER_EXTRA, LAUNCHERS, SlurmOptions
 
 try:  # optional: pip install submitit (headswap[cluster])
@@ -118,11 +119,11 @@ def _stdio_to(path: str | Path | None) -> Iterator[None]:
 
 @contextmanager
 def _environment(threads: int | None) -> Iterator[None]:
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, saved["PYTHONPATH"]]))
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    """This process's environment set to :func:`child_environment` while the block runs."""
+    keys = ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    child = child_environment(threads)
+    os.environ.update({k: child[k] for k in keys if k in child})
     try:
         yield
     finally:

@@ -37,12 +37,13 @@ from ..runtime import (
     requeue,
     require_submitit,
     stop_process,
+    where_this_runs,
 )
 from ..training import TrainConfig, warm_feature_caches
 from .collect import is_done, load_records
 from .jobs import BUSY_PREFIX, LOCAL_MARKER, RunState, record_cancelled, record_jobs, run_states
 from .report import write_report
-from .runner import open_study, pending_jobs, run_job, where_this_runs
+from .runner import open_study, pending_jobs, run_job
 from .spec import STUDY_FILE, StudySpec, combinations
 
 __all__ = ["StudyTask", "cancel_study", "study_status", "submit_study", "wait_study"]
