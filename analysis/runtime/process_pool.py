@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -72,7 +72,7 @@ def process_pool(workers: int, *, start: str = "fork",
 def map_unordered(fn: Callable[[T], R], items: Iterable[T], workers: int, *,
                   start: str = "spawn", max_tasks_per_child: int | None = None,
                   initializer: Callable[..., None] | None = None,
-                  initargs: tuple[Any, ...] = ()) -> Iterator[R]:
+                  initargs: tuple[Any, ...] = ()) -> Generator[R, None, None]:
     """``fn`` over ``items`` in ``workers`` processes, results as they finish (in this process,
     in order, when ``workers`` <= 1). The workers die with this process, however it ends (a
     SIGTERM to it alone would otherwise leave them running on), and closing the generator
