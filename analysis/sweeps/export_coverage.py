@@ -21,7 +21,7 @@ from typing import Any
 
 import surgery
 
-from ..export import DEFAULT_OPSET, require_export
+from ..export import require_export
 from ..machine import describe_machine
 from ..runtime import (
     CpuBudgetExceeded,
@@ -50,23 +50,24 @@ _MAX_TASKS_PER_CHILD = 4  # exports leave memory behind: a fresh worker every fe
 
 @dataclass
 class ExportCoverageSettings:
-    """What tools/export_coverage.py asks for (its flags, by name)."""
+    """What tools/export_coverage.py asks for: its flags by name, with the tool's
+    defaults (declared once, in its parser)."""
 
-    sample: int = 100
-    models: list[str] | None = None
-    heads: list[str] | None = None
-    max_params: float = 300e6
-    opset: int = DEFAULT_OPSET
-    zoo_table: Path = Path("docs/zoo_table.csv")
-    zoo_coverage: Path = Path("docs/zoo_coverage.json")
-    jobs: int = 2
-    timeout: int = 900
-    cache: Path | None = None
-    retry_errors: bool = False
-    no_progress: bool = False
-    report_only: bool = False
-    out_dir: Path = Path("docs")
-    command: str | None = None
+    sample: int
+    models: list[str] | None
+    heads: list[str] | None
+    max_params: float
+    opset: int
+    zoo_table: Path
+    zoo_coverage: Path
+    jobs: int
+    timeout: int
+    cache: Path | None
+    retry_errors: bool
+    no_progress: bool
+    report_only: bool
+    out_dir: Path
+    command: str | None
 
 
 def export_pairs(task: Task) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import fnmatch
 import json
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +35,19 @@ _MAX_TASKS_PER_CHILD = 20  # a fresh worker every so many architectures: memory 
 
 @dataclass
 class ZooCoverageSettings:
-    """What tools/zoo_coverage.py asks for (its flags, by name)."""
+    """What tools/zoo_coverage.py asks for: its flags by name, with the tool's
+    defaults (declared once, in its parser)."""
 
-    models: list[str] = field(default_factory=lambda: ["*"])
-    heads: list[str] = field(default_factory=list)
-    num_classes: int = 10
-    jobs: int = 2
-    out_dir: Path = Path("docs")
-    fresh: bool = False
-    redo: list[str] = field(default_factory=list)
-    timm_max: bool = False
-    report_only: bool = False
-    retry_failed: bool = False
+    models: list[str]
+    heads: list[str]
+    num_classes: int
+    jobs: int
+    out_dir: Path
+    fresh: bool
+    redo: list[str]
+    timm_max: bool
+    report_only: bool
+    retry_failed: bool
 
 
 def _check(task: tuple[str, list[str], int]) -> dict[str, Any]:

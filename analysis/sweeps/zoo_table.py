@@ -16,7 +16,7 @@ import contextlib
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +57,20 @@ COLUMNS = columns(DEFAULT_HEADS)
 
 @dataclass
 class ZooTableSettings:
-    """What tools/zoo_table.py asks for (its flags, by name)."""
+    """What tools/zoo_table.py asks for: its flags by name, with the tool's
+    defaults (declared once, in its parser)."""
 
-    models: list[str] = field(default_factory=lambda: ["*"])
-    heads: list[str] = field(default_factory=lambda: list(DEFAULT_HEADS))
-    num_classes: int = 1000
-    counter: str = "torch"
-    jobs: int = 2
-    timeout: int = 300
-    cache: Path = Path("runs/zoo_table.jsonl")
-    retry_errors: bool = False
-    no_progress: bool = False
-    out_dir: Path = Path("docs")
-    command: str | None = None
+    models: list[str]
+    heads: list[str]
+    num_classes: int
+    counter: str
+    jobs: int
+    timeout: int
+    cache: Path
+    retry_errors: bool
+    no_progress: bool
+    out_dir: Path
+    command: str | None
 
 
 def _swap_and_count(backbone: torch.nn.Module, head: str, num_classes: int, counter: str
