@@ -74,7 +74,7 @@ class ZooTableSettings:
 
 
 def _swap_and_count(backbone: torch.nn.Module, head: str, num_classes: int, counter: str
-                    ) -> tuple[torch.nn.Module, int]:
+                    ) -> tuple[surgery.HeadSwapped, int]:
     """Swap the head and count the backbone's MACs, in one meta forward pass where possible.
 
     swap_head probes the backbone with one ``forward_features`` pass on the meta device; with
@@ -112,7 +112,7 @@ def _swap_and_count(backbone: torch.nn.Module, head: str, num_classes: int, coun
 
 
 def _head_costs(name: str, head: str, info: surgery.FeatureInfo, backbone_macs: int,
-                num_classes: int, counter: str) -> tuple[int, int] | None:
+                num_classes: int, counter: str) -> tuple[int | None, int] | None:
     """Head parameters and backbone + head MACs; None where the head does not apply.
 
     The token head is swapped onto a fresh backbone, as swap_head builds it: it takes the
