@@ -33,17 +33,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from analysis.runtime import run_command  # noqa: E402
 
 PLAIN = ("gap", "gmp", "gapmp", "nin", "gem", "flatten")
 STUDY = ["resnet10t", "--heads", "gap", "gmp", "flatten", "--seeds", "0", "1",
@@ -82,17 +81,10 @@ def _kept(work: Path, name: str, measure: Any) -> dict[str, Any]:
 
 def _timed(argv: list[str], log: Path) -> dict[str, Any]:
     """Run ``python argv`` to its end; its wall and CPU seconds (its output to ``log``)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        code = subprocess.call([sys.executable, *argv], stdout=f, stderr=subprocess.STDOUT,
-                               cwd=ROOT)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if code != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {code}; see {log}")
-    return {"wall_s": wall, "cpu_s": cpu, "command": "python " + shlex.join(argv)}
+    done = run_command([sys.executable, *argv], cwd=ROOT, log=log)
+    if done.code != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {done.code}; see {log}")
+    return {"wall_s": done.wall_s, "cpu_s": done.cpu_s, "command": "python " + shlex.join(argv)}
 
 
 def _extract_only(argv: list[str]) -> int:

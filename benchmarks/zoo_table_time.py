@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
 from analysis.machine import describe_machine  # noqa: E402
+from analysis.runtime import run_command  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 GOAL_MIN = 15.0
@@ -96,12 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                "--command", command, "--no-progress"]
         load_before = _loadavg()
         start = time.perf_counter()
-        done = subprocess.run(cmd, cwd=_ROOT, check=False)
+        done = run_command(cmd, cwd=_ROOT)
         seconds = time.perf_counter() - start
         load_after = _loadavg()
-        if done.returncode != 0:
-            print(f"zoo_table.py failed with exit code {done.returncode}", file=sys.stderr)
-            return done.returncode
+        if done.code != 0:
+            print(f"zoo_table.py failed with exit code {done.code}", file=sys.stderr)
+            return done.code
         rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
     report = _report(command, seconds, rows, args.jobs, load_before, load_after)
     (args.out_dir / "zoo_table_time.md").write_text(report)

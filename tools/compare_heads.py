@@ -38,6 +38,7 @@ from pathlib import Path
 from _cli import CliParser, run
 
 from analysis.reporting import format_table
+from analysis.runtime import add_launcher_options, refuse_slurm_flags, slurm_options_from_args
 from analysis.studies import (
     KEEP,
     StudySpec,
@@ -51,13 +52,7 @@ from analysis.studies import (
     sweep_settings,
     wait_study,
 )
-from analysis.training import (
-    add_launcher_options,
-    add_training_options,
-    config_values,
-    refuse_slurm_flags,
-    slurm_options_from_args,
-)
+from analysis.training import add_training_options, config_values
 from surgery import check_writable, one_line_warnings, parse_head, spec_help
 
 

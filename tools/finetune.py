@@ -34,16 +34,14 @@ from pathlib import Path
 
 from _cli import CliParser, run
 
+from analysis.runtime import add_launcher_options, refuse_slurm_flags, slurm_options_from_args
 from analysis.training import (
-    add_launcher_options,
     add_training_options,
     config_from_args,
     finetune_logs,
     given_config_values,
-    refuse_slurm_flags,
     run_name,
     run_path,
-    slurm_options_from_args,
     submit_finetune,
     train,
     wait_finetune,

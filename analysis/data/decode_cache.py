@@ -26,6 +26,7 @@ import torch
 
 from surgery import check_writable, read_json
 
+from ..runtime import exclusive_lock
 from .arrays import ImageArray
 from .decode_build import (
     VERSION,
@@ -39,7 +40,6 @@ from .decode_build import (
     write_manifest,
 )
 from .images import IMAGE_EXTENSIONS, BadImageError
-from .lock import exclusive_lock
 
 __all__ = ["CACHE_ENV", "DecodeSpec", "DecodedFolder", "decode_folder", "default_cache_dir",
            "scan_folder"]

@@ -1,35 +1,27 @@
 """Decoding many image files at once: worker processes, in chunks, with a progress bar.
 
 :func:`decode_files` yields ``(row, pixels, reason)`` for each file as soon as a worker has
-decoded it (in any order); the caller writes the pixels where they belong. Workers are forked
-(they need no imports of their own) and ignore Ctrl-C, so an interrupt reaches only the parent,
-which stops them. One worker decodes in this process.
+decoded it (in any order); the caller writes the pixels where they belong. The workers come from
+analysis.runtime's :func:`process_pool`: forked (they need no imports of their own), ignoring
+Ctrl-C, so an interrupt reaches only the parent, which stops them. One worker decodes in this
+process.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from typing import Any
 
 import numpy as np
 
+from ..runtime import cpu_cores, process_pool
 from .images import BadImageError, decode_pixels
 
-__all__ = ["cpu_cores", "decode_files"]
+__all__ = ["decode_files"]
 
 Decoded = tuple[int, "np.ndarray | None", str]  # row, pixels (None if bad), the decoder's reason
 _SETTINGS: dict[str, Any] = {}  # a worker's size, colour mode and resize policy
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on (its CPU affinity), the default number of workers."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def _decode_one(row: int, path: str, size: int, gray: bool, resize: str) -> Decoded:
@@ -40,18 +32,12 @@ def _decode_one(row: int, path: str, size: int, gray: bool, resize: str) -> Deco
 
 
 def _init_worker(settings: dict[str, Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     _SETTINGS.update(settings)
 
 
 def _decode_chunk(chunk: list[tuple[int, str]]) -> list[Decoded]:
     s = _SETTINGS
     return [_decode_one(row, path, s["size"], s["gray"], s["resize"]) for row, path in chunk]
-
-
-def _context() -> Any:
-    """Fork where there is fork (cheap, nothing to import); spawn elsewhere."""
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
 def decode_files(jobs: Sequence[tuple[int, str]], size: int, gray: bool, resize: str,
@@ -83,15 +69,13 @@ def decode_files(jobs: Sequence[tuple[int, str]], size: int, gray: bool, resize:
 
 def _pooled(jobs: Sequence[tuple[int, str]], workers: int, settings: dict[str, Any],
             bar: Any) -> Iterator[Decoded]:
-    """The pool: chunks small enough to balance the workers and keep the bar moving.
-
-    ``concurrent.futures`` rather than ``multiprocessing.Pool``: stopping early cancels the
-    chunks not started and waits for the few running ones (at most 32 images each), where
-    ``Pool.terminate()`` can hang for good if a worker dies while holding the result queue."""
+    """The pool: chunks small enough to balance the workers and keep the bar moving; stopping
+    early cancels the chunks not started and waits for the few running ones (at most 32 images
+    each)."""
     per = max(1, min(32, len(jobs) // (workers * 8)))
     chunks = [list(jobs[s:s + per]) for s in range(0, len(jobs), per)]
-    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_context(),
-                               initializer=_init_worker, initargs=(settings,))
+    pool = process_pool(min(workers, len(chunks)), start="fork", initializer=_init_worker,
+                        initargs=(settings,))
     try:
         pending = [pool.submit(_decode_chunk, chunk) for chunk in chunks]
         for done in as_completed(pending):

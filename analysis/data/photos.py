@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .decode_pool import cpu_cores
+from ..runtime import can_fork, cpu_cores, map_unordered
 from .readers import DEBIAN_FASHION_MNIST, read_idx
 
 __all__ = ["PHOTO_SOURCES", "PhotoFolder", "photo", "write_photo_folder"]
@@ -132,8 +132,6 @@ def write_photo_folder(root: str | Path, n: int, *, classes: int | Sequence[str]
     per image) into ``root/CLASS/`` (``classes``: names, or a count: ``class0``, ``class1``,
     ...), by ``workers`` processes (None: every core). ``source``: ``fashion-mnist`` objects,
     ``shapes``, or ``auto`` (Fashion-MNIST when installed). Files already there are kept."""
-    import multiprocessing as mp
-
     names = [f"class{k}" for k in range(classes)] if isinstance(classes, int) else list(classes)
     if n < 1 or len(names) < 1 or min(size) < 1 or jitter < 0:
         raise ValueError(f"a photo folder needs n >= 1, a class, a size >= 1 px and jitter >= 0; "
@@ -147,11 +145,9 @@ def write_photo_folder(root: str | Path, n: int, *, classes: int | Sequence[str]
     workers = cpu_cores() if workers is None else workers
     per = max(1, min(250, -(-n // (4 * max(1, workers)))))  # a few spans per worker
     spans = [(s, min(n, s + per)) for s in range(0, n, per)]
-    if workers <= 1 or len(spans) == 1 or "fork" not in mp.get_all_start_methods():
-        written = sum(map(_write_span, spans))  # workers are forked: they inherit the objects
-    else:
-        with mp.get_context("fork").Pool(min(workers, len(spans))) as pool:
-            written = sum(pool.imap_unordered(_write_span, spans))
+    if not can_fork():  # workers are forked: they inherit the objects
+        workers = 1
+    written = sum(map_unordered(_write_span, spans, min(workers, len(spans)), start="fork"))
     files = [_path(root, names, i) for i in range(n)]
     return PhotoFolder(root, names, n, sum(p.stat().st_size for p in files),
                        f"{what}, tinted by class, on textured backgrounds", written)

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from ..runtime import exclusive_lock
 from .arrays import ImageArray, take
 from .decode_cache import DecodeSpec, decode_folder, scan_folder
 from .images import IMAGE_EXTENSIONS, BadImageError
-from .lock import exclusive_lock
 from .registry import RawData, register_dataset
 from .resize import DEFAULT_RESIZE, check_resize
 from .splits import stratified_indices

@@ -23,11 +23,9 @@ from .dynamic import AXES, DYNAMIC_MODES, DynamicPlan, plan_dynamic
 from .exporter import (
     DEFAULT_OPSET,
     OPSETS,
-    CpuBudgetExceeded,
     ExportError,
     ExportResult,
     check_opset,
-    cpu_budget,
     export_onnx,
     exporter_reason,
 )
@@ -39,9 +37,9 @@ from .verify import REFUSED, is_refused, onnx_session, tolerance, verify_onnx, v
 
 __all__ = [
     "AXES", "DEFAULT_OPSET", "DYNAMIC_MODES", "EXPORT_EXTRA_HINT", "METADATA_KEYS", "OPSETS",
-    "REFUSED", "CpuBudgetExceeded", "DynamicPlan", "ExportError", "ExportResult", "ExportSource", "MissingExtraError",
-    "check_opset", "compare_latency", "cpu_budget", "deployment_metadata", "export_onnx", "export_verified", "exporter_reason",
-    "has_onnx", "has_onnxruntime", "has_onnxscript", "is_refused", "onnx_session",
-    "plan_dynamic", "read_metadata", "require_export", "source_from_name", "source_from_path",
-    "tolerance", "verify_onnx", "verify_size",
+    "REFUSED", "DynamicPlan", "ExportError", "ExportResult", "ExportSource", "MissingExtraError",
+    "check_opset", "compare_latency", "deployment_metadata", "export_onnx", "export_verified",
+    "exporter_reason", "has_onnx", "has_onnxruntime", "has_onnxscript", "is_refused",
+    "onnx_session", "plan_dynamic", "read_metadata", "require_export", "source_from_name",
+    "source_from_path", "tolerance", "verify_onnx", "verify_size"
 ]

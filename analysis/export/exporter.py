@@ -17,11 +17,8 @@ import contextlib
 import io
 import os
 import re
-import signal
 import sys
 import tempfile
-import threading
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,13 +29,14 @@ import torch
 
 import surgery
 
+from ..runtime import CpuBudgetExceeded, cpu_budget
 from .deps import require_export
 from .dynamic import AXES, plan_dynamic
 from .metadata import deployment_metadata, set_metadata
 from .source import ExportSource
 
-__all__ = ["DEFAULT_OPSET", "OPSETS", "CpuBudgetExceeded", "ExportError", "ExportResult",
-           "check_opset", "cpu_budget", "export_onnx", "exporter_reason"]
+__all__ = ["DEFAULT_OPSET", "OPSETS", "ExportError", "ExportResult", "check_opset", "export_onnx",
+           "exporter_reason"]
 
 _AXIS_DIM = {"batch": 0, "height": 2, "width": 3}  # AXES by their position in NCHW
 DEFAULT_OPSET = 18
@@ -50,65 +48,6 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 class ExportError(ValueError):
     """Neither exporter produced a file; the message names each exporter's reason."""
-
-
-class CpuBudgetExceeded(BaseException):
-    """The block of :func:`cpu_budget` used more CPU time than it was given; ``budget`` is the
-    object that block's ``with ... as`` received (nested budgets tell theirs apart by it).
-
-    A ``BaseException``, as ``KeyboardInterrupt`` is: torch.onnx catches ``Exception`` and tries
-    its next capture strategy, and a budget it swallowed would never end the export.
-    """
-
-    def __init__(self, message: str, budget: object = None):
-        super().__init__(message)
-        self.budget = budget
-
-
-_REFIRE_CPU_SECONDS = 1.0  # a spent budget fires again this often until its block ends
-
-
-@contextlib.contextmanager
-def cpu_budget(seconds: float | None) -> Iterator[object | None]:
-    """Raise :class:`CpuBudgetExceeded` inside the block once this process has used ``seconds``
-    of CPU time in it (SIGPROF; CPU time, so a busy machine does not make it fire early). The
-    block receives the budget's identity (None when there is no timer of its own), which the
-    exception carries as ``budget``.
-
-    Once spent, it fires again every CPU second until the block ends, so that code which
-    catches the exception and carries on is stopped at the next firing. A timer already
-    running (a caller's own budget) is kept: when it is due first it fires as it would have,
-    otherwise it is set again afterwards with what is left of it (and its own repeat). A no-op
-    for None, off the main thread, or without ``setitimer`` (not POSIX).
-    """
-    if (seconds is None or not hasattr(signal, "setitimer")
-            or threading.current_thread() is not threading.main_thread()):
-        yield None
-        return
-    outer_left, outer_repeat = signal.getitimer(signal.ITIMER_PROF)
-    if outer_left and outer_left <= seconds:
-        yield None  # the caller's budget ends first
-        return
-    outer_handler = signal.getsignal(signal.SIGPROF)
-    budget = object()
-    active = True
-
-    def expired(signum: int, frame: Any) -> None:
-        if active:
-            raise CpuBudgetExceeded(f"no result within {seconds:g} CPU s", budget)
-
-    start = time.process_time()
-    signal.signal(signal.SIGPROF, expired)
-    signal.setitimer(signal.ITIMER_PROF, seconds, _REFIRE_CPU_SECONDS)
-    try:
-        yield budget
-    finally:
-        active = False
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, outer_handler)
-        if outer_left:
-            used = time.process_time() - start
-            signal.setitimer(signal.ITIMER_PROF, max(1e-3, outer_left - used), outer_repeat)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 :func:`open_cache` takes a :class:`CacheRequest` (the key, the images to cover, how to extract
 them) and a :class:`Storage` policy. It looks in this process first (an in-process study shares
 one table across its heads and seeds), then in the cache directory under the lock of
-:mod:`analysis.data.lock`, so that processes asking at once build it once; a damaged file is
+:mod:`analysis.runtime.cache_lock`, so that processes asking at once build it once; a damaged file is
 rebuilt with a warning. Under torchrun each rank extracts its block of the images: in memory
 the blocks are gathered to every rank, on disk rank 0 joins the ranks' part files.
 """
@@ -26,8 +26,8 @@ import torch
 from surgery import atomic_write, one_line
 
 from ..data import Images, take
-from ..data.lock import exclusive_lock
 from ..reporting import progress_bar
+from ..runtime import exclusive_lock
 from .extract import Extractor, shard_block
 from .keys import CacheKey
 from .store import DTYPES, CacheFileError, FeatureTable, read_header, read_table, write_table

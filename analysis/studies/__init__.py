@@ -4,8 +4,8 @@
 run and writes the report (report, aggregate); :func:`collect` merges shard directories;
 robustness and shifts test trained models at other sizes and on shifted images; claims applies
 the verdict rule (verdicts); pick (:func:`run_pick`) answers "which head for this backbone?".
-The runs go to worker processes (pool, worker) or, on a cluster, to one submitit job array
-(cluster, jobs).
+The runs go to analysis.runtime's worker processes or, on a cluster, to one submitit job
+array (cluster, jobs).
 """
 
 from .aggregate import generalisation_gap, group_rows, mean_std, paired_differences
@@ -29,7 +29,6 @@ from .pick import (
     run_pick,
 )
 from .pick_report import lr_rows, table_rows, write_pick
-from .pool import Job, JobResult, WorkerPool
 from .recommend import RULE, compare_to_best, holm, recommend
 from .reevaluate import find_runs, reevaluate_runs, summarise_reevaluation
 from .report import write_report
@@ -39,16 +38,18 @@ from .shifts import DIRECTIONS, SHIFT_FILE, evaluate_run_shifts, evaluate_shifts
 from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, parse_shard, select_shard
 from .verdicts import ALPHA, VERDICTS, paired_test, verdict
 
-__all__ = ["FIT_THRESHOLD", "RULE", "SWEEP_KEYS", "compare_to_best", "holm", "lr_rows",
-           "resolve_train_size", "Choice", "add_sweep_options", "choose_settings", "default_lrs", "one_pass_applies",
-           "sweep_pending", "sweep_settings", "find_runs", "reevaluate_runs", "summarise_reevaluation", "ALPHA", "CLAIMS", "DIRECTIONS", "JOBS_FILE", "JSON_KEYS", "KEEP", "PLACEMENT_FILE",
-           "ROW_KEYS", "SHIFT_FILE", "STUDY_FILE", "VARIANTS", "VERDICTS", "WORKER_TARGET",
-           "Claim", "Combo", "Job", "JobResult", "RunState", "StudySpec", "StudyTask",
-           "WorkerPool", "cancel_study", "candidate_heads", "claim_rows", "claims_markdown",
-           "claims_summary", "clear_views", "collect", "combinations", "default_sizes",
-           "evaluate_run", "evaluate_run_shifts", "evaluate_shifts", "evaluate_sizes",
-           "frozen_scorer", "generalisation_gap", "group_rows", "load_records", "mean_std",
-           "paired_differences", "paired_test", "parse_shard", "pick_rows", "pool_for",
-           "prune_checkpoints", "read_jobs", "recommend", "run_job", "run_pick", "run_study",
-           "select_shard", "shift_images", "study_records", "study_status", "submit_study",
-           "table_rows", "verdict", "view_features", "wait_study", "write_pick", "write_report"]
+__all__ = [
+    "FIT_THRESHOLD", "RULE", "SWEEP_KEYS", "compare_to_best", "holm", "lr_rows",
+    "resolve_train_size", "Choice", "add_sweep_options", "choose_settings", "default_lrs",
+    "one_pass_applies", "sweep_pending", "sweep_settings", "find_runs", "reevaluate_runs",
+    "summarise_reevaluation", "ALPHA", "CLAIMS", "DIRECTIONS", "JOBS_FILE", "JSON_KEYS", "KEEP",
+    "PLACEMENT_FILE", "ROW_KEYS", "SHIFT_FILE", "STUDY_FILE", "VARIANTS", "VERDICTS",
+    "WORKER_TARGET", "Claim", "Combo", "RunState", "StudySpec", "StudyTask", "cancel_study",
+    "candidate_heads", "claim_rows", "claims_markdown", "claims_summary", "clear_views", "collect",
+    "combinations", "default_sizes", "evaluate_run", "evaluate_run_shifts", "evaluate_shifts",
+    "evaluate_sizes", "frozen_scorer", "generalisation_gap", "group_rows", "load_records",
+    "mean_std", "paired_differences", "paired_test", "parse_shard", "pick_rows", "pool_for",
+    "prune_checkpoints", "read_jobs", "recommend", "run_job", "run_pick", "run_study",
+    "select_shard", "shift_images", "study_records", "study_status", "submit_study", "table_rows",
+    "verdict", "view_features", "wait_study", "write_pick", "write_report"
+]

@@ -26,24 +26,25 @@ from typing import Any
 from surgery import one_line, read_json
 
 from ..reporting import progress_bar
-from ..training import (
+from ..runtime import (
+    Job,
     RunInUseError,
     SlurmOptions,
-    TrainConfig,
     cancel_slurm_jobs,
     job_environment,
     make_executor,
+    output_to,
+    requeue,
     require_submitit,
     stop_process,
-    warm_feature_caches,
+    where_this_runs,
 )
+from ..training import TrainConfig, warm_feature_caches
 from .collect import is_done, load_records
 from .jobs import BUSY_PREFIX, LOCAL_MARKER, RunState, record_cancelled, record_jobs, run_states
-from .pool import Job
 from .report import write_report
-from .runner import open_study, pending_jobs, run_job, where_this_runs
+from .runner import open_study, pending_jobs, run_job
 from .spec import STUDY_FILE, StudySpec, combinations
-from .worker import output_to
 
 __all__ = ["StudyTask", "cancel_study", "study_status", "submit_study", "wait_study"]
 
@@ -82,9 +83,7 @@ class StudyTask:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """The same task again: run_job resumes the run from its run directory."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self)
+        return requeue(self)
 
 
 def _warm_features(payload: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from surgery import one_line, read_json, write_json
 
-from ..training import SLURM_LIVE, process_alive, run_owner, slurm_end_states, slurm_queue
+from ..runtime import SLURM_LIVE, process_alive, run_owner, slurm_end_states, slurm_queue
 from .collect import is_done
 from .spec import STUDY_FILE, StudySpec
 

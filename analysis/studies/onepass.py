@@ -24,7 +24,8 @@ import torch
 from surgery import atomic_write, atomic_write_bytes, read_json, write_json
 
 from ..reporting import plot_lr_curves, to_csv
-from ..training import TrainConfig, lock_run_dir
+from ..runtime import lock_run_dir
+from ..training import TrainConfig
 from ..training.sweep import Halving, Sweep, SweepMember
 from ..training.sweep_runs import write_member_run
 from .lr_grid import choose_settings, default_lrs, extension, lr_curves, sweep_rows

@@ -3,7 +3,7 @@
 A run directory with ``summary.json`` (and ``robustness.json``) is skipped, an interrupted one
 continues from its ``last.pt``. ``shard=(i, n)`` runs combinations ``i, i + n, ...`` of the
 fixed order, so n machines split one study (analysis.studies.collect merges them). With
-``jobs >= 1`` the runs go to reusable worker processes (analysis.studies.pool), ``jobs=0`` runs
+``jobs >= 1`` the runs go to reusable worker processes (analysis.runtime.worker_pool), ``jobs=0`` runs
 them in this process. Each run directory is locked while a job runs it: a run another process
 holds is left alone and reported busy. See docs/studies.md.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -32,24 +31,24 @@ from surgery import (
 
 from ..data import decodes_files
 from ..reporting import progress_bar, pyplot
-from ..training import (
+from ..runtime import (
+    Job,
     RunInUseError,
-    TrainConfig,
-    load_run_data,
+    WorkerPool,
+    child_environment,
     lock_run_dir,
-    train,
-    warm_feature_caches,
+    where_this_runs,
 )
+from ..training import TrainConfig, load_run_data, train, warm_feature_caches
 from .collect import is_done, load_records, settings_mismatch
 from .onepass import one_pass_applies, sweep_pending
-from .pool import Job, WorkerPool
 from .report import write_report
 from .robustness import evaluate_run
 from .shifts import SHIFT_FILE, evaluate_run_shifts
 from .spec import KEEP, STUDY_FILE, Combo, StudySpec, combinations, select_shard
 
 __all__ = ["PLACEMENT_FILE", "WORKER_TARGET", "open_study", "pending_jobs", "prune_checkpoints",
-           "run_job", "run_study", "where_this_runs"]
+           "run_job", "run_study"]
 
 WORKER_TARGET = "analysis.studies.runner:run_job"  # what study workers call on each job
 PLACEMENT_FILE = "placement.json"  # where a run ran, beside its summary
@@ -86,19 +85,6 @@ def pending_jobs(spec: StudySpec, out: Path, shard: tuple[int, int] | None = Non
         else:
             pending.append(Job(name, job, out / "logs" / f"{name}.log"))
     return pending, done
-
-
-def where_this_runs() -> dict[str, Any]:
-    """Where a run is running: host, pid and the job id a scheduler gave (Slurm's, an array
-    task as ``ARRAY_TASK``; submitit's local executor's), for the study's record."""
-    env = os.environ
-    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-           if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID")
-           else env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID"))
-    scheduler = ("slurm" if env.get("SLURM_JOB_ID") else
-                 "submitit-local" if env.get("SUBMITIT_LOCAL_JOB_ID") else None)
-    return {"host": socket.gethostname(), "pid": os.getpid(), "scheduler": scheduler, "job": job,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -170,13 +156,6 @@ def _warm_decode_cache(job: dict[str, Any]) -> float:
     if not decodes_files(cfg.dataset):
         return 0.0
     return float(load_run_data(cfg).info["load_s"])
-
-
-def _worker_env(threads: int) -> dict[str, str]:
-    """The environment of a worker process: our packages importable, ``threads`` torch threads."""
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
 
 
 def run_study(spec: StudySpec, out: str | Path, *, jobs: int = 1,
@@ -296,7 +275,7 @@ def _run_pending(pending: list[Job], jobs: int, threads: int | None, runs_per_wo
         return 0
     (out / "logs").mkdir(parents=True, exist_ok=True)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    with WorkerPool(jobs, WORKER_TARGET, _worker_env(threads), log=out / "logs" / "workers.log",
+    with WorkerPool(jobs, WORKER_TARGET, child_environment(threads), log=out / "logs" / "workers.log",
                     max_jobs=runs_per_worker) as pool:
         pool.run(pending, lambda r: record(r.name, r.status, r.message, r.seconds))
     return pool.started

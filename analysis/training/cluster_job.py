@@ -1,7 +1,7 @@
 """One fine-tune as a cluster job: every task of the job is one DDP process.
 
 :func:`submit_finetune` checks the run as tools/finetune.py would, then submits a
-:class:`FinetuneJob` through submitit (analysis.training.cluster). In the job, submitit's
+:class:`FinetuneJob` through submitit (analysis.runtime). In the job, submitit's
 environment gives each task its rank, the world size and the first node's address;
 ``TorchDistributedEnvironment().export()`` puts them where torchrun would (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), and :func:`train` then takes the
@@ -13,21 +13,27 @@ directory (from the last ``last.pt``; the steps after it are trained again, with
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from surgery import one_line, one_line_warnings
+from surgery import one_line_warnings
 
-from .cluster import SlurmOptions, job_environment, make_executor, require_submitit
+from ..runtime import (
+    SlurmOptions,
+    export_torch_distributed,
+    job_environment,
+    job_error_line,
+    make_executor,
+    requeue,
+    require_submitit,
+)
 from .config import TrainConfig, run_name
 from .launch import train
 from .resume import read_run_config
 from .rundir import refuse_taken, run_path
 
-__all__ = ["ClusterJobError", "FinetuneJob", "finetune_logs", "job_error_line", "submit_finetune",
-           "wait_finetune"]
+__all__ = ["ClusterJobError", "FinetuneJob", "finetune_logs", "submit_finetune", "wait_finetune"]
 
 
 class ClusterJobError(ValueError):
@@ -49,12 +55,9 @@ class FinetuneJob:
         self.threads = threads
 
     def __call__(self) -> dict[str, Any]:
-        import submitit
         import torch
 
-        if submitit.JobEnvironment().num_tasks > 1:  # what torchrun would set
-            submitit.helpers.TorchDistributedEnvironment().export(
-                set_cuda_visible_devices=False, overwrite=True)
+        export_torch_distributed()
         if self.threads:
             torch.set_num_threads(self.threads)
         run_dir = Path(self.run_dir)
@@ -81,12 +84,10 @@ class FinetuneJob:
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """What submitit requeues when the job is preempted or times out: a resume of the run
         directory (or, before the run wrote anything, the same new run)."""
-        import submitit
-
         started = (Path(self.run_dir) / "config.json").is_file()
         again = (FinetuneJob(self.run_dir, None, self._resume_options(), self.threads)
                  if started or self.config is None else self)
-        return submitit.helpers.DelayedSubmission(again)
+        return requeue(again)
 
 
 def finetune_logs(run_dir: str | Path) -> Path:
@@ -130,14 +131,3 @@ def wait_finetune(job: Any) -> dict[str, Any]:
     raise ClusterJobError(f"job {job.job_id} failed: {job_error_line(error)} (logs: "
                           f"{job.paths.stderr.parent})")
 
-
-def job_error_line(error: BaseException | str) -> str:
-    """The line that says why a submitit job failed: the last line of the traceback it
-    reports (``ValueError: ...``), else the first line of its message."""
-    text = str(error)
-    blocks = re.split(r"\n-{10,}\n", text)
-    if len(blocks) >= 3:
-        lines = [ln.strip() for ln in blocks[1].splitlines() if ln.strip()]
-        if lines:
-            return one_line(lines[-1])
-    return one_line(text)

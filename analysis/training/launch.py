@@ -1,7 +1,7 @@
 """How a run starts: :func:`train` takes a config (or a run directory to resume), claims the run
 directory and hands over to the loop (analysis.training.loop).
 
-The run directory belongs to one process for the whole run (analysis.training.lock); a second
+The run directory belongs to one process for the whole run (analysis.runtime.run_lock); a second
 one gets :class:`RunInUseError` naming the owner. A new run is checked, its data read and its
 model built before it touches the directory: it replaces an old run (``overwrite``) and writes
 ``config.json`` only after its first optimiser step, and if it fails before its first checkpoint
@@ -16,10 +16,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..runtime import lock_run_dir
 from . import distributed
 from .config import TrainConfig, run_name
 from .distributed import DistInfo
-from .lock import lock_run_dir
 from .loop import RunLoop, StepHook
 from .model import resolve_system
 from .resume import read_resume_state, read_run_config

@@ -5,7 +5,7 @@ A run killed at any moment leaves each file (``config.json``, ``metrics.csv``/``
 previous or its new content, never half-written. A new run writes nothing, and replaces no run
 (``--overwrite``), until its first optimiser step has succeeded; one that fails before its
 first ``last.pt`` removes what it wrote. One process at a time holds a run directory
-(analysis.training.lock).
+(analysis.runtime.run_lock).
 """
 
 from __future__ import annotations

@@ -206,9 +206,9 @@ def test_status_of_a_directory_that_is_no_study(tmp_path, capsys):
 
 
 def test_a_slurm_study_without_submitit_names_the_extra(tmp_path, monkeypatch, capsys):
-    from analysis.training import cluster as training_cluster
+    from analysis.runtime import submitit_glue
 
-    monkeypatch.setattr(training_cluster, "has_submitit", False)
+    monkeypatch.setattr(submitit_glue, "has_submitit", False)
     argv = [*GRID, "--launcher", "slurm", "--out", str(tmp_path / "s")]
     assert run(lambda: compare_heads.main(argv)) == 2
     assert "pip install 'headswap[cluster]'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import compare_heads  # noqa: E402
 
-from analysis.training.scheduler import process_alive  # noqa: E402
+from analysis.runtime import process_alive  # noqa: E402
 
 SYNTH = ["--dataset", "synthetic", "--data-option", "num_classes=3", "--data-option",
          "n_train=48", "--data-option", "n_test=24", "--data-option", "image_size=16",

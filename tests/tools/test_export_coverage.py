@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import export_coverage as tool
-import pytest
 
-from analysis.export.coverage import Candidate
-from analysis.training.scheduler import process_alive
+import analysis.runtime.zoo_sweep as runtime_sweep
+import analysis.sweeps.export_coverage as sweep
+from analysis.sweeps import export_pairs, run_order
+from analysis.sweeps.export_checks import Candidate
 
 ARGS = ["--models", "test_resnet", "test_vit", "--opset", "17", "--jobs", "1", "--no-progress"]
 
@@ -65,7 +61,7 @@ def test_report_and_resume(tmp_path, capsys):
 
 
 def test_report_only_computes_nothing_and_says_partial(tmp_path):
-    rows = tool._work((Candidate("test_resnet", "NCHW", 469688, "resnet"), ("gap",), 17, 300))
+    rows = export_pairs((Candidate("test_resnet", "NCHW", 469688, "resnet"), ("gap",), 17, 300))
     (tmp_path / "export_coverage.jsonl").write_text(json.dumps(rows[0]) + "\n")
     assert tool.main([*ARGS, "--heads", "gap", "nin", "--report-only", "--out-dir",
                       str(tmp_path)]) == 0
@@ -83,7 +79,7 @@ def test_report_only_computes_nothing_and_says_partial(tmp_path):
 def test_the_time_limit_counts_cpu_seconds_not_waiting(monkeypatch):
     import time
 
-    from analysis.export.coverage import failure_row
+    from analysis.sweeps.export_checks import failure_row
 
     def fake_rows(name, heads, opset, dynamo_budget):
         assert abs(dynamo_budget - 1 / 3) < 1e-9  # a third of the pair's CPU time
@@ -99,9 +95,9 @@ def test_the_time_limit_counts_cpu_seconds_not_waiting(monkeypatch):
                 time.sleep(1.5)
             yield {**failure_row(name, head), "verified": True}
 
-    monkeypatch.setattr(tool, "coverage_rows", fake_rows)
+    monkeypatch.setattr(sweep, "coverage_rows", fake_rows)
     task = (Candidate("m", "NCHW", 1, "f"), ("waits", "busy", "quick"), 17, 1)
-    rows = tool._work(task)
+    rows = export_pairs(task)
     assert [(r["head"], r["verified"], r["stage"]) for r in rows] == [
         ("waits", True, None), ("busy", False, "timeout"), ("quick", True, None)]
     assert rows[1]["error"] == "no result within 1 CPU s"
@@ -112,49 +108,18 @@ def test_run_order_takes_the_layouts_in_turn_smallest_first():
     c = [Candidate("big", "NCHW", 9, "a"), Candidate("small", "NCHW", 1, "a"),
          Candidate("mid", "NCHW", 5, "b"), Candidate("tok", "tokens", 7, "c"),
          Candidate("ncl", "NCL", 3, "d"), Candidate("tok2", "tokens", 2, "c")]
-    assert [x.name for x in tool.run_order(c)] == ["small", "tok2", "ncl", "mid", "tok", "big"]
-    assert tool.run_order([]) == []
-
-
-_PARENT = """
-import multiprocessing as mp, sys, threading, time
-import export_coverage as tool
-if __name__ == "__main__":
-    threading.Thread(target=lambda: list(tool._pool([120, 120], 2, time.sleep)), daemon=True).start()
-    while len(mp.active_children()) < 2:
-        time.sleep(0.05)
-    print(" ".join(str(p.pid) for p in mp.active_children()), flush=True)
-    time.sleep(120)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_pool_workers_die_with_a_parent_killed_alone(tmp_path):
-    root = Path(tool.__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "tools")]))
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        workers = [int(p) for p in parent.stdout.readline().split()]
-        assert len(workers) == 2 and all(map(process_alive, workers))
-        parent.kill()  # SIGKILL to the parent alone: no chance to stop its pool
-        parent.wait(timeout=10)
-        deadline = time.time() + 10
-        while any(map(process_alive, workers)) and time.time() < deadline:
-            time.sleep(0.05)
-        assert not any(map(process_alive, workers))
-    finally:
-        parent.kill()
+    assert [x.name for x in run_order(c)] == ["small", "tok2", "ncl", "mid", "tok", "big"]
+    assert run_order([]) == []
 
 
 def test_an_interrupted_run_keeps_its_rows_and_records_itself(tmp_path, monkeypatch, capsys):
-    from analysis.export.coverage import failure_row
+    from analysis.sweeps.export_checks import failure_row
 
-    def pool(tasks, jobs):
+    def pool(work, tasks, jobs, **options):
         yield [{**failure_row(tasks[0][0].name, h), "verified": True} for h in tasks[0][1]]
         raise KeyboardInterrupt  # Ctrl-C (or SIGTERM) while the second architecture runs
 
-    monkeypatch.setattr(tool, "_pool", pool)
+    monkeypatch.setattr(runtime_sweep, "map_unordered", pool)
     out = ["--out-dir", str(tmp_path)]
     assert tool.main([*ARGS, "--heads", "gap", *out]) == 130
     assert "interrupted: the 1 pairs computed are in" in capsys.readouterr().err

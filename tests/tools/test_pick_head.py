@@ -33,7 +33,7 @@ def _launcher_dests() -> set[str]:
     """The cluster launcher's options (compare_heads and finetune run on Slurm; pick_head not)."""
     import argparse
 
-    from analysis.training import add_launcher_options
+    from analysis.runtime import add_launcher_options
 
     dests = {"no_wait"}
     for study in (True, False):

@@ -13,6 +13,7 @@ import torch
 
 import surgery
 from analysis import count_flops
+from analysis.sweeps import zoo_row
 
 _TOOLS = Path(__file__).resolve().parents[2] / "tools"
 sys.path.insert(0, str(_TOOLS))
@@ -23,7 +24,7 @@ from _cli import run  # noqa: E402
 
 
 def test_row_by_hand() -> None:
-    row = zoo.zoo_row("resnet18")
+    row = zoo_row("resnet18")
     backbone = 11_689_512 - 513_000
     assert row["error"] is None and row["input"] == "224x224" and row["features"] == "512x7x7"
     assert row["params_backbone"] == backbone
@@ -45,7 +46,7 @@ def test_row_by_hand() -> None:
 
 
 def test_token_row_takes_the_class_token_and_the_models_own_post_pool_norm() -> None:
-    row = zoo.zoo_row("beit_base_patch16_224", heads=("gap", "token"))
+    row = zoo_row("beit_base_patch16_224", heads=("gap", "token"))
     c, k = 768, 1000
     assert row["params_token"] - row["params_backbone"] == c * k + k + 2 * c  # fc + fc_norm
     # the class token costs nothing to select; fc_norm over C features: 5 MACs each
@@ -95,4 +96,4 @@ def test_single_pass_count_equals_count_flops(name: str) -> None:
     with torch.device("meta"):
         model = surgery.swap_head(name, head="gap", num_classes=1000)
     expected = count_flops(model, (3, *model.features.input_size), counter="torch")
-    assert zoo.zoo_row(name)["gmacs_backbone"] == expected["backbone"] / 1e9
+    assert zoo_row(name)["gmacs_backbone"] == expected["backbone"] / 1e9

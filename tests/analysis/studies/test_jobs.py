@@ -46,7 +46,7 @@ def test_local_jobs_are_running_while_their_process_is_ours(tmp_path):
 
 
 def test_runs_of_a_local_study_are_running_interrupted_or_not_started(tmp_path):
-    from analysis.training.lock import lock_run_dir
+    from analysis.runtime import lock_run_dir
 
     runs = tmp_path / "runs"
     (runs / "cut").mkdir(parents=True)

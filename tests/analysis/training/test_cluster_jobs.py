@@ -14,16 +14,8 @@ import pytest
 import torch
 
 import surgery
-from analysis.training import (
-    FinetuneJob,
-    SlurmOptions,
-    TrainConfig,
-    finetune_logs,
-    job_error_line,
-    make_executor,
-    train,
-    wait_finetune,
-)
+from analysis.runtime import SlurmOptions, job_error_line, make_executor
+from analysis.training import FinetuneJob, TrainConfig, finetune_logs, train, wait_finetune
 
 TIME_KEYS = {"epoch_time_s", "img_per_s", "peak_mem_mb"}
 

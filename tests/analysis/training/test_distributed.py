@@ -146,7 +146,8 @@ def test_cached_linear_probe_under_torchrun_extracts_a_shard_per_rank(tmp_path, 
 def test_two_local_submitit_tasks_reach_the_torchrun_weights(ddp_run, tmp_path, monkeypatch):
     """The same run as one job of 2 tasks through submitit's local executor: submitit's
     environment gives rank and world size (as Slurm's would), train() takes torchrun's path."""
-    from analysis.training import SlurmOptions, finetune_logs, submit_finetune, wait_finetune
+    from analysis.runtime import SlurmOptions
+    from analysis.training import finetune_logs, submit_finetune, wait_finetune
     from tests.analysis.training.ddp_worker import config
 
     ranks, torchrun_dir, _ = ddp_run

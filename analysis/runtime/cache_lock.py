@@ -1,8 +1,10 @@
-"""An exclusive lock on a directory, so that two processes build a cache (or download a data
-set) once: the first builds while the others wait, then find it built.
+"""An exclusive lock on a cache directory, so that two processes build a cache (or download a
+data set) once: the first builds while the others wait, then find it built.
 
 ``flock`` on a lock file in the directory: the kernel releases it when its holder exits, even
-when it is killed, so a crashed builder never blocks the next one. Where ``fcntl`` is missing
+when it is killed, so a crashed builder never blocks the next one. The file holds its owner's
+record (host, pid, start, Slurm job: analysis.runtime.run_lock), which a waiting process names.
+Where ``fcntl`` is missing
 (Windows), the file system has no flock (some network file systems), or the directory is
 read-only (a shared cache built beforehand), the lock is a no-op.
 """
@@ -10,12 +12,14 @@ read-only (a shared cache built beforehand), the lock is a no-op.
 from __future__ import annotations
 
 import errno
-import os
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .run_lock import describe_owner, lock_owner
 
 try:
     import fcntl
@@ -44,7 +48,7 @@ def exclusive_lock(folder: str | Path, what: str = "", progress: bool = True,
         try:
             f.seek(0)
             f.truncate()
-            f.write(f"process {os.getpid()}")
+            f.write(json.dumps(lock_owner()))
             f.flush()
             yield
         finally:
@@ -61,8 +65,7 @@ def _wait_for(f: Any, folder: Path, what: str, progress: bool) -> bool:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
+            holder = describe_owner(_owner(f))
             if progress:
                 print(f"waiting for {holder} ({what or 'building'} in {folder}) ...",
                       file=sys.stderr, flush=True)
@@ -72,3 +75,13 @@ def _wait_for(f: Any, folder: Path, what: str, progress: bool) -> bool:
             raise
         return False
     return True
+
+
+def _owner(f: Any) -> dict[str, Any]:
+    """The owner record in the open lock file ``f`` (``{}`` when empty or unreadable)."""
+    f.seek(0)
+    try:
+        owner = json.loads(f.read() or "{}")
+    except ValueError:
+        return {}
+    return owner if isinstance(owner, dict) else {}

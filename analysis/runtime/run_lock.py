@@ -8,7 +8,7 @@ outlived its owner; a network file system still holding a dead node's lock) or, 
 system has no flock (some network file systems), merely recorded by an owner that is gone. An
 owner is gone when it was a process of this host that no longer exists, an earlier run of this
 very Slurm job (requeued after a preemption), or a Slurm job that is no longer in the queue
-(analysis.training.scheduler asks squeue; when squeue cannot answer, the owner counts as
+(analysis.runtime.scheduler asks squeue; when squeue cannot answer, the owner counts as
 there). Locks are re-entrant within a process (a study job holds its run's lock and ``train``
 takes it again). The file is removed on release, so a finished run directory holds no
 ``.lock``; a directory the lock created is removed again if the run left it empty.
@@ -30,7 +30,8 @@ from typing import Any
 
 from .scheduler import SLURM_LIVE, process_alive, slurm_queue
 
-__all__ = ["LOCK_FILE", "RunInUseError", "lock_owner", "lock_run_dir", "run_owner"]
+__all__ = ["LOCK_FILE", "RunInUseError", "describe_owner", "lock_owner", "lock_run_dir",
+           "read_owner", "run_owner"]
 
 LOCK_FILE = ".lock"
 
@@ -77,7 +78,7 @@ def run_owner(run_dir: str | Path) -> dict[str, Any]:
     """What ``run_dir``'s lock file records about its holder (host, pid, Slurm job), or ``{}``
     without one. It does not ask whether that holder still runs (which may take a call to
     squeue): a caller that knows the run's job is running reads where it runs."""
-    return _read_owner(Path(run_dir) / LOCK_FILE)
+    return read_owner(Path(run_dir) / LOCK_FILE)
 
 
 @contextmanager
@@ -137,14 +138,14 @@ def _try_lock(fd: int, path: Path) -> bool:
             raise OSError(errno.ENOLCK, "no flock")
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner = _read_owner(path)
+        owner = read_owner(path)
         if _gone(owner) and _unlink_if_owner(path, owner):
             return False  # held by a stray inheritor of a dead owner's file: take it over
         raise RunInUseError(_in_use_message(path.parent, owner), owner) from None
     except OSError as err:
         if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise
-        owner = _read_owner(path)  # no flock here: the record is the lock
+        owner = read_owner(path)  # no flock here: the record is the lock
         if owner and not _gone(owner) and owner.get("pid") != os.getpid():
             raise RunInUseError(_in_use_message(path.parent, owner), owner) from None
         return True
@@ -160,9 +161,10 @@ def _write_owner(fd: int) -> None:
     os.pwrite(fd, data, 0)
 
 
-def _read_owner(path: Path) -> dict[str, Any]:
+def read_owner(path: str | Path) -> dict[str, Any]:
+    """The owner record in the lock file ``path`` (``{}`` when missing or unreadable)."""
     try:
-        owner = json.loads(path.read_text(encoding="utf-8") or "{}")
+        owner = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
     except (OSError, ValueError):
         return {}
     return owner if isinstance(owner, dict) else {}
@@ -195,7 +197,7 @@ def _gone(owner: dict[str, Any]) -> bool:
 
 
 def _unlink_if_owner(path: Path, owner: dict[str, Any]) -> bool:
-    if _read_owner(path) != owner:
+    if read_owner(path) != owner:
         return False
     try:
         path.unlink()
@@ -204,13 +206,19 @@ def _unlink_if_owner(path: Path, owner: dict[str, Any]) -> bool:
     return True
 
 
-def _in_use_message(run_dir: Path, owner: dict[str, Any]) -> str:
+def describe_owner(owner: dict[str, Any]) -> str:
+    """Who an owner record (:func:`lock_owner`) names, for a message: ``pid 12 on host since
+    2026-01-01T10:00:00+0000 (Slurm job 345)``."""
     who = (f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}"
            if owner else "another process (it has not recorded itself yet)")
     if owner.get("slurm_job_id"):
         who += f" (Slurm job {owner['slurm_job_id']})"
-    return (f"run directory {str(run_dir)!r} is in use by {who}; wait for it to finish (or stop "
-            "it), or choose another --name")
+    return who
+
+
+def _in_use_message(run_dir: Path, owner: dict[str, Any]) -> str:
+    return (f"run directory {str(run_dir)!r} is in use by {describe_owner(owner)}; wait for it "
+            "to finish (or stop it), or choose another --name")
 
 
 def _release(held: _Held, run_dir: Path) -> None:

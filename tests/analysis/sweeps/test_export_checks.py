@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import surgery
-from analysis.export import coverage as cov
-from analysis.export.coverage_report import summarise
+from analysis.sweeps import export_checks as cov
+from analysis.sweeps.export_coverage_report import summarise
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 

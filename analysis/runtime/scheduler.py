@@ -14,13 +14,15 @@ import getpass
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["SLURM_LIVE", "cancel_slurm_jobs", "process_alive", "slurm_end_states", "slurm_queue",
-           "stop_process"]
+           "stop_process", "where_this_runs"]
 
 # squeue lists finished jobs for a few minutes too: these states are the ones still in play
 SLURM_LIVE = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED",
@@ -140,3 +142,17 @@ def _signal(pids: list[int], sig: int) -> None:
             os.kill(member, sig)
         except ProcessLookupError:
             pass
+
+
+def where_this_runs() -> dict[str, Any]:
+    """Where this process runs: host, pid, the scheduler and the job id it gave (Slurm's, an
+    array task as ``ARRAY_TASK``; submitit's local executor's), and the time now, for a
+    run's record."""
+    env = os.environ
+    job = (f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+           if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID")
+           else env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID"))
+    scheduler = ("slurm" if env.get("SLURM_JOB_ID") else
+                 "submitit-local" if env.get("SUBMITIT_LOCAL_JOB_ID") else None)
+    return {"host": socket.gethostname(), "pid": os.getpid(), "scheduler": scheduler, "job": job,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -1,39 +1,24 @@
-"""Launching on a cluster through submitit: the options a user gives and the executor they make.
+"""The launcher options a user gives: ``--launcher`` and the ``--slurm-*`` flags.
 
 ``--launcher local`` runs here, as without a cluster; ``slurm`` submits to Slurm through
 submitit; ``submitit-local`` goes through the same submission code with submitit's local
-executor (jobs are processes of this machine), to dry-run a cluster command. submitit is the
-optional extra ``cluster``; without it :func:`require_submitit` says how to install it.
-
-The flags are defined once here for tools/finetune.py (one multi-node job) and
-tools/compare_heads.py (a job array, one job per run).
+executor (jobs are processes of this machine), to dry-run a cluster command. The flags are
+defined once here for tools/finetune.py (one multi-node job) and tools/compare_heads.py (a job
+array, one job per run); :class:`SlurmOptions` is what they ask for, and
+analysis.runtime.submitit_glue turns it into an executor.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from surgery import parse_options
 
-try:  # optional: pip install submitit (headswap[cluster])
-    import submitit
-
-    has_submitit = True
-except ImportError:  # pragma: no cover - depends on the environment
-    submitit = None  # type: ignore[assignment]
-    has_submitit = False
-
-__all__ = ["CLUSTER_EXTRA", "LAUNCHERS", "SlurmOptions", "add_launcher_options", "has_submitit",
-           "job_environment", "make_executor", "parse_mem", "parse_time", "refuse_slurm_flags",
-           "require_submitit", "slurm_options_from_args"]
+__all__ = ["CLUSTER_EXTRA", "LAUNCHERS", "SlurmOptions", "add_launcher_options", "parse_mem",
+           "parse_time", "refuse_slurm_flags", "slurm_options_from_args"]
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 CLUSTER_EXTRA = "pip install 'headswap[cluster]' (or: pip install submitit)"
@@ -67,13 +52,6 @@ class SlurmOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(asdict(self), setup=list(self.setup))
-
-
-def require_submitit(launcher: str) -> None:
-    """ValueError naming the extra to install when submitit is missing."""
-    if not has_submitit:
-        raise ValueError(f"--launcher {launcher} needs submitit, the optional extra 'cluster': "
-                         f"{CLUSTER_EXTRA}; or use --launcher local")
 
 
 def parse_time(text: str) -> int:
@@ -207,95 +185,3 @@ def refuse_slurm_flags(parser: argparse.ArgumentParser, args: argparse.Namespace
     if given:
         raise ValueError(f"{', '.join(given)} applies to --launcher slurm or submitit-local; "
                          "add --launcher slurm, or drop it to run here")
-
-
-def make_executor(launcher: str, folder: str | Path, opts: SlurmOptions, *,
-                  name: str = "headswap") -> Any:
-    """A submitit executor for ``launcher`` (``slurm`` or ``submitit-local``) writing its files
-    (pickles, each task's stdout and stderr) into ``folder``."""
-    require_submitit(launcher)
-    if launcher == "slurm":
-        try:
-            ex = submitit.SlurmExecutor(folder=str(folder))
-        except RuntimeError:
-            raise ValueError("--launcher slurm needs Slurm's srun and sbatch on PATH (run it on "
-                             "a login node of the cluster), or try it here with --launcher "
-                             "submitit-local") from None
-        params: dict[str, Any] = {
-            "job_name": name, "time": opts.time_min, "nodes": opts.nodes,
-            "ntasks_per_node": opts.tasks_per_node, "gpus_per_node": opts.gpus_per_node or None,
-            "cpus_per_task": opts.cpus_per_task, "partition": opts.partition,
-            "account": opts.account, "mem": opts.mem, "setup": list(opts.setup) or None,
-            "additional_parameters": dict(opts.options) or None}
-        if opts.array_parallelism:
-            params["array_parallelism"] = opts.array_parallelism
-        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-        return ex
-    if launcher != "submitit-local":
-        raise ValueError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
-    if opts.nodes > 1:
-        raise ValueError(f"--launcher submitit-local runs on this one machine: --slurm-nodes 1, "
-                         f"got {opts.nodes} (use --slurm-tasks-per-node for more processes)")
-    local = submitit.LocalExecutor(folder=str(folder))
-    local.update_parameters(timeout_min=opts.time_min, tasks_per_node=opts.tasks_per_node,
-                         gpus_per_node=opts.gpus_per_node, setup=list(opts.setup))
-    return local
-
-
-@contextmanager
-def job_environment(threads: int | None = None,
-                    output: str | Path | None = None) -> Iterator[None]:
-    """The environment jobs are submitted with (sbatch and the local executor pass it on): our
-    packages importable from this checkout, and ``threads`` OpenMP threads when given.
-    ``output``: submitit's local executor starts a controller process per job that inherits
-    the submitting process's terminal; with a file here, the controllers get that file for
-    their stdout and stderr (and no stdin) instead, so that they never write into the user's
-    terminal or hold a pipe open after the command returned."""
-    with _stdio_to(output):
-        with _environment(threads):
-            yield
-
-
-@contextmanager
-def _stdio_to(path: str | Path | None) -> Iterator[None]:
-    """Point file descriptors 0, 1 and 2 at /dev/null, ``path``, ``path`` while the block
-    runs (the processes it starts inherit them), then back."""
-    if path is None:
-        yield
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in (0, 1, 2)]
-    log = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    null = os.open(os.devnull, os.O_RDONLY)
-    try:
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip((0, 1, 2), saved, strict=True):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(log)
-        os.close(null)
-
-
-@contextmanager
-def _environment(threads: int | None) -> Iterator[None]:
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, saved["PYTHONPATH"]]))
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

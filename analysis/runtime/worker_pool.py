@@ -1,4 +1,4 @@
-"""A pool of worker processes for a study: each imports torch and timm once and runs many jobs.
+"""A pool of reusable worker processes: each imports its target once and runs many jobs.
 
 :class:`WorkerPool` starts ``size`` Python processes that call one target function
 (``"module:function"``) on job after job, each job's output going to its own log file. A job
@@ -9,7 +9,7 @@ its job reported failed with the last line of its log. Workers die with the pool
 ``PR_SET_PDEATHSIG`` on Linux, a watchdog on the parent's pid elsewhere, and :meth:`close`
 (also on Ctrl-C, which the workers ignore) kills what is left.
 
-A worker is analysis/studies/worker.py run as a script: it imports only the standard library
+A worker is analysis/runtime/worker.py run as a script: it imports only the standard library
 until it has made sure it dies with its parent, then imports the target once.
 """
 

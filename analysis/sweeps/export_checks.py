@@ -1,4 +1,5 @@
-"""Export coverage: which architecture x head pairs export to ONNX and verify in onnxruntime.
+"""Export coverage checks: which architecture x head pairs export to ONNX and verify in
+onnxruntime.
 
 A deterministic sample of timm's zoo (at most ``max_params`` backbone parameters) covering every
 feature layout (NCHW maps, NHWC maps, token sequences, lists of token sequences, channels-first
@@ -30,10 +31,7 @@ import torch
 import surgery
 from surgery.report import neighbour_sizes
 
-from .exporter import ExportError
-from .pipeline import export_verified
-from .source import ExportSource, source_from_name
-from .verify import is_refused
+from ..export import ExportError, ExportSource, export_verified, is_refused, source_from_name
 
 __all__ = ["BASE_HEADS", "LAYOUTS", "LIST_OUTPUT", "Candidate", "coverage_heads",
            "coverage_rows", "failure_row", "sample_architectures", "zoo_candidates"]

@@ -1,6 +1,6 @@
-"""A study's worker process: runs jobs read from stdin, one JSON line each, until stdin closes.
+"""A pool's worker process: runs jobs read from stdin, one JSON line each, until stdin closes.
 
-Started by analysis.studies.pool as ``python -c BOOT worker.py TARGET RESULT_FD PARENT_PID``.
+Started by analysis.runtime.worker_pool as ``python -c BOOT worker.py TARGET RESULT_FD PARENT_PID``.
 It first makes sure it dies with its parent (``PR_SET_PDEATHSIG`` on Linux, a watchdog on the
 parent's pid anywhere) and ignores Ctrl-C (the parent decides), then imports ``TARGET``
 (``module:function``) once and calls it on each job's payload with stdout and stderr in the
@@ -47,7 +47,7 @@ def output_to(log: str | Path, mode: str = "w") -> Iterator[None]:
 
 def die_with_parent(parent: int) -> None:
     """Exit when process ``parent`` does: PR_SET_PDEATHSIG on Linux, and a watchdog thread
-    anywhere. For any worker process (a study's; a multiprocessing pool's initializer), so that
+    anywhere. For any worker process (a WorkerPool's; a process pool's initializer), so that
     killing the parent does not leave its workers running on."""
     import threading
 

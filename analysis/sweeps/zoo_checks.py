@@ -1,4 +1,4 @@
-"""Zoo coverage: does every head kind work on every timm architecture?
+"""Zoo coverage checks: does every head kind work on one timm architecture?
 
 For one architecture, :func:`check_architecture` builds the backbone on the meta device (no
 memory, no compute; real weights as fallback), swaps in each head kind and checks that a batch of
@@ -17,11 +17,8 @@ from typing import Any
 
 import torch
 
-from .backbone import load_backbone
-from .errors import one_line
-from .heads import HEADS
-from .layout import FeatureInfo, default_input_size, probe_features
-from .swap import swap_head
+from surgery import HEADS, FeatureInfo, load_backbone, one_line, probe_features, swap_head
+from surgery.layout import default_input_size
 
 __all__ = ["check_architecture", "check_timm_max", "merge_records", "summarize"]
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from analysis.studies import Job, WorkerPool
-from analysis.training.scheduler import process_alive
+from analysis.runtime import Job, WorkerPool, process_alive
 
 ROOT = Path(__file__).resolve().parents[3]
-TARGET = "tests.analysis.studies.pool_jobs:dispatch"
-POOL_PY = ROOT / "analysis" / "studies" / "pool.py"
+TARGET = "tests.analysis.runtime.pool_jobs:dispatch"
+POOL_PY = ROOT / "analysis" / "runtime" / "worker_pool.py"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 

@@ -1,4 +1,4 @@
-"""Markdown rendering of a zoo-coverage summary (surgery.coverage.summarize)."""
+"""Markdown rendering of a zoo-coverage summary (analysis.sweeps.zoo_checks.summarize)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from analysis.training import (
+from analysis.runtime import (
     RunInUseError,
     SlurmOptions,
     add_launcher_options,
@@ -25,8 +25,8 @@ from analysis.training import (
     slurm_end_states,
     slurm_options_from_args,
     slurm_queue,
+    submitit_glue,
 )
-from analysis.training import cluster as cluster_mod
 
 
 @pytest.mark.parametrize("text,minutes", [
@@ -103,7 +103,7 @@ def test_slurm_flags_without_a_cluster_launcher_are_refused():
 
 
 def test_without_submitit_the_message_names_the_extra(monkeypatch):
-    monkeypatch.setattr(cluster_mod, "has_submitit", False)
+    monkeypatch.setattr(submitit_glue, "has_submitit", False)
     with pytest.raises(ValueError, match=r"needs submitit, the optional extra 'cluster': pip "
                                          r"install 'headswap\[cluster\]'"):
         require_submitit("slurm")

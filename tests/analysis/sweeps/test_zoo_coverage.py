@@ -6,9 +6,9 @@ import json
 
 import zoo_coverage
 
+from analysis.sweeps.zoo_checks import check_architecture, summarize
+from analysis.sweeps.zoo_coverage_report import render_markdown
 from surgery import HEADS
-from surgery.coverage import check_architecture, summarize
-from surgery.coverage_report import render_markdown
 
 
 def test_check_architecture_on_meta():
@@ -78,7 +78,7 @@ def test_models_without_a_class_token_are_not_applicable_for_token_with_the_reas
 
 
 def test_timm_max_check_reports_what_timm_does():
-    from surgery.coverage import check_timm_max
+    from analysis.sweeps.zoo_checks import check_timm_max
 
     assert check_timm_max("resnet18")["ok"]
     refused = check_timm_max("levit_128s")  # timm 1.0.x: 'Only avg pooling (or none) is supported'
