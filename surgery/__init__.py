@@ -20,6 +20,7 @@ from .files import (
     atomic_write_bytes,
     check_writable,
     finite,
+    last_line,
     read_json,
     write_error,
     write_json,
@@ -62,7 +63,7 @@ __all__ = [
     "check_timm_options", "check_weights_reachable", "check_writable", "checkpoint_settings", "closest_model_names", "expand_model_names", "feature_grid", "finite",
     "format_value", "free_bytes", "head_label", "head_names", "load", "load_backbone", "make_spec", "one_line",
     "one_line_warnings", "parse_head", "parse_options", "parse_value", "probe_features",
-    "has_safetensors", "read_json", "read_model_file", "read_weights", "register_head",
+    "has_safetensors", "last_line", "read_json", "read_model_file", "read_weights", "register_head",
     "resolve_head", "save", "spec_help", "state_checksum", "swap_head", "swap_report", "try_input_size",
     "write_error", "write_json",
 ]

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 from .errors import one_line
 
-__all__ = ["atomic_write", "atomic_write_bytes", "check_writable", "finite", "read_json",
-           "why_unreadable", "write_error", "write_json"]
+__all__ = ["atomic_write", "atomic_write_bytes", "check_writable", "finite", "last_line",
+           "read_json", "why_unreadable", "write_error", "write_json"]
 
 
 def _umask() -> int:
@@ -152,3 +152,14 @@ def why_unreadable(path: str | Path, err: BaseException) -> str:
         first = text.strip().splitlines()[0][:40] if text.strip() else ""
         return f"it is a text file ({size:,} bytes, starting {first!r}), not saved tensors"
     return one_line(err)
+
+
+def last_line(path: str | Path) -> str | None:
+    """The last non-blank line of a text file (a log: what a failed job said last), on one
+    line; None when the file is missing, unreadable or blank."""
+    try:
+        lines = [ln for ln in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+                 if ln.strip()]
+    except OSError:
+        return None
+    return one_line(lines[-1]) if lines else None

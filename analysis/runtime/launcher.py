@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from surgery import parse_options
+from surgery.ranges import POSITIVE_INT
 
 __all__ = ["CLUSTER_EXTRA", "LAUNCHERS", "SlurmOptions", "add_launcher_options", "parse_mem",
            "parse_time", "refuse_slurm_flags", "slurm_options_from_args"]
@@ -97,14 +98,7 @@ def _slurm_extra(items: list[str]) -> dict[str, Any]:
     return options
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+_positive = POSITIVE_INT.arg_type("a whole number >= 1")
 
 
 def _count(text: str) -> int:

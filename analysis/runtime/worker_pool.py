@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from surgery.files import last_line
+
 __all__ = ["Job", "JobResult", "WorkerPool"]
 
 # run worker.py as a script without importing the package (and torch) first
@@ -229,9 +231,4 @@ def _death(code: int | None) -> str:
 
 
 def _last_line(log: Path) -> str:
-    try:
-        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
-                 if ln.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1] if lines else "(empty)"
+    return last_line(log) or "(no log, or an empty one)"

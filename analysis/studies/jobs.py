@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from surgery import one_line, read_json, write_json
+from surgery import last_line, read_json, write_json
 
 from ..runtime import SLURM_LIVE, process_alive, run_owner, slurm_end_states, slurm_queue
 from .collect import is_done
@@ -170,9 +170,9 @@ def _explain_failures(out: Path, failed: list[RunState], book: dict[str, Any]) -
     the last line of its log (or of the job's own error stream)."""
     ends = slurm_end_states(s.job for s in failed if s.launcher == "slurm" and s.job)
     for s in failed:
-        last = _last_line(Path(s.log or ""))
+        last = last_line(Path(s.log or ""))
         if last is None and s.job:
-            last = _last_line(out / "logs" / "submitit" / f"{s.job}_0_log.err")
+            last = last_line(out / "logs" / "submitit" / f"{s.job}_0_log.err")
         end = ends.get(s.job or "")
         if last and last.startswith(BUSY_PREFIX):
             s.state, s.message = "busy", last[len(BUSY_PREFIX):]
@@ -182,10 +182,3 @@ def _explain_failures(out: Path, failed: list[RunState], book: dict[str, Any]) -
         s.message = what + (f"; last line of its log: {last}" if last else "")
 
 
-def _last_line(path: Path) -> str | None:
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()
-                 if ln.strip()]
-    except OSError:
-        return None
-    return one_line(lines[-1]) if lines else None
