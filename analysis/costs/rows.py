@@ -83,7 +83,8 @@ def cost_row(name: str, head: str, num_classes: int, sizes: Sequence[int] | None
             for s in tried:
                 if s in refused:
                     continue
-                check = surgery.try_input_size(model, tuple(hw) if s == base else (s, s))
+                size = (int(hw[0]), int(hw[1])) if s == base else (int(s), int(s))
+                check = surgery.try_input_size(model, size)
                 row["sizes"][s] = check["ok"]
                 if not check["ok"]:
                     row["size_errors"][s] = check["error"]
