@@ -63,7 +63,7 @@ def test_pool_workers_die_with_a_parent_killed_alone(tmp_path):
         assert len(workers) == 2 and all(map(process_alive, workers))
         parent.kill()  # SIGKILL to the parent alone: no chance to stop its pool
         parent.wait(timeout=10)
-        deadline = time.time() + 10
+        deadline = time.time() + 60  # a worker still importing its initializer dies after it
         while any(map(process_alive, workers)) and time.time() < deadline:
             time.sleep(0.05)
         assert not any(map(process_alive, workers))
