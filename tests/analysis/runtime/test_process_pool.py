@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.runtime import map_unordered, process_alive, process_pool
+from analysis.runtime import map_unordered, process_alive, process_pool, sigterm_as_interrupt
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -32,6 +33,20 @@ def test_process_pool_runs_in_other_processes():
 
 def _pid(_: int) -> int:
     return os.getpid()
+
+
+def _worker_handlers(_: int) -> bool:
+    return (signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+
+
+def test_forked_workers_ignore_ctrl_c_and_end_on_sigterm():
+    """Not the sweep's SIGTERM-as-Ctrl-C they were forked with: a pool stops its workers with
+    SIGTERM, which would print a KeyboardInterrupt traceback for each."""
+    with sigterm_as_interrupt():
+        assert all(map_unordered(_worker_handlers, range(4), 2, start="fork"))
+        with process_pool(2, start="fork") as pool:
+            assert all(pool.map(_worker_handlers, range(4)))
 
 
 def test_an_unknown_start_method_is_refused():
