@@ -56,7 +56,7 @@ from .scheduler import (
     stop_process,
     where_this_runs,
 )
-from .signals import ignore_interrupts, sigterm_as_interrupt
+from .signals import ignore_interrupts, sigterm_as_interrupt, worker_signals
 from .submitit_glue import (
     export_torch_distributed,
     has_submitit,
@@ -82,5 +82,5 @@ __all__ = [
     "process_pool", "read_owner", "refuse_slurm_flags", "requeue", "require_submitit",
     "run_command", "run_owner", "run_sweep", "sigterm_as_interrupt", "slurm_end_states",
     "slurm_options_from_args", "slurm_queue", "stop_process", "wall_budget", "where_this_runs",
-    "write_files"
+    "worker_signals", "write_files"
 ]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from .signals import ignore_interrupts
+from .signals import worker_signals
 from .worker import die_with_parent
 
 __all__ = ["START_METHODS", "can_fork", "cpu_cores", "map_unordered", "process_pool"]
@@ -50,9 +50,9 @@ def _context(start: str) -> Any:
 
 def _init_worker(parent: int | None, initializer: Callable[..., None] | None,
                  initargs: tuple[Any, ...]) -> None:
-    """Every worker: ignore Ctrl-C, die with ``parent`` (when given), then the caller's own
-    ``initializer``."""
-    ignore_interrupts()
+    """Every worker: Ctrl-C ignored and SIGTERM ending it, dying with ``parent`` (when given),
+    then the caller's own ``initializer``."""
+    worker_signals()
     if parent is not None:
         die_with_parent(parent)
     if initializer is not None:

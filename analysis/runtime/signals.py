@@ -13,12 +13,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-__all__ = ["ignore_interrupts", "sigterm_as_interrupt"]
+__all__ = ["ignore_interrupts", "sigterm_as_interrupt", "worker_signals"]
 
 
 def ignore_interrupts() -> None:
     """Ignore Ctrl-C (SIGINT) in this process: for a worker whose parent stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_signals() -> None:
+    """A pool worker's signals: Ctrl-C ignored, SIGTERM ends it (a forked worker would
+    otherwise inherit a sweep's SIGTERM-as-Ctrl-C, and a pool stopping its workers with SIGTERM
+    would print a KeyboardInterrupt traceback for each)."""
+    ignore_interrupts()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _interrupt(signum: int, frame: Any) -> NoReturn:
