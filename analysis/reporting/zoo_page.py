@@ -56,11 +56,12 @@ def zoo_rows(table_csv: str | Path, export_report: str | Path | None = None
     exports = _exports(Path(export_report) if export_report else None)
     rows = []
     with open(table_csv, newline="", encoding="utf-8") as f:
-        for line in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        heads = [k.removeprefix("params_") for k in reader.fieldnames or ()
+                 if k.startswith("params_") and k != "params_backbone"]
+        for line in reader:
             base_params = _number(line.get("params_backbone"))
             base_macs = _number(line.get("gmacs_backbone"))
-            heads = [k.removeprefix("params_") for k in line if k.startswith("params_")
-                     and k != "params_backbone"]
             for head in heads:
                 params, gmacs = _number(line[f"params_{head}"]), _number(line.get(f"gmacs_{head}"))
                 if params is None or base_params is None:

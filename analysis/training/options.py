@@ -25,6 +25,7 @@ from .config import (
     RUN_DIR,
     SYSTEM,
     TrainConfig,
+    option_flag,
 )
 from .declare import Declared
 
@@ -46,7 +47,7 @@ def _add_flag(group: argparse._ArgumentGroup, f: Field[Any], declared: Declared,
         kwargs["type"] = int if declared.range.whole else float
     kwargs.update(declared.cli)
     kwargs.update(override)
-    group.add_argument(declared.flag or "--" + f.name.replace("_", "-"), **kwargs)
+    group.add_argument(option_flag(f.name), **kwargs)
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, head: str | None = "gap",
